@@ -1,0 +1,31 @@
+# Hermes: the two commands a new user needs are `make run` and `make test`.
+.PHONY: run test build lint fmt bench fuzz deps clean
+
+run: ## Build and start Redis, all services and Caddy; prints the URL to open. Ctrl-C stops all.
+	@scripts/run.sh
+
+test: ## fmt check, clippy -D warnings, every test (unit, scenario, interop, browser, deploy checks)
+	@scripts/test.sh
+
+deps: ## Install missing system packages (as root) and the Python venv
+	@scripts/install-deps.sh
+
+build:
+	cargo build --workspace --locked
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+bench: ## Benchmarks side by side with their reference; BENCH=name runs one (scripts/bench/<name>.sh)
+	@scripts/bench.sh $(BENCH)
+
+fuzz: ## Short fuzzing runs of the parsers
+	@scripts/fuzz.sh
+
+clean:
+	cargo clean
+	rm -rf .run test-output

@@ -1,0 +1,262 @@
+//! `POST /api/call/create`, `POST /api/call/resolve`, `GET /api/call/{callId}`,
+//! `POST /api/call/end`.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use fred::prelude::*;
+use hermes_proto::api::{
+    CallStatus, CallStatusResponse, CreateCallResponse, ResolveRequest, ResolveResponse,
+};
+use hermes_proto::signal::CallControl;
+use hermes_proto::{CallId, JoinClaims, LogLevel, OneTimeCode, ParticipantId, Role, keys};
+use hermes_service::unix_now;
+use http::StatusCode;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::extract::{Bearer, ClientIp, JsonBody};
+use crate::state::{AppState, Inner};
+
+/// Fresh codes tried before giving up. With 2^30 codes a collision needs millions of live
+/// codes; five misses in a row means something else is wrong.
+const MAX_CODE_ATTEMPTS: usize = 5;
+
+const ROUTE_CREATE: &str = "/api/call/create";
+const ROUTE_RESOLVE: &str = "/api/call/resolve";
+
+fn sign(state: &Inner, call: &CallId, participant: ParticipantId, role: Role, now: u64) -> String {
+    let claims = JoinClaims::new(
+        call.clone(),
+        participant,
+        role,
+        now,
+        state.settings.token_ttl_secs,
+        &mut rand::rng(),
+    );
+    state.tokens.sign(&claims)
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+) -> Result<(StatusCode, Json<CreateCallResponse>), ApiError> {
+    let now = unix_now();
+    let call = CallId::random(&mut rand::rng());
+    let code_ttl_ms = state.settings.code_ttl.as_millis().to_string();
+    let call_ttl = state.settings.call_ttl.as_secs().max(1).to_string();
+    // The request counts once, on the first attempt, in the same script that claims the code.
+    let mut limits = vec![state.request_limit(&ip)];
+    for _ in 0..MAX_CODE_ATTEMPTS {
+        let code = OneTimeCode::random(&mut rand::rng());
+        let reply = state
+            .limiter
+            .guarded(
+                state.redis_raw(),
+                &state.scripts.create,
+                &limits,
+                vec![keys::otc(&code), keys::call(&call)],
+                vec![
+                    call.to_string(),
+                    code_ttl_ms.clone(),
+                    now.to_string(),
+                    call_ttl.clone(),
+                ],
+                &state.metrics,
+            )
+            .await
+            .map_err(|e| state.guard_err(e, ROUTE_CREATE))?;
+        limits.clear();
+        if reply.first().and_then(Value::as_i64) != Some(1) {
+            tracing::debug!("one-time code collision, drawing another");
+            continue;
+        }
+        let offerer = ParticipantId::random(&mut rand::rng());
+        let pid_short = offerer.short().to_owned();
+        let token = sign(&state, &call, offerer, Role::Offerer, now);
+        tracing::info!(call = %call.short(), participant = %pid_short, "call created");
+        state.events.event(
+            LogLevel::Info,
+            "call.created",
+            Some(&call),
+            json!({ "participantId": pid_short, "role": "offerer" }),
+        );
+        return Ok((
+            StatusCode::CREATED,
+            Json(CreateCallResponse {
+                call_id: call,
+                code: code.as_str().to_owned(),
+                token,
+                code_expires_at: now + state.settings.code_ttl.as_secs(),
+            }),
+        ));
+    }
+    tracing::error!("no free one-time code after {MAX_CODE_ATTEMPTS} attempts");
+    Err(ApiError::Internal)
+}
+
+pub async fn resolve(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    body: Result<JsonBody<ResolveRequest>, ApiError>,
+) -> Result<Json<ResolveResponse>, ApiError> {
+    // Every attempt counts against the per-IP limits, malformed or not; the per-code limit
+    // needs a code. Limits and the code's consumption share one Redis round trip.
+    let code = body
+        .as_ref()
+        .ok()
+        .and_then(|JsonBody(req)| OneTimeCode::parse(&req.code).ok());
+    let settings = &state.settings;
+    let mut limits = vec![
+        state.request_limit(&ip),
+        (keys::rl_ip(&ip, "resolve"), settings.resolve_ip_limit),
+    ];
+    let Some(code) = code else {
+        state
+            .limiter
+            .check(state.redis_raw(), &limits, &state.metrics)
+            .await
+            .map_err(|r| state.rate_limited(r, ROUTE_RESOLVE))?;
+        let JsonBody(req) = body?;
+        return Err(OneTimeCode::parse(&req.code)
+            .err()
+            .map_or(ApiError::Internal, ApiError::from));
+    };
+    limits.push((
+        keys::rl_code(&code.keyed_hash(&state.code_hash_key)),
+        settings.resolve_code_limit,
+    ));
+    let found = state
+        .limiter
+        .guarded(
+            state.redis_raw(),
+            &state.scripts.resolve,
+            &limits,
+            vec![keys::otc(&code)],
+            vec![state.call_prefix.clone()],
+            &state.metrics,
+        )
+        .await
+        .map_err(|e| state.guard_err(e, ROUTE_RESOLVE))?;
+    let found: Vec<String> = found.iter().filter_map(Value::as_string).collect();
+    let [call_id, status] = found.as_slice() else {
+        tracing::info!("resolve of an unknown or used code");
+        state
+            .events
+            .event(LogLevel::Info, "code.not-found", None, json!({}));
+        return Err(ApiError::CodeNotFound);
+    };
+    let call = CallId::parse(call_id).map_err(|_| {
+        tracing::error!("otc entry holds a malformed call id");
+        ApiError::Internal
+    })?;
+    match status.as_str() {
+        "" => return Err(ApiError::CallNotFound),
+        "ended" => return Err(ApiError::CallEnded),
+        _ => {}
+    }
+    let now = unix_now();
+    let answerer = ParticipantId::random(&mut rand::rng());
+    let pid_short = answerer.short().to_owned();
+    let token = sign(&state, &call, answerer, Role::Answerer, now);
+    tracing::info!(call = %call.short(), participant = %pid_short, "code resolved");
+    state.events.event(
+        LogLevel::Info,
+        "call.resolved",
+        Some(&call),
+        json!({ "participantId": pid_short, "role": "answerer" }),
+    );
+    Ok(Json(ResolveResponse {
+        call_id: call,
+        token,
+    }))
+}
+
+/// Read `call:{id}` and the participant count.
+async fn load_status(state: &Inner, call: &CallId) -> Result<CallStatusResponse, ApiError> {
+    let redis = state.redis()?;
+    let pipeline = redis.pipeline();
+    let _: () = pipeline
+        .hgetall(keys::call(call))
+        .await
+        .map_err(|e| state.redis_err(e))?;
+    let _: () = pipeline
+        .hlen(keys::call_peers(call))
+        .await
+        .map_err(|e| state.redis_err(e))?;
+    let (fields, peers): (HashMap<String, String>, u64) =
+        pipeline.all().await.map_err(|e| state.redis_err(e))?;
+    if fields.is_empty() {
+        return Err(ApiError::CallNotFound);
+    }
+    let status = match fields.get("status").map(String::as_str) {
+        Some("created") => CallStatus::Created,
+        Some("active") => CallStatus::Active,
+        Some("ended") => CallStatus::Ended,
+        _ => {
+            tracing::error!(call = %call.short(), "call record without a known status");
+            return Err(ApiError::Internal);
+        }
+    };
+    let num = |name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
+    Ok(CallStatusResponse {
+        call_id: call.clone(),
+        status,
+        created_at: num("createdAt").unwrap_or(0),
+        ended_at: num("endedAt"),
+        participants: if status == CallStatus::Ended {
+            0
+        } else {
+            u32::try_from(peers).unwrap_or(u32::MAX)
+        },
+    })
+}
+
+pub async fn status(
+    State(state): State<AppState>,
+    Bearer(claims): Bearer,
+    Path(call_id): Path<String>,
+) -> Result<Json<CallStatusResponse>, ApiError> {
+    let call = CallId::parse(&call_id)?;
+    if call != claims.cid {
+        return Err(ApiError::WrongCall);
+    }
+    load_status(&state, &call).await.map(Json)
+}
+
+pub async fn end(
+    State(state): State<AppState>,
+    Bearer(claims): Bearer,
+) -> Result<Json<CallStatusResponse>, ApiError> {
+    let call = claims.cid;
+    let redis = state.redis()?;
+    let notice = CallControl::EndCall {
+        reason: "api".to_owned(),
+    }
+    .to_json();
+    let ended: i64 = state
+        .scripts
+        .end
+        .run(
+            redis,
+            vec![keys::call(&call), keys::call_channel(&call)],
+            vec![unix_now().to_string(), notice],
+        )
+        .await
+        .map_err(|e| state.redis_err(e))?;
+    match ended {
+        -1 => return Err(ApiError::CallNotFound),
+        1 => {
+            tracing::info!(call = %call.short(), by = %claims.pid.short(), "call ended");
+            state.events.event(
+                LogLevel::Info,
+                "call.ended",
+                Some(&call),
+                json!({ "participantId": claims.pid.short(), "role": claims.role.as_str(), "reason": "api" }),
+            );
+        }
+        _ => {}
+    }
+    load_status(&state, &call).await.map(Json)
+}

@@ -1,0 +1,85 @@
+//! The Redis key schema (seed 000 "Структура ключей"), the only place key names are spelled.
+//!
+//! | key | type | written by | lifetime |
+//! |---|---|---|---|
+//! | `call:{callId}` | hash: status, createdAt, endedAt | api, signal | call TTL (24 h) |
+//! | `call:{callId}:peers` | hash: participantId → lease expiry (unix ms) + role | signal | renewed by live connections |
+//! | `call:{callId}:seq` | counter of relayed messages | signal | call TTL |
+//! | `call:{callId}:inbox:{participantId}` | capped stream of messages for a participant | signal | grace window |
+//! | `otc:{code}` | string: callId | api | 15 min, deleted on use |
+//! | `rl:ip:{ip}:{bucket}` | counter | api | window |
+//! | `rl:code:{hash}` | counter | api | window |
+//! | `logs:{service}` | pub/sub channel of [`crate::LogEvent`] JSON | all | — |
+//! | `logs-history` | capped stream of the same events | all | capped length |
+
+use crate::ids::{CallId, ParticipantId};
+
+/// Prefix of the pub/sub channels that carry log events; the logger PSUBSCRIBEs `logs:*`.
+pub const LOG_CHANNEL_PATTERN: &str = "logs:*";
+/// Capped stream holding recent log events for `hermes-logger --since`.
+/// Deliberately outside the `logs:` prefix: it is a key, not a channel.
+pub const LOG_HISTORY_STREAM: &str = "logs-history";
+/// Approximate cap (`XADD MAXLEN ~`) of the history stream.
+pub const LOG_HISTORY_MAXLEN: u64 = 100_000;
+
+pub fn call(call: &CallId) -> String {
+    format!("call:{call}")
+}
+
+pub fn call_peers(call: &CallId) -> String {
+    format!("call:{call}:peers")
+}
+
+pub fn call_seq(call: &CallId) -> String {
+    format!("call:{call}:seq")
+}
+
+pub fn call_inbox(call: &CallId, participant: &ParticipantId) -> String {
+    format!("call:{call}:inbox:{participant}")
+}
+
+/// Pub/sub channel on which signal replicas fan out a call's messages.
+pub fn call_channel(call: &CallId) -> String {
+    format!("call:{call}:events")
+}
+
+/// `code` must be the normalised code (see [`crate::OneTimeCode`]).
+pub fn otc(code: &crate::OneTimeCode) -> String {
+    format!("otc:{code}")
+}
+
+/// Rate-limit counter for a client IP; `bucket` names the limit (e.g. `req`, `resolve`).
+pub fn rl_ip(ip: &std::net::IpAddr, bucket: &str) -> String {
+    format!("rl:ip:{ip}:{bucket}")
+}
+
+/// Rate-limit counter for a code, keyed by its keyed hash, never the code itself.
+pub fn rl_code(code_hash: &str) -> String {
+    format!("rl:code:{code_hash}")
+}
+
+/// Pub/sub channel for a service's log events.
+pub fn log_channel(service: &str) -> String {
+    format!("logs:{service}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn key_shapes() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let c = CallId::random(&mut rng);
+        assert_eq!(call(&c), format!("call:{c}"));
+        assert_eq!(call_peers(&c), format!("call:{c}:peers"));
+        let code = crate::OneTimeCode::parse("abcdef").expect("valid");
+        assert_eq!(otc(&code), "otc:ABCDEF");
+        let ip: std::net::IpAddr = "192.0.2.1".parse().expect("ip");
+        assert_eq!(rl_ip(&ip, "req"), "rl:ip:192.0.2.1:req");
+        assert_eq!(rl_code("ab12"), "rl:code:ab12");
+        assert_eq!(log_channel("api"), "logs:api");
+        assert!(!LOG_HISTORY_STREAM.starts_with("logs:"));
+    }
+}

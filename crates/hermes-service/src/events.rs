@@ -1,0 +1,96 @@
+//! Publishing [`LogEvent`]s: PUBLISH on `logs:{service}` for live followers and XADD to the
+//! capped `logs-history` stream for `hermes-logger --since`.
+//!
+//! `emit` never waits on Redis: events go through a bounded queue to one background task, so
+//! a slow or absent Redis cannot stall request handling. When the queue is full the event is
+//! dropped and counted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fred::prelude::*;
+use fred::types::streams::XCapKind;
+use hermes_proto::keys::{LOG_HISTORY_MAXLEN, LOG_HISTORY_STREAM};
+use hermes_proto::{CallId, LogEvent, LogLevel};
+use tokio::sync::mpsc;
+
+/// Queue depth between emitters and the publishing task.
+const QUEUE: usize = 8192;
+
+#[derive(Clone, Debug)]
+pub struct EventPublisher {
+    service: &'static str,
+    tx: mpsc::Sender<LogEvent>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl EventPublisher {
+    /// Start the publishing task on `client`.
+    pub fn spawn(client: Client, service: &'static str) -> Self {
+        let (tx, mut rx) = mpsc::channel::<LogEvent>(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                let Ok(json) = serde_json::to_string(&event) else {
+                    continue;
+                };
+                let channel = event.channel();
+                if let Err(e) = client.publish::<i64, _, _>(channel, json.as_str()).await {
+                    tracing::debug!(error = %e, "log event not published");
+                    continue;
+                }
+                let _ = client
+                    .xadd::<Value, _, _, _, _>(
+                        LOG_HISTORY_STREAM,
+                        false,
+                        (
+                            XCapKind::MaxLen,
+                            "~",
+                            LOG_HISTORY_MAXLEN as i64,
+                            None::<i64>,
+                        ),
+                        "*",
+                        vec![("event", json)],
+                    )
+                    .await;
+            }
+        });
+        Self {
+            service,
+            tx,
+            dropped,
+        }
+    }
+
+    /// Queue an event; never blocks.
+    pub fn emit(&self, event: LogEvent) {
+        if self.tx.try_send(event).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Build and queue an event of this service.
+    pub fn event(
+        &self,
+        level: LogLevel,
+        name: &str,
+        call: Option<&CallId>,
+        detail: serde_json::Value,
+    ) {
+        let mut event =
+            LogEvent::new(crate::unix_now_ms(), self.service, level, name).detail(detail);
+        if let Some(call) = call {
+            event = event.call(call);
+        }
+        self.emit(event);
+    }
+
+    /// Events dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn service(&self) -> &'static str {
+        self.service
+    }
+}

@@ -1,0 +1,119 @@
+//! The event publisher against a real redis-server: events reach `logs:{service}` subscribers
+//! and the `logs-history` stream, and emitting never blocks while Redis is down.
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use hermes_proto::keys::LOG_HISTORY_STREAM;
+use hermes_proto::{CallId, LogEvent, LogLevel};
+use hermes_service::EventPublisher;
+use hermes_testkit::RedisServer;
+
+#[tokio::test]
+async fn events_are_published_and_kept_in_history() {
+    let redis = RedisServer::start();
+    let client = hermes_service::redis::connect(&redis.url(), Duration::from_secs(5))
+        .await
+        .expect("client");
+    let subscriber =
+        hermes_service::redis::connect_subscriber(&redis.url(), Duration::from_secs(5))
+            .await
+            .expect("subscriber");
+    let mut messages = subscriber.message_rx();
+    subscriber.psubscribe("logs:*").await.expect("psubscribe");
+
+    let publisher = EventPublisher::spawn(client.clone(), "api");
+    let call = CallId::parse("c0ffee0c0ffee0c0ffee0c0ffe").expect("id");
+    publisher.event(
+        LogLevel::Info,
+        "call.created",
+        Some(&call),
+        serde_json::json!({"n": 1}),
+    );
+
+    let msg = tokio::time::timeout(Duration::from_secs(5), messages.recv())
+        .await
+        .expect("event within 5 s")
+        .expect("message");
+    assert_eq!(msg.channel.to_string(), "logs:api");
+    let text: String = msg.value.convert().expect("string payload");
+    let event: LogEvent = serde_json::from_str(&text).expect("LogEvent JSON");
+    assert_eq!(event.event, "call.created");
+    assert_eq!(event.call_id, Some(call));
+    assert_eq!(event.service, "api");
+
+    // The history stream holds the same event.
+    let mut len = 0;
+    for _ in 0..50 {
+        len = client
+            .xlen::<u64, _>(LOG_HISTORY_STREAM)
+            .await
+            .expect("xlen");
+        if len == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(len, 1);
+}
+
+#[tokio::test]
+async fn emit_does_not_block_when_redis_is_down() {
+    let mut redis = RedisServer::start();
+    let client = hermes_service::redis::connect(&redis.url(), Duration::from_secs(5))
+        .await
+        .expect("client");
+    assert!(hermes_service::redis::is_ready(&client).await);
+    redis.kill();
+    let publisher = EventPublisher::spawn(client.clone(), "signal");
+    let started = std::time::Instant::now();
+    for i in 0..20_000 {
+        publisher.emit(LogEvent::new(i, "signal", LogLevel::Debug, "flood"));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "emit must not wait on Redis"
+    );
+    assert!(publisher.dropped() > 0, "a full queue drops and counts");
+    let readiness = tokio::time::timeout(
+        Duration::from_secs(5),
+        hermes_service::redis::is_ready(&client),
+    )
+    .await
+    .expect("readiness answers in bounded time");
+    assert!(!readiness);
+
+    redis.restart();
+    let mut ready = false;
+    for _ in 0..100 {
+        if hermes_service::redis::is_ready(&client).await {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        ready,
+        "client reconnects after Redis returns, without restart"
+    );
+}
+
+#[tokio::test]
+async fn a_client_started_before_redis_connects_when_redis_comes_up() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let client = hermes_service::redis::connect(&redis.url(), Duration::from_millis(200))
+        .await
+        .expect("client is built even when Redis is down");
+    assert!(!hermes_service::redis::is_ready(&client).await);
+    redis.restart();
+    let mut ready = false;
+    for _ in 0..100 {
+        if hermes_service::redis::is_ready(&client).await {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "first connection is retried until Redis answers");
+}

@@ -1,0 +1,1158 @@
+//! Redis side of signaling: seats and presence, sequencing, per-participant resume inboxes,
+//! and pub/sub fan-out so any number of replicas act as one.
+//!
+//! Every state change that needs atomicity is one Lua script (Redis runs it alone):
+//! - `JOIN`: admit or refuse a seat (at most two media participants, see
+//!   [`crate::room::admits`]), write the lease, drop the old inbox on a fresh join, and publish
+//!   `peer-joined` / `peer-resumed` / `replaced`.
+//! - `RELAY`: check the sender still holds its seat, take the next per-call `seq` (never below
+//!   what the sender has seen, so a Redis that lost its data does not reuse numbers), append the
+//!   message to every other participant's capped inbox stream (entry id `seq-1`), PUBLISH it.
+//!   Because one script does all three, `seq` order = inbox order = pub/sub order.
+//! - `TICK` (per call with local participants, every third of the lease): renew local leases
+//!   (re-creating them after a Redis restart), report local connections another connection
+//!   replaced, and sweep peers whose lease lapsed (crashed replica: `peer-reconnecting`) or
+//!   whose grace ended (`peer-left`). The transition happens once, in Redis, so exactly one
+//!   replica announces it.
+//! - `DISCONNECT`: mark a seat away (if this connection still owns it) and announce it.
+//! - `END`: mark the call ended, drop seats and inboxes, publish `call-ended`.
+//!
+//! Fan-out: one subscriber connection per replica SUBSCRIBEs to the channel of every call
+//! that has a local participant. A router task owns the channel → local sessions map (no
+//! lock) and forwards each published frame, as the same bytes, to the sessions it concerns.
+//! A jump in a call's `seq`, a lagging broadcast or a subscriber reconnect makes the sessions
+//! catch up from their inboxes, so pub/sub loss never loses a relayed message.
+//!
+//! Architecture invariant: sessions learn about relayed messages only through pub/sub or
+//! their inbox, never directly from another local session, so one replica or two behave alike.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use fred::types::streams::XCapKind;
+use hermes_proto::signal::{CallControl, PeerInfo, ServerMessage};
+use hermes_proto::{CallId, ParticipantId, Role, keys};
+use serde::Deserialize;
+use sha1::{Digest, Sha1};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+use crate::room::PeerEntry;
+
+/// At most this many media participants per call.
+pub const MAX_MEDIA: usize = 2;
+/// Lifetime of the call keys this service may (re)create: the call TTL of the spec.
+pub const CALL_TTL_SECS: u64 = 24 * 60 * 60;
+/// Depth of each session's delivery queue. A session this far behind is dropped (closed with
+/// 1013) and resumes from its inbox, rather than making the router wait.
+pub const DELIVERY_QUEUE: usize = 1024;
+/// Depth of the subscriber's broadcast queue (fred's default of 32 is far too small for
+/// a replica carrying thousands of calls; a lag triggers an inbox catch-up).
+const BROADCAST_CAPACITY: usize = 1 << 16;
+
+/// What the router hands a session.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// A frame to forward as is; `seq` for relayed messages (deduplicated by the session).
+    Frame { text: Utf8Bytes, seq: Option<u64> },
+    /// `call-ended` to forward, then close with 4003.
+    Ended(Utf8Bytes),
+    /// Another connection took over this seat: close with 4002.
+    Replaced,
+    /// Pub/sub may have lost messages: fetch everything after the last delivered `seq` from
+    /// the inbox.
+    Resync,
+}
+
+/// The result of a join attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JoinOutcome {
+    Admitted {
+        resumed: bool,
+        /// The call's `seq` at admission: live messages after it, inbox before it.
+        base_seq: u64,
+        peers: Vec<PeerInfo>,
+    },
+    Full,
+    Ended,
+}
+
+/// The result of relaying one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayOutcome {
+    Sent(u64),
+    /// The seat belongs to a newer connection.
+    Replaced,
+    Ended,
+}
+
+/// Time parameters of presence, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct HubTimes {
+    pub lease_ms: u64,
+    pub grace_ms: u64,
+    pub inbox_maxlen: u64,
+}
+
+/// A Lua script run by SHA, loaded on first use and again after a Redis restart.
+struct Script {
+    lua: &'static str,
+    sha: String,
+}
+
+impl Script {
+    fn new(lua: &'static str) -> Self {
+        let sha = Sha1::digest(lua.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Self { lua, sha }
+    }
+
+    async fn run<R: FromValue>(
+        &self,
+        client: &Client,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<R, Error> {
+        match client
+            .evalsha::<R, _, _, _>(self.sha.as_str(), keys.clone(), args.clone())
+            .await
+        {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                client.eval::<R, _, _, _>(self.lua, keys, args).await
+            }
+            other => other,
+        }
+    }
+}
+
+const PRESENCE_LUA: &str = r#"
+local function presence(v, now, grace)
+  local role, state, exp = string.match(v, '^(%a+)|(%a)|(%d+)|')
+  if not role then return nil, 'gone' end
+  exp = tonumber(exp)
+  if state == 'L' and exp >= now then return role, 'live' end
+  if (state == 'L' and exp + grace >= now) or (state == 'A' and exp >= now) then return role, 'away' end
+  return role, 'gone'
+end
+local function conn_of(v) return string.match(v, '^%a+|%a|%d+|(.*)$') or '' end
+"#;
+
+/// KEYS: call, peers, channel, seq, own inbox.
+/// ARGV: pid, role, conn, now_ms, live entry, grace_ms, ttl_s, max_media, resume(0/1), inbox prefix.
+const JOIN_LUA: &str = r#"
+local now, grace = tonumber(ARGV[4]), tonumber(ARGV[6])
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'ended' then return {'ended'} end
+local entries = redis.call('HGETALL', KEYS[2])
+local media, prev, prevconn = 0, 'none', ''
+local out = {}
+local gone = {}
+for i = 1, #entries, 2 do
+  local p, v = entries[i], entries[i + 1]
+  local role, pres = presence(v, now, grace)
+  if p == ARGV[1] then
+    prev, prevconn = pres, conn_of(v)
+  elseif pres == 'gone' then
+    gone[#gone + 1] = p
+  else
+    if role ~= 'observer' then media = media + 1 end
+    out[#out + 1] = p .. '|' .. role .. '|' .. pres
+  end
+end
+if ARGV[2] ~= 'observer' and media >= tonumber(ARGV[8]) then return {'full'} end
+for _, p in ipairs(gone) do
+  redis.call('HDEL', KEYS[2], p)
+  redis.call('DEL', ARGV[10] .. p)
+  redis.call('PUBLISH', KEYS[3], '{"type":"peer-left","participantId":"' .. p .. '","reason":"timeout"}')
+end
+if not status then
+  redis.call('HSET', KEYS[1], 'status', 'active', 'createdAt', string.format('%.0f', math.floor(now / 1000)))
+  redis.call('EXPIRE', KEYS[1], ARGV[7])
+elseif status ~= 'active' then
+  redis.call('HSET', KEYS[1], 'status', 'active')
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[7])
+if prev == 'live' and prevconn ~= ARGV[3] then
+  redis.call('PUBLISH', KEYS[3], '{"type":"replaced","participantId":"' .. ARGV[1] .. '","conn":"' .. ARGV[3] .. '"}')
+end
+local resumed = 0
+if ARGV[9] == '1' and (prev == 'live' or prev == 'away') then
+  resumed = 1
+  if prev == 'away' then
+    redis.call('PUBLISH', KEYS[3], '{"type":"peer-resumed","participantId":"' .. ARGV[1] .. '"}')
+  end
+else
+  redis.call('DEL', KEYS[5])
+  redis.call('PUBLISH', KEYS[3], '{"type":"peer-joined","participantId":"' .. ARGV[1] .. '","role":"' .. ARGV[2] .. '"}')
+end
+local seq = redis.call('GET', KEYS[4]) or '0'
+local reply = {'ok', resumed, seq}
+for _, o in ipairs(out) do reply[#reply + 1] = o end
+return reply
+"#;
+
+/// KEYS: peers, seq, channel, call.
+/// ARGV: from, conn, head, tail, floor, inbox prefix, maxlen, inbox ttl ms, ttl s, own live
+/// entry, then the participant ids the sender knows are in the call.
+const RELAY_LUA: &str = r#"
+if redis.call('HGET', KEYS[4], 'status') == 'ended' then return -2 end
+local mine = redis.call('HGET', KEYS[1], ARGV[1])
+if mine then
+  if conn_of(mine) ~= ARGV[2] then return -1 end
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[10])
+end
+local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
+if cur < tonumber(ARGV[5]) then redis.call('SET', KEYS[2], ARGV[5]) end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[9])
+local msg = ARGV[3] .. seq .. ARGV[4]
+local to = {}
+for _, p in ipairs(redis.call('HKEYS', KEYS[1])) do to[p] = true end
+-- Peers the sender knows of, in case Redis lost the seats (restart) and their replicas
+-- have not rewritten them yet.
+for i = 11, #ARGV do to[ARGV[i]] = true end
+to[ARGV[1]] = nil
+for p, _ in pairs(to) do
+  local k = ARGV[6] .. p
+  redis.pcall('XADD', k, 'MAXLEN', '~', ARGV[7], seq .. '-1', 'm', msg)
+  redis.call('PEXPIRE', k, ARGV[8])
+end
+redis.call('PUBLISH', KEYS[3], msg)
+return seq
+"#;
+
+/// KEYS: peers, channel. ARGV: pid, conn, away entry.
+const DISCONNECT_LUA: &str = r#"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v or conn_of(v) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('PUBLISH', KEYS[2], '{"type":"peer-reconnecting","participantId":"' .. ARGV[1] .. '"}')
+return 1
+"#;
+
+/// KEYS: call, peers, channel, seq. ARGV: now_ms, grace_ms, ttl_s, inbox prefix, then
+/// (pid, conn, live entry) per local connection.
+const TICK_LUA: &str = r#"
+local now, grace = tonumber(ARGV[1]), tonumber(ARGV[2])
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'ended' then return {'ended'} end
+if not status then
+  redis.call('HSET', KEYS[1], 'status', 'active', 'createdAt', string.format('%.0f', math.floor(now / 1000)))
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+local mine = {}
+local reply = {'ok', redis.call('GET', KEYS[4]) or '0'}
+for i = 5, #ARGV, 3 do
+  local pid, conn = ARGV[i], ARGV[i + 1]
+  mine[pid] = true
+  local v = redis.call('HGET', KEYS[2], pid)
+  if v and conn_of(v) ~= conn then
+    reply[#reply + 1] = pid .. '|' .. conn
+  else
+    redis.call('HSET', KEYS[2], pid, ARGV[i + 2])
+  end
+end
+local entries = redis.call('HGETALL', KEYS[2])
+for i = 1, #entries, 2 do
+  local p, v = entries[i], entries[i + 1]
+  if not mine[p] then
+    local role, state, exp = string.match(v, '^(%a+)|(%a)|(%d+)|')
+    exp = tonumber(exp)
+    local left = false
+    if not role then
+      redis.call('HDEL', KEYS[2], p)
+    elseif state == 'L' and exp < now then
+      if exp + grace >= now then
+        redis.call('HSET', KEYS[2], p, role .. '|A|' .. string.format('%.0f', exp + grace) .. '|' .. conn_of(v))
+        redis.call('PUBLISH', KEYS[3], '{"type":"peer-reconnecting","participantId":"' .. p .. '"}')
+      else
+        left = true
+      end
+    elseif state == 'A' and exp < now then
+      left = true
+    end
+    if left then
+      redis.call('HDEL', KEYS[2], p)
+      redis.call('DEL', ARGV[4] .. p)
+      redis.call('PUBLISH', KEYS[3], '{"type":"peer-left","participantId":"' .. p .. '","reason":"timeout"}')
+    end
+  end
+end
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return reply
+"#;
+
+/// KEYS: call, peers, channel. ARGV: now_s, call-ended JSON, inbox prefix, publish(0/1), ttl_s.
+const END_LUA: &str = r#"
+local was = redis.call('HGET', KEYS[1], 'status')
+local fresh = was ~= 'ended'
+if fresh then
+  redis.call('HSET', KEYS[1], 'status', 'ended', 'endedAt', ARGV[1])
+  if not was then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
+end
+for _, p in ipairs(redis.call('HKEYS', KEYS[2])) do redis.call('DEL', ARGV[3] .. p) end
+redis.call('DEL', KEYS[2])
+if fresh and ARGV[4] == '1' then redis.call('PUBLISH', KEYS[3], ARGV[2]) end
+if fresh then return 1 end
+return 0
+"#;
+
+struct Scripts {
+    join: Script,
+    relay: Script,
+    disconnect: Script,
+    tick: Script,
+    end: Script,
+}
+
+fn with_helpers(body: &'static str) -> &'static str {
+    // Built once per process at start-up; leaking five short strings is fine.
+    Box::leak(format!("{PRESENCE_LUA}{body}").into_boxed_str())
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            join: Script::new(with_helpers(JOIN_LUA)),
+            relay: Script::new(with_helpers(RELAY_LUA)),
+            disconnect: Script::new(with_helpers(DISCONNECT_LUA)),
+            tick: Script::new(with_helpers(TICK_LUA)),
+            end: Script::new(with_helpers(END_LUA)),
+        }
+    }
+}
+
+/// A local session as the router knows it.
+struct Local {
+    id: u64,
+    participant: ParticipantId,
+    role: Role,
+    conn: Arc<str>,
+    tx: mpsc::Sender<Delivery>,
+    resync: Arc<AtomicBool>,
+}
+
+struct CallLocal {
+    call: CallId,
+    locals: Vec<Local>,
+    last_seq: u64,
+}
+
+enum Cmd {
+    Register {
+        channel: String,
+        call: CallId,
+        local: Local,
+        ready: oneshot::Sender<Result<(), Error>>,
+    },
+    Unregister {
+        channel: String,
+        id: u64,
+    },
+    Snapshot(oneshot::Sender<Vec<CallSnapshot>>),
+    ResyncAll,
+}
+
+enum SubCmd {
+    Subscribe(String, oneshot::Sender<Result<(), Error>>),
+    Unsubscribe(String),
+}
+
+/// One call's local sessions, for the lease tick.
+struct CallSnapshot {
+    call: CallId,
+    /// Highest `seq` the router has seen published for this call.
+    last_seq: u64,
+    locals: Vec<(ParticipantId, Role, Arc<str>, mpsc::Sender<Delivery>)>,
+}
+
+/// Handle shared by all sessions of this replica.
+pub struct Hub {
+    client: Client,
+    subscriber: SubscriberClient,
+    cmd_tx: mpsc::UnboundedSender<Cmd>,
+    scripts: Scripts,
+    times: HubTimes,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("times", &self.times).finish()
+    }
+}
+
+/// The subscriber connection, built here (not by hermes-service) for its larger broadcast queue.
+async fn connect_subscriber(url: &str) -> Result<SubscriberClient, Error> {
+    let mut config = Config::from_url(url)?;
+    // Retry the first connection too: a replica started before Redis must still become ready.
+    config.fail_fast = false;
+    let client = Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = hermes_service::redis::CONNECT_TIMEOUT;
+            c.internal_command_timeout = hermes_service::redis::COMMAND_TIMEOUT;
+            c.max_command_attempts = 2;
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = hermes_service::redis::COMMAND_TIMEOUT;
+            p.broadcast_channel_capacity = BROADCAST_CAPACITY;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+        .build_subscriber_client()?;
+    client.connect();
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.wait_for_connect()).await;
+    client.manage_subscriptions();
+    Ok(client)
+}
+
+impl Hub {
+    /// Connect and start the router, the subscription manager and the lease ticker.
+    pub async fn start(
+        redis_url: &str,
+        client: Client,
+        times: HubTimes,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, Error> {
+        let subscriber = connect_subscriber(redis_url).await?;
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (sub_tx, sub_rx) = mpsc::unbounded_channel();
+        let hub = Arc::new(Self {
+            client,
+            subscriber: subscriber.clone(),
+            cmd_tx,
+            scripts: Scripts::new(),
+            times,
+            metrics,
+        });
+        tokio::spawn(subscription_manager(subscriber.clone(), sub_rx));
+        tokio::spawn(router(
+            Arc::downgrade(&hub),
+            subscriber.clone(),
+            cmd_rx,
+            sub_tx,
+        ));
+        // After any reconnect (Redis restarted or a network blip) sessions catch up from their
+        // inboxes and leases are rewritten at once instead of at the next tick.
+        let weak = Arc::downgrade(&hub);
+        let mut sub_reconnects = subscriber.reconnect_rx();
+        let mut cmd_reconnects = hub.client.reconnect_rx();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = sub_reconnects.recv() => if r.is_err() { break },
+                    r = cmd_reconnects.recv() => if r.is_err() { break },
+                }
+                let Some(hub) = weak.upgrade() else { break };
+                tracing::info!("Redis reconnected: renewing leases and resyncing sessions");
+                hub.tick_all().await;
+                let _ = hub.cmd_tx.send(Cmd::ResyncAll);
+            }
+        });
+        let weak = Arc::downgrade(&hub);
+        let period = Duration::from_millis((times.lease_ms / 3).max(100));
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let Some(hub) = weak.upgrade() else { break };
+                hub.tick_all().await;
+            }
+        });
+        Ok(hub)
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn times(&self) -> HubTimes {
+        self.times
+    }
+
+    /// Subscribe a session to its call's channel; returns once the subscription is active.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn register(
+        &self,
+        id: u64,
+        call: &CallId,
+        participant: &ParticipantId,
+        role: Role,
+        conn: Arc<str>,
+        tx: mpsc::Sender<Delivery>,
+        resync: Arc<AtomicBool>,
+    ) -> Result<(), Error> {
+        let (ready, done) = oneshot::channel();
+        let local = Local {
+            id,
+            participant: participant.clone(),
+            role,
+            conn,
+            tx,
+            resync,
+        };
+        self.cmd_tx
+            .send(Cmd::Register {
+                channel: keys::call_channel(call),
+                call: call.clone(),
+                local,
+                ready,
+            })
+            .map_err(|_| Error::new(ErrorKind::Canceled, "hub stopped"))?;
+        done.await
+            .map_err(|_| Error::new(ErrorKind::Canceled, "hub stopped"))?
+    }
+
+    pub fn unregister(&self, id: u64, call: &CallId) {
+        let _ = self.cmd_tx.send(Cmd::Unregister {
+            channel: keys::call_channel(call),
+            id,
+        });
+    }
+
+    fn inbox_prefix(call: &CallId) -> String {
+        // keys::call_inbox with an empty participant is not expressible (ParticipantId is
+        // validated), so derive the prefix from a real key shape.
+        format!("{}:inbox:", keys::call(call))
+    }
+
+    fn live_entry(&self, role: Role, conn: &str, now_ms: u64) -> String {
+        PeerEntry {
+            role,
+            live: true,
+            expiry_ms: now_ms + self.times.lease_ms,
+            conn: conn.to_owned(),
+        }
+        .encode()
+    }
+
+    /// Take (or retake) a seat.
+    pub async fn join(
+        &self,
+        call: &CallId,
+        participant: &ParticipantId,
+        role: Role,
+        conn: &str,
+        resume: bool,
+        now_ms: u64,
+    ) -> Result<JoinOutcome, Error> {
+        let reply: Vec<Value> = self
+            .scripts
+            .join
+            .run(
+                &self.client,
+                vec![
+                    keys::call(call),
+                    keys::call_peers(call),
+                    keys::call_channel(call),
+                    keys::call_seq(call),
+                    keys::call_inbox(call, participant),
+                ],
+                vec![
+                    participant.to_string(),
+                    role.to_string(),
+                    conn.to_owned(),
+                    now_ms.to_string(),
+                    self.live_entry(role, conn, now_ms),
+                    self.times.grace_ms.to_string(),
+                    CALL_TTL_SECS.to_string(),
+                    MAX_MEDIA.to_string(),
+                    if resume { "1" } else { "0" }.to_owned(),
+                    Self::inbox_prefix(call),
+                ],
+            )
+            .await?;
+        let text = |v: Option<&Value>| v.and_then(|v| v.as_str().map(|s| s.into_owned()));
+        match text(reply.first()).as_deref() {
+            Some("ended") => Ok(JoinOutcome::Ended),
+            Some("full") => Ok(JoinOutcome::Full),
+            Some("ok") => {
+                let resumed = reply.get(1).and_then(Value::as_u64) == Some(1);
+                let base_seq = reply
+                    .get(2)
+                    .and_then(|v| v.as_str().and_then(|s| s.parse().ok()))
+                    .unwrap_or(0);
+                let peers = reply
+                    .iter()
+                    .skip(3)
+                    .filter_map(|v| v.as_str().and_then(|s| parse_peer(&s)))
+                    .collect();
+                Ok(JoinOutcome::Admitted {
+                    resumed,
+                    base_seq,
+                    peers,
+                })
+            }
+            _ => Err(Error::new(
+                ErrorKind::Parse,
+                "unexpected reply from the join script",
+            )),
+        }
+    }
+
+    /// Sequence, store and publish one relayed message. `message` must be relayable (its
+    /// `seq` is replaced by the call's next sequence number).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn relay(
+        &self,
+        call: &CallId,
+        participant: &ParticipantId,
+        role: Role,
+        conn: &str,
+        message: &ServerMessage,
+        floor: u64,
+        known_peers: &[ParticipantId],
+        now_ms: u64,
+    ) -> Result<RelayOutcome, Error> {
+        let (head, tail) = split_at_seq(message)
+            .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "message has no seq"))?;
+        let inbox_ttl_ms = self.times.grace_ms + 2 * self.times.lease_ms + 60_000;
+        let seq: i64 = self
+            .scripts
+            .relay
+            .run(
+                &self.client,
+                vec![
+                    keys::call_peers(call),
+                    keys::call_seq(call),
+                    keys::call_channel(call),
+                    keys::call(call),
+                ],
+                vec![
+                    participant.to_string(),
+                    conn.to_owned(),
+                    head,
+                    tail,
+                    floor.to_string(),
+                    Self::inbox_prefix(call),
+                    self.times.inbox_maxlen.to_string(),
+                    inbox_ttl_ms.to_string(),
+                    CALL_TTL_SECS.to_string(),
+                    self.live_entry(role, conn, now_ms),
+                ]
+                .into_iter()
+                .chain(known_peers.iter().map(ToString::to_string))
+                .collect(),
+            )
+            .await?;
+        Ok(match seq {
+            -1 => RelayOutcome::Replaced,
+            -2 => RelayOutcome::Ended,
+            n => RelayOutcome::Sent(n.max(0) as u64),
+        })
+    }
+
+    /// Mark the seat away (if this connection still holds it) and tell the others.
+    pub async fn disconnect(
+        &self,
+        call: &CallId,
+        participant: &ParticipantId,
+        role: Role,
+        conn: &str,
+        now_ms: u64,
+    ) -> Result<bool, Error> {
+        let away = PeerEntry {
+            role,
+            live: false,
+            expiry_ms: now_ms + self.times.grace_ms,
+            conn: conn.to_owned(),
+        }
+        .encode();
+        let n: i64 = self
+            .scripts
+            .disconnect
+            .run(
+                &self.client,
+                vec![keys::call_peers(call), keys::call_channel(call)],
+                vec![participant.to_string(), conn.to_owned(), away],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// End the call: status `ended`, seats and inboxes dropped, `call-ended` published (when
+    /// `publish`). Returns whether this call ended it.
+    pub async fn end(&self, call: &CallId, reason: &str, publish: bool) -> Result<bool, Error> {
+        let ended = serde_json::to_string(&ServerMessage::CallEnded {
+            reason: reason.to_owned(),
+        })
+        .map_err(|e| Error::new(ErrorKind::Parse, e.to_string()))?;
+        let n: i64 = self
+            .scripts
+            .end
+            .run(
+                &self.client,
+                vec![
+                    keys::call(call),
+                    keys::call_peers(call),
+                    keys::call_channel(call),
+                ],
+                vec![
+                    hermes_service::unix_now().to_string(),
+                    ended,
+                    Self::inbox_prefix(call),
+                    if publish { "1" } else { "0" }.to_owned(),
+                    CALL_TTL_SECS.to_string(),
+                ],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Inbox entries with `seq > after`, in order.
+    pub async fn inbox_after(
+        &self,
+        call: &CallId,
+        participant: &ParticipantId,
+        after: u64,
+    ) -> Result<Vec<(u64, String)>, Error> {
+        let entries: Vec<(String, HashMap<String, String>)> = self
+            .client
+            .xrange(
+                keys::call_inbox(call, participant),
+                format!("{}-0", after.saturating_add(1)),
+                "+",
+                Some(self.times.inbox_maxlen),
+            )
+            .await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(id, mut fields)| {
+                let seq = id.split('-').next()?.parse().ok()?;
+                Some((seq, fields.remove("m")?))
+            })
+            .collect())
+    }
+
+    /// Drop inbox entries with `seq <= acked`.
+    pub async fn trim_inbox(
+        &self,
+        call: &CallId,
+        participant: &ParticipantId,
+        acked: u64,
+    ) -> Result<(), Error> {
+        let _: i64 = self
+            .client
+            .xtrim(
+                keys::call_inbox(call, participant),
+                (
+                    XCapKind::MinID,
+                    "=",
+                    format!("{}-0", acked.saturating_add(1)),
+                    None::<i64>,
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Renew every local lease and sweep lapsed peers, one script call per call.
+    async fn tick_all(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd_tx.send(Cmd::Snapshot(tx)).is_err() {
+            return;
+        }
+        let Ok(calls) = rx.await else { return };
+        let now = hermes_service::unix_now_ms();
+        // Bounded concurrency: at most 64 scripts in flight, so a big replica does not
+        // flood Redis at each tick.
+        for chunk in calls.chunks(64) {
+            let futures = chunk.iter().map(|c| self.tick_call(c, now));
+            futures_util::future::join_all(futures).await;
+        }
+    }
+
+    async fn tick_call(&self, snap: &CallSnapshot, now_ms: u64) {
+        let call = &snap.call;
+        let mut args = vec![
+            now_ms.to_string(),
+            self.times.grace_ms.to_string(),
+            CALL_TTL_SECS.to_string(),
+            Self::inbox_prefix(call),
+        ];
+        for (pid, role, conn, _) in &snap.locals {
+            args.push(pid.to_string());
+            args.push(conn.to_string());
+            args.push(self.live_entry(*role, conn, now_ms));
+        }
+        let reply: Result<Vec<Value>, Error> = self
+            .scripts
+            .tick
+            .run(
+                &self.client,
+                vec![
+                    keys::call(call),
+                    keys::call_peers(call),
+                    keys::call_channel(call),
+                    keys::call_seq(call),
+                ],
+                args,
+            )
+            .await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.redis_errors.inc();
+                tracing::debug!(error = %e, "lease tick failed");
+                return;
+            }
+        };
+        let first = reply
+            .first()
+            .and_then(|v| v.as_str().map(|s| s.into_owned()));
+        if first.as_deref() == Some("ended") {
+            let text = ended_frame("ended");
+            for (_, _, _, tx) in &snap.locals {
+                let _ = tx.try_send(Delivery::Ended(text.clone()));
+            }
+            return;
+        }
+        // Safety net for pub/sub loss: if the call's counter is ahead of what this replica saw
+        // published, its sessions fetch the difference from their inboxes.
+        let seq = reply
+            .get(1)
+            .and_then(|v| v.as_str().and_then(|s| s.parse::<u64>().ok()))
+            .unwrap_or(0);
+        if seq > snap.last_seq {
+            for (_, _, _, tx) in &snap.locals {
+                let _ = tx.try_send(Delivery::Resync);
+            }
+        }
+        for stale in reply.iter().skip(2).filter_map(|v| v.as_str()) {
+            if let Some((pid, conn)) = stale.split_once('|') {
+                for (p, _, c, tx) in &snap.locals {
+                    if p.as_str() == pid && &**c == conn {
+                        let _ = tx.try_send(Delivery::Replaced);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the subscriber connection is up.
+    pub fn subscriber_connected(&self) -> bool {
+        self.subscriber.is_connected()
+    }
+}
+
+fn ended_frame(reason: &str) -> Utf8Bytes {
+    serde_json::to_string(&ServerMessage::CallEnded {
+        reason: reason.to_owned(),
+    })
+    .map(Utf8Bytes::from)
+    .unwrap_or_else(|_| Utf8Bytes::from_static(r#"{"type":"call-ended","reason":"ended"}"#))
+}
+
+fn parse_peer(s: &str) -> Option<PeerInfo> {
+    let mut parts = s.splitn(3, '|');
+    let participant_id = ParticipantId::parse(parts.next()?).ok()?;
+    let role = match parts.next()? {
+        "offerer" => Role::Offerer,
+        "answerer" => Role::Answerer,
+        "observer" => Role::Observer,
+        _ => return None,
+    };
+    let connected = parts.next()? == "live";
+    Some(PeerInfo {
+        participant_id,
+        role,
+        connected,
+    })
+}
+
+/// Serialise a relayed message with `seq` 0 and split it around the number, so Redis can
+/// splice in the real `seq` without parsing JSON. Serde writes fields in declaration order,
+/// so `"seq":0` follows `type` and `from` (neither can contain it); a unit test pins this.
+pub fn split_at_seq(message: &ServerMessage) -> Option<(String, String)> {
+    let mut json = serde_json::to_string(message).ok()?;
+    const NEEDLE: &str = "\"seq\":0";
+    let at = json.find(NEEDLE)? + NEEDLE.len() - 1;
+    let tail = json.split_off(at + 1);
+    json.truncate(at);
+    Some((json, tail))
+}
+
+/// The fields of a published frame the router needs, borrowed from the payload.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    #[serde(default, borrow)]
+    from: Option<&'a str>,
+    #[serde(default, borrow, rename = "participantId")]
+    participant: Option<&'a str>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default, borrow)]
+    conn: Option<&'a str>,
+}
+
+async fn subscription_manager(
+    subscriber: SubscriberClient,
+    mut rx: mpsc::UnboundedReceiver<SubCmd>,
+) {
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            SubCmd::Subscribe(channel, ready) => {
+                let _ = ready.send(subscriber.subscribe(channel).await);
+            }
+            SubCmd::Unsubscribe(channel) => {
+                let _ = subscriber.unsubscribe(channel).await;
+            }
+        }
+    }
+}
+
+async fn router(
+    hub: std::sync::Weak<Hub>,
+    subscriber: SubscriberClient,
+    mut cmd_rx: mpsc::UnboundedReceiver<Cmd>,
+    sub_tx: mpsc::UnboundedSender<SubCmd>,
+) {
+    let mut messages = subscriber.message_rx();
+    let mut calls: HashMap<String, CallLocal> = HashMap::new();
+    let Some(metrics) = hub.upgrade().map(|h| h.metrics.clone()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            cmd = cmd_rx.recv() => {
+                let Some(cmd) = cmd else { break };
+                match cmd {
+                    Cmd::Register { channel, call, local, ready } => {
+                        let entry = calls.entry(channel.clone()).or_insert_with(|| CallLocal {
+                            call,
+                            locals: Vec::new(),
+                            last_seq: 0,
+                        });
+                        entry.locals.push(local);
+                        metrics.calls.set(calls.len() as i64);
+                        let _ = sub_tx.send(SubCmd::Subscribe(channel, ready));
+                    }
+                    Cmd::Unregister { channel, id } => {
+                        if let Some(entry) = calls.get_mut(&channel) {
+                            entry.locals.retain(|l| l.id != id);
+                            if entry.locals.is_empty() {
+                                calls.remove(&channel);
+                                let _ = sub_tx.send(SubCmd::Unsubscribe(channel));
+                            }
+                        }
+                        metrics.calls.set(calls.len() as i64);
+                    }
+                    Cmd::Snapshot(reply) => {
+                        let snap = calls
+                            .values()
+                            .map(|c| CallSnapshot {
+                                call: c.call.clone(),
+                                last_seq: c.last_seq,
+                                locals: c
+                                    .locals
+                                    .iter()
+                                    .map(|l| (l.participant.clone(), l.role, l.conn.clone(), l.tx.clone()))
+                                    .collect(),
+                            })
+                            .collect();
+                        let _ = reply.send(snap);
+                    }
+                    Cmd::ResyncAll => {
+                        for c in calls.values_mut() {
+                            resync(c);
+                        }
+                    }
+                }
+            }
+            msg = messages.recv() => {
+                match msg {
+                    Ok(msg) => {
+                        let Some(entry) = calls.get_mut(&*msg.channel) else { continue };
+                        let Some(bytes) = msg.value.into_bytes() else { continue };
+                        let Ok(text) = Utf8Bytes::try_from(bytes) else { continue };
+                        route(entry, text, &hub);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(lost = n, "pub/sub queue lagged; sessions resync from inboxes");
+                        for c in calls.values_mut() {
+                            resync(c);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        }
+    }
+}
+
+fn resync(entry: &mut CallLocal) {
+    for l in &entry.locals {
+        let _ = l.tx.try_send(Delivery::Resync);
+    }
+}
+
+/// Deliver one published frame to the local sessions it concerns.
+fn route(entry: &mut CallLocal, text: Utf8Bytes, hub: &std::sync::Weak<Hub>) {
+    let Ok(head) = serde_json::from_str::<Head<'_>>(&text) else {
+        return;
+    };
+    match head.kind {
+        "offer" | "answer" | "ice-candidate" | "hangup" => {
+            let (Some(from), Some(seq)) = (head.from, head.seq) else {
+                return;
+            };
+            let gap = entry.last_seq != 0 && seq > entry.last_seq + 1;
+            entry.last_seq = entry.last_seq.max(seq);
+            for l in &entry.locals {
+                if l.participant.as_str() != from {
+                    if gap {
+                        let _ = l.tx.try_send(Delivery::Resync);
+                    }
+                    offer(
+                        l,
+                        Delivery::Frame {
+                            text: text.clone(),
+                            seq: Some(seq),
+                        },
+                    );
+                }
+            }
+        }
+        "peer-joined" | "peer-left" | "peer-reconnecting" | "peer-resumed" => {
+            let Some(subject) = head.participant else {
+                return;
+            };
+            for l in &entry.locals {
+                if l.participant.as_str() != subject {
+                    offer(
+                        l,
+                        Delivery::Frame {
+                            text: text.clone(),
+                            seq: None,
+                        },
+                    );
+                }
+            }
+        }
+        "call-ended" => {
+            for l in &entry.locals {
+                offer(l, Delivery::Ended(text.clone()));
+            }
+        }
+        "end-call" => {
+            let Ok(CallControl::EndCall { reason }) = serde_json::from_str::<CallControl>(&text)
+            else {
+                return;
+            };
+            let frame = ended_frame(&reason);
+            for l in &entry.locals {
+                offer(l, Delivery::Ended(frame.clone()));
+            }
+            // The API marked the call ended; drop its seats and inboxes (idempotent).
+            if let Some(hub) = hub.upgrade() {
+                let call = entry.call.clone();
+                tokio::spawn(async move {
+                    let _ = hub.end(&call, &reason, false).await;
+                });
+            }
+        }
+        "replaced" => {
+            let (Some(subject), Some(conn)) = (head.participant, head.conn) else {
+                return;
+            };
+            for l in &entry.locals {
+                if l.participant.as_str() == subject && &*l.conn != conn {
+                    offer(l, Delivery::Replaced);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Queue a delivery without waiting; a session whose queue is full is flagged to resync
+/// once it drains (its inbox holds the relayed messages it missed).
+fn offer(local: &Local, delivery: Delivery) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = local.tx.try_send(delivery) {
+        local.resync.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use hermes_proto::signal::IceCandidate;
+    use rand::SeedableRng;
+
+    #[test]
+    fn seq_splice_matches_serde() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let from = ParticipantId::random(&mut rng);
+        let messages = [
+            ServerMessage::Offer {
+                from: from.clone(),
+                seq: 0,
+                sdp: "v=0\r\n\"seq\":0".into(),
+            },
+            ServerMessage::Answer {
+                from: from.clone(),
+                seq: 0,
+                sdp: "a".into(),
+            },
+            ServerMessage::IceCandidate {
+                from: from.clone(),
+                seq: 0,
+                candidate: IceCandidate {
+                    candidate: "candidate:0".into(),
+                    sdp_mid: Some("0".into()),
+                    sdp_m_line_index: Some(0),
+                    username_fragment: None,
+                },
+            },
+            ServerMessage::Hangup {
+                from: from.clone(),
+                seq: 0,
+            },
+        ];
+        for m in messages {
+            let (head, tail) = split_at_seq(&m).unwrap();
+            for seq in [1u64, 42, 9_007_199_254_740_000] {
+                let spliced = format!("{head}{seq}{tail}");
+                let mut expected = m.clone();
+                match &mut expected {
+                    ServerMessage::Offer { seq: s, .. }
+                    | ServerMessage::Answer { seq: s, .. }
+                    | ServerMessage::IceCandidate { seq: s, .. }
+                    | ServerMessage::Hangup { seq: s, .. } => *s = seq,
+                    _ => unreachable!(),
+                }
+                assert_eq!(spliced, serde_json::to_string(&expected).unwrap());
+                let head: Head<'_> = serde_json::from_str(&spliced).unwrap();
+                assert_eq!(head.seq, Some(seq));
+                assert_eq!(head.from, Some(from.as_str()));
+            }
+        }
+        assert!(split_at_seq(&ServerMessage::CallEnded { reason: "x".into() }).is_none());
+    }
+
+    #[test]
+    fn peers_from_script_replies() {
+        let p = parse_peer("b2b2b2b2b2b2b2b2b2b2b2b2b2|offerer|away").unwrap();
+        assert_eq!(p.role, Role::Offerer);
+        assert!(!p.connected);
+        assert!(
+            parse_peer("b2b2b2b2b2b2b2b2b2b2b2b2b2|observer|live")
+                .unwrap()
+                .connected
+        );
+        assert!(parse_peer("../x|offerer|live").is_none());
+        assert!(parse_peer("b2b2b2b2b2b2b2b2b2b2b2b2b2|king|live").is_none());
+    }
+}

@@ -1,0 +1,719 @@
+//! One WebSocket connection: a thin loop around [`crate::room::Conn`] that reads frames,
+//! talks to the [`crate::hub::Hub`], forwards deliveries and runs the timers.
+//!
+//! Life of a connection: upgrade → `join` within the join timeout (token verified, seat taken
+//! in Redis, subscribed to the call's channel *before* the seat is taken so nothing published
+//! afterwards is missed) → `joined` → inbox replay if resuming → relay loop → on exit the seat
+//! is marked away (peers see `peer-reconnecting`) unless the call ended or another connection
+//! replaced this one. SIGTERM closes with 1012.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use hermes_proto::signal::{
+    CLOSE_CALL_ENDED, CLOSE_CALL_FULL, CLOSE_POLICY_VIOLATION, CLOSE_REPLACED,
+    CLOSE_SERVICE_RESTART, CLOSE_UNAUTHORIZED, ServerMessage, SignalErrorCode,
+};
+use hermes_proto::{CallId, LogLevel, ParticipantId};
+use hermes_service::unix_now_ms;
+use rand::RngCore;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::hub::{DELIVERY_QUEUE, Delivery, JoinOutcome, RelayOutcome};
+use crate::room::{Conn, Decision, Relay, Seat, Tick};
+use crate::{AppState, SessionGuard};
+
+/// Close code when Redis is unavailable at join (RFC 6455 1013, try again later).
+const CLOSE_TRY_AGAIN: u16 = 1013;
+/// Close code for an internal failure (RFC 6455 1011).
+const CLOSE_INTERNAL: u16 = 1011;
+/// Close code for a message above [`crate::HARD_MESSAGE_LIMIT`] (RFC 6455 1009).
+const CLOSE_TOO_BIG: u16 = 1009;
+
+/// How the connection ended, for the seat bookkeeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    /// The client went away or was closed: its seat waits for a resume.
+    Away,
+    /// The call ended or another connection took the seat: nothing to mark.
+    Final,
+}
+
+struct Joined {
+    seat: Seat,
+    /// Set by the router when it had to drop a delivery (queue full).
+    resync: Arc<AtomicBool>,
+    rx: mpsc::Receiver<Delivery>,
+    /// Highest `seq` this connection relayed (a floor for the call's counter).
+    last_sent: u64,
+    /// Other participants this client has been told about (joined, peer-* events).
+    others: Vec<ParticipantId>,
+    relayed: u64,
+    delivered: u64,
+}
+
+struct Session {
+    state: Arc<AppState>,
+    socket: WebSocket,
+    conn: Conn,
+    id: u64,
+    conn_id: Arc<str>,
+    joined: Option<Joined>,
+}
+
+fn random_conn_id() -> Arc<str> {
+    let mut bytes = [0u8; 8];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into()
+}
+
+/// Run one connection to completion.
+pub async fn run(socket: WebSocket, state: Arc<AppState>) {
+    let _guard = SessionGuard::new(state.clone());
+    let mut session = Session {
+        conn: Conn::new(state.config.limits, unix_now_ms()),
+        id: state.next_id(),
+        conn_id: random_conn_id(),
+        state,
+        socket,
+        joined: None,
+    };
+    let exit = session.run().await;
+    session.finish(exit).await;
+}
+
+async fn recv_delivery(rx: Option<&mut mpsc::Receiver<Delivery>>) -> Option<Delivery> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    async fn run(&mut self) -> Exit {
+        let limits = self.state.config.limits;
+        let ping_every = Duration::from_millis((limits.idle_timeout_ms / 3).max(100));
+        // One timer for the life of the connection, reset after each tick (not re-created per
+        // message).
+        let timer = tokio::time::sleep(Duration::from_millis(limits.join_timeout_ms));
+        tokio::pin!(timer);
+        let mut shutdown = self.state.shutdown.clone();
+        let stop = shutdown.wait();
+        tokio::pin!(stop);
+        loop {
+            let rx = self.joined.as_mut().map(|j| &mut j.rx);
+            tokio::select! {
+                frame = self.socket.recv() => {
+                    let now = unix_now_ms();
+                    match frame {
+                        Some(Ok(Message::Text(text))) => {
+                            if let Some(exit) = self.on_text(&text, now).await {
+                                return exit;
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            let d = self.conn.on_frame("\u{1}binary", now);
+                            let d = match d {
+                                Decision::Reply(SignalErrorCode::BadMessage, _) => Decision::Reply(
+                                    SignalErrorCode::BadMessage,
+                                    "binary frames are not supported; send JSON text".into(),
+                                ),
+                                other => other,
+                            };
+                            if let Some(exit) = self.decide(d, now).await {
+                                return exit;
+                            }
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => self.conn.on_activity(now),
+                        Some(Ok(Message::Close(_))) | None => return Exit::Away,
+                        Some(Err(e)) => {
+                            let too_big = e.to_string().to_ascii_lowercase().contains("too long")
+                                || e.to_string().to_ascii_lowercase().contains("capacity");
+                            if too_big {
+                                self.close(CLOSE_TOO_BIG, "message too big").await;
+                            }
+                            return Exit::Away;
+                        }
+                    }
+                }
+                delivery = recv_delivery(rx) => {
+                    match delivery {
+                        Some(d) => {
+                            if let Some(exit) = self.on_delivery(d).await {
+                                return exit;
+                            }
+                            let lagged = self
+                                .joined
+                                .as_ref()
+                                .is_some_and(|j| j.resync.swap(false, Ordering::Relaxed));
+                            if lagged && let Err(exit) = self.replay().await {
+                                return exit;
+                            }
+                        }
+                        None => {
+                            self.close(CLOSE_INTERNAL, "hub stopped").await;
+                            return Exit::Away;
+                        }
+                    }
+                }
+                () = &mut timer => {
+                    let now = unix_now_ms();
+                    match self.conn.on_tick(now) {
+                        Tick::Close(code, reason) => {
+                            if code == CLOSE_UNAUTHORIZED {
+                                self.send_error(SignalErrorCode::Unauthorized, reason).await;
+                            }
+                            self.close(code, reason).await;
+                            return Exit::Away;
+                        }
+                        Tick::Ping => {
+                            if self.socket.send(Message::Ping(Default::default())).await.is_err() {
+                                return Exit::Away;
+                            }
+                        }
+                        Tick::Nothing => {}
+                    }
+                    self.flush_ack().await;
+                    timer.as_mut().reset(Instant::now() + if self.joined.is_some() {
+                        ping_every
+                    } else {
+                        Duration::from_millis(limits.join_timeout_ms)
+                    });
+                }
+                () = &mut stop => {
+                    self.close(CLOSE_SERVICE_RESTART, "service restart; reconnect and resume").await;
+                    return Exit::Away;
+                }
+            }
+        }
+    }
+
+    async fn on_text(&mut self, text: &str, now: u64) -> Option<Exit> {
+        let d = self.conn.on_frame(text, now);
+        self.decide(d, now).await
+    }
+
+    async fn decide(&mut self, decision: Decision, now: u64) -> Option<Exit> {
+        match decision {
+            Decision::Join {
+                token,
+                last_seq,
+                call_id,
+            } => self.join(&token, last_seq, call_id, now).await,
+            Decision::Relay(relay) => self.relay(relay, now).await,
+            Decision::Ack(_) => None,
+            Decision::Pong(ts) => {
+                self.send(&ServerMessage::Pong { ts }).await;
+                None
+            }
+            Decision::Stats(stats) => {
+                if let Some(j) = &self.joined {
+                    let mut detail = serde_json::to_value(&stats).unwrap_or(json!({}));
+                    if let Some(obj) = detail.as_object_mut() {
+                        obj.insert("participantId".into(), json!(j.seat.participant));
+                        obj.insert("role".into(), json!(j.seat.role));
+                    }
+                    self.state.events.event(
+                        LogLevel::Info,
+                        "call.stats",
+                        Some(&j.seat.call),
+                        detail,
+                    );
+                }
+                None
+            }
+            Decision::Reply(code, message) => {
+                self.send_error(code, &message).await;
+                None
+            }
+            Decision::Close {
+                error,
+                message,
+                code,
+            } => {
+                self.send_error(error, &message).await;
+                if code == CLOSE_POLICY_VIOLATION {
+                    self.state.metrics.abuse_closes.inc();
+                    let call = self.joined.as_ref().map(|j| j.seat.call.clone());
+                    self.state.events.event(
+                        LogLevel::Warn,
+                        "peer.abuse",
+                        call.as_ref(),
+                        json!({ "reason": message }),
+                    );
+                }
+                self.close(code, "policy violation").await;
+                Some(Exit::Away)
+            }
+        }
+    }
+
+    async fn join(
+        &mut self,
+        token: &str,
+        last_seq: Option<u64>,
+        call_id: Option<CallId>,
+        now: u64,
+    ) -> Option<Exit> {
+        let state = self.state.clone();
+        let claims = match state.keys.verify(token, now / 1000) {
+            Ok(c) => c,
+            Err(e) => {
+                return Some(
+                    self.refuse(
+                        SignalErrorCode::Unauthorized,
+                        &format!("join token refused: {e}"),
+                        CLOSE_UNAUTHORIZED,
+                        None,
+                    )
+                    .await,
+                );
+            }
+        };
+        if call_id.as_ref().is_some_and(|c| *c != claims.cid) {
+            return Some(
+                self.refuse(
+                    SignalErrorCode::Unauthorized,
+                    "join token is for another call",
+                    CLOSE_UNAUTHORIZED,
+                    Some(&claims.cid),
+                )
+                .await,
+            );
+        }
+        let seat = Seat {
+            call: claims.cid,
+            participant: claims.pid,
+            role: claims.role,
+        };
+        let (tx, rx) = mpsc::channel(DELIVERY_QUEUE);
+        let resync = Arc::new(AtomicBool::new(false));
+        // Subscribe first: everything published after the seat is taken reaches us.
+        if let Err(e) = state
+            .hub
+            .register(
+                self.id,
+                &seat.call,
+                &seat.participant,
+                seat.role,
+                self.conn_id.clone(),
+                tx,
+                resync.clone(),
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "subscribe failed");
+            state.hub.unregister(self.id, &seat.call);
+            return Some(self.unavailable(&seat.call).await);
+        }
+        let outcome = state
+            .hub
+            .join(
+                &seat.call,
+                &seat.participant,
+                seat.role,
+                &self.conn_id,
+                last_seq.is_some(),
+                now,
+            )
+            .await;
+        let (resumed, base_seq, peers) = match outcome {
+            Ok(JoinOutcome::Admitted {
+                resumed,
+                base_seq,
+                peers,
+            }) => (resumed, base_seq, peers),
+            Ok(JoinOutcome::Full) => {
+                state.hub.unregister(self.id, &seat.call);
+                return Some(
+                    self.refuse(
+                        SignalErrorCode::CallFull,
+                        "this call already has two participants",
+                        CLOSE_CALL_FULL,
+                        Some(&seat.call),
+                    )
+                    .await,
+                );
+            }
+            Ok(JoinOutcome::Ended) => {
+                state.hub.unregister(self.id, &seat.call);
+                return Some(
+                    self.refuse(
+                        SignalErrorCode::CallEnded,
+                        "this call has ended",
+                        CLOSE_CALL_ENDED,
+                        Some(&seat.call),
+                    )
+                    .await,
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "join script failed");
+                state.hub.unregister(self.id, &seat.call);
+                return Some(self.unavailable(&seat.call).await);
+            }
+        };
+        let after = if resumed {
+            last_seq.unwrap_or(0)
+        } else {
+            base_seq
+        };
+        self.conn.joined(seat.clone(), after);
+        state.metrics.joins.inc();
+        if resumed {
+            state.metrics.resumes.inc();
+        }
+        let others = peers.iter().map(|p| p.participant_id.clone()).collect();
+        let joined = ServerMessage::Joined {
+            call_id: seat.call.clone(),
+            participant_id: seat.participant.clone(),
+            role: seat.role,
+            peers,
+            resumed,
+        };
+        self.joined = Some(Joined {
+            seat: seat.clone(),
+            resync,
+            rx,
+            last_sent: 0,
+            others,
+            relayed: 0,
+            delivered: 0,
+        });
+        if !self.send(&joined).await {
+            return Some(Exit::Away);
+        }
+        let mut replayed = 0;
+        if resumed {
+            match self.replay().await {
+                Ok(n) => replayed = n,
+                Err(exit) => return Some(exit),
+            }
+        }
+        state.events.event(
+            LogLevel::Info,
+            if resumed {
+                "peer.resumed"
+            } else {
+                "peer.joined"
+            },
+            Some(&seat.call),
+            json!({
+                "participantId": seat.participant,
+                "role": seat.role,
+                "resumed": resumed,
+                "replayed": replayed,
+            }),
+        );
+        None
+    }
+
+    /// Send every inbox message after the last delivered one. `Err` when the socket is gone.
+    async fn replay(&mut self) -> Result<u64, Exit> {
+        let Some(j) = &self.joined else { return Ok(0) };
+        let (call, participant) = (j.seat.call.clone(), j.seat.participant.clone());
+        let entries = match self
+            .state
+            .hub
+            .inbox_after(&call, &participant, self.conn.last_delivered())
+            .await
+        {
+            Ok(e) => e,
+            Err(e) => {
+                // The messages stay in the inbox; the next resync or resume gets them.
+                self.state.metrics.redis_errors.inc();
+                tracing::warn!(error = %e, "inbox read failed");
+                return Ok(0);
+            }
+        };
+        let mut n = 0;
+        for (seq, text) in entries {
+            if self.conn.accept_delivery(seq) {
+                if self.socket.send(Message::Text(text.into())).await.is_err() {
+                    return Err(Exit::Away);
+                }
+                n += 1;
+            }
+        }
+        self.state.metrics.replayed.add(n);
+        self.state.metrics.delivered.add(n);
+        if let Some(j) = &mut self.joined {
+            j.delivered += n;
+        }
+        Ok(n)
+    }
+
+    async fn relay(&mut self, relay: Relay, now: u64) -> Option<Exit> {
+        let state = self.state.clone();
+        let j = self.joined.as_ref()?;
+        let seat = j.seat.clone();
+        let from = seat.participant.clone();
+        let hangup = matches!(relay, Relay::Hangup);
+        let message = match relay {
+            Relay::Offer(sdp) => ServerMessage::Offer { from, seq: 0, sdp },
+            Relay::Answer(sdp) => ServerMessage::Answer { from, seq: 0, sdp },
+            Relay::IceCandidate(candidate) => ServerMessage::IceCandidate {
+                from,
+                seq: 0,
+                candidate,
+            },
+            Relay::Hangup => ServerMessage::Hangup { from, seq: 0 },
+        };
+        let floor = self.conn.last_delivered().max(j.last_sent);
+        let others = j.others.clone();
+        let outcome = state
+            .hub
+            .relay(
+                &seat.call,
+                &seat.participant,
+                seat.role,
+                &self.conn_id,
+                &message,
+                floor,
+                &others,
+                now,
+            )
+            .await;
+        match outcome {
+            Ok(RelayOutcome::Sent(seq)) => {
+                state.metrics.relayed.inc();
+                if let Some(j) = &mut self.joined {
+                    j.last_sent = j.last_sent.max(seq);
+                    j.relayed += 1;
+                }
+                if hangup {
+                    return self.end_call(&seat.call).await;
+                }
+                None
+            }
+            Ok(RelayOutcome::Replaced) => {
+                self.close(CLOSE_REPLACED, "replaced by a newer connection")
+                    .await;
+                Some(Exit::Final)
+            }
+            Ok(RelayOutcome::Ended) => {
+                self.send_error(SignalErrorCode::CallEnded, "this call has ended")
+                    .await;
+                self.close(CLOSE_CALL_ENDED, "call ended").await;
+                Some(Exit::Final)
+            }
+            Err(e) => {
+                state.metrics.redis_errors.inc();
+                tracing::warn!(error = %e, "relay failed");
+                self.send_error(
+                    SignalErrorCode::Unavailable,
+                    "message not relayed (storage unavailable); resend it",
+                )
+                .await;
+                None
+            }
+        }
+    }
+
+    async fn end_call(&mut self, call: &CallId) -> Option<Exit> {
+        match self.state.hub.end(call, "hangup", true).await {
+            Ok(_) => {
+                self.state.events.event(
+                    LogLevel::Info,
+                    "call.ended",
+                    Some(call),
+                    json!({ "reason": "hangup" }),
+                );
+                self.send(&ServerMessage::CallEnded {
+                    reason: "hangup".into(),
+                })
+                .await;
+                self.close(CLOSE_CALL_ENDED, "call ended").await;
+                Some(Exit::Final)
+            }
+            Err(e) => {
+                self.state.metrics.redis_errors.inc();
+                tracing::warn!(error = %e, "ending the call failed");
+                self.send_error(
+                    SignalErrorCode::Unavailable,
+                    "hangup relayed but the call could not be ended; resend hangup",
+                )
+                .await;
+                None
+            }
+        }
+    }
+
+    async fn on_delivery(&mut self, delivery: Delivery) -> Option<Exit> {
+        match delivery {
+            Delivery::Frame { text, seq } => {
+                if let Some(seq) = seq
+                    && !self.conn.accept_delivery(seq)
+                {
+                    return None;
+                }
+                if seq.is_none() {
+                    self.track_presence(&text);
+                }
+                if self.socket.send(Message::Text(text)).await.is_err() {
+                    return Some(Exit::Away);
+                }
+                self.state.metrics.delivered.inc();
+                if let Some(j) = &mut self.joined {
+                    j.delivered += 1;
+                }
+                None
+            }
+            Delivery::Ended(text) => {
+                let _ = self.socket.send(Message::Text(text)).await;
+                self.close(CLOSE_CALL_ENDED, "call ended").await;
+                Some(Exit::Final)
+            }
+            Delivery::Replaced => {
+                self.close(CLOSE_REPLACED, "replaced by a newer connection")
+                    .await;
+                Some(Exit::Final)
+            }
+            Delivery::Resync => self.replay().await.err(),
+        }
+    }
+
+    /// Keep the list of other participants current from presence events (rare frames).
+    fn track_presence(&mut self, text: &str) {
+        #[derive(serde::Deserialize)]
+        struct Presence {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(rename = "participantId")]
+            participant: Option<ParticipantId>,
+        }
+        let Some(j) = &mut self.joined else { return };
+        let Ok(p) = serde_json::from_str::<Presence>(text) else {
+            return;
+        };
+        let Some(pid) = p.participant else { return };
+        match p.kind.as_str() {
+            "peer-left" => j.others.retain(|o| *o != pid),
+            "peer-joined" | "peer-resumed" | "peer-reconnecting" if !j.others.contains(&pid) => {
+                j.others.push(pid);
+            }
+            _ => {}
+        }
+    }
+
+    async fn flush_ack(&mut self) {
+        let Some(acked) = self.conn.take_ack_to_flush() else {
+            return;
+        };
+        let Some(j) = &self.joined else { return };
+        if let Err(e) = self
+            .state
+            .hub
+            .trim_inbox(&j.seat.call, &j.seat.participant, acked)
+            .await
+        {
+            tracing::debug!(error = %e, "inbox trim failed (retried at the next ack)");
+        }
+    }
+
+    async fn refuse(
+        &mut self,
+        code: SignalErrorCode,
+        message: &str,
+        close: u16,
+        call: Option<&CallId>,
+    ) -> Exit {
+        self.state.metrics.refused.inc();
+        self.state.events.event(
+            LogLevel::Warn,
+            "peer.refused",
+            call,
+            json!({ "code": code, "reason": message }),
+        );
+        self.send_error(code, message).await;
+        self.close(close, message).await;
+        Exit::Final
+    }
+
+    async fn unavailable(&mut self, call: &CallId) -> Exit {
+        self.state.metrics.redis_errors.inc();
+        self.refuse(
+            SignalErrorCode::Unavailable,
+            "signaling storage unavailable; retry shortly",
+            CLOSE_TRY_AGAIN,
+            Some(call),
+        )
+        .await
+    }
+
+    async fn send(&mut self, message: &ServerMessage) -> bool {
+        match serde_json::to_string(message) {
+            Ok(text) => self
+                .socket
+                .send(Message::Text(Utf8Bytes::from(text)))
+                .await
+                .is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    async fn send_error(&mut self, code: SignalErrorCode, message: &str) {
+        self.state.metrics.errors.inc();
+        self.send(&ServerMessage::Error {
+            code,
+            message: message.to_owned(),
+        })
+        .await;
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) {
+        // Close reasons are limited to 123 bytes.
+        let reason: String = reason.chars().take(120).collect();
+        let _ = self
+            .socket
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from(reason),
+            })))
+            .await;
+    }
+
+    /// Seat bookkeeping after the loop: mark away (the peer sees `peer-reconnecting`) and
+    /// leave the call's channel.
+    async fn finish(&mut self, exit: Exit) {
+        let Some(j) = self.joined.take() else { return };
+        let seat = &j.seat;
+        if exit == Exit::Away
+            && let Err(e) = self
+                .state
+                .hub
+                .disconnect(
+                    &seat.call,
+                    &seat.participant,
+                    seat.role,
+                    &self.conn_id,
+                    unix_now_ms(),
+                )
+                .await
+        {
+            // The lease lapses on its own and the sweep announces it.
+            self.state.metrics.redis_errors.inc();
+            tracing::debug!(error = %e, "disconnect not recorded");
+        }
+        self.state.hub.unregister(self.id, &seat.call);
+        self.state.events.event(
+            LogLevel::Info,
+            "peer.left",
+            Some(&seat.call),
+            json!({
+                "participantId": seat.participant,
+                "relayed": j.relayed,
+                "delivered": j.delivered,
+                "final": exit == Exit::Final,
+            }),
+        );
+    }
+}

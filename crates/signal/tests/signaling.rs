@@ -1,0 +1,683 @@
+//! Scenario tests: real redis-server, real replicas on loopback, real WebSocket clients.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use hermes_proto::Role;
+use hermes_proto::signal::{
+    CLOSE_CALL_ENDED, CLOSE_CALL_FULL, CLOSE_POLICY_VIOLATION, CLOSE_REPLACED,
+    CLOSE_SERVICE_RESTART, CLOSE_UNAUTHORIZED, CallControl, ClientMessage, MAX_FRAME_BYTES,
+    ServerMessage, SignalErrorCode,
+};
+use hermes_testkit::RedisServer;
+
+fn is_error(m: &ServerMessage, code: SignalErrorCode) -> bool {
+    matches!(m, ServerMessage::Error { code: c, .. } if *c == code)
+}
+
+/// Offer/answer/candidates between two clients, each on the given replica URL.
+async fn exchange(url_a: &str, url_b: &str, redis: &RedisServer) {
+    let call = Call::create(redis);
+    let (pa, ta) = call.token(Role::Offerer);
+    let (pb, tb) = call.token(Role::Answerer);
+    let (mut a, joined_a) = Client::join(url_a, &ta, None).await;
+    match joined_a {
+        ServerMessage::Joined {
+            peers,
+            resumed,
+            role,
+            ..
+        } => {
+            assert!(peers.is_empty());
+            assert!(!resumed);
+            assert_eq!(role, Role::Offerer);
+        }
+        _ => unreachable!(),
+    }
+    let status = redis
+        .raw_command(&format!("HGET call:{} status", call.id))
+        .unwrap();
+    assert!(status.contains("active"), "{status}");
+    let (mut b, joined_b) = Client::join(url_b, &tb, None).await;
+    match joined_b {
+        ServerMessage::Joined { peers, .. } => {
+            assert_eq!(peers.len(), 1);
+            assert_eq!(peers[0].participant_id, pa);
+            assert!(peers[0].connected);
+        }
+        _ => unreachable!(),
+    }
+    assert_eq!(
+        a.recv().await,
+        ServerMessage::PeerJoined {
+            participant_id: pb.clone(),
+            role: Role::Answerer
+        }
+    );
+    assert_eq!(
+        redis
+            .raw_command(&format!("HLEN call:{}:peers", call.id))
+            .unwrap(),
+        ":2\r\n"
+    );
+
+    a.send(&ClientMessage::Offer {
+        sdp: "v=0 offer".into(),
+    })
+    .await;
+    let offer = b.recv().await;
+    assert_eq!(
+        offer,
+        ServerMessage::Offer {
+            from: pa.clone(),
+            seq: 1,
+            sdp: "v=0 offer".into()
+        }
+    );
+    b.send(&ClientMessage::Answer {
+        sdp: "v=0 answer".into(),
+    })
+    .await;
+    assert_eq!(
+        a.recv().await,
+        ServerMessage::Answer {
+            from: pb.clone(),
+            seq: 2,
+            sdp: "v=0 answer".into()
+        }
+    );
+    for i in 0..5 {
+        a.send(&candidate(i)).await;
+        b.send(&candidate(100 + i)).await;
+    }
+    let mut last = 2;
+    for i in 0..5 {
+        let m = b.recv().await;
+        assert_eq!(candidate_index(&m), i);
+        assert!(seq_of(&m) > last);
+        last = seq_of(&m);
+    }
+    let mut last = 2;
+    for i in 0..5 {
+        let m = a.recv().await;
+        assert_eq!(candidate_index(&m), 100 + i);
+        assert!(seq_of(&m) > last);
+        last = seq_of(&m);
+    }
+    // Nothing else is pending: no echo of one's own messages.
+    assert_eq!(a.try_recv(Duration::from_millis(200)).await, None);
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_on_one_replica_exchange_offer_answer_candidates() {
+    let redis = RedisServer::start();
+    let r = Replica::start(&redis.url(), &[]).await;
+    exchange(&r.url(), &r.url(), &redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_on_two_replicas_exchange_through_redis() {
+    let redis = RedisServer::start();
+    let r1 = Replica::start(&redis.url(), &[]).await;
+    let r2 = Replica::start(&redis.url(), &[]).await;
+    exchange(&r1.url(), &r2.url(), &redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_media_participant_is_refused_observer_is_read_only() {
+    let redis = RedisServer::start();
+    let r = Replica::start(&redis.url(), &[]).await;
+    let call = Call::create(&redis);
+    let (pa, ta) = call.token(Role::Offerer);
+    let (_pb, tb) = call.token(Role::Answerer);
+    let (mut a, _) = Client::join(&r.url(), &ta, None).await;
+    let (mut b, _) = Client::join(&r.url(), &tb, None).await;
+    a.recv().await; // peer-joined b
+
+    let (_pc, tc) = call.token(Role::Answerer);
+    let mut c = Client::connect(&r.url()).await;
+    c.send(&ClientMessage::Join {
+        token: tc,
+        last_seq: None,
+        call_id: None,
+    })
+    .await;
+    let (seen, closed) = c.closed().await;
+    assert!(is_error(&seen[0], SignalErrorCode::CallFull), "{seen:?}");
+    assert_eq!(closed, Closed::Code(CLOSE_CALL_FULL));
+
+    let (po, to) = call.token(Role::Observer);
+    let (mut o, joined) = Client::join(&r.url(), &to, None).await;
+    match joined {
+        ServerMessage::Joined { peers, role, .. } => {
+            assert_eq!(role, Role::Observer);
+            assert_eq!(peers.len(), 2);
+        }
+        _ => unreachable!(),
+    }
+    // Both media participants see the observer arrive.
+    for x in [&mut a, &mut b] {
+        assert_eq!(
+            x.recv().await,
+            ServerMessage::PeerJoined {
+                participant_id: po.clone(),
+                role: Role::Observer
+            }
+        );
+    }
+    // The observer cannot send SDP, ICE or hangup, and stays connected.
+    for m in [
+        ClientMessage::Offer { sdp: "x".into() },
+        candidate(1),
+        ClientMessage::Hangup,
+    ] {
+        o.send(&m).await;
+        assert!(is_error(&o.recv().await, SignalErrorCode::Forbidden));
+    }
+    o.send(&ClientMessage::Ping { ts: Some(9) }).await;
+    assert_eq!(o.recv().await, ServerMessage::Pong { ts: Some(9) });
+    // Nothing the observer tried reached the media participants...
+    assert_eq!(b.try_recv(Duration::from_millis(200)).await, None);
+    // ...but the observer sees the call's events.
+    a.send(&ClientMessage::Offer { sdp: "o".into() }).await;
+    assert!(matches!(b.recv().await, ServerMessage::Offer { ref from, .. } if *from == pa));
+    assert!(matches!(o.recv().await, ServerMessage::Offer { ref from, .. } if *from == pa));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused() {
+    use base64::Engine;
+    let redis = RedisServer::start();
+    let r = Replica::start(&redis.url(), &[]).await;
+    let call = Call::create(&redis);
+    let other = Call::create(&redis);
+    let (pid, _) = call.token(Role::Answerer);
+    let now = hermes_service::unix_now();
+    let expired = call.keys.sign(&hermes_proto::JoinClaims::new(
+        call.id.clone(),
+        pid.clone(),
+        Role::Answerer,
+        now - 100,
+        10,
+        &mut rand::rng(),
+    ));
+    let foreign = hermes_proto::JoinTokenKeys::new(b"another-deployment-secret-0123456789").sign(
+        &hermes_proto::JoinClaims::new(
+            call.id.clone(),
+            pid.clone(),
+            Role::Answerer,
+            now,
+            60,
+            &mut rand::rng(),
+        ),
+    );
+    let claims = hermes_proto::JoinClaims::new(
+        call.id.clone(),
+        pid.clone(),
+        Role::Offerer,
+        now,
+        60,
+        &mut rand::rng(),
+    );
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let alg_none = format!(
+        "{}.{}.",
+        b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        b64.encode(serde_json::to_vec(&claims).unwrap())
+    );
+    let good_for_other_call = other.token(Role::Offerer).1;
+    let cases: Vec<(&str, String, Option<hermes_proto::CallId>)> = vec![
+        ("expired", expired, None),
+        ("other key", foreign, None),
+        ("alg none", alg_none, None),
+        ("garbage", "not-a-token".into(), None),
+        ("other call", good_for_other_call, Some(call.id.clone())),
+    ];
+    for (name, token, call_id) in cases {
+        let mut c = Client::connect(&r.url()).await;
+        c.send(&ClientMessage::Join {
+            token,
+            last_seq: None,
+            call_id,
+        })
+        .await;
+        let (seen, closed) = c.closed().await;
+        assert!(
+            seen.first()
+                .is_some_and(|m| is_error(m, SignalErrorCode::Unauthorized)),
+            "{name}: {seen:?}"
+        );
+        assert_eq!(closed, Closed::Code(CLOSE_UNAUTHORIZED), "{name}");
+    }
+    // Refused joins took no seat.
+    let hlen = redis
+        .raw_command(&format!("HLEN call:{}:peers", call.id))
+        .unwrap();
+    assert_eq!(hlen, ":0\r\n");
+
+    // A message before join gets an error and the connection stays; silence closes it.
+    let mut c = Client::connect(&r.url()).await;
+    c.send(&ClientMessage::Offer { sdp: "x".into() }).await;
+    assert!(is_error(&c.recv().await, SignalErrorCode::Unauthorized));
+    let started = std::time::Instant::now();
+    let (seen, closed) = c.closed().await;
+    assert_eq!(closed, Closed::Code(CLOSE_UNAUTHORIZED), "{seen:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "join timeout is 1.5 s"
+    );
+
+    // A disallowed Origin is refused before the upgrade.
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(r.url())
+            .unwrap();
+    req.headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(req).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_frames_get_errors_and_abuse_is_closed() {
+    let redis = RedisServer::start();
+    let r = Replica::start(&redis.url(), &["--max-violations-per-min", "8"]).await;
+    let call = Call::create(&redis);
+    let (_pa, ta) = call.token(Role::Offerer);
+    let (_pb, tb) = call.token(Role::Answerer);
+    let (mut a, _) = Client::join(&r.url(), &ta, None).await;
+    let (mut b, _) = Client::join(&r.url(), &tb, None).await;
+    a.recv().await;
+
+    a.send_text("{not json").await;
+    assert!(is_error(&a.recv().await, SignalErrorCode::BadMessage));
+    a.send_text(r#"{"type":"teleport"}"#).await;
+    assert!(is_error(&a.recv().await, SignalErrorCode::BadMessage));
+    a.send_text(r#"{"type":"offer","sdp":"x","evil":1}"#).await;
+    assert!(is_error(&a.recv().await, SignalErrorCode::BadMessage));
+    let big = format!(
+        r#"{{"type":"offer","sdp":"{}"}}"#,
+        "a".repeat(MAX_FRAME_BYTES + 10)
+    );
+    a.send_text(&big).await;
+    assert!(is_error(&a.recv().await, SignalErrorCode::TooLarge));
+    // The connection still works and nothing bad was relayed.
+    a.send(&ClientMessage::Offer { sdp: "ok".into() }).await;
+    assert!(matches!(b.recv().await, ServerMessage::Offer { ref sdp, .. } if sdp == "ok"));
+
+    // Persistent garbage: closed with 1008, the other participant unaffected.
+    let mut closed = None;
+    for _ in 0..20 {
+        a.send_text("garbage").await;
+        match a.ws_next_close().await {
+            Some(code) => {
+                closed = Some(code);
+                break;
+            }
+            None => continue,
+        }
+    }
+    assert_eq!(closed, Some(CLOSE_POLICY_VIOLATION));
+    b.send(&ClientMessage::Ping { ts: None }).await;
+    assert_eq!(b.recv().await, ServerMessage::Pong { ts: None });
+
+    // A frame beyond the hard limit ends that connection (1009 or dropped), nothing else.
+    let (_po, to) = call.token(Role::Observer);
+    let (mut o, _) = Client::join(&r.url(), &to, None).await;
+    let huge = "x".repeat(hermes_signal::HARD_MESSAGE_LIMIT + 1024);
+    let _ = futures_util::SinkExt::send(
+        &mut o.ws,
+        tokio_tungstenite::tungstenite::Message::text(huge),
+    )
+    .await;
+    let (_, closed) = o.closed().await;
+    assert!(
+        matches!(closed, Closed::Code(1009) | Closed::Dropped),
+        "{closed:?}"
+    );
+    b.send(&ClientMessage::Ping { ts: Some(1) }).await;
+    assert_eq!(
+        b.recv_until(|m| matches!(m, ServerMessage::Pong { .. }))
+            .await,
+        ServerMessage::Pong { ts: Some(1) }
+    );
+}
+
+trait NextClose {
+    async fn ws_next_close(&mut self) -> Option<u16>;
+}
+
+impl NextClose for Client {
+    /// One frame: `Some(code)` if it is a close, `None` if it is a message.
+    async fn ws_next_close(&mut self) -> Option<u16> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), self.ws.next()).await {
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    return Some(f.map(|f| u16::from(f.code)).unwrap_or(1005));
+                }
+                Ok(Some(Ok(Message::Text(_)))) => return None,
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_replays_exactly_the_missed_messages_in_order() {
+    let redis = RedisServer::start();
+    let r = Replica::start(&redis.url(), &[]).await;
+    let call = Call::create(&redis);
+    let (pa, ta) = call.token(Role::Offerer);
+    let (pb, tb) = call.token(Role::Answerer);
+    let (mut a, _) = Client::join(&r.url(), &ta, None).await;
+    let (mut b, _) = Client::join(&r.url(), &tb, None).await;
+    a.recv().await;
+
+    a.send(&ClientMessage::Offer { sdp: "o".into() }).await;
+    let first = b.recv().await;
+    let seen = seq_of(&first);
+    b.send(&ClientMessage::Ack { seq: seen }).await;
+    a.send(&candidate(0)).await;
+    let second = b.recv().await;
+    let last_seen = seq_of(&second);
+    // b processed up to `last_seen` but has not acked it; the network drops.
+    b.drop_abruptly();
+    assert_eq!(
+        a.recv().await,
+        ServerMessage::PeerReconnecting {
+            participant_id: pb.clone()
+        }
+    );
+    for i in 1..=6 {
+        a.send(&candidate(i)).await;
+    }
+    // Let the relays land, then reconnect with the same token.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut b2, joined) = Client::join(&r.url(), &tb, Some(last_seen)).await;
+    match joined {
+        ServerMessage::Joined { resumed, peers, .. } => {
+            assert!(resumed);
+            assert_eq!(peers[0].participant_id, pa);
+        }
+        _ => unreachable!(),
+    }
+    let mut prev = last_seen;
+    for i in 1..=6 {
+        let m = b2.recv().await;
+        assert_eq!(candidate_index(&m), i, "in order, none lost");
+        assert!(seq_of(&m) > prev);
+        prev = seq_of(&m);
+    }
+    assert_eq!(
+        b2.try_recv(Duration::from_millis(300)).await,
+        None,
+        "no duplicates"
+    );
+    assert_eq!(
+        a.recv().await,
+        ServerMessage::PeerResumed {
+            participant_id: pb.clone()
+        },
+        "the peer sees resumed, not left"
+    );
+    // Live traffic continues both ways.
+    a.send(&candidate(7)).await;
+    assert_eq!(candidate_index(&b2.recv().await), 7);
+    b2.send(&ClientMessage::Answer { sdp: "a".into() }).await;
+    assert!(matches!(a.recv().await, ServerMessage::Answer { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_grace_window_the_peer_has_left() {
+    let redis = RedisServer::start();
+    let r = Replica::start(&redis.url(), &["--grace-ms", "600"]).await;
+    let call = Call::create(&redis);
+    let (_pa, ta) = call.token(Role::Offerer);
+    let (pb, tb) = call.token(Role::Answerer);
+    let (mut a, _) = Client::join(&r.url(), &ta, None).await;
+    let (b, _) = Client::join(&r.url(), &tb, None).await;
+    a.recv().await;
+    b.drop_abruptly();
+    assert_eq!(
+        a.recv().await,
+        ServerMessage::PeerReconnecting {
+            participant_id: pb.clone()
+        }
+    );
+    assert!(matches!(
+        a.recv().await,
+        ServerMessage::PeerLeft { ref participant_id, .. } if *participant_id == pb
+    ));
+    assert_eq!(
+        redis
+            .raw_command(&format!("HLEN call:{}:peers", call.id))
+            .unwrap(),
+        ":1\r\n"
+    );
+    // Coming back later is a fresh join: the seat is free, nothing is replayed.
+    let (_b2, joined) = Client::join(&r.url(), &tb, Some(3)).await;
+    assert!(matches!(
+        joined,
+        ServerMessage::Joined { resumed: false, .. }
+    ));
+    assert_eq!(
+        a.recv().await,
+        ServerMessage::PeerJoined {
+            participant_id: pb,
+            role: Role::Answerer
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_replaces_the_first() {
+    let redis = RedisServer::start();
+    let r1 = Replica::start(&redis.url(), &[]).await;
+    let r2 = Replica::start(&redis.url(), &[]).await;
+    let call = Call::create(&redis);
+    let (_pa, ta) = call.token(Role::Offerer);
+    let (_pb, tb) = call.token(Role::Answerer);
+    let (mut a, _) = Client::join(&r1.url(), &ta, None).await;
+    let (mut b1, _) = Client::join(&r1.url(), &tb, None).await;
+    a.recv().await;
+    // Same identity on the other replica, resuming.
+    let (mut b2, joined) = Client::join(&r2.url(), &tb, Some(0)).await;
+    assert!(matches!(
+        joined,
+        ServerMessage::Joined { resumed: true, .. }
+    ));
+    let (_, closed) = b1.closed().await;
+    assert_eq!(closed, Closed::Code(CLOSE_REPLACED));
+    a.send(&ClientMessage::Offer { sdp: "x".into() }).await;
+    assert!(matches!(b2.recv().await, ServerMessage::Offer { .. }));
+    // The peer saw no reconnecting/left for a seamless takeover.
+    assert_eq!(a.try_recv(Duration::from_millis(300)).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hangup_ends_the_call_for_both() {
+    let redis = RedisServer::start();
+    let r1 = Replica::start(&redis.url(), &[]).await;
+    let r2 = Replica::start(&redis.url(), &[]).await;
+    let call = Call::create(&redis);
+    let (pa, ta) = call.token(Role::Offerer);
+    let (_pb, tb) = call.token(Role::Answerer);
+    let (mut a, _) = Client::join(&r1.url(), &ta, None).await;
+    let (mut b, _) = Client::join(&r2.url(), &tb, None).await;
+    a.recv().await;
+    a.send(&ClientMessage::Hangup).await;
+    let (seen_b, closed_b) = b.closed().await;
+    assert!(
+        matches!(&seen_b[0], ServerMessage::Hangup { from, .. } if *from == pa),
+        "{seen_b:?}"
+    );
+    assert!(matches!(&seen_b[1], ServerMessage::CallEnded { reason } if reason == "hangup"));
+    assert_eq!(closed_b, Closed::Code(CLOSE_CALL_ENDED));
+    let (seen_a, closed_a) = a.closed().await;
+    assert!(
+        seen_a
+            .iter()
+            .any(|m| matches!(m, ServerMessage::CallEnded { .. }))
+    );
+    assert_eq!(closed_a, Closed::Code(CLOSE_CALL_ENDED));
+    let status = redis
+        .raw_command(&format!("HGET call:{} status", call.id))
+        .unwrap();
+    assert!(status.contains("ended"), "{status}");
+    let ended_at = redis
+        .raw_command(&format!("HGET call:{} endedAt", call.id))
+        .unwrap();
+    assert!(
+        ended_at.starts_with('$') && !ended_at.starts_with("$-1"),
+        "{ended_at}"
+    );
+    assert_eq!(
+        redis
+            .raw_command(&format!("HLEN call:{}:peers", call.id))
+            .unwrap(),
+        ":0\r\n"
+    );
+    // Rejoining an ended call is refused.
+    let mut c = Client::connect(&r1.url()).await;
+    c.send(&ClientMessage::Join {
+        token: tb,
+        last_seq: Some(1),
+        call_id: None,
+    })
+    .await;
+    let (seen, closed) = c.closed().await;
+    assert!(is_error(&seen[0], SignalErrorCode::CallEnded));
+    assert_eq!(closed, Closed::Code(CLOSE_CALL_ENDED));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_end_call_control_closes_everyone() {
+    let redis = RedisServer::start();
+    let r = Replica::start(&redis.url(), &[]).await;
+    let call = Call::create(&redis);
+    let (_pa, ta) = call.token(Role::Offerer);
+    let (_pb, tb) = call.token(Role::Answerer);
+    let (mut a, _) = Client::join(&r.url(), &ta, None).await;
+    let (mut b, _) = Client::join(&r.url(), &tb, None).await;
+    a.recv().await;
+    // What the API does on POST /api/call/end.
+    redis
+        .raw_command(&format!(
+            "HSET call:{} status ended endedAt {}",
+            call.id,
+            hermes_service::unix_now()
+        ))
+        .unwrap();
+    let json = CallControl::EndCall {
+        reason: "api".into(),
+    }
+    .to_json();
+    let reply = redis
+        .raw_command(&format!("PUBLISH call:{}:events '{}'", call.id, json))
+        .unwrap();
+    assert_eq!(reply, ":1\r\n", "one replica subscribed");
+    for c in [&mut a, &mut b] {
+        let (seen, closed) = c.closed().await;
+        assert_eq!(
+            seen,
+            vec![ServerMessage::CallEnded {
+                reason: "api".into()
+            }]
+        );
+        assert_eq!(closed, Closed::Code(CLOSE_CALL_ENDED));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_with_1012_and_clients_resume_on_another_replica() {
+    let redis = RedisServer::start();
+    let r1 = Replica::start(&redis.url(), &[]).await;
+    let r2 = Replica::start(&redis.url(), &[]).await;
+    let call = Call::create(&redis);
+    let (_pa, ta) = call.token(Role::Offerer);
+    let (pb, tb) = call.token(Role::Answerer);
+    let (mut a, _) = Client::join(&r2.url(), &ta, None).await;
+    let (mut b, _) = Client::join(&r1.url(), &tb, None).await;
+    a.recv().await;
+    a.send(&ClientMessage::Offer { sdp: "o".into() }).await;
+    let last = seq_of(&b.recv().await);
+    r1.trigger.trigger();
+    let (_, closed) = b.closed().await;
+    assert_eq!(closed, Closed::Code(CLOSE_SERVICE_RESTART));
+    a.send(&candidate(1)).await;
+    a.send(&candidate(2)).await;
+    let (mut b2, joined) = Client::join(&r2.url(), &tb, Some(last)).await;
+    assert!(matches!(
+        joined,
+        ServerMessage::Joined { resumed: true, .. }
+    ));
+    assert_eq!(candidate_index(&b2.recv().await), 1);
+    assert_eq!(candidate_index(&b2.recv().await), 2);
+    let events = [a.recv().await, a.recv().await];
+    assert!(
+        events.contains(&ServerMessage::PeerResumed {
+            participant_id: pb.clone()
+        }),
+        "{events:?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|m| matches!(m, ServerMessage::PeerLeft { .. }))
+    );
+    // The drained replica's run() returned cleanly.
+    let result = tokio::time::timeout(Duration::from_secs(5), r1.task).await;
+    assert!(matches!(result, Ok(Ok(Ok(())))), "{result:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_and_stats_events() {
+    let redis = RedisServer::start();
+    let r = Replica::start(&redis.url(), &[]).await;
+    let http = reqwest::Client::new();
+    let ok = http
+        .get(format!("http://{}/healthz", r.addr))
+        .send()
+        .await
+        .unwrap();
+    assert!(ok.status().is_success());
+    let call = Call::create(&redis);
+    let (_pa, ta) = call.token(Role::Offerer);
+    let (mut a, _) = Client::join(&r.url(), &ta, None).await;
+    a.send_text(r#"{"type":"stats","rttMs":42.5,"packetLoss":0.01,"candidateType":"relay"}"#)
+        .await;
+    a.send(&ClientMessage::Ping { ts: None }).await;
+    assert_eq!(
+        a.recv().await,
+        ServerMessage::Pong { ts: None },
+        "stats are not answered or relayed"
+    );
+    let metrics = http
+        .get(format!("http://{}/metrics", r.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("hermes_signal_connections 1"), "{metrics}");
+    assert!(metrics.contains("hermes_signal_joins_total 1"), "{metrics}");
+    // The stats event reaches the log history stream; no token is in any event.
+    let mut found = false;
+    for _ in 0..50 {
+        let history = redis.raw_command("XRANGE logs-history - +").unwrap();
+        assert!(!history.contains(&ta), "token leaked into log events");
+        if history.contains("call.stats") && history.contains("42.5") {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(found, "call.stats event not published");
+}

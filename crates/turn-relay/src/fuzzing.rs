@@ -1,0 +1,62 @@
+//! Entry points for the cargo-fuzz targets in `fuzz/` (and the in-tree smoke test below):
+//! every parser that sees network bytes, driven with arbitrary input. None may panic.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
+use crate::server::{Client, CoreConfig, RelayIp, Server, Via};
+use crate::wire;
+
+/// The wire codec: classification, stream framing, the attribute walker, XOR addresses,
+/// integrity and fingerprint checks.
+pub fn wire_codec(data: &[u8]) {
+    let _ = wire::classify(data);
+    let _ = wire::stream_frame_len(data);
+    let txid = wire::transaction_id(data);
+    for a in wire::attrs(data) {
+        let _ = wire::decode_xor_addr(a.value, &txid);
+    }
+    let _ = wire::check_integrity(data, b"0123456789abcdef");
+    let _ = wire::fingerprint_ok(data);
+}
+
+/// The whole core: arbitrary bytes from a UDP client, a stream client and a peer.
+pub fn server_input(data: &[u8]) {
+    let relay = RelayIp {
+        bind: [127, 0, 0, 1].into(),
+        public: [127, 0, 0, 1].into(),
+    };
+    let mut cfg = CoreConfig::new("fuzz", b"secret", Some(relay));
+    cfg.filter.allow_loopback = true;
+    let mut s = Server::new(cfg, [1; 32], 1, Arc::new(Metrics::default()));
+    let from = SocketAddr::from(([127, 0, 0, 1], 5000));
+    let now = 1_700_000_000_000;
+    let _ = s.handle_client(Client::udp(0, from), data, now);
+    let _ = s.handle_client(
+        Client {
+            via: Via::Stream(1),
+            addr: from,
+        },
+        data,
+        now,
+    );
+    let mut buf = vec![0u8; wire::BUF_LEN];
+    let n = data.len().min(wire::MAX_PAYLOAD);
+    buf[wire::HEADROOM..wire::HEADROOM + n].copy_from_slice(&data[..n]);
+    let _ = s.handle_peer(0, from, &mut buf, n, now);
+    while s.poll_command().is_some() {}
+    s.handle_timeout(now + 1_000_000);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn smoke() {
+        for len in 0..64 {
+            let data: Vec<u8> = (0..len).map(|i| (i * 37 + len) as u8).collect();
+            super::wire_codec(&data);
+            super::server_input(&data);
+        }
+    }
+}

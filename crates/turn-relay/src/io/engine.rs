@@ -1,0 +1,461 @@
+//! The data plane: one OS thread that owns the sans-IO [`Server`], the UDP listener and every
+//! relay socket, multiplexed with mio (epoll). Single owner, so no locks anywhere on the
+//! packet path; datagrams are received with `recvmmsg` into reused slots (with headroom for
+//! the ChannelData/Data-indication header, see `batch.rs`), handed to the core by reference
+//! and sent to peers from the same slot with one `sendto`; datagrams to UDP clients are
+//! copied into a [`SendBatch`] and leave with one `sendmmsg` per wake-up. No allocation.
+//!
+//! Stream (TCP/TLS) clients are served by tokio tasks (`io/stream.rs`) that pass whole frames
+//! in through a channel plus a mio `Waker`, and get frames back through a bounded tokio
+//! channel per connection.
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::time::Duration;
+
+use hermes_proto::LogLevel;
+use hermes_service::EventPublisher;
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use serde_json::json;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::io::batch::{self, RecvBatch, SendBatch};
+use crate::server::{Client, Command, Event, Forward, RelayId, Server, Via};
+use crate::wire;
+
+const WAKER: Token = Token(0);
+const LISTENER: Token = Token(1);
+const RELAY_BASE: usize = 16;
+
+/// `recvmmsg` batches read from one socket per wake-up before looking at the others, so one
+/// busy allocation cannot starve the rest (and the timer) for long.
+const BATCHES: usize = 4;
+
+/// Messages from the async side.
+#[derive(Debug)]
+pub enum EngineMsg {
+    StreamOpened {
+        conn: u64,
+        tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    },
+    StreamFrame {
+        conn: u64,
+        peer: SocketAddr,
+        frame: Vec<u8>,
+    },
+    StreamClosed {
+        conn: u64,
+        peer: SocketAddr,
+    },
+    /// Refuse new allocations; exit when none are left or at `deadline_ms`.
+    Drain {
+        deadline_ms: u64,
+    },
+    /// Exit now.
+    Stop,
+}
+
+/// Cloneable sender into the engine thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: Sender<EngineMsg>,
+    waker: Arc<Waker>,
+}
+
+impl EngineHandle {
+    pub fn send(&self, msg: EngineMsg) {
+        if self.tx.send(msg).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// Create a non-blocking UDP socket with the given buffer sizes.
+pub fn udp_socket(bind: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    let s = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    if bind.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = s.set_recv_buffer_size(buffer);
+    let _ = s.set_send_buffer_size(buffer);
+    s.set_nonblocking(true)?;
+    s.bind(&bind.into())?;
+    Ok(s.into())
+}
+
+pub struct Engine {
+    poll: Poll,
+    core: Server,
+    listener: UdpSocket,
+    relays: Vec<Option<UdpSocket>>,
+    streams: HashMap<u64, tokio::sync::mpsc::Sender<Vec<u8>>>,
+    rx: Receiver<EngineMsg>,
+    events: Option<EventPublisher>,
+    relay_buffer: usize,
+    batch: RecvBatch,
+    out: SendBatch,
+    drain_deadline: Option<u64>,
+}
+
+impl Engine {
+    pub fn new(
+        core: Server,
+        listener: std::net::UdpSocket,
+        events: Option<EventPublisher>,
+        relay_buffer: usize,
+    ) -> std::io::Result<(Self, EngineHandle)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut listener = UdpSocket::from_std(listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        Ok((
+            Self {
+                poll,
+                core,
+                listener,
+                relays: Vec::new(),
+                streams: HashMap::new(),
+                rx,
+                events,
+                relay_buffer,
+                batch: RecvBatch::new(),
+                out: SendBatch::new(),
+                drain_deadline: None,
+            },
+            EngineHandle { tx, waker },
+        ))
+    }
+
+    /// Run until stopped, or until a drain completes.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        // Sockets whose budget ran out: poll them again without waiting.
+        let mut again: Vec<Token> = Vec::new();
+        let mut ready: Vec<Token> = Vec::new();
+        loop {
+            let now = hermes_service::unix_now_ms();
+            let timeout = if again.is_empty() {
+                Duration::from_millis(self.core.poll_timeout().saturating_sub(now).clamp(1, 250))
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+                && e.kind() != ErrorKind::Interrupted
+            {
+                tracing::error!(error = %e, "poll failed; relay stopping");
+                return;
+            }
+            let now = hermes_service::unix_now_ms();
+            ready.clear();
+            ready.append(&mut again);
+            let mut stop = false;
+            for ev in events.iter() {
+                if ev.token() == WAKER {
+                    stop |= self.messages(now);
+                } else {
+                    ready.push(ev.token());
+                }
+            }
+            for &t in &ready {
+                let drained = if t == LISTENER {
+                    self.client_datagrams(now)
+                } else {
+                    self.peer_datagrams((t.0 - RELAY_BASE) as RelayId, now)
+                };
+                if !drained {
+                    again.push(t);
+                }
+            }
+            if !self.out.is_empty() {
+                let failed = self.out.flush(self.listener.as_raw_fd());
+                self.core.send_failed_n(failed);
+            }
+            self.core.handle_timeout(now);
+            self.commands(now);
+            if stop {
+                break;
+            }
+            if let Some(deadline) = self.drain_deadline
+                && (self.core.allocation_count() == 0 || now >= deadline)
+            {
+                break;
+            }
+        }
+        let left = self.core.allocation_count();
+        self.core.shutdown();
+        self.commands(hermes_service::unix_now_ms());
+        tracing::info!(allocations_cut = left, "relay stopped");
+    }
+
+    /// Handle async-side messages; `true` to stop.
+    fn messages(&mut self, now: u64) -> bool {
+        loop {
+            match self.rx.try_recv() {
+                Ok(EngineMsg::StreamOpened { conn, tx }) => {
+                    self.streams.insert(conn, tx);
+                }
+                Ok(EngineMsg::StreamFrame { conn, peer, frame }) => {
+                    let client = Client {
+                        via: Via::Stream(conn),
+                        addr: peer,
+                    };
+                    if let Forward::ToPeer { relay, peer, range } =
+                        self.core.handle_client(client, &frame, now)
+                    {
+                        self.send_to_peer(relay, peer, &frame[range]);
+                    }
+                    self.commands(now);
+                }
+                Ok(EngineMsg::StreamClosed { conn, peer }) => {
+                    self.streams.remove(&conn);
+                    self.core.client_closed(Client {
+                        via: Via::Stream(conn),
+                        addr: peer,
+                    });
+                    self.commands(now);
+                }
+                Ok(EngineMsg::Drain { deadline_ms }) => {
+                    self.core.drain();
+                    self.drain_deadline = Some(deadline_ms);
+                    tracing::info!(
+                        allocations = self.core.allocation_count(),
+                        "draining: new allocations refused"
+                    );
+                }
+                Ok(EngineMsg::Stop) | Err(TryRecvError::Disconnected) => return true,
+                Err(TryRecvError::Empty) => return false,
+            }
+        }
+    }
+
+    fn send_to_peer(&mut self, relay: RelayId, peer: SocketAddr, bytes: &[u8]) {
+        let ok = match self.relays.get(relay as usize) {
+            Some(Some(s)) => s.send_to(bytes, peer).is_ok(),
+            _ => false,
+        };
+        if !ok {
+            self.core.send_failed();
+        }
+    }
+
+    /// Read client datagrams; `true` when the socket was drained.
+    fn client_datagrams(&mut self, now: u64) -> bool {
+        let mut drained = false;
+        let Self {
+            core,
+            listener,
+            relays,
+            batch,
+            ..
+        } = self;
+        for _ in 0..BATCHES {
+            let n = match batch.recv(listener.as_raw_fd()) {
+                Ok(n) => n,
+                // ICMP errors surface here on Linux; the next read gets the datagrams.
+                Err(_) => continue,
+            };
+            for i in 0..n {
+                let (slot, len, from, truncated) = batch.get(i);
+                let (Some(from), false) = (from, truncated) else {
+                    core.send_failed();
+                    continue;
+                };
+                let packet = &slot[wire::HEADROOM..wire::HEADROOM + len];
+                if let Forward::ToPeer { relay, peer, range } =
+                    core.handle_client(Client::udp(0, from), packet, now)
+                {
+                    let ok = match relays.get(relay as usize) {
+                        Some(Some(s)) => s.send_to(&packet[range], peer).is_ok(),
+                        _ => false,
+                    };
+                    if !ok {
+                        core.send_failed();
+                    }
+                }
+            }
+            if n < batch::BATCH {
+                drained = true;
+                break;
+            }
+        }
+        self.commands(now);
+        drained
+    }
+
+    /// Read peer datagrams on one relay socket; `true` when drained (or gone).
+    fn peer_datagrams(&mut self, relay: RelayId, now: u64) -> bool {
+        let Self {
+            core,
+            listener,
+            relays,
+            streams,
+            batch,
+            out,
+            ..
+        } = self;
+        let Some(Some(sock)) = relays.get(relay as usize) else {
+            return true;
+        };
+        for _ in 0..BATCHES {
+            let n = match batch.recv(sock.as_raw_fd()) {
+                Ok(n) => n,
+                Err(_) => continue,
+            };
+            for i in 0..n {
+                let (slot, len, from, truncated) = batch.get(i);
+                let (Some(from), false) = (from, truncated) else {
+                    core.send_failed();
+                    continue;
+                };
+                if let Forward::ToClient { to, range } =
+                    core.handle_peer(relay, from, slot, len, now)
+                {
+                    let ok = match to.via {
+                        Via::Udp(_) => {
+                            if out.push(&slot[range], to.addr) {
+                                core.send_failed_n(out.flush(listener.as_raw_fd()));
+                            }
+                            true
+                        }
+                        // Streams copy: the frame crosses into the connection's task.
+                        Via::Stream(conn) => streams
+                            .get(&conn)
+                            .is_some_and(|tx| tx.try_send(slot[range].to_vec()).is_ok()),
+                    };
+                    if !ok {
+                        core.send_failed();
+                    }
+                }
+            }
+            if n < batch::BATCH {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Execute the core's commands.
+    fn commands(&mut self, now: u64) {
+        while let Some(c) = self.core.poll_command() {
+            match c {
+                Command::ToClient { to, bytes } => {
+                    if bytes.is_empty() {
+                        continue;
+                    }
+                    match to.via {
+                        Via::Udp(_) => {
+                            let _ = self.listener.send_to(&bytes, to.addr);
+                        }
+                        Via::Stream(conn) => {
+                            if let Some(tx) = self.streams.get(&conn) {
+                                let _ = tx.try_send(bytes);
+                            }
+                        }
+                    }
+                }
+                Command::OpenRelay { relay, bind } => {
+                    let ok = self.open_relay(relay, bind);
+                    self.core.relay_opened(relay, ok, now);
+                }
+                Command::CloseRelay { relay } => {
+                    if let Some(slot) = self.relays.get_mut(relay as usize)
+                        && let Some(mut s) = slot.take()
+                    {
+                        let _ = self.poll.registry().deregister(&mut s);
+                    }
+                }
+                Command::Event(e) => self.event(e),
+            }
+        }
+    }
+
+    fn open_relay(&mut self, relay: RelayId, bind: SocketAddr) -> bool {
+        let sock = match udp_socket(bind, self.relay_buffer) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%bind, error = %e, "relay port unavailable");
+                return false;
+            }
+        };
+        let mut sock = UdpSocket::from_std(sock);
+        if self
+            .poll
+            .registry()
+            .register(
+                &mut sock,
+                Token(RELAY_BASE + relay as usize),
+                Interest::READABLE,
+            )
+            .is_err()
+        {
+            return false;
+        }
+        let idx = relay as usize;
+        if self.relays.len() <= idx {
+            self.relays.resize_with(idx + 1, || None);
+        }
+        self.relays[idx] = Some(sock);
+        true
+    }
+
+    fn event(&self, e: Event) {
+        let (level, name, detail) = match e {
+            Event::Created {
+                user,
+                client: _,
+                relay,
+                lifetime,
+            } => {
+                tracing::info!(relay_port = relay.port(), lifetime, "allocation created");
+                (
+                    LogLevel::Info,
+                    "turn.allocation.created",
+                    json!({"participantId": user, "relayPort": relay.port(), "lifetime": lifetime}),
+                )
+            }
+            Event::Ended {
+                user,
+                relay,
+                reason,
+                packets,
+                bytes,
+            } => {
+                tracing::info!(
+                    relay_port = relay.port(),
+                    reason = reason.as_str(),
+                    packets,
+                    bytes,
+                    "allocation ended"
+                );
+                (
+                    LogLevel::Info,
+                    "turn.allocation.ended",
+                    json!({"participantId": user, "relayPort": relay.port(), "reason": reason.as_str(), "packets": packets, "bytes": bytes}),
+                )
+            }
+            Event::Refused {
+                client: _,
+                code,
+                reason,
+            } => {
+                tracing::info!(code, reason, "allocation refused");
+                (
+                    LogLevel::Warn,
+                    "turn.allocation.refused",
+                    json!({"code": code, "reason": reason}),
+                )
+            }
+        };
+        if let Some(p) = &self.events {
+            p.event(level, name, None, detail);
+        }
+    }
+}

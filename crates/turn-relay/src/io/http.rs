@@ -1,0 +1,21 @@
+//! `/metrics` (Prometheus text) and `/healthz` on `TURN_METRICS_LISTEN`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
+
+use crate::metrics::Metrics;
+
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()) }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+}

@@ -1,0 +1,8 @@
+//! The thin I/O layer around the sans-IO core: the mio data plane ([`engine`]), stream
+//! clients ([`stream`]), TLS certificate handling ([`tls`]) and the metrics endpoint ([`http`]).
+
+pub mod batch;
+pub mod engine;
+pub mod http;
+pub mod stream;
+pub mod tls;

@@ -1,0 +1,1231 @@
+//! The sans-IO TURN server: bytes, source and `now` in; forwarding decisions and commands out.
+//!
+//! Architecture invariant: this module does no I/O, reads no clock and spawns nothing. The I/O
+//! layer (`io/`) feeds it client packets ([`Server::handle_client`]), peer packets
+//! ([`Server::handle_peer`]) and timer ticks ([`Server::handle_timeout`]), executes the queued
+//! [`Command`]s ([`Server::poll_command`]) and reports back whether relay sockets could be
+//! bound ([`Server::relay_opened`]).
+//!
+//! Data path: ChannelData and Send indications from clients, and datagrams from peers, are
+//! answered with a [`Forward`] that names a byte range of the caller's own buffer: nothing is
+//! copied or allocated, the ChannelData/Data-indication header is written in place into the
+//! headroom in front of the payload (see `wire.rs`). Control requests (Allocate, Refresh,
+//! CreatePermission, ChannelBind, Binding) are decoded and answered with the `stun`/`turn`
+//! crates' codec; they allocate, which is fine at their rate.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use stun::agent::TransactionId;
+use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_SOFTWARE, ATTR_USERNAME};
+use stun::error_code::{ErrorCode, ErrorCodeAttribute};
+use stun::fingerprint::FINGERPRINT;
+use stun::integrity::MessageIntegrity;
+use stun::message::{
+    CLASS_ERROR_RESPONSE, CLASS_SUCCESS_RESPONSE, Getter, METHOD_ALLOCATE, METHOD_BINDING,
+    METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH, Message, MessageType, Method,
+    Setter,
+};
+use stun::textattrs::TextAttribute;
+use stun::xoraddr::XorMappedAddress;
+use turn::proto::channum::ChannelNumber;
+use turn::proto::lifetime::Lifetime;
+use turn::proto::relayaddr::RelayedAddress;
+use turn::proto::reqfamily::{REQUESTED_FAMILY_IPV6, RequestedAddressFamily};
+use turn::proto::reqtrans::RequestedTransport;
+
+use crate::auth::{NonceCheck, NonceKey, long_term_key};
+use crate::metrics::{Metrics, Quota};
+use crate::peer_filter::{PeerFilter, Verdict};
+use crate::wire::{self, Kind};
+
+/// Index of an allocation and of its relay socket (the I/O layer keeps sockets in a `Vec`
+/// indexed by it).
+pub type RelayId = u32;
+
+/// How a client reaches us: UDP listener number, or a stream (TCP/TLS) connection id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Via {
+    Udp(u8),
+    Stream(u64),
+}
+
+/// A client transport address (the 5-tuple, with our side named by `via`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Client {
+    pub via: Via,
+    pub addr: SocketAddr,
+}
+
+impl Client {
+    pub fn udp(listener: u8, addr: SocketAddr) -> Self {
+        Self {
+            via: Via::Udp(listener),
+            addr,
+        }
+    }
+    fn is_stream(&self) -> bool {
+        matches!(self.via, Via::Stream(_))
+    }
+}
+
+/// Relay addresses of one family: where relay sockets bind, and what clients are told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayIp {
+    pub bind: IpAddr,
+    pub public: IpAddr,
+}
+
+/// Everything the core needs, validated by `config.rs`.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub realm: String,
+    /// `TURN_SECRET` (REST credentials).
+    pub secret: hermes_service::Secret,
+    pub relay_v4: Option<RelayIp>,
+    pub relay_v6: Option<RelayIp>,
+    pub min_port: u16,
+    pub max_port: u16,
+    pub default_lifetime: u32,
+    pub max_lifetime: u32,
+    pub permission_lifetime: u32,
+    pub channel_lifetime: u32,
+    /// Allocations per REST user (the part after `expiry:`); 0 = unlimited.
+    pub user_quota: u32,
+    /// Allocations on this server; 0 = unlimited.
+    pub total_quota: u32,
+    /// Permissions (and channels) per allocation.
+    pub max_permissions: u32,
+    /// Bytes per second per allocation, each direction (coturn's `max-bps` unit); 0 = unlimited.
+    pub max_bps: u64,
+    pub filter: PeerFilter,
+    pub software: Option<String>,
+}
+
+impl CoreConfig {
+    /// Defaults for tests and the CLI: quotas on, 10 min default / 1 h max lifetime.
+    pub fn new(realm: &str, secret: &[u8], relay_v4: Option<RelayIp>) -> Self {
+        Self {
+            realm: realm.to_string(),
+            secret: hermes_service::Secret::from_bytes(secret),
+            relay_v4,
+            relay_v6: None,
+            min_port: 49152,
+            max_port: 65535,
+            default_lifetime: 600,
+            max_lifetime: 3600,
+            permission_lifetime: 300,
+            channel_lifetime: 600,
+            user_quota: 16,
+            total_quota: 10_000,
+            max_permissions: 64,
+            max_bps: 0,
+            filter: PeerFilter::default(),
+            software: Some("hermes-turn".into()),
+        }
+    }
+}
+
+/// Why an allocation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Expired,
+    ClientDeleted,
+    ConnectionClosed,
+    Shutdown,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Expired => "expired",
+            EndReason::ClientDeleted => "deleted",
+            EndReason::ConnectionClosed => "connection-closed",
+            EndReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Allocation lifecycle events (for `logs:turn`; never per packet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Created {
+        user: String,
+        client: SocketAddr,
+        relay: SocketAddr,
+        lifetime: u32,
+    },
+    Ended {
+        user: String,
+        relay: SocketAddr,
+        reason: EndReason,
+        packets: u64,
+        bytes: u64,
+    },
+    Refused {
+        client: SocketAddr,
+        code: u16,
+        reason: &'static str,
+    },
+}
+
+/// Work for the I/O layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Send a control message (a response) to a client.
+    ToClient {
+        to: Client,
+        bytes: Vec<u8>,
+    },
+    /// Bind a UDP relay socket at `bind`, then call [`Server::relay_opened`].
+    OpenRelay {
+        relay: RelayId,
+        bind: SocketAddr,
+    },
+    /// Close a relay socket.
+    CloseRelay {
+        relay: RelayId,
+    },
+    Event(Event),
+}
+
+/// What to do with a data packet: a range of the caller's buffer and where it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forward {
+    /// Nothing to send (control message handled, or packet dropped).
+    None,
+    ToPeer {
+        relay: RelayId,
+        peer: SocketAddr,
+        range: Range<usize>,
+    },
+    ToClient {
+        to: Client,
+        range: Range<usize>,
+    },
+}
+
+#[derive(Debug)]
+struct Channel {
+    number: u16,
+    peer: SocketAddr,
+    expires: u64,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Relay socket being bound; the Allocate response is sent when it is.
+    Opening {
+        txid: [u8; 12],
+        attempts: u8,
+    },
+    Active,
+}
+
+/// Token bucket in bytes, refilled per millisecond.
+#[derive(Debug)]
+struct Bucket {
+    tokens: u64,
+    last_ms: u64,
+}
+
+#[derive(Debug)]
+struct Allocation {
+    client: Client,
+    username: Box<str>,
+    user: Box<str>,
+    key: [u8; 16],
+    public: SocketAddr,
+    bind: SocketAddr,
+    state: State,
+    lifetime: u32,
+    expires: u64,
+    allocate_txid: [u8; 12],
+    allocate_response: Vec<u8>,
+    /// Peer IP and expiry (ms). Few entries: a linear scan beats hashing.
+    perms: Vec<(IpAddr, u64)>,
+    channels: Vec<Channel>,
+    up: Bucket,
+    down: Bucket,
+    packets: u64,
+    bytes: u64,
+}
+
+impl Allocation {
+    fn permitted(&self, ip: IpAddr, now: u64) -> bool {
+        self.perms.iter().any(|(p, exp)| *p == ip && *exp > now)
+    }
+}
+
+/// Plain counters of the data path, folded into [`Metrics`] by [`Server::flush_stats`].
+#[derive(Debug, Default)]
+struct Stats {
+    packets_to_peer: u64,
+    bytes_to_peer: u64,
+    packets_to_client: u64,
+    bytes_to_client: u64,
+    dropped: u64,
+    bandwidth: u64,
+}
+
+/// Sweep period for expiries and metric flushes.
+const TICK_MS: u64 = 1_000;
+/// Attempts at binding a relay port before answering 508.
+const MAX_BIND_ATTEMPTS: u8 = 8;
+/// Longest username we look at (RFC 8489: < 513 bytes).
+const MAX_USERNAME: usize = 512;
+
+/// An authenticated request's credentials.
+struct Auth {
+    username: String,
+    user: String,
+    key: [u8; 16],
+}
+
+/// An error answer: code, reason, and whether to add REALM/NONCE (401/438).
+struct Reject {
+    code: u16,
+    reason: &'static str,
+    challenge: bool,
+}
+
+const fn reject(code: u16, reason: &'static str) -> Reject {
+    Reject {
+        code,
+        reason,
+        challenge: false,
+    }
+}
+
+pub struct Server {
+    cfg: CoreConfig,
+    nonce: NonceKey,
+    metrics: Arc<Metrics>,
+    allocs: Vec<Option<Allocation>>,
+    free: Vec<RelayId>,
+    by_client: HashMap<Client, RelayId>,
+    per_user: HashMap<Box<str>, u32>,
+    ports_v4: Vec<bool>,
+    ports_v6: Vec<bool>,
+    active: u32,
+    commands: VecDeque<Command>,
+    rng: u64,
+    next_tick: u64,
+    data_txid: u64,
+    draining: bool,
+    stats: Stats,
+}
+
+impl Server {
+    /// `seed` drives port choice and Data-indication transaction ids; `nonce_key` must be
+    /// secret and random in production (tests pass fixed values).
+    pub fn new(cfg: CoreConfig, nonce_key: [u8; 32], seed: u64, metrics: Arc<Metrics>) -> Self {
+        let span = (cfg.max_port as usize).saturating_sub(cfg.min_port as usize) + 1;
+        Self {
+            nonce: NonceKey::new(nonce_key),
+            metrics,
+            allocs: Vec::new(),
+            free: Vec::new(),
+            by_client: HashMap::new(),
+            per_user: HashMap::new(),
+            ports_v4: vec![false; span],
+            ports_v6: vec![false; span],
+            active: 0,
+            commands: VecDeque::new(),
+            rng: seed | 1,
+            next_tick: 0,
+            data_txid: seed,
+            draining: false,
+            stats: Stats::default(),
+            cfg,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Allocations that exist (opening or active).
+    pub fn allocation_count(&self) -> usize {
+        self.by_client.len()
+    }
+
+    /// Refuse new allocations from now on (SIGTERM drain); existing ones keep working.
+    pub fn drain(&mut self) {
+        self.draining = true;
+        self.metrics
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Next command for the I/O layer.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// Whether [`Server::poll_command`] has something.
+    pub fn has_commands(&self) -> bool {
+        !self.commands.is_empty()
+    }
+
+    /// When [`Server::handle_timeout`] wants to run next (unix ms).
+    pub fn poll_timeout(&self) -> u64 {
+        self.next_tick
+    }
+
+    // ---------------------------------------------------------------- data path
+
+    /// A packet from a client. `buf` is exactly the datagram (or stream frame).
+    pub fn handle_client(&mut self, from: Client, buf: &[u8], now: u64) -> Forward {
+        match wire::classify(buf) {
+            Some(Kind::ChannelData { channel, len }) => {
+                self.client_channel_data(from, buf, channel, len, now)
+            }
+            Some(Kind::Stun { typ, len }) if len <= buf.len() => {
+                let msg = &buf[..len];
+                if typ == wire::SEND_INDICATION {
+                    return self.client_send_indication(from, msg, now);
+                }
+                self.handle_stun(from, msg, typ, now);
+                Forward::None
+            }
+            _ => {
+                self.stats.dropped += 1;
+                Forward::None
+            }
+        }
+    }
+
+    fn client_channel_data(
+        &mut self,
+        from: Client,
+        buf: &[u8],
+        channel: u16,
+        len: usize,
+        now: u64,
+    ) -> Forward {
+        let Some(&relay) = self.by_client.get(&from) else {
+            self.stats.dropped += 1;
+            return Forward::None;
+        };
+        if 4 + len > buf.len() {
+            self.stats.dropped += 1;
+            return Forward::None;
+        }
+        let max_bps = self.cfg.max_bps;
+        let Some(Some(a)) = self.allocs.get_mut(relay as usize) else {
+            return Forward::None;
+        };
+        let Some(ch) = a.channels.iter().find(|c| c.number == channel) else {
+            self.stats.dropped += 1;
+            return Forward::None;
+        };
+        if ch.expires <= now {
+            self.stats.dropped += 1;
+            return Forward::None;
+        }
+        let peer = ch.peer;
+        if !take(&mut a.up, max_bps, len, now) {
+            self.stats.bandwidth += 1;
+            return Forward::None;
+        }
+        a.packets += 1;
+        a.bytes += len as u64;
+        self.stats.packets_to_peer += 1;
+        self.stats.bytes_to_peer += len as u64;
+        Forward::ToPeer {
+            relay,
+            peer,
+            range: 4..4 + len,
+        }
+    }
+
+    fn client_send_indication(&mut self, from: Client, msg: &[u8], now: u64) -> Forward {
+        let Some(&relay) = self.by_client.get(&from) else {
+            self.stats.dropped += 1;
+            return Forward::None;
+        };
+        let txid = wire::transaction_id(msg);
+        let mut peer = None;
+        let mut data = None;
+        for a in wire::attrs(msg) {
+            match a.typ {
+                wire::ATTR_XOR_PEER_ADDRESS if peer.is_none() => {
+                    peer = wire::decode_xor_addr(a.value, &txid)
+                }
+                wire::ATTR_DATA if data.is_none() => {
+                    data = Some(a.offset + 4..a.offset + 4 + a.value.len())
+                }
+                _ => {}
+            }
+        }
+        let (Some(peer), Some(range)) = (peer, data) else {
+            self.stats.dropped += 1;
+            return Forward::None;
+        };
+        if self.cfg.filter.check(peer.ip()) != Verdict::Allowed {
+            self.metrics.peers_refused.inc();
+            return Forward::None;
+        }
+        let max_bps = self.cfg.max_bps;
+        let Some(Some(a)) = self.allocs.get_mut(relay as usize) else {
+            return Forward::None;
+        };
+        if !matches!(a.state, State::Active)
+            || !a.permitted(peer.ip(), now)
+            || peer.is_ipv4() != a.public.is_ipv4()
+        {
+            self.stats.dropped += 1;
+            return Forward::None;
+        }
+        let len = range.len();
+        if !take(&mut a.up, max_bps, len, now) {
+            self.stats.bandwidth += 1;
+            return Forward::None;
+        }
+        a.packets += 1;
+        a.bytes += len as u64;
+        self.stats.packets_to_peer += 1;
+        self.stats.bytes_to_peer += len as u64;
+        Forward::ToPeer { relay, peer, range }
+    }
+
+    /// A datagram from a peer on relay `relay`: the payload is at
+    /// `buf[wire::HEADROOM..wire::HEADROOM + len]`, and `buf` has room for padding after it
+    /// (`buf.len() >= wire::BUF_LEN`).
+    pub fn handle_peer(
+        &mut self,
+        relay: RelayId,
+        from: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        now: u64,
+    ) -> Forward {
+        let max_bps = self.cfg.max_bps;
+        let Some(Some(a)) = self.allocs.get_mut(relay as usize) else {
+            self.stats.dropped += 1;
+            return Forward::None;
+        };
+        if !a.permitted(from.ip(), now) || buf.len() < wire::HEADROOM + wire::padded(len) {
+            self.stats.dropped += 1;
+            return Forward::None;
+        }
+        if !take(&mut a.down, max_bps, len, now) {
+            self.stats.bandwidth += 1;
+            return Forward::None;
+        }
+        a.packets += 1;
+        a.bytes += len as u64;
+        let to = a.client;
+        let range = match a
+            .channels
+            .iter()
+            .find(|c| c.peer == from && c.expires > now)
+        {
+            Some(ch) => wire::write_channel_data(buf, ch.number, len, to.is_stream()),
+            None => {
+                self.data_txid = self.data_txid.wrapping_add(1);
+                let mut txid = [0u8; 12];
+                txid[4..].copy_from_slice(&self.data_txid.to_be_bytes());
+                wire::write_data_indication(buf, from, len, &txid)
+            }
+        };
+        self.stats.packets_to_client += 1;
+        self.stats.bytes_to_client += len as u64;
+        Forward::ToClient { to, range }
+    }
+
+    /// Record that a data packet could not be sent (socket buffer full, unreachable).
+    pub fn send_failed(&mut self) {
+        self.stats.dropped += 1;
+    }
+
+    /// [`Server::send_failed`] for `n` packets.
+    pub fn send_failed_n(&mut self, n: usize) {
+        self.stats.dropped += n as u64;
+    }
+
+    // ---------------------------------------------------------------- timers and I/O results
+
+    /// Expire allocations, permissions and channels; flush metrics. Call at
+    /// [`Server::poll_timeout`] (calling more often is harmless).
+    pub fn handle_timeout(&mut self, now: u64) {
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + TICK_MS;
+        let mut expired = Vec::new();
+        for (id, slot) in self.allocs.iter_mut().enumerate() {
+            let Some(a) = slot else { continue };
+            if a.expires <= now && matches!(a.state, State::Active) {
+                expired.push(id as RelayId);
+                continue;
+            }
+            a.perms.retain(|(_, exp)| *exp > now);
+            a.channels.retain(|c| c.expires > now);
+        }
+        for id in expired {
+            self.remove(id, EndReason::Expired);
+        }
+        self.flush_stats();
+    }
+
+    /// Fold the data-path counters into the shared metrics.
+    pub fn flush_stats(&mut self) {
+        let s = std::mem::take(&mut self.stats);
+        let m = &self.metrics;
+        m.packets_to_peer.add(s.packets_to_peer);
+        m.bytes_to_peer.add(s.bytes_to_peer);
+        m.packets_to_client.add(s.packets_to_client);
+        m.bytes_to_client.add(s.bytes_to_client);
+        m.dropped.add(s.dropped);
+        m.quota(Quota::Bandwidth).add(s.bandwidth);
+    }
+
+    /// The I/O layer's answer to [`Command::OpenRelay`].
+    pub fn relay_opened(&mut self, relay: RelayId, ok: bool, now: u64) {
+        let Some(Some(a)) = self.allocs.get_mut(relay as usize) else {
+            return;
+        };
+        let State::Opening { txid, attempts } = a.state else {
+            return;
+        };
+        if ok {
+            a.state = State::Active;
+            a.expires = now + a.lifetime as u64 * 1000;
+            let client = a.client;
+            let public = a.public;
+            let lifetime = a.lifetime;
+            let key = a.key;
+            let mut setters: Vec<Box<dyn Setter>> = vec![
+                Box::new(RelayedAddress {
+                    ip: public.ip(),
+                    port: public.port(),
+                }),
+                Box::new(Lifetime(Duration::from_secs(lifetime as u64))),
+                Box::new(XorMappedAddress {
+                    ip: client.addr.ip(),
+                    port: client.addr.port(),
+                }),
+            ];
+            if let Some(s) = &self.cfg.software {
+                setters.push(Box::new(TextAttribute::new(ATTR_SOFTWARE, s.clone())));
+            }
+            let bytes = build(
+                METHOD_ALLOCATE,
+                CLASS_SUCCESS_RESPONSE,
+                txid,
+                setters,
+                Some(&key),
+            );
+            let user = a.user.to_string();
+            a.allocate_response = bytes.clone();
+            self.active += 1;
+            self.metrics.allocations_active.inc();
+            self.metrics.allocations_total.inc();
+            self.commands
+                .push_back(Command::ToClient { to: client, bytes });
+            self.commands.push_back(Command::Event(Event::Created {
+                user,
+                client: client.addr,
+                relay: public,
+                lifetime,
+            }));
+            return;
+        }
+        // Port taken by someone else: try another one.
+        let v6 = a.bind.is_ipv6();
+        let old_port = a.bind.port();
+        self.release_port(v6, old_port);
+        if attempts + 1 < MAX_BIND_ATTEMPTS
+            && let Some(port) = self.pick_port(v6)
+            && let Some(Some(a)) = self.allocs.get_mut(relay as usize)
+        {
+            a.bind.set_port(port);
+            a.public.set_port(port);
+            a.state = State::Opening {
+                txid,
+                attempts: attempts + 1,
+            };
+            self.commands.push_back(Command::OpenRelay {
+                relay,
+                bind: a.bind,
+            });
+            return;
+        }
+        let Some(a) = self.take_slot(relay) else {
+            return;
+        };
+        let bytes = error_response(
+            METHOD_ALLOCATE,
+            txid,
+            &reject(508, "Insufficient Capacity"),
+            None,
+            Some(&a.key),
+        );
+        self.commands.push_back(Command::ToClient {
+            to: a.client,
+            bytes,
+        });
+    }
+
+    /// A stream client's connection closed: its allocation goes with it (RFC 8656 §3.1).
+    pub fn client_closed(&mut self, client: Client) {
+        if let Some(&id) = self.by_client.get(&client) {
+            self.remove(id, EndReason::ConnectionClosed);
+        }
+    }
+
+    /// Remove every allocation (end of drain).
+    pub fn shutdown(&mut self) {
+        let ids: Vec<RelayId> = self.by_client.values().copied().collect();
+        for id in ids {
+            self.remove(id, EndReason::Shutdown);
+        }
+        self.flush_stats();
+    }
+
+    fn take_slot(&mut self, id: RelayId) -> Option<Allocation> {
+        let a = self.allocs.get_mut(id as usize)?.take()?;
+        self.by_client.remove(&a.client);
+        if let Some(n) = self.per_user.get_mut(&a.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_user.remove(&a.user);
+            }
+        }
+        self.free.push(id);
+        Some(a)
+    }
+
+    fn remove(&mut self, id: RelayId, reason: EndReason) {
+        let Some(a) = self.take_slot(id) else { return };
+        self.release_port(a.bind.is_ipv6(), a.bind.port());
+        if matches!(a.state, State::Active) {
+            self.active -= 1;
+            self.metrics.allocations_active.dec();
+            self.commands.push_back(Command::CloseRelay { relay: id });
+            self.commands.push_back(Command::Event(Event::Ended {
+                user: a.user.into(),
+                relay: a.public,
+                reason,
+                packets: a.packets,
+                bytes: a.bytes,
+            }));
+        }
+    }
+
+    // ---------------------------------------------------------------- ports
+
+    fn next_rand(&mut self) -> u64 {
+        // xorshift64*: port choice needs unpredictability only against off-path guessing,
+        // and the seed comes from the OS.
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn pick_port(&mut self, v6: bool) -> Option<u16> {
+        let span = self.ports_v4.len();
+        let start = (self.next_rand() % span as u64) as usize;
+        let ports = if v6 {
+            &mut self.ports_v6
+        } else {
+            &mut self.ports_v4
+        };
+        for i in 0..span {
+            let idx = (start + i) % span;
+            if !ports[idx] {
+                ports[idx] = true;
+                return Some(self.cfg.min_port + idx as u16);
+            }
+        }
+        None
+    }
+
+    fn release_port(&mut self, v6: bool, port: u16) {
+        let ports = if v6 {
+            &mut self.ports_v6
+        } else {
+            &mut self.ports_v4
+        };
+        if let Some(p) = ports.get_mut(port.wrapping_sub(self.cfg.min_port) as usize) {
+            *p = false;
+        }
+    }
+
+    // ---------------------------------------------------------------- control
+
+    fn handle_stun(&mut self, from: Client, msg: &[u8], typ: u16, now: u64) {
+        // Only requests get answers; stray responses and other indications are ignored.
+        let class = ((typ >> 7) & 0b10) | ((typ >> 4) & 0b01);
+        if class != 0 || !wire::fingerprint_ok(msg) {
+            return;
+        }
+        let method = (typ & 0x000F) | ((typ & 0x00E0) >> 1) | ((typ & 0x3E00) >> 2);
+        let txid = wire::transaction_id(msg);
+        let mut m = Message::new();
+        if m.unmarshal_binary(msg).is_err() {
+            return;
+        }
+        let method = match method {
+            0x001 => METHOD_BINDING,
+            0x003 => METHOD_ALLOCATE,
+            0x004 => METHOD_REFRESH,
+            0x008 => METHOD_CREATE_PERMISSION,
+            0x009 => METHOD_CHANNEL_BIND,
+            // Other methods (RFC 6062 Connect, ConnectionBind, …) are not supported: say so
+            // at once (RFC 8489 §6.3.1: an unknown method is a 400) instead of letting the
+            // client wait for its retransmission timeout.
+            _ => {
+                let bytes = error_response(
+                    m.typ.method,
+                    txid,
+                    &reject(400, "Bad Request: method not supported"),
+                    None,
+                    None,
+                );
+                self.reply(from, bytes);
+                return;
+            }
+        };
+        if method == METHOD_BINDING {
+            let mut setters: Vec<Box<dyn Setter>> = vec![Box::new(XorMappedAddress {
+                ip: from.addr.ip(),
+                port: from.addr.port(),
+            })];
+            if let Some(s) = &self.cfg.software {
+                setters.push(Box::new(TextAttribute::new(ATTR_SOFTWARE, s.clone())));
+            }
+            let bytes = build(METHOD_BINDING, CLASS_SUCCESS_RESPONSE, txid, setters, None);
+            self.reply(from, bytes);
+            return;
+        }
+        let result = if method == METHOD_ALLOCATE {
+            self.allocate(from, msg, &m, txid, now)
+        } else {
+            self.on_allocation(from, method, msg, &m, txid, now)
+        };
+        if let Err((r, key)) = result {
+            let nonce = r
+                .challenge
+                .then(|| self.nonce.issue(from.addr.ip(), now / 1000));
+            let bytes = error_response(
+                method,
+                txid,
+                &r,
+                nonce.as_deref().map(|n| (self.cfg.realm.as_str(), n)),
+                key.as_ref(),
+            );
+            self.reply(from, bytes);
+        }
+    }
+
+    fn reply(&mut self, to: Client, bytes: Vec<u8>) {
+        self.commands.push_back(Command::ToClient { to, bytes });
+    }
+
+    fn refused(&mut self, from: Client, r: &Reject) {
+        self.commands.push_back(Command::Event(Event::Refused {
+            client: from.addr,
+            code: r.code,
+            reason: r.reason,
+        }));
+    }
+
+    /// Check nonce, realm, REST username (and expiry) and MESSAGE-INTEGRITY.
+    /// `known` short-cuts the key derivation for an existing allocation's username.
+    fn authenticate(
+        &mut self,
+        from: Client,
+        msg: &[u8],
+        m: &Message,
+        now: u64,
+        known: Option<(&str, [u8; 16])>,
+    ) -> Result<Auth, Reject> {
+        let challenge = |code, reason| Reject {
+            code,
+            reason,
+            challenge: true,
+        };
+        if wire::find_attr(msg, wire::ATTR_MESSAGE_INTEGRITY).is_none() {
+            return Err(challenge(401, "Unauthorized"));
+        }
+        let (Ok(username), Ok(realm), Ok(nonce)) = (
+            TextAttribute::get_from_as(m, ATTR_USERNAME),
+            TextAttribute::get_from_as(m, ATTR_REALM),
+            TextAttribute::get_from_as(m, ATTR_NONCE),
+        ) else {
+            return Err(reject(
+                400,
+                "Bad Request: USERNAME, REALM and NONCE required",
+            ));
+        };
+        match self
+            .nonce
+            .check(nonce.text.as_bytes(), from.addr.ip(), now / 1000)
+        {
+            NonceCheck::Valid => {}
+            NonceCheck::Stale | NonceCheck::Invalid => return Err(challenge(438, "Stale Nonce")),
+        }
+        if realm.text != self.cfg.realm {
+            self.metrics.auth_failures.inc();
+            return Err(challenge(401, "Unauthorized: wrong realm"));
+        }
+        let username = username.text;
+        if username.len() > MAX_USERNAME {
+            self.metrics.auth_failures.inc();
+            return Err(challenge(401, "Unauthorized"));
+        }
+        let user = match hermes_proto::turn_credentials::check_username(&username, now / 1000) {
+            Ok((_, user)) => user.to_string(),
+            Err(hermes_proto::ProtoError::TurnCredentialsExpired) => {
+                self.metrics.auth_failures.inc();
+                return Err(challenge(401, "Unauthorized: credentials expired"));
+            }
+            Err(_) => {
+                self.metrics.auth_failures.inc();
+                return Err(challenge(401, "Unauthorized: not a REST username"));
+            }
+        };
+        let key = match known {
+            Some((name, key)) if name == username => key,
+            _ => long_term_key(self.cfg.secret.expose(), &username, &self.cfg.realm),
+        };
+        if wire::check_integrity(msg, &key).is_err() {
+            self.metrics.auth_failures.inc();
+            return Err(challenge(401, "Unauthorized"));
+        }
+        Ok(Auth {
+            username,
+            user,
+            key,
+        })
+    }
+
+    fn allocate(
+        &mut self,
+        from: Client,
+        msg: &[u8],
+        m: &Message,
+        txid: [u8; 12],
+        now: u64,
+    ) -> Result<(), (Reject, Option<[u8; 16]>)> {
+        // A retransmitted Allocate gets the same answer (RFC 8656 §7.2), without re-auth.
+        if let Some(&id) = self.by_client.get(&from)
+            && let Some(Some(a)) = self.allocs.get(id as usize)
+        {
+            if a.allocate_txid == txid {
+                if matches!(a.state, State::Active) {
+                    let bytes = a.allocate_response.clone();
+                    self.reply(from, bytes);
+                }
+                return Ok(());
+            }
+            let key = a.key;
+            return Err((reject(437, "Allocation Mismatch"), Some(key)));
+        }
+        let auth = match self.authenticate(from, msg, m, now, None) {
+            Ok(a) => a,
+            Err(r) => {
+                if r.code == 401 && wire::find_attr(msg, wire::ATTR_MESSAGE_INTEGRITY).is_some() {
+                    self.refused(from, &r);
+                }
+                return Err((r, None));
+            }
+        };
+        let key = Some(auth.key);
+        let fail = |this: &mut Self, r: Reject| {
+            this.refused(from, &r);
+            Err((r, key))
+        };
+        let mut transport = RequestedTransport::default();
+        if transport.get_from(m).is_err() {
+            return Err((
+                reject(400, "Bad Request: REQUESTED-TRANSPORT required"),
+                key,
+            ));
+        }
+        if transport.protocol.0 != 17 {
+            return Err((reject(442, "Unsupported Transport Protocol"), key));
+        }
+        if self.draining {
+            return fail(self, reject(508, "Insufficient Capacity: draining"));
+        }
+        let mut family = RequestedAddressFamily::default();
+        let v6 = family.get_from(m).is_ok() && family == REQUESTED_FAMILY_IPV6;
+        let Some(relay_ip) = (if v6 {
+            self.cfg.relay_v6
+        } else {
+            self.cfg.relay_v4
+        }) else {
+            return Err((reject(440, "Address Family not Supported"), key));
+        };
+        if self.cfg.total_quota > 0 && self.by_client.len() as u32 >= self.cfg.total_quota {
+            self.metrics.quota(Quota::TotalAllocations).inc();
+            return fail(self, reject(508, "Insufficient Capacity"));
+        }
+        let count = self.per_user.get(auth.user.as_str()).copied().unwrap_or(0);
+        if self.cfg.user_quota > 0 && count >= self.cfg.user_quota {
+            self.metrics.quota(Quota::UserAllocations).inc();
+            return fail(self, reject(486, "Allocation Quota Reached"));
+        }
+        let Some(port) = self.pick_port(v6) else {
+            return fail(self, reject(508, "Insufficient Capacity: no relay port"));
+        };
+        let lifetime = self.lifetime(m);
+        if lifetime == 0 {
+            self.release_port(v6, port);
+            return Err((reject(400, "Bad Request: zero lifetime"), key));
+        }
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.allocs.push(None);
+                (self.allocs.len() - 1) as RelayId
+            }
+        };
+        let bind = SocketAddr::new(relay_ip.bind, port);
+        let user: Box<str> = auth.user.into();
+        *self.per_user.entry(user.clone()).or_insert(0) += 1;
+        let burst = bucket_capacity(self.cfg.max_bps);
+        self.allocs[id as usize] = Some(Allocation {
+            client: from,
+            username: auth.username.into(),
+            user,
+            key: auth.key,
+            public: SocketAddr::new(relay_ip.public, port),
+            bind,
+            state: State::Opening { txid, attempts: 0 },
+            lifetime,
+            expires: u64::MAX,
+            allocate_txid: txid,
+            allocate_response: Vec::new(),
+            perms: Vec::new(),
+            channels: Vec::new(),
+            up: Bucket {
+                tokens: burst,
+                last_ms: now,
+            },
+            down: Bucket {
+                tokens: burst,
+                last_ms: now,
+            },
+            packets: 0,
+            bytes: 0,
+        });
+        self.by_client.insert(from, id);
+        self.commands
+            .push_back(Command::OpenRelay { relay: id, bind });
+        Ok(())
+    }
+
+    fn lifetime(&self, m: &Message) -> u32 {
+        let mut l = Lifetime::default();
+        if l.get_from(m).is_ok() {
+            let secs = l.0.as_secs().min(self.cfg.max_lifetime as u64) as u32;
+            if secs == 0 {
+                return 0;
+            }
+            secs.max(self.cfg.default_lifetime.min(self.cfg.max_lifetime))
+        } else {
+            self.cfg.default_lifetime.min(self.cfg.max_lifetime)
+        }
+    }
+
+    /// Refresh, CreatePermission, ChannelBind: requests on an existing allocation.
+    fn on_allocation(
+        &mut self,
+        from: Client,
+        method: Method,
+        msg: &[u8],
+        m: &Message,
+        txid: [u8; 12],
+        now: u64,
+    ) -> Result<(), (Reject, Option<[u8; 16]>)> {
+        let Some(&id) = self.by_client.get(&from) else {
+            return Err((reject(437, "Allocation Mismatch"), None));
+        };
+        let (username, key) = match self.allocs.get(id as usize) {
+            Some(Some(a)) if matches!(a.state, State::Active) => (a.username.clone(), a.key),
+            _ => return Err((reject(437, "Allocation Mismatch"), None)),
+        };
+        let auth = self
+            .authenticate(from, msg, m, now, Some((&username, key)))
+            .map_err(|r| (r, None))?;
+        if *auth.username != *username {
+            self.metrics.auth_failures.inc();
+            return Err((reject(441, "Wrong Credentials"), None));
+        }
+        let key = Some(key);
+        let mut setters: Vec<Box<dyn Setter>> = Vec::new();
+        if method == METHOD_REFRESH {
+            let lifetime = self.lifetime(m);
+            if lifetime == 0 {
+                self.remove(id, EndReason::ClientDeleted);
+            } else if let Some(Some(a)) = self.allocs.get_mut(id as usize) {
+                a.expires = now + lifetime as u64 * 1000;
+            }
+            setters.push(Box::new(Lifetime(Duration::from_secs(lifetime as u64))));
+        } else {
+            let txid_arr = txid;
+            let peers: Vec<SocketAddr> = wire::attrs(msg)
+                .filter(|a| a.typ == wire::ATTR_XOR_PEER_ADDRESS)
+                .map(|a| wire::decode_xor_addr(a.value, &txid_arr))
+                .collect::<Option<Vec<_>>>()
+                .ok_or((reject(400, "Bad Request: XOR-PEER-ADDRESS"), key))?;
+            if peers.is_empty() || (method == METHOD_CHANNEL_BIND && peers.len() != 1) {
+                return Err((reject(400, "Bad Request: XOR-PEER-ADDRESS"), key));
+            }
+            let relay_v4 = match self.allocs.get(id as usize) {
+                Some(Some(a)) => a.public.is_ipv4(),
+                _ => return Err((reject(437, "Allocation Mismatch"), key)),
+            };
+            // The filter first: a refused address gets 403 whatever its family.
+            for p in &peers {
+                if self.cfg.filter.check(p.ip()) != Verdict::Allowed {
+                    self.metrics.peers_refused.inc();
+                    return Err((reject(403, "Forbidden: peer address not allowed"), key));
+                }
+            }
+            if peers.iter().any(|p| p.is_ipv4() != relay_v4) {
+                return Err((reject(443, "Peer Address Family Mismatch"), key));
+            }
+            let channel = if method == METHOD_CHANNEL_BIND {
+                let mut n = ChannelNumber::default();
+                if n.get_from(m).is_err() || !(0x4000..=0x7FFF).contains(&n.0) {
+                    return Err((reject(400, "Bad Request: CHANNEL-NUMBER"), key));
+                }
+                Some(n.0)
+            } else {
+                None
+            };
+            let perm_exp = now + self.cfg.permission_lifetime as u64 * 1000;
+            let chan_exp = now + self.cfg.channel_lifetime as u64 * 1000;
+            let max = self.cfg.max_permissions as usize;
+            let Some(Some(a)) = self.allocs.get_mut(id as usize) else {
+                return Err((reject(437, "Allocation Mismatch"), key));
+            };
+            if let Some(number) = channel {
+                let peer = peers[0];
+                let by_num = a.channels.iter().position(|c| c.number == number);
+                let by_peer = a.channels.iter().position(|c| c.peer == peer);
+                match (by_num, by_peer) {
+                    (Some(i), Some(j)) if i == j => a.channels[i].expires = chan_exp,
+                    (None, None) => {
+                        if a.channels.len() >= max {
+                            self.metrics.quota(Quota::Permissions).inc();
+                            return Err((reject(508, "Insufficient Capacity: channels"), key));
+                        }
+                        a.channels.push(Channel {
+                            number,
+                            peer,
+                            expires: chan_exp,
+                        });
+                    }
+                    _ => {
+                        return Err((
+                            reject(400, "Bad Request: channel bound to another peer"),
+                            key,
+                        ));
+                    }
+                }
+            }
+            let new = peers
+                .iter()
+                .filter(|p| !a.perms.iter().any(|(ip, _)| *ip == p.ip()))
+                .count();
+            if a.perms.len() + new > max {
+                self.metrics.quota(Quota::Permissions).inc();
+                return Err((reject(508, "Insufficient Capacity: permissions"), key));
+            }
+            for p in &peers {
+                match a.perms.iter_mut().find(|(ip, _)| *ip == p.ip()) {
+                    Some(entry) => entry.1 = perm_exp,
+                    None => a.perms.push((p.ip(), perm_exp)),
+                }
+            }
+        }
+        if let Some(s) = &self.cfg.software {
+            setters.push(Box::new(TextAttribute::new(ATTR_SOFTWARE, s.clone())));
+        }
+        let bytes = build(method, CLASS_SUCCESS_RESPONSE, txid, setters, key.as_ref());
+        self.reply(from, bytes);
+        Ok(())
+    }
+}
+
+/// Burst allowance: one second of traffic at `max_bps` bytes/s (at least one full-size datagram).
+fn bucket_capacity(max_bps: u64) -> u64 {
+    max_bps.max(wire::MAX_PAYLOAD as u64)
+}
+
+/// Take `len` bytes from a token bucket refilled at `max_bps`; `true` when allowed.
+fn take(b: &mut Bucket, max_bps: u64, len: usize, now: u64) -> bool {
+    if max_bps == 0 {
+        return true;
+    }
+    if now > b.last_ms {
+        let refill = (now - b.last_ms).saturating_mul(max_bps) / 1000;
+        b.tokens = (b.tokens.saturating_add(refill)).min(bucket_capacity(max_bps));
+        b.last_ms = now;
+    }
+    if b.tokens >= len as u64 {
+        b.tokens -= len as u64;
+        true
+    } else {
+        false
+    }
+}
+
+/// Encode a message with the stun crate: type, transaction id, attributes, then
+/// MESSAGE-INTEGRITY (when `key`) and FINGERPRINT.
+fn build(
+    method: Method,
+    class: stun::message::MessageClass,
+    txid: [u8; 12],
+    mut setters: Vec<Box<dyn Setter>>,
+    key: Option<&[u8; 16]>,
+) -> Vec<u8> {
+    let mut all: Vec<Box<dyn Setter>> = Vec::with_capacity(setters.len() + 4);
+    all.push(Box::new(TransactionId(txid)));
+    all.push(Box::new(MessageType::new(method, class)));
+    all.append(&mut setters);
+    if let Some(key) = key {
+        all.push(Box::new(MessageIntegrity(key.to_vec())));
+    }
+    all.push(Box::new(FINGERPRINT));
+    let mut m = Message::new();
+    // The setters only fail on oversized attributes, which we never build; an empty answer
+    // is dropped by the I/O layer rather than panicking.
+    if m.build(&all).is_err() {
+        return Vec::new();
+    }
+    m.raw
+}
+
+fn error_response(
+    method: Method,
+    txid: [u8; 12],
+    r: &Reject,
+    challenge: Option<(&str, &str)>,
+    key: Option<&[u8; 16]>,
+) -> Vec<u8> {
+    let mut setters: Vec<Box<dyn Setter>> = vec![Box::new(ErrorCodeAttribute {
+        code: ErrorCode(r.code),
+        reason: r.reason.as_bytes().to_vec(),
+    })];
+    if let Some((realm, nonce)) = challenge {
+        setters.push(Box::new(TextAttribute::new(ATTR_REALM, realm.to_string())));
+        setters.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce.to_string())));
+    }
+    // 401/438 answers are sent before authentication succeeded: no integrity on them.
+    let key = if challenge.is_some() { None } else { key };
+    build(method, CLASS_ERROR_RESPONSE, txid, setters, key)
+}

@@ -1,0 +1,398 @@
+//! Shared harness of the hermes-turn scenario tests: the real `hermes-turn` binary on
+//! loopback free ports, coturn's `turnutils_*` tools, and a tiny scripted TURN client built on
+//! the `stun`/`turn` crates. Only 127.0.0.1 is ever a target.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hermes_testkit::{ChildGuard, free_tcp_port, free_tcp_udp_port, require_program, wait_for_tcp};
+use stun::agent::TransactionId;
+use stun::attributes::*;
+use stun::error_code::ErrorCodeAttribute;
+use stun::integrity::MessageIntegrity;
+use stun::message::*;
+use stun::textattrs::TextAttribute;
+use turn::proto::PROTO_UDP;
+use turn::proto::channum::ChannelNumber;
+use turn::proto::data::Data;
+use turn::proto::peeraddr::PeerAddress;
+use turn::proto::relayaddr::RelayedAddress;
+use turn::proto::reqtrans::RequestedTransport;
+
+pub const SECRET: &str = "interop-test-secret";
+
+/// A random relay port range start, so parallel tests rarely pick the same ports (and the
+/// relay retries another port when one is taken anyway).
+pub fn relay_range() -> (u16, u16) {
+    let n = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64;
+    let base = 20_000 + (n % 100) as u16 * 100;
+    (base, base + 99)
+}
+
+#[derive(Default)]
+pub struct Opts {
+    pub allow_loopback: bool,
+    pub redis_url: Option<String>,
+    pub drain_secs: Option<u64>,
+    pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
+}
+
+pub struct Relay {
+    pub guard: ChildGuard,
+    pub port: u16,
+    pub metrics: SocketAddr,
+    pub log: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Relay {
+    pub fn start(opts: Opts) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("hermes-turn.log");
+        for _ in 0..5 {
+            let port = free_tcp_udp_port();
+            let metrics = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+            let (min, max) = relay_range();
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_hermes-turn"));
+            cmd.env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("RUST_LOG", "info")
+                .env("TURN_SECRET", SECRET)
+                .env("TURN_REALM", "hermes.test")
+                .env("TURN_LISTEN", format!("127.0.0.1:{port}"))
+                .env("TURN_METRICS_LISTEN", metrics.to_string())
+                .env("TURN_MIN_PORT", min.to_string())
+                .env("TURN_MAX_PORT", max.to_string())
+                .env("TURN_ALLOW_LOOPBACK_PEERS", opts.allow_loopback.to_string())
+                .env("REDIS_URL", opts.redis_url.clone().unwrap_or_default())
+                .env("TURN_DRAIN_SECS", opts.drain_secs.unwrap_or(2).to_string())
+                .envs(opts.env.iter().map(|(k, v)| (k, v)))
+                .args(&opts.args)
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&log).unwrap())
+                .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap());
+            let mut guard = ChildGuard::spawn("hermes-turn", &mut cmd).unwrap();
+            if wait_for_tcp(metrics, Duration::from_secs(10)).is_ok() && guard.is_running() {
+                return Self {
+                    guard,
+                    port,
+                    metrics,
+                    log,
+                    dir,
+                };
+            }
+            guard.kill();
+        }
+        panic!(
+            "hermes-turn did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        s.push_str(
+            &std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default(),
+        );
+        s
+    }
+
+    pub fn http_get(&self, path: &str) -> String {
+        http_get(self.metrics, path)
+    }
+
+    /// A metric's value (first sample whose line starts with `name`, labels included).
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.http_get("/metrics");
+        metric_in(&text, name).unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    }
+}
+
+pub fn metric_in(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// coturn's `turnutils_peer` echo peer on a free loopback UDP port.
+pub struct Peer {
+    pub guard: ChildGuard,
+    pub port: u16,
+}
+
+impl Peer {
+    pub fn start() -> Self {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// An echo peer on `host` (`127.0.0.1` or `::1`).
+    pub fn start_on(host: &str) -> Self {
+        let bin = require_program("turnutils_peer", "coturn");
+        let port = free_tcp_udp_port();
+        let guard = ChildGuard::spawn(
+            "turnutils_peer",
+            Command::new(bin)
+                .args(["-L", host, "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        Self { guard, port }
+    }
+}
+
+/// What `turnutils_uclient` reported.
+#[derive(Debug)]
+pub struct UclientReport {
+    pub sent: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub output: String,
+    pub success: bool,
+}
+
+/// Run `turnutils_uclient` with `args` (bounded by a timeout) and parse its totals.
+pub fn uclient(args: &[&str], timeout: Duration) -> UclientReport {
+    let bin = require_program("turnutils_uclient", "coturn");
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut output = String::new();
+    let _ = child.stdout.take().unwrap().read_to_string(&mut output);
+    let _ = child.stderr.take().unwrap().read_to_string(&mut output);
+    let mut r = UclientReport {
+        sent: 0,
+        received: 0,
+        lost: u64::MAX,
+        success: status.is_some_and(|s| s.success()),
+        output,
+    };
+    for line in r.output.lines() {
+        if let Some(i) = line.find("start_mclient: tot_send_msgs=") {
+            let rest = &line[i + "start_mclient: tot_send_msgs=".len()..];
+            let mut it = rest.split(", tot_recv_msgs=");
+            r.sent = it.next().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+            r.received = it.next().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        }
+        if let Some(i) = line.find("Total lost packets ") {
+            r.lost = line[i + "Total lost packets ".len()..]
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(u64::MAX);
+        }
+    }
+    r
+}
+
+/// A scripted TURN client over UDP (stun/turn crates' codec).
+pub struct TurnClient {
+    pub sock: UdpSocket,
+    pub server: SocketAddr,
+    pub username: String,
+    pub password: String,
+    pub realm: String,
+    pub nonce: String,
+    txn: u32,
+}
+
+pub fn error_code(m: &Message) -> Option<u16> {
+    let mut e = ErrorCodeAttribute::default();
+    e.get_from(m).ok().map(|_| e.code.0)
+}
+
+impl TurnClient {
+    pub fn new(server: SocketAddr, user: &str) -> Self {
+        let creds = hermes_proto::turn_credentials::TurnCredentials::mint(
+            SECRET.as_bytes(),
+            user,
+            hermes_service::unix_now(),
+            600,
+        );
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        Self {
+            sock,
+            server,
+            username: creds.username,
+            password: creds.password,
+            realm: String::new(),
+            nonce: String::new(),
+            txn: 0,
+        }
+    }
+
+    fn request(&mut self, method: Method, attrs: Vec<Box<dyn Setter>>, auth: bool) -> Message {
+        self.txn += 1;
+        let mut txid = [7u8; 12];
+        txid[..4].copy_from_slice(&self.txn.to_be_bytes());
+        let mut all: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId(txid)),
+            Box::new(MessageType::new(method, CLASS_REQUEST)),
+        ];
+        all.extend(attrs);
+        if auth {
+            all.push(Box::new(TextAttribute::new(
+                ATTR_USERNAME,
+                self.username.clone(),
+            )));
+            all.push(Box::new(TextAttribute::new(ATTR_REALM, self.realm.clone())));
+            all.push(Box::new(TextAttribute::new(ATTR_NONCE, self.nonce.clone())));
+            all.push(Box::new(MessageIntegrity::new_long_term_integrity(
+                self.username.clone(),
+                self.realm.clone(),
+                self.password.clone(),
+            )));
+        }
+        let mut m = Message::new();
+        m.build(&all).unwrap();
+        self.sock.send_to(&m.raw, self.server).unwrap();
+        let mut buf = [0u8; 2048];
+        loop {
+            let (n, _) = self
+                .sock
+                .recv_from(&mut buf)
+                .expect("a response within 3 s");
+            let mut r = Message::new();
+            if r.unmarshal_binary(&buf[..n]).is_ok() && r.transaction_id.0 == txid {
+                return r;
+            }
+        }
+    }
+
+    /// Allocate (answering the 401 challenge); the relayed address, or the error code.
+    pub fn allocate(&mut self) -> Result<SocketAddr, u16> {
+        let r = self.request(
+            METHOD_ALLOCATE,
+            vec![Box::new(RequestedTransport {
+                protocol: PROTO_UDP,
+            })],
+            false,
+        );
+        assert_eq!(error_code(&r), Some(401));
+        self.realm = TextAttribute::get_from_as(&r, ATTR_REALM).unwrap().text;
+        self.nonce = TextAttribute::get_from_as(&r, ATTR_NONCE).unwrap().text;
+        let r = self.request(
+            METHOD_ALLOCATE,
+            vec![Box::new(RequestedTransport {
+                protocol: PROTO_UDP,
+            })],
+            true,
+        );
+        if let Some(code) = error_code(&r) {
+            return Err(code);
+        }
+        let mut relayed = RelayedAddress::default();
+        relayed.get_from(&r).unwrap();
+        Ok(SocketAddr::new(relayed.ip, relayed.port))
+    }
+
+    /// CreatePermission; `None` on success, else the error code.
+    pub fn create_permission(&mut self, peer: SocketAddr) -> Option<u16> {
+        let r = self.request(
+            METHOD_CREATE_PERMISSION,
+            vec![Box::new(PeerAddress {
+                ip: peer.ip(),
+                port: peer.port(),
+            })],
+            true,
+        );
+        error_code(&r)
+    }
+
+    pub fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> Option<u16> {
+        let r = self.request(
+            METHOD_CHANNEL_BIND,
+            vec![
+                Box::new(ChannelNumber(channel)),
+                Box::new(PeerAddress {
+                    ip: peer.ip(),
+                    port: peer.port(),
+                }),
+            ],
+            true,
+        );
+        error_code(&r)
+    }
+
+    pub fn send_indication(&mut self, peer: SocketAddr, data: &[u8]) {
+        let mut m = Message::new();
+        m.build(&[
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_SEND, CLASS_INDICATION)),
+            Box::new(PeerAddress {
+                ip: peer.ip(),
+                port: peer.port(),
+            }),
+            Box::new(Data(data.to_vec())),
+        ])
+        .unwrap();
+        self.sock.send_to(&m.raw, self.server).unwrap();
+    }
+
+    pub fn channel_data(&mut self, channel: u16, data: &[u8]) {
+        let mut b = channel.to_be_bytes().to_vec();
+        b.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        b.extend_from_slice(data);
+        self.sock.send_to(&b, self.server).unwrap();
+    }
+}
+
+impl TurnClient {
+    /// Refresh with `lifetime` seconds (0 deletes); `None` on success.
+    pub fn refresh(&mut self, lifetime: u64) -> Option<u16> {
+        let r = self.request(
+            METHOD_REFRESH,
+            vec![Box::new(turn::proto::lifetime::Lifetime(
+                Duration::from_secs(lifetime),
+            ))],
+            true,
+        );
+        error_code(&r)
+    }
+}

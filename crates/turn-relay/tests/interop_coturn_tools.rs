@@ -1,0 +1,165 @@
+//! Interop with coturn's own client tools against the real `hermes-turn` binary: STUN binding
+//! with `turnutils_stunclient`, and `turnutils_uclient` relaying through hermes-turn to
+//! `turnutils_peer` over UDP and TCP, with channels and with Send indications, using REST
+//! credentials (`-W secret`). Every message must come back.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn stunclient_gets_reflexive_address() {
+    let relay = Relay::start(Opts::default());
+    let bin = hermes_testkit::require_program("turnutils_stunclient", "coturn");
+    let out = Command::new(bin)
+        .args(["-p", &relay.port.to_string(), "127.0.0.1"])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("UDP reflexive addr: 127.0.0.1:"),
+        "stunclient output:\n{text}\nrelay log:\n{}",
+        relay.log_text()
+    );
+}
+
+fn relay_messages(extra: &[&str]) {
+    let relay = Relay::start(Opts {
+        allow_loopback: true,
+        ..Default::default()
+    });
+    let peer = Peer::start();
+    let port = relay.port.to_string();
+    let peer_port = peer.port.to_string();
+    let mut args = vec![
+        "-p",
+        &port,
+        "-e",
+        "127.0.0.1",
+        "-r",
+        &peer_port,
+        "-W",
+        SECRET,
+        "-u",
+        "alice",
+        "-c",
+        "-n",
+        "40",
+        "-m",
+        "3",
+        "-l",
+        "180",
+        "-z",
+        "5",
+    ];
+    args.extend_from_slice(extra);
+    args.push("127.0.0.1");
+    let r = uclient(&args, Duration::from_secs(40));
+    assert!(
+        r.success && r.sent == 120 && r.received == r.sent && r.lost == 0,
+        "uclient {extra:?}: {r:?}\nrelay log:\n{}",
+        relay.log_text()
+    );
+    // The relay counted them (metrics are flushed at least once a second).
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(relay.metric("hermes_turn_packets_to_peer_total") >= 120.0);
+    assert!(relay.metric("hermes_turn_packets_to_client_total") >= 120.0);
+    assert_eq!(relay.metric("hermes_turn_auth_failures_total"), 0.0);
+}
+
+#[test]
+fn udp_channels() {
+    relay_messages(&[]);
+}
+
+#[test]
+fn udp_send_indications() {
+    relay_messages(&["-s"]);
+}
+
+#[test]
+fn tcp_channels() {
+    relay_messages(&["-t"]);
+}
+
+#[test]
+fn tcp_send_indications() {
+    relay_messages(&["-t", "-s"]);
+}
+
+#[test]
+fn wrong_secret_is_refused() {
+    let relay = Relay::start(Opts {
+        allow_loopback: true,
+        ..Default::default()
+    });
+    let peer = Peer::start();
+    let r = uclient(
+        &[
+            "-p",
+            &relay.port.to_string(),
+            "-e",
+            "127.0.0.1",
+            "-r",
+            &peer.port.to_string(),
+            "-W",
+            "not-the-secret",
+            "-u",
+            "mallory",
+            "-c",
+            "-n",
+            "5",
+            "127.0.0.1",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(r.received, 0, "{r:?}");
+    assert!(relay.metric("hermes_turn_auth_failures_total") >= 1.0);
+    assert_eq!(relay.metric("hermes_turn_allocations_total"), 0.0);
+}
+
+#[test]
+fn ipv6_relay_to_ipv6_peer() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback on this host");
+        return;
+    }
+    let relay = Relay::start(Opts {
+        allow_loopback: true,
+        env: vec![("TURN_RELAY_IP".into(), "127.0.0.1,::1".into())],
+        ..Default::default()
+    });
+    let peer = Peer::start_on("::1");
+    let r = uclient(
+        &[
+            "-x",
+            "-p",
+            &relay.port.to_string(),
+            "-e",
+            "::1",
+            "-r",
+            &peer.port.to_string(),
+            "-W",
+            SECRET,
+            "-u",
+            "alice",
+            "-c",
+            "-n",
+            "30",
+            "-z",
+            "5",
+            "127.0.0.1",
+        ],
+        Duration::from_secs(40),
+    );
+    assert!(
+        r.sent == 30 && r.received == 30 && r.lost == 0,
+        "{r:?}\n{}",
+        relay.log_text()
+    );
+}

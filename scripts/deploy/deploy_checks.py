@@ -1,0 +1,412 @@
+#!/usr/bin/env python3
+"""Semantic checks of the deployment files that no schema catches.
+
+Run by scripts/checks/50-deploy-static.sh with the repository's .venv Python (needs PyYAML,
+which check-jsonschema brings). Subcommands:
+
+  compose            docker-compose.yml: depends_on targets have health checks, build targets
+                     exist in the Dockerfile, health probes hit the port the service listens on,
+                     TURN runs in the host network, the coturn profile's config file exists.
+  env RENDERED.yaml  Every variable named in docker-compose.yml, .env.example and the rendered
+                     Kubernetes manifests is one the receiving binary accepts (parsed from each
+                     binary's `--help`), and every variable a binary accepts is documented in
+                     .env.example. Catches drift between the code and the deployment files.
+  k8s RENDERED.yaml  Kubernetes rules of this deployment: non-root, read-only root, ALL
+                     capabilities dropped, probes and resources on every Hermes container, PDB and
+                     HPA for api and signal, no session affinity on signal, hostNetwork TURN.
+  split RENDERED.yaml OUTDIR   One file per document (for kubernetes-validate's messages).
+
+Exit status 0 when everything holds; otherwise every problem is printed and the status is 1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Compose service / Kubernetes container -> binary.
+COMPOSE_BINARIES = {
+    "api": "hermes-api",
+    "signal": "hermes-signal",
+    "turn-relay": "hermes-turn",
+    "logger": "hermes-logger",
+}
+K8S_CONTAINER_BINARIES = {
+    "api": "hermes-api",
+    "signal": "hermes-signal",
+    "turn": "hermes-turn",
+    "logger": "hermes-logger",
+}
+# Variables only docker-compose.yml itself reads (interpolation), never a service.
+COMPOSE_ONLY = {
+    "COMPOSE_PROFILES",
+    "HERMES_IMAGE_PREFIX",
+    "HERMES_TAG",
+    "API_REPLICAS",
+    "SIGNAL_REPLICAS",
+    "REDIS_PASSWORD",
+    "REDIS_HOST_PORT",
+    "REDIS_MAXMEMORY",
+    "SSL_CERT_HOST_PATH",
+    "SSL_KEY_HOST_PATH",
+    "TLS_HOST_DIR",
+}
+# Read from the process environment by every binary (tracing's EnvFilter), not through clap.
+PROCESS_ENV = {"RUST_LOG"}
+# Helper variables in Kubernetes env used only for $(VAR) expansion inside other values.
+K8S_HELPER_VARS = {"NODE_IP"}
+# Environment of the non-Hermes containers in compose (checked separately, not against binaries).
+CADDY_ENV = {"SERVER_NAME", "HERMES_WEB_ROOT", "API_UPSTREAMS", "SIGNAL_UPSTREAMS"}
+
+errors: list[str] = []
+
+
+def fail(msg: str) -> None:
+    errors.append(msg)
+
+
+def load_yaml_docs(path: Path) -> list[dict]:
+    with path.open() as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+# ---------------------------------------------------------------------------------------------
+# Binaries' accepted environment variables.
+
+
+def binary_env_vars(binary: str) -> set[str] | None:
+    """Env var names from `<binary> --help` (`[env: NAME=...]`), or None if not built."""
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    path = target / "debug" / binary
+    if not path.exists():
+        return None
+    # A clean environment, so the help shows no current values.
+    out = subprocess.run(
+        [str(path), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={"PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    text = out.stdout + out.stderr
+    return set(re.findall(r"\[env: ([A-Z][A-Z0-9_]*)[=\]]", text))
+
+
+def accepted_vars() -> dict[str, set[str]]:
+    result = {}
+    for binary in sorted(set(COMPOSE_BINARIES.values())):
+        names = binary_env_vars(binary)
+        if names is None:
+            fail(f"{binary}: target/debug/{binary} is missing; run `cargo build --workspace` first")
+            continue
+        if not names:
+            print(f"WARN {binary}: `--help` lists no environment variables (not implemented yet?); skipped")
+            continue
+        result[binary] = names | PROCESS_ENV
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# .env.example
+
+
+def env_example_vars() -> dict[str, bool]:
+    """NAME -> active (True) or commented out (False)."""
+    found: dict[str, bool] = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        m = re.match(r"^(#?)([A-Z][A-Z0-9_]*)=(.*)$", line)
+        if m:
+            active = m.group(1) == ""
+            name = m.group(2)
+            if active and m.group(3).strip() == "":
+                fail(f".env.example: {name}= is present but empty; services read that as \"\" (comment it out instead)")
+            found[name] = found.get(name, False) or active
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# docker-compose.yml
+
+
+def compose_env(service: dict) -> dict[str, str | None]:
+    env = service.get("environment") or {}
+    if isinstance(env, dict):
+        return {k: (None if v is None else str(v)) for k, v in env.items()}
+    out = {}
+    for item in env:
+        name, sep, value = str(item).partition("=")
+        out[name] = value if sep else None
+    return out
+
+
+def compose_interpolations(text: str) -> set[str]:
+    return set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", text))
+
+
+def port_of(addr: str | None) -> str | None:
+    if not addr:
+        return None
+    m = re.search(r":(\d+)\}?$", addr) or re.search(r":-[^}]*:(\d+)\}$", addr)
+    return m.group(1) if m else None
+
+
+def check_compose() -> None:
+    compose_path = ROOT / "docker-compose.yml"
+    compose = yaml.safe_load(compose_path.read_text())
+    services = compose["services"]
+    dockerfile = (ROOT / "deploy/docker/Dockerfile").read_text()
+    stages = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", dockerfile, flags=re.M | re.I))
+
+    # Files the image build copies from the context and the compose file bind-mounts must exist.
+    for src in re.findall(r"^COPY\s+(?!--from)(?:--\S+\s+)*(\S+)\s+\S+\s*$", dockerfile, flags=re.M):
+        if src != "." and not (ROOT / src).exists():
+            fail(f"deploy/docker/Dockerfile: COPY source {src} does not exist")
+    for name, svc in services.items():
+        for vol in svc.get("volumes") or []:
+            src = str(vol).split(":", 1)[0]
+            if src.startswith("./") and not (ROOT / src).exists():
+                fail(f"compose {name}: bind-mount source {src} does not exist")
+
+    for want in ["caddy", "api", "signal", "turn-relay", "logger", "redis", "coturn"]:
+        if want not in services:
+            fail(f"docker-compose.yml: service {want} is missing")
+
+    for name, svc in services.items():
+        deps = svc.get("depends_on") or {}
+        if isinstance(deps, list):
+            fail(f"compose {name}: depends_on must use `condition: service_healthy`, not a list")
+            deps = {}
+        for dep, spec in deps.items():
+            if dep not in services:
+                fail(f"compose {name}: depends_on unknown service {dep}")
+                continue
+            if (spec or {}).get("condition") != "service_healthy":
+                fail(f"compose {name}: depends_on {dep} without condition: service_healthy")
+            if "healthcheck" not in services[dep]:
+                fail(f"compose {name}: depends on {dep}, which has no healthcheck")
+        build = svc.get("build")
+        if isinstance(build, dict) and build.get("target") and build["target"] not in stages:
+            fail(f"compose {name}: build target {build['target']} is not a stage of deploy/docker/Dockerfile")
+
+    # Health probes must target the port the service is told to listen on.
+    listen_var = {"api": "API_LISTEN", "signal": "SIGNAL_LISTEN", "turn-relay": "TURN_METRICS_LISTEN",
+                  "logger": "LOGGER_HEALTH_LISTEN"}
+    for name, var in listen_var.items():
+        svc = services.get(name) or {}
+        env = compose_env(svc)
+        test = (svc.get("healthcheck") or {}).get("test") or []
+        probe = " ".join(map(str, test))
+        want = port_of(env.get(var))
+        if not want:
+            fail(f"compose {name}: {var} is not set explicitly")
+        elif f":{want}" not in probe:
+            fail(f"compose {name}: healthcheck `{probe}` does not probe port {want} of {var}")
+        if "/healthz" not in probe:
+            fail(f"compose {name}: healthcheck does not use /healthz")
+
+    for name in ("turn-relay", "coturn"):
+        svc = services.get(name) or {}
+        if svc.get("network_mode") != "host":
+            fail(f"compose {name}: must use network_mode: host (relay port range)")
+        if "ports" in svc:
+            fail(f"compose {name}: publishes ports; the host network needs none")
+    if (services.get("turn-relay") or {}).get("profiles") != ["turn-relay"]:
+        fail("compose turn-relay: expected profiles: [turn-relay] (exclusive with coturn)")
+    if (services.get("coturn") or {}).get("profiles") != ["coturn"]:
+        fail("compose coturn: expected profiles: [coturn]")
+
+    conf = ROOT / "coturn-compat/turnserver.conf"
+    mounts = " ".join(map(str, (services.get("coturn") or {}).get("volumes") or []))
+    if "./coturn-compat/turnserver.conf:" not in mounts:
+        fail("compose coturn: does not mount ./coturn-compat/turnserver.conf")
+    if not conf.exists():
+        fail("coturn-compat/turnserver.conf does not exist (the coturn profile mounts it)")
+
+    for name in ("api", "signal"):
+        svc = services.get(name) or {}
+        if svc.get("ports"):
+            fail(f"compose {name}: publishes host ports, which prevents scaling replicas")
+        if "replicas" not in (svc.get("deploy") or {}):
+            fail(f"compose {name}: no deploy.replicas")
+    for name in ("api", "signal", "turn-relay", "logger"):
+        svc = services.get(name) or {}
+        if not svc.get("read_only"):
+            fail(f"compose {name}: not read_only")
+        if "ALL" not in (svc.get("cap_drop") or []):
+            fail(f"compose {name}: does not drop ALL capabilities")
+
+    vols = " ".join(map(str, (services.get("logger") or {}).get("volumes") or []))
+    if ":/var/log/calls" not in vols:
+        fail("compose logger: no volume on /var/log/calls")
+    vols = " ".join(map(str, (services.get("caddy") or {}).get("volumes") or []))
+    if ":/data" not in vols:
+        fail("compose caddy: no volume for /data (certificates)")
+    unknown = set(compose_env(services.get("caddy") or {})) - CADDY_ENV
+    if unknown:
+        fail(f"compose caddy: unexpected environment {sorted(unknown)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment drift
+
+
+def check_env(rendered: Path) -> None:
+    accepted = accepted_vars()
+    documented = env_example_vars()
+
+    # .env.example: each variable is read by compose or accepted by some binary.
+    all_accepted = set().union(*accepted.values()) if accepted else set()
+    for name in documented:
+        if name in COMPOSE_ONLY:
+            continue
+        if accepted and len(accepted) == len(set(COMPOSE_BINARIES.values())) and name not in all_accepted:
+            fail(f".env.example: {name} is accepted by no binary (typo or removed setting?)")
+    # ...and each variable a binary accepts is documented there.
+    for binary, names in accepted.items():
+        for name in sorted(names - set(documented)):
+            fail(f".env.example: {name} (accepted by {binary}) is not documented")
+
+    # docker-compose.yml: each service's environment is accepted by its binary.
+    text = (ROOT / "docker-compose.yml").read_text()
+    overlay_text = (ROOT / "deploy/compose/turns.yml").read_text()
+    compose = yaml.safe_load(text)
+    overlay = yaml.safe_load(overlay_text)
+    for doc, label in ((compose, "docker-compose.yml"), (overlay, "deploy/compose/turns.yml")):
+        for svc_name, binary in COMPOSE_BINARIES.items():
+            svc = (doc.get("services") or {}).get(svc_name)
+            if not svc or binary not in accepted:
+                continue
+            for name in compose_env(svc):
+                if name not in accepted[binary]:
+                    fail(f"{label} {svc_name}: {name} is not accepted by {binary}")
+    # Every ${VAR} compose interpolates is documented in .env.example.
+    for name in sorted(compose_interpolations(text) | compose_interpolations(overlay_text)):
+        if name not in documented:
+            fail(f"docker-compose: ${{{name}}} is not documented in .env.example")
+
+    # Kubernetes: env, envFrom ConfigMaps and Secret keys of each Hermes container.
+    docs = load_yaml_docs(rendered)
+    configmaps = {d["metadata"]["name"]: d.get("data") or {} for d in docs if d.get("kind") == "ConfigMap"}
+    for d in docs:
+        if d.get("kind") not in ("Deployment", "DaemonSet", "StatefulSet"):
+            continue
+        for c in d["spec"]["template"]["spec"].get("containers", []):
+            binary = K8S_CONTAINER_BINARIES.get(c["name"])
+            if not binary or binary not in accepted:
+                continue
+            where = f"k8s {d['kind']}/{d['metadata']['name']} container {c['name']}"
+            names = [e["name"] for e in c.get("env", [])]
+            for ef in c.get("envFrom", []):
+                ref = (ef.get("configMapRef") or {}).get("name")
+                if ref:
+                    if ref not in configmaps:
+                        fail(f"{where}: envFrom ConfigMap {ref} is not in the rendered output")
+                    names += list(configmaps.get(ref, {}))
+            for name in names:
+                if name in K8S_HELPER_VARS:
+                    continue
+                if name not in accepted[binary]:
+                    fail(f"{where}: {name} is not accepted by {binary}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes rules
+
+
+def check_k8s(rendered: Path) -> None:
+    docs = load_yaml_docs(rendered)
+    by_kind: dict[str, dict[str, dict]] = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+
+    for want in ("hermes-api", "hermes-signal", "hermes-logger", "hermes-caddy"):
+        if want not in by_kind.get("Deployment", {}):
+            fail(f"k8s: Deployment {want} missing")
+    for want in ("hermes-api", "hermes-signal"):
+        if want not in by_kind.get("PodDisruptionBudget", {}):
+            fail(f"k8s: PodDisruptionBudget {want} missing")
+        hpa = by_kind.get("HorizontalPodAutoscaler", {}).get(want)
+        if not hpa:
+            fail(f"k8s: HorizontalPodAutoscaler {want} missing")
+        elif hpa["spec"]["scaleTargetRef"]["name"] != want:
+            fail(f"k8s: HPA {want} targets {hpa['spec']['scaleTargetRef']['name']}")
+    ds = by_kind.get("DaemonSet", {}).get("hermes-turn")
+    if not ds:
+        fail("k8s: DaemonSet hermes-turn missing")
+    elif not ds["spec"]["template"]["spec"].get("hostNetwork"):
+        fail("k8s: hermes-turn DaemonSet is not hostNetwork")
+    sig = by_kind.get("Service", {}).get("hermes-signal")
+    if sig and sig["spec"].get("sessionAffinity", "None") != "None":
+        fail("k8s: Service hermes-signal must not use session affinity")
+    for secret in by_kind.get("Secret", {}).values():
+        keys = set(secret.get("data") or {}) | set(secret.get("stringData") or {})
+        if secret["metadata"]["name"].startswith("hermes-secrets") and not {"JWT_SECRET", "TURN_SECRET", "REDIS_URL"} <= keys:
+            fail(f"k8s: Secret {secret['metadata']['name']} lacks JWT_SECRET/TURN_SECRET/REDIS_URL")
+
+    for kind in ("Deployment", "DaemonSet", "StatefulSet"):
+        for name, d in by_kind.get(kind, {}).items():
+            pod = d["spec"]["template"]["spec"]
+            psc = pod.get("securityContext") or {}
+            if not psc.get("runAsNonRoot"):
+                fail(f"k8s {kind}/{name}: pod securityContext.runAsNonRoot is not true")
+            if pod.get("automountServiceAccountToken") is not False:
+                fail(f"k8s {kind}/{name}: automountServiceAccountToken should be false")
+            for c in pod["containers"]:
+                where = f"k8s {kind}/{name} container {c['name']}"
+                sc = c.get("securityContext") or {}
+                if not sc.get("readOnlyRootFilesystem"):
+                    fail(f"{where}: readOnlyRootFilesystem is not true")
+                if sc.get("allowPrivilegeEscalation") is not False:
+                    fail(f"{where}: allowPrivilegeEscalation is not false")
+                if "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []):
+                    fail(f"{where}: capabilities do not drop ALL")
+                res = c.get("resources") or {}
+                if not (res.get("requests") and res.get("limits") and "memory" in res["limits"]):
+                    fail(f"{where}: needs resource requests and a memory limit")
+                if "readinessProbe" not in c or "livenessProbe" not in c:
+                    fail(f"{where}: needs readiness and liveness probes")
+                if ":latest" in c["image"] or ":" not in c["image"].rsplit("/", 1)[-1]:
+                    fail(f"{where}: image {c['image']} has no pinned tag")
+
+
+def split(rendered: Path, outdir: Path) -> None:
+    outdir.mkdir(parents=True, exist_ok=True)
+    for i, d in enumerate(load_yaml_docs(rendered)):
+        name = f"{i:02d}-{d['kind']}-{d['metadata']['name']}.yaml"
+        (outdir / name).write_text(yaml.safe_dump(d, sort_keys=False))
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print(__doc__)
+        return 2
+    cmd = argv[0]
+    if cmd == "compose":
+        check_compose()
+    elif cmd == "env" and len(argv) == 2:
+        check_env(Path(argv[1]))
+    elif cmd == "k8s" and len(argv) == 2:
+        check_k8s(Path(argv[1]))
+    elif cmd == "split" and len(argv) == 3:
+        split(Path(argv[1]), Path(argv[2]))
+    else:
+        print(__doc__)
+        return 2
+    for e in errors:
+        print(f"FAIL {e}")
+    if errors:
+        return 1
+    print(f"ok -- {cmd}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Prove that scripts/deploy/deploy_checks.py can fail: apply one known defect at a time to a
+copy of the deployment files and expect the matching complaint. Run by
+scripts/checks/50-deploy-static.sh after the real checks passed; needs the rendered overlay
+(argument 1) and the debug binaries (for the environment mutations).
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import deploy_checks as dc  # noqa: E402
+
+REAL_ROOT = dc.ROOT
+results: list[tuple[str, bool, str]] = []
+
+
+def tree() -> Path:
+    tmp = Path(tempfile.mkdtemp(prefix="hermes-mutation."))
+    for f in ("docker-compose.yml", ".env.example"):
+        shutil.copy(REAL_ROOT / f, tmp / f)
+    for d in ("deploy", "coturn-compat", "caddy"):
+        shutil.copytree(REAL_ROOT / d, tmp / d)
+    (tmp / "web").symlink_to(REAL_ROOT / "web")
+    (tmp / "target").symlink_to(REAL_ROOT / "target")
+    return tmp
+
+
+def run(name: str, expect: str, mutate, check) -> None:
+    root = tree()
+    try:
+        mutate(root)
+        dc.ROOT = root
+        dc.errors.clear()
+        check(root)
+        hit = any(expect in e for e in dc.errors)
+        results.append((name, hit, "; ".join(dc.errors) or "no complaint"))
+    finally:
+        dc.ROOT = REAL_ROOT
+        dc.errors.clear()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def edit_compose(fn):
+    def mutate(root: Path) -> None:
+        p = root / "docker-compose.yml"
+        doc = yaml.safe_load(p.read_text())
+        fn(doc)
+        p.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return mutate
+
+
+def edit_rendered(rendered: Path, fn):
+    def mutate(root: Path) -> None:
+        docs = [d for d in yaml.safe_load_all(rendered.read_text()) if d]
+        fn(docs)
+        (root / "rendered.yaml").write_text(yaml.safe_dump_all(copy.deepcopy(docs), sort_keys=False))
+    return mutate
+
+
+def find(docs, kind, name):
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def main(rendered: Path) -> int:
+    compose = lambda root: dc.check_compose()  # noqa: E731
+    env = lambda root: dc.check_env(root / "rendered.yaml")  # noqa: E731
+    k8s = lambda root: dc.check_k8s(root / "rendered.yaml")  # noqa: E731
+    keep = edit_rendered(rendered, lambda docs: None)
+
+    def both(*fns):
+        def m(root):
+            for f in fns:
+                f(root)
+        return m
+
+    run("redis without healthcheck", "which has no healthcheck",
+        edit_compose(lambda d: d["services"]["redis"].pop("healthcheck")), compose)
+    run("depends_on without condition", "without condition: service_healthy",
+        edit_compose(lambda d: d["services"]["api"]["depends_on"]["redis"].pop("condition")), compose)
+    run("api health probe on the wrong port", "does not probe port 8080",
+        edit_compose(lambda d: d["services"]["api"]["healthcheck"].update(
+            test=["CMD", "/usr/local/bin/hermes-healthprobe", "127.0.0.1:9999", "/healthz"])), compose)
+    run("turn-relay publishing ports", "must use network_mode: host",
+        edit_compose(lambda d: (d["services"]["turn-relay"].pop("network_mode"),
+                                d["services"]["turn-relay"].update(ports=["3478:3478/udp"]))), compose)
+    run("unknown build target", "is not a stage",
+        edit_compose(lambda d: d["services"]["logger"]["build"].update(target="loger")), compose)
+    run("api env typo", "API_LISTN is not accepted by hermes-api",
+        both(edit_compose(lambda d: d["services"]["api"]["environment"].append("API_LISTN=0.0.0.0:8080")), keep),
+        env)
+    run("undocumented interpolation", "${NEW_KNOB} is not documented",
+        both(edit_compose(lambda d: d["services"]["signal"]["environment"].append(
+            "SIGNAL_DRAIN_MS=${NEW_KNOB:-5000}")), keep), env)
+
+    def drop_env_doc(root: Path) -> None:
+        p = root / ".env.example"
+        p.write_text("\n".join(line for line in p.read_text().splitlines()
+                               if not line.lstrip("#").startswith("TURN_DRAIN_SECS=")) + "\n")
+        keep(root)
+    run("setting missing from .env.example", "TURN_DRAIN_SECS (accepted by hermes-turn) is not documented",
+        drop_env_doc, env)
+
+    def empty_value(root: Path) -> None:
+        p = root / ".env.example"
+        p.write_text(p.read_text().replace("#TURN_EXTERNAL_IP=203.0.113.10", "TURN_EXTERNAL_IP="))
+        keep(root)
+    run("empty active value in .env.example", "TURN_EXTERNAL_IP= is present but empty", empty_value, env)
+    run("k8s env typo", "SIGNAL_LISTN is not accepted by hermes-signal",
+        edit_rendered(rendered, lambda docs: find(docs, "Deployment", "hermes-signal")["spec"]["template"]["spec"]
+                      ["containers"][0]["env"].append({"name": "SIGNAL_LISTN", "value": "x"})), env)
+    run("sticky sessions on signal", "must not use session affinity",
+        edit_rendered(rendered, lambda docs: find(docs, "Service", "hermes-signal")["spec"].update(
+            sessionAffinity="ClientIP")), k8s)
+    run("writable root filesystem", "readOnlyRootFilesystem is not true",
+        edit_rendered(rendered, lambda docs: find(docs, "Deployment", "hermes-api")["spec"]["template"]["spec"]
+                      ["containers"][0]["securityContext"].pop("readOnlyRootFilesystem")), k8s)
+    run("missing HPA", "HorizontalPodAutoscaler hermes-signal missing",
+        edit_rendered(rendered, lambda docs: docs.remove(find(docs, "HorizontalPodAutoscaler", "hermes-signal"))),
+        k8s)
+    run("TURN without hostNetwork", "is not hostNetwork",
+        edit_rendered(rendered, lambda docs: find(docs, "DaemonSet", "hermes-turn")["spec"]["template"]["spec"]
+                      .pop("hostNetwork")), k8s)
+
+    failed = [r for r in results if not r[1]]
+    for name, hit, detail in results:
+        print(f"{'ok  ' if hit else 'FAIL'} mutation caught: {name}" + ("" if hit else f" -- got: {detail}"))
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1])))

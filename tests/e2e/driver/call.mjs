@@ -1,0 +1,562 @@
+// Drives two headless Chromium instances (Debian's /usr/bin/chromium through playwright-core)
+// through real Hermes calls served by Caddy on loopback. Run by the hermes-e2e Rust tests,
+// which start the stack; this script only talks to the browsers and to its parent.
+//
+// Usage: node call.mjs --base http://127.0.0.1:PORT --policy all|relay --runs N --out DIR
+//                      [--scenarios timing,media,security,chat,screenshots,drop-ws,restart-signal,ice-restart,fresh-pc,hangup]
+// Output: one JSON object per line on stdout. `{"event":"request","action":"restart-signal"}`
+// asks the parent to restart the signal process; the parent answers with a line on stdin.
+// The last line is `{"event":"done","ok":true|false,...}`; exit code 0 only when ok.
+
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import readline from 'node:readline';
+import { chromium } from 'playwright-core';
+
+const args = Object.fromEntries(
+  process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith('--') ? [...acc, [a.slice(2), all[i + 1]]] : acc), []),
+);
+const BASE = args.base;
+const POLICY = args.policy ?? 'all';
+const RUNS = Number(args.runs ?? 5);
+const OUT = args.out ?? 'test-output';
+const SCENARIOS = new Set((args.scenarios ?? 'denied,timing,media,security,chat,screenshots,drop-ws,restart-signal,ice-restart,glare,fresh-pc,reload,hangup').split(','));
+const CHROMIUM = process.env.HERMES_CHROMIUM ?? '/usr/bin/chromium';
+
+const FLAGS = [
+  '--headless',
+  '--no-sandbox',
+  '--use-fake-device-for-media-stream',
+  '--use-fake-ui-for-media-stream',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+  '--allow-loopback-in-peer-connection',
+  '--disable-features=WebRtcHideLocalIpsWithMdns',
+  '--autoplay-policy=no-user-gesture-required',
+];
+
+const t0 = Date.now();
+function emit(obj) {
+  process.stdout.write(`${JSON.stringify({ ...obj, atMs: Date.now() - t0 })}\n`);
+}
+
+const stdinLines = readline.createInterface({ input: process.stdin });
+const stdinQueue = [];
+const stdinWaiters = [];
+stdinLines.on('line', (l) => (stdinWaiters.length ? stdinWaiters.shift()(l) : stdinQueue.push(l)));
+function askParent(action, timeoutMs = 30_000) {
+  emit({ event: 'request', action });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`parent did not answer ${action}`)), timeoutMs);
+    const done = (l) => {
+      clearTimeout(timer);
+      resolve(l);
+    };
+    if (stdinQueue.length) done(stdinQueue.shift());
+    else stdinWaiters.push(done);
+  });
+}
+
+class Check extends Error {}
+function check(cond, what, detail) {
+  if (!cond) throw new Check(`${what}${detail === undefined ? '' : `: ${JSON.stringify(detail)}`}`);
+  emit({ event: 'check', ok: true, what });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+
+async function launch(name) {
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS });
+  const context = await browser.newContext({
+    viewport: { width: 1440, height: 900 },
+    permissions: ['camera', 'microphone', 'clipboard-read', 'clipboard-write'],
+  });
+  return { name, browser, context };
+}
+
+async function openPage(side) {
+  const page = await side.context.newPage();
+  page.on('console', (m) => {
+    if (m.type() === 'error' || m.type() === 'warning' || m.text().startsWith('[hermes]')) {
+      emit({ event: 'console', side: side.name, type: m.type(), text: m.text().slice(0, 300) });
+    }
+  });
+  page.on('pageerror', (e) => emit({ event: 'pageerror', side: side.name, text: String(e).slice(0, 500) }));
+  return page;
+}
+
+/** Sum of framesDecoded over inbound video, the selected pair's local and remote candidate types. */
+async function mediaStats(page) {
+  return page.evaluate(async () => {
+    const pc = globalThis.__hermes?.media?.pc;
+    if (!pc) return null;
+    const reports = [...(await pc.getStats()).values()];
+    const byId = new Map(reports.map((r) => [r.id, r]));
+    let frames = 0;
+    for (const r of reports) if (r.type === 'inbound-rtp' && r.kind === 'video') frames += r.framesDecoded ?? 0;
+    const transport = reports.find((r) => r.type === 'transport' && r.selectedCandidatePairId);
+    const pair = transport
+      ? byId.get(transport.selectedCandidatePairId)
+      : reports.find((r) => r.type === 'candidate-pair' && r.nominated && r.state === 'succeeded');
+    const local = pair && byId.get(pair.localCandidateId);
+    const remote = pair && byId.get(pair.remoteCandidateId);
+    return {
+      frames,
+      localType: local?.candidateType ?? null,
+      remoteType: remote?.candidateType ?? null,
+      localAddress: local ? `${local.address ?? local.ip}:${local.port}` : null,
+      ice: pc.iceConnectionState,
+      ufrag: /^a=ice-ufrag:(\S+)/m.exec(pc.localDescription?.sdp ?? '')?.[1] ?? null,
+    };
+  });
+}
+
+/** framesDecoded grows on this page over `ms`. */
+async function framesRising(page, what, ms = 800) {
+  const a = await mediaStats(page);
+  await sleep(ms);
+  const b = await mediaStats(page);
+  check(a && b && b.frames > a.frames && b.frames > 0, `${what}: framesDecoded rising`, { before: a?.frames, after: b?.frames });
+  return b;
+}
+
+/** Wait until framesDecoded grows within a 500 ms window (media flowing), up to `timeout`. */
+async function waitFramesFlow(page, timeout) {
+  const deadline = Date.now() + timeout;
+  let last = (await mediaStats(page))?.frames ?? 0;
+  while (Date.now() < deadline) {
+    await sleep(500);
+    const now = (await mediaStats(page))?.frames ?? 0;
+    if (now > last) return;
+    last = now;
+  }
+  throw new Check(`media did not flow again within ${timeout} ms`);
+}
+
+async function connState(page) {
+  return page.$eval('#conn-state', (e) => e.dataset.state);
+}
+
+async function waitState(page, state, timeout = 15_000) {
+  await page.waitForFunction((s) => document.getElementById('conn-state').dataset.state === s, state, { timeout });
+}
+
+/** A creates a call through the UI, B joins with the code through the UI. */
+async function startCall(A, B, { typed, shoot } = {}) {
+  const pa = await openPage(A);
+  await pa.goto(BASE);
+  await pa.click('#new-call');
+  await pa.waitForFunction(() => document.getElementById('invite-code').textContent.length >= 6, null, { timeout: 10_000 });
+  const shown = await pa.$eval('#invite-code', (e) => e.textContent);
+  const link = await pa.$eval('#share-link', (e) => e.value);
+  const code = shown.replace('-', '');
+  if (shoot) {
+    await screenshots(pa, 'call-waiting');
+    await pa.click('#copy-link');
+    await pa.waitForFunction(() => document.getElementById('copy-status').textContent !== '', null, { timeout: 5000 });
+    const copied = await pa.evaluate(() => navigator.clipboard.readText());
+    check(copied === link && (await pa.textContent('#copy-status')) === 'Link copied.', 'copy link puts the /c/CODE link on the clipboard', copied);
+  }
+  const pb = await openPage(B);
+  await pb.goto(BASE);
+  await pb.fill('#code-input', typed ? typed(code) : code);
+  await pb.click('#join-button');
+  await pb.waitForFunction(() => globalThis.__hermes.timing.firstFrame !== null, null, { timeout: 20_000 });
+  const { joinMs, joinedMs } = await pb.evaluate(() => {
+    const t = globalThis.__hermes.timing;
+    return { joinMs: t.firstFrame - t.joinClick, joinedMs: t.joined - t.joinClick };
+  });
+  return { pa, pb, code, shown, link, joinMs, joinedMs };
+}
+
+/** B joins through the direct link with camera (or camera and microphone) refused. */
+async function deniedCall(A, B, mode) {
+  const pa = await openPage(A);
+  await pa.goto(BASE);
+  await pa.click('#new-call');
+  await pa.waitForFunction(() => document.getElementById('invite-code').textContent.length >= 6, null, { timeout: 10_000 });
+  const link = await pa.$eval('#share-link', (e) => e.value);
+  const pb = await openPage(B);
+  await pb.addInitScript((m) => {
+    const md = navigator.mediaDevices;
+    const real = md.getUserMedia.bind(md);
+    md.getUserMedia = (c) =>
+      c?.video || m === 'receive-only'
+        ? Promise.reject(new DOMException('refused by the test', 'NotAllowedError'))
+        : real(c);
+  }, mode);
+  await pb.goto(link);
+  await pb.waitForFunction(() => globalThis.__hermes.timing.firstFrame !== null, null, { timeout: 20_000 });
+  check(true, `${mode}: B joined by the /c/CODE link and sees A`);
+  const notice = await pb.textContent('#notice');
+  const want = mode === 'audio-only' ? /audio only/ : /cannot see or hear you/;
+  check(want.test(notice) && !(await pb.$eval('#notice', (e) => e.hidden)), `${mode}: B is told`, notice);
+  check((await pb.textContent('#toggle-cam')) === 'No camera', `${mode}: camera button says no camera`);
+  await waitState(pa, 'connected');
+  if (mode === 'audio-only') {
+    await pa.waitForFunction(async () => {
+      const reports = [...(await globalThis.__hermes.media.pc.getStats()).values()];
+      return reports.some((r) => r.type === 'inbound-rtp' && r.kind === 'audio' && r.packetsReceived > 0);
+    }, null, { timeout: 10_000 });
+    check(true, 'audio-only: A receives B\'s audio');
+  }
+  await pa.click('#hang-up');
+  await pb.waitForSelector('#ended', { state: 'visible', timeout: 10_000 });
+  await pa.close();
+  await pb.close();
+}
+
+async function hangUp(pa, pb) {
+  await pb.click('#hang-up');
+  await pb.waitForSelector('#ended', { state: 'visible', timeout: 10_000 });
+  await pa.waitForSelector('#ended', { state: 'visible', timeout: 10_000 });
+}
+
+async function screenshots(page, name) {
+  mkdirSync(OUT, { recursive: true });
+  for (const [w, h] of [[390, 844], [768, 1024], [1440, 900]]) {
+    await page.setViewportSize({ width: w, height: h });
+    await sleep(150);
+    const file = path.join(OUT, `${name}-${w}x${h}.png`);
+    await page.screenshot({ path: file });
+    emit({ event: 'screenshot', file });
+  }
+  await page.setViewportSize({ width: 1440, height: 900 });
+}
+
+async function main() {
+  const result = { policy: POLICY, joinMs: [], checks: 0 };
+  const A = await launch('A');
+  const B = await launch('B');
+  try {
+    if (SCENARIOS.has('rate-limit')) {
+      // The API's resolve limit is exhausted (the parent set it low): people are told to wait.
+      const page = await openPage(B);
+      await page.goto(BASE);
+      await page.fill('#code-input', 'ABC-DEF');
+      await page.click('#join-button');
+      await page.waitForFunction(() => !document.getElementById('join-error').hidden, null, { timeout: 10_000 });
+      const text = await page.textContent('#join-error');
+      check(/Too many attempts\. Please wait .+ and try again\./.test(text), 'rate limit (429): told to wait', text);
+      check(await page.isEnabled('#join-button'), 'rate limit: join button usable again');
+      result.ok = true;
+      return;
+    }
+
+    // Home screen: CSP holds (no violations), wrong codes get clear words.
+    const home = await openPage(A);
+    const violations = [];
+    home.on('console', (m) => /Content Security Policy/i.test(m.text()) && violations.push(m.text()));
+    await home.goto(BASE);
+    await home.waitForSelector('#new-call');
+    if (SCENARIOS.has('screenshots') && POLICY === 'all') await screenshots(home, 'home');
+    await home.fill('#code-input', '7KQ2ZU');
+    await home.click('#join-button');
+    check(/cannot be part of a code/.test(await home.textContent('#join-error')), 'home: invalid character explained');
+    await home.fill('#code-input', 'zzz-zz0');
+    await home.click('#join-button');
+    await home.waitForFunction(() => !document.getElementById('join-error').hidden && /unknown|expired|used|attempts/.test(document.getElementById('join-error').textContent), null, { timeout: 10_000 });
+    check(true, 'home: unknown code explained');
+    check(violations.length === 0, 'home: no CSP violations', violations);
+    await home.close();
+
+    if (SCENARIOS.has('peer-left')) {
+      // B closes the tab without hanging up: A sees "reconnecting", then "left" once the
+      // signal grace ends, over the frozen picture; A can still hang up.
+      const c = await startCall(A, B);
+      await waitState(c.pa, 'connected');
+      await c.pb.close();
+      await c.pa.waitForFunction(() => document.getElementById('peer-status').dataset.status === 'left', null, { timeout: 25_000 });
+      check(await c.pa.isVisible('#peer-status'), 'peer left: A is told the other person left', await c.pa.textContent('#peer-status'));
+      await c.pa.click('#hang-up');
+      await c.pa.waitForSelector('#ended', { state: 'visible', timeout: 5000 });
+      await c.pa.close();
+    }
+
+    if (SCENARIOS.has('denied')) {
+      await deniedCall(A, B, 'audio-only');
+      await deniedCall(A, B, 'receive-only');
+    }
+
+    // Timing runs: B's join click to first decoded remote frame.
+    const runs = SCENARIOS.has('timing') ? RUNS : 1;
+    let call = null;
+    for (let i = 0; i < runs; i++) {
+      const c = await startCall(A, B, {
+        typed: i === 0 ? (code) => `${code.slice(0, 3).toLowerCase()} - ${code.slice(3)}` : undefined,
+        shoot: i === 0 && SCENARIOS.has('screenshots') && POLICY === 'all',
+      });
+      result.joinMs.push(Math.round(c.joinMs));
+      result.signaledMs = [...(result.signaledMs ?? []), Math.round(c.joinedMs)];
+      emit({ event: 'join-timing', run: i + 1, ms: Math.round(c.joinMs), signaledMs: Math.round(c.joinedMs) });
+      if (i === 0) {
+        check(/\/c\/[0-9A-Z]{6}$/.test(c.link), 'share link is /c/CODE', c.link);
+        check(new URL(await c.pb.url()).pathname === `/c/${c.code}`, 'joiner URL becomes /c/CODE');
+        // The code is single use: a third person typing it is told so.
+        const late = await openPage(B);
+        await late.goto(BASE);
+        await late.fill('#code-input', c.code);
+        await late.click('#join-button');
+        await late.waitForFunction(() => !document.getElementById('join-error').hidden, null, { timeout: 10_000 });
+        const text = await late.textContent('#join-error');
+        check(/unknown, expired or already used/.test(text), 'used code: told it is used', text);
+        await late.close();
+      }
+      if (i < runs - 1) {
+        await hangUp(c.pa, c.pb);
+        await c.pa.close();
+        await c.pb.close();
+      } else {
+        call = c;
+      }
+    }
+    result.joinMedianMs = median(result.joinMs);
+    const { pa, pb } = call;
+
+    await waitState(pa, 'connected');
+    await waitState(pb, 'connected');
+    check(true, 'both sides show connected');
+
+    if (SCENARIOS.has('media')) {
+      const sa = await framesRising(pa, 'A');
+      const sb = await framesRising(pb, 'B');
+      result.candidateTypes = { A: [sa.localType, sa.remoteType], B: [sb.localType, sb.remoteType] };
+      if (POLICY === 'relay') {
+        check(sa.localType === 'relay' && sb.localType === 'relay', 'relay policy: selected pairs are relay (media through hermes-turn)', result.candidateTypes);
+      } else {
+        check(sa.localType !== null && sb.localType !== null, 'policy all: a pair is selected', result.candidateTypes);
+      }
+      // The quality summary was sent over signaling and shown.
+      await pa.waitForFunction(() => globalThis.__hermes.media.lastSummary?.framesDecoded > 0, null, { timeout: 12_000 });
+      result.summaryA = await pa.evaluate(() => globalThis.__hermes.media.lastSummary);
+      check(['good', 'fair', 'poor'].includes(await pa.$eval('#quality', (e) => e.dataset.level)), 'quality indicator set');
+      const devices = await pa.evaluate(() => ({
+        mics: [...document.querySelectorAll('#mic-select option')].map((o) => o.textContent),
+        cams: [...document.querySelectorAll('#cam-select option')].map((o) => o.textContent),
+      }));
+      check(devices.mics.length >= 1 && devices.cams.length >= 1, 'device lists filled', devices);
+      const cams = await pa.$$eval('#cam-select option', (os) => os.map((o) => o.value));
+      if (cams.length >= 2) {
+        await pa.click('#toggle-settings');
+        await pa.selectOption('#cam-select', cams[1]);
+        await pa.waitForFunction((id) => globalThis.__hermes.media.localStream.getVideoTracks()[0]?.getSettings().deviceId === id, cams[1], { timeout: 5000 });
+        await framesRising(pb, 'B after A switched camera');
+        await pa.click('#toggle-settings');
+      }
+      for (const [btn, kind] of [['#toggle-cam', 'video'], ['#toggle-mic', 'audio']]) {
+        await pa.click(btn);
+        const off = await pa.evaluate((k) => globalThis.__hermes.media.localStream.getTracks().filter((t) => t.kind === k).every((t) => !t.enabled), kind);
+        check(off && (await pa.getAttribute(btn, 'aria-pressed')) === 'false', `${kind} toggle off`);
+        await pa.click(btn);
+        const on = await pa.evaluate((k) => globalThis.__hermes.media.localStream.getTracks().filter((t) => t.kind === k).every((t) => t.enabled), kind);
+        check(on && (await pa.getAttribute(btn, 'aria-pressed')) === 'true', `${kind} toggle on again`);
+      }
+    }
+
+    if (SCENARIOS.has('security')) {
+      await pa.waitForFunction(() => document.getElementById('security-code').textContent.length > 0);
+      await pb.waitForFunction(() => document.getElementById('security-code').textContent.length > 0);
+      const ca = await pa.textContent('#security-code');
+      const cb = await pb.textContent('#security-code');
+      check(ca === cb && ca.split(' ').length === 5, 'security codes equal on both sides', { A: ca, B: cb });
+      result.securityCode = ca;
+    }
+
+    if (SCENARIOS.has('chat')) {
+      await pa.click('#toggle-chat');
+      await pa.waitForFunction(() => !document.getElementById('chat-input').disabled, null, { timeout: 10_000 });
+      await pa.fill('#chat-input', 'hello from A ✓');
+      await pa.press('#chat-input', 'Enter');
+      await pb.waitForFunction(() => [...document.querySelectorAll('#chat-log li.theirs')].some((li) => li.textContent === 'hello from A ✓'), null, { timeout: 5000 });
+      check(true, 'chat A → B over the data channel');
+      check((await pb.textContent('#chat-badge')) === '1', 'unread badge on B');
+      await pb.click('#toggle-chat');
+      await pb.fill('#chat-input', 'hi A');
+      await pb.click('#chat-send');
+      await pa.waitForFunction(() => [...document.querySelectorAll('#chat-log li.theirs')].some((li) => li.textContent === 'hi A'), null, { timeout: 5000 });
+      check(true, 'chat B → A');
+    }
+
+    if (SCENARIOS.has('screenshots')) {
+      await screenshots(pa, `call-${POLICY}-A`);
+      await screenshots(pb, `call-${POLICY}-B`);
+    }
+
+    if (SCENARIOS.has('drop-ws')) {
+      const before = await pb.evaluate(() => globalThis.__hermes.stateLog.length);
+      const sockets = await pb.evaluate(() => globalThis.__hermes.signaling.connects);
+      await pb.evaluate(() => globalThis.__hermes.signaling.dropConnection());
+      await pb.waitForFunction((n) => globalThis.__hermes.signaling.connects > n && globalThis.__hermes.state.signaling === 'open', sockets, { timeout: 10_000 });
+      await waitState(pb, 'connected');
+      const log = await pb.evaluate((n) => globalThis.__hermes.stateLog.slice(n).map((x) => x.state), before);
+      check(log[0] === 'reconnecting' && log.at(-1) === 'connected', 'B drop: UI showed reconnecting then connected', log);
+      const joins = await pb.evaluate(() => globalThis.__hermes.joins.map((j) => j.resumed));
+      check(joins.at(-1) === true, 'B drop: signaling resumed the seat', joins);
+      await framesRising(pb, 'B after WebSocket drop');
+      await framesRising(pa, 'A after B WebSocket drop');
+    }
+
+    if (SCENARIOS.has('restart-signal')) {
+      const before = await Promise.all([pa, pb].map((p) => p.evaluate(() => globalThis.__hermes.stateLog.length)));
+      const connects = await Promise.all([pa, pb].map((p) => p.evaluate(() => globalThis.__hermes.signaling.connects)));
+      const answer = await askParent('restart-signal');
+      check(answer === 'restarted', 'parent restarted signal', answer);
+      for (const [i, p] of [pa, pb].entries()) {
+        await p.waitForFunction((n) => globalThis.__hermes.signaling.connects > n && globalThis.__hermes.state.signaling === 'open', connects[i], { timeout: 20_000 });
+        await waitState(p, 'connected');
+        const log = await p.evaluate((n) => globalThis.__hermes.stateLog.slice(n).map((x) => x.state), before[i]);
+        check(log.includes('reconnecting') && log.at(-1) === 'connected', `${i ? 'B' : 'A'} signal restart: reconnecting then connected`, log);
+      }
+      await framesRising(pa, 'A after signal restart');
+      await framesRising(pb, 'B after signal restart');
+    }
+
+    if (SCENARIOS.has('ice-restart')) {
+      const ua = (await mediaStats(pa)).ufrag;
+      const ub = (await mediaStats(pb)).ufrag;
+      await pa.evaluate(() => globalThis.__hermes.media.restartIce('forced by test'));
+      // The offer with new ICE credentials goes through signaling (after any restart above).
+      await pb.waitForFunction(async (u) => {
+        const sdp = globalThis.__hermes.media.pc?.localDescription?.sdp ?? '';
+        return !sdp.includes(`a=ice-ufrag:${u}`) && ['connected', 'completed'].includes(globalThis.__hermes.media.pc.iceConnectionState);
+      }, ub, { timeout: 15_000 });
+      const sa = await mediaStats(pa);
+      check(sa.ufrag !== ua, 'ICE restart: new local credentials on A', { before: ua, after: sa.ufrag });
+      check((await pa.evaluate(() => globalThis.__hermes.media.iceRestarts)) >= 1, 'ICE restart counted');
+      await waitState(pa, 'connected');
+      await framesRising(pb, 'B after ICE restart');
+      await framesRising(pa, 'A after ICE restart');
+    }
+
+    if (SCENARIOS.has('glare')) {
+      // Both sides renegotiate at the same moment: perfect negotiation must resolve the offer
+      // collision (the polite answerer rolls back, the impolite offerer ignores B's offer).
+      const before = await Promise.all([pa, pb].map(async (p) => (await mediaStats(p)).ufrag));
+      await Promise.all([
+        pa.evaluate(() => globalThis.__hermes.media.restartIce('glare test')),
+        pb.evaluate(() => globalThis.__hermes.media.restartIce('glare test')),
+      ]);
+      for (const [i, p] of [pa, pb].entries()) {
+        await p.waitForFunction(
+          (u) => {
+            const pc = globalThis.__hermes.media.pc;
+            return pc.signalingState === 'stable' && !pc.localDescription.sdp.includes(`a=ice-ufrag:${u}`) &&
+              ['connected', 'completed'].includes(pc.iceConnectionState);
+          },
+          before[i],
+          { timeout: 15_000 },
+        );
+      }
+      check(true, 'glare: both stable with new ICE credentials');
+      await framesRising(pa, 'A after glare');
+      await framesRising(pb, 'B after glare');
+    }
+
+    if (SCENARIOS.has('fresh-pc')) {
+      const gb = await pb.evaluate(() => globalThis.__hermes.media.pcGeneration);
+      await pa.evaluate(() => globalThis.__hermes.media.recreate('forced by test'));
+      await pb.waitForFunction((g) => globalThis.__hermes.media.pcGeneration > g && globalThis.__hermes.media.pc?.connectionState === 'connected', gb, { timeout: 15_000 });
+      await waitState(pa, 'connected');
+      await waitState(pb, 'connected');
+      check(true, 'fresh peer connection negotiated on both sides');
+      await pb.waitForFunction(async () => {
+        const pc = globalThis.__hermes.media.pc;
+        const reports = [...(await pc.getStats()).values()];
+        return reports.some((r) => r.type === 'inbound-rtp' && r.kind === 'video' && r.framesDecoded > 0);
+      }, null, { timeout: 10_000 });
+      await framesRising(pb, 'B on the fresh connection');
+      await framesRising(pa, 'A on the fresh connection');
+      await pa.waitForFunction(() => globalThis.__hermes.media.securityCode && globalThis.__hermes.media.pc?.remoteDescription);
+      const ca = await pa.evaluate(() => globalThis.__hermes.securityCode);
+      const cb = await pb.evaluate(() => globalThis.__hermes.securityCode);
+      check(ca && ca === cb, 'security codes equal on the fresh connection', { A: ca, B: cb });
+    }
+
+    if (SCENARIOS.has('turn-outage')) {
+      // The TURN server crashes and comes back empty (allocations lost). Nobody pokes the
+      // clients: ICE must notice, restart on its own (or build a fresh connection) and get
+      // media flowing through the new hermes-turn process.
+      const recoveries = () =>
+        Promise.all([pa, pb].map((p) => p.evaluate(() => globalThis.__hermes.media.iceRestarts + globalThis.__hermes.media.pcGeneration)))
+          .then(([x, y]) => x + y);
+      const before = await recoveries();
+      const answer = await askParent('crash-turn');
+      check(answer === 'restarted', 'parent crashed and restarted hermes-turn', answer);
+      const t = Date.now();
+      while ((await recoveries()) === before) {
+        if (Date.now() - t > 40_000) throw new Check('TURN crash: no side restarted ICE within 40 s');
+        await sleep(200);
+      }
+      // Recovered = frames decoded again on both sides (ICE states alone can be stale).
+      for (const p of [pa, pb]) await waitFramesFlow(p, 40_000);
+      result.turnRecoveryMs = Date.now() - t;
+      check(true, 'TURN crash: ICE restarted by itself and reconnected', result.turnRecoveryMs);
+      const sa = await framesRising(pa, 'A after TURN crash', 2000);
+      const sb = await framesRising(pb, 'B after TURN crash', 2000);
+      check(sa.localType === 'relay' && sb.localType === 'relay', 'TURN crash: still relayed', [sa.localType, sb.localType]);
+    }
+
+    if (SCENARIOS.has('reload')) {
+      // B reloads the tab mid-call: the page rejoins with the token kept in sessionStorage
+      // (the one-time code is spent), A starts a fresh connection, media flows again.
+      await pb.reload();
+      await pb.waitForFunction(() => globalThis.__hermes?.media?.pc?.connectionState === 'connected', null, { timeout: 20_000 });
+      await waitState(pb, 'connected');
+      await waitState(pa, 'connected');
+      check(new URL(pb.url()).pathname.startsWith('/c/'), 'reload: B stayed on its call URL');
+      await framesRising(pb, 'B after reload');
+      await framesRising(pa, 'A after B reloaded');
+    }
+
+    if (SCENARIOS.has('api-end')) {
+      // Someone ends the call through the API (POST /api/call/end with A's token): signal tells
+      // both browsers, which show it, and the API reports the call ended.
+      const r = await pa.evaluate(async () => {
+        const { token, callId } = JSON.parse(sessionStorage.getItem('hermes.call'));
+        const end = await fetch('/api/call/end', { method: 'POST', headers: { Authorization: `Bearer ${token}` } });
+        const status = await fetch(`/api/call/${callId}`, { headers: { Authorization: `Bearer ${token}` } });
+        return { end: end.status, status: (await status.json()).status };
+      });
+      check(r.end === 200 && r.status === 'ended', 'API end accepted; status ended', r);
+      for (const [name, p] of [['A', pa], ['B', pb]]) {
+        await p.waitForSelector('#ended', { state: 'visible', timeout: 10_000 });
+        const reason = await p.textContent('#ended-reason');
+        check(/call has ended/.test(reason), `${name} shows the call ended by the API`, reason);
+      }
+    }
+
+    if (SCENARIOS.has('hangup')) {
+      await hangUp(pa, pb);
+      const ra = await pa.textContent('#ended-reason');
+      check(/other person hung up/.test(ra), 'A told the other person hung up', ra);
+      check((await connState(pa)) === 'ended' && (await connState(pb)) === 'ended', 'both show ended');
+      const t1 = await pa.textContent('#call-timer');
+      await sleep(1200);
+      const t2 = await pa.textContent('#call-timer');
+      check(t1 === t2 && t1 !== '0:00', 'call timer stopped at the call length', [t1, t2]);
+      const closed = await pa.evaluate(() => globalThis.__hermes.media.pc === null);
+      check(closed, 'A closed its peer connection');
+      if (SCENARIOS.has('screenshots')) await screenshots(pa, `ended-${POLICY}`);
+    }
+    result.ok = true;
+  } catch (e) {
+    result.ok = false;
+    result.error = String(e?.stack ?? e).slice(0, 2000);
+  } finally {
+    await A.browser.close().catch(() => {});
+    await B.browser.close().catch(() => {});
+    emit({ event: 'done', ...result });
+    stdinLines.close();
+    process.exit(result.ok ? 0 : 1);
+  }
+}
+
+main();
