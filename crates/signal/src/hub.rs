@@ -67,6 +67,9 @@ pub enum Delivery {
     /// Pub/sub may have lost messages: fetch everything after the last delivered `seq` from
     /// the inbox.
     Resync,
+    /// This connection's own join script has been seen on the channel: presence events from
+    /// here on happened after the `joined` snapshot; earlier ones are already in it.
+    Seam,
 }
 
 /// The result of a join attempt.
@@ -193,6 +196,8 @@ else
   redis.call('DEL', KEYS[5])
   redis.call('PUBLISH', KEYS[3], '{"type":"peer-joined","participantId":"' .. ARGV[1] .. '","role":"' .. ARGV[2] .. '"}')
 end
+-- The seam: presence events a subscriber sees before this one are in the reply's snapshot.
+redis.call('PUBLISH', KEYS[3], '{"type":"seat","participantId":"' .. ARGV[1] .. '","conn":"' .. ARGV[3] .. '"}')
 local seq = redis.call('GET', KEYS[4]) or '0'
 local reply = {'ok', resumed, seq}
 for _, o in ipairs(out) do reply[#reply + 1] = o end
@@ -339,12 +344,25 @@ struct Local {
     conn: Arc<str>,
     tx: mpsc::Sender<Delivery>,
     resync: Arc<AtomicBool>,
+    /// Set once the join script admitted it: only seated sessions have leases to renew.
+    seated: bool,
 }
 
 struct CallLocal {
     call: CallId,
     locals: Vec<Local>,
     last_seq: u64,
+    /// While the channel's subscription is not yet proven: the probe id awaited, when it was
+    /// requested, and the registrations waiting for it.
+    pending: Option<PendingSubscription>,
+}
+
+struct PendingSubscription {
+    probe: u64,
+    since: std::time::Instant,
+    /// SUBSCRIBE or the probe failed: the next registration starts over.
+    failed: bool,
+    waiters: Vec<oneshot::Sender<Result<(), Error>>>,
 }
 
 enum Cmd {
@@ -358,14 +376,35 @@ enum Cmd {
         channel: String,
         id: u64,
     },
+    /// The session with this id holds its seat now.
+    Seated {
+        channel: String,
+        id: u64,
+    },
+    /// SUBSCRIBE or the probe PUBLISH failed.
+    SubscribeFailed {
+        channel: String,
+        probe: u64,
+        error: Error,
+    },
     Snapshot(oneshot::Sender<Vec<CallSnapshot>>),
     ResyncAll,
 }
 
 enum SubCmd {
-    Subscribe(String, oneshot::Sender<Result<(), Error>>),
+    /// SUBSCRIBE, then PUBLISH a probe the router waits for on the channel.
+    Subscribe {
+        channel: String,
+        probe: u64,
+    },
     Unsubscribe(String),
 }
+
+/// How long a registration waits for its channel's subscription to be proven.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A probe not seen after this long is sent again (with a new SUBSCRIBE) by the next
+/// registration on that channel.
+const PROBE_RETRY: Duration = Duration::from_secs(2);
 
 /// One call's local sessions, for the lease tick.
 struct CallSnapshot {
@@ -380,6 +419,8 @@ pub struct Hub {
     client: Client,
     subscriber: SubscriberClient,
     cmd_tx: mpsc::UnboundedSender<Cmd>,
+    /// Random id of this replica, to recognise its own subscription probes.
+    replica: Arc<str>,
     scripts: Scripts,
     times: HubTimes,
     metrics: Arc<Metrics>,
@@ -425,15 +466,23 @@ impl Hub {
         let subscriber = connect_subscriber(redis_url).await?;
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
+        let replica: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
         let hub = Arc::new(Self {
-            client,
+            client: client.clone(),
             subscriber: subscriber.clone(),
-            cmd_tx,
+            cmd_tx: cmd_tx.clone(),
+            replica: replica.clone(),
             scripts: Scripts::new(),
             times,
             metrics,
         });
-        tokio::spawn(subscription_manager(subscriber.clone(), sub_rx));
+        tokio::spawn(subscription_manager(
+            subscriber.clone(),
+            client,
+            replica,
+            sub_rx,
+            cmd_tx,
+        ));
         tokio::spawn(router(
             Arc::downgrade(&hub),
             subscriber.clone(),
@@ -479,7 +528,9 @@ impl Hub {
         self.times
     }
 
-    /// Subscribe a session to its call's channel; returns once the subscription is active.
+    /// Subscribe a session to its call's channel; returns once the subscription is proven
+    /// active (a probe published after SUBSCRIBE came back through it), so everything the
+    /// session's join script publishes afterwards reaches it.
     #[allow(clippy::too_many_arguments)]
     pub async fn register(
         &self,
@@ -499,6 +550,7 @@ impl Hub {
             conn,
             tx,
             resync,
+            seated: false,
         };
         self.cmd_tx
             .send(Cmd::Register {
@@ -508,8 +560,22 @@ impl Hub {
                 ready,
             })
             .map_err(|_| Error::new(ErrorKind::Canceled, "hub stopped"))?;
-        done.await
-            .map_err(|_| Error::new(ErrorKind::Canceled, "hub stopped"))?
+        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, done).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::new(ErrorKind::Canceled, "hub stopped")),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                "the call's subscription was not confirmed in time",
+            )),
+        }
+    }
+
+    /// Mark a registered session as holding its seat (its lease is renewed from now on).
+    pub fn seated(&self, id: u64, call: &CallId) {
+        let _ = self.cmd_tx.send(Cmd::Seated {
+            channel: keys::call_channel(call),
+            id,
+        });
     }
 
     pub fn unregister(&self, id: u64, call: &CallId) {
@@ -894,19 +960,49 @@ struct Head<'a> {
     seq: Option<u64>,
     #[serde(default, borrow)]
     conn: Option<&'a str>,
+    #[serde(default, borrow)]
+    replica: Option<&'a str>,
+    #[serde(default)]
+    probe: Option<u64>,
 }
 
 async fn subscription_manager(
     subscriber: SubscriberClient,
+    client: Client,
+    replica: Arc<str>,
     mut rx: mpsc::UnboundedReceiver<SubCmd>,
+    cmd_tx: mpsc::UnboundedSender<Cmd>,
 ) {
     while let Some(cmd) = rx.recv().await {
         match cmd {
-            SubCmd::Subscribe(channel, ready) => {
-                let _ = ready.send(subscriber.subscribe(channel).await);
+            SubCmd::Subscribe { channel, probe } => {
+                // fred answers SUBSCRIBE before writing it, and may leave it unflushed in the
+                // socket buffer: a PING flushes it, and only the probe coming back through the
+                // subscription proves Redis applied it.
+                let mut result = subscriber.subscribe(channel.clone()).await;
+                if result.is_ok() {
+                    result = subscriber.ping::<Value>(None).await.map(|_| ());
+                }
+                if result.is_ok() {
+                    let text =
+                        format!(r#"{{"type":"probe","replica":"{replica}","probe":{probe}}}"#);
+                    result = client
+                        .publish::<i64, _, _>(channel.clone(), text)
+                        .await
+                        .map(|_| ());
+                }
+                if let Err(error) = result {
+                    let _ = cmd_tx.send(Cmd::SubscribeFailed {
+                        channel,
+                        probe,
+                        error,
+                    });
+                }
             }
             SubCmd::Unsubscribe(channel) => {
-                let _ = subscriber.unsubscribe(channel).await;
+                if subscriber.unsubscribe(channel).await.is_ok() {
+                    let _ = subscriber.ping::<Value>(None).await;
+                }
             }
         }
     }
@@ -919,8 +1015,12 @@ async fn router(
     sub_tx: mpsc::UnboundedSender<SubCmd>,
 ) {
     let mut messages = subscriber.message_rx();
+    let mut next_probe: u64 = 0;
     let mut calls: HashMap<String, CallLocal> = HashMap::new();
-    let Some(metrics) = hub.upgrade().map(|h| h.metrics.clone()) else {
+    let Some((metrics, replica)) = hub
+        .upgrade()
+        .map(|h| (h.metrics.clone(), h.replica.clone()))
+    else {
         return;
     };
     loop {
@@ -929,14 +1029,59 @@ async fn router(
                 let Some(cmd) = cmd else { break };
                 match cmd {
                     Cmd::Register { channel, call, local, ready } => {
+                        let known = calls.len();
                         let entry = calls.entry(channel.clone()).or_insert_with(|| CallLocal {
                             call,
                             locals: Vec::new(),
                             last_seq: 0,
+                            pending: None,
                         });
+                        let fresh = entry.locals.is_empty();
                         entry.locals.push(local);
-                        metrics.calls.set(calls.len() as i64);
-                        let _ = sub_tx.send(SubCmd::Subscribe(channel, ready));
+                        metrics.calls.set((known + usize::from(fresh)) as i64);
+                        match &mut entry.pending {
+                            None if !fresh => {
+                                let _ = ready.send(Ok(()));
+                            }
+                            Some(p) if !p.failed && p.since.elapsed() < PROBE_RETRY => p.waiters.push(ready),
+                            pending => {
+                                // A new channel, or a probe that never came back: (re)subscribe.
+                                next_probe += 1;
+                                let mut waiters = pending.take().map(|p| p.waiters).unwrap_or_default();
+                                waiters.push(ready);
+                                *pending = Some(PendingSubscription {
+                                    probe: next_probe,
+                                    since: std::time::Instant::now(),
+                                    failed: false,
+                                    waiters,
+                                });
+                                let _ = sub_tx.send(SubCmd::Subscribe { channel, probe: next_probe });
+                            }
+                        }
+                    }
+                    Cmd::Seated { channel, id } => {
+                        if let Some(entry) = calls.get_mut(&channel) {
+                            for l in entry.locals.iter_mut().filter(|l| l.id == id) {
+                                l.seated = true;
+                            }
+                        }
+                    }
+                    Cmd::SubscribeFailed { channel, probe, error } => {
+                        if let Some(entry) = calls.get_mut(&channel)
+                            && entry.pending.as_ref().is_some_and(|p| p.probe == probe)
+                            && let Some(p) = entry.pending.take()
+                        {
+                            for w in p.waiters {
+                                let _ = w.send(Err(error.clone()));
+                            }
+                            // The next registration subscribes again.
+                            entry.pending = Some(PendingSubscription {
+                                probe,
+                                since: std::time::Instant::now(),
+                                failed: true,
+                                waiters: Vec::new(),
+                            });
+                        }
                     }
                     Cmd::Unregister { channel, id } => {
                         if let Some(entry) = calls.get_mut(&channel) {
@@ -957,6 +1102,7 @@ async fn router(
                                 locals: c
                                     .locals
                                     .iter()
+                                    .filter(|l| l.seated)
                                     .map(|l| (l.participant.clone(), l.role, l.conn.clone(), l.tx.clone()))
                                     .collect(),
                             })
@@ -976,7 +1122,7 @@ async fn router(
                         let Some(entry) = calls.get_mut(&*msg.channel) else { continue };
                         let Some(bytes) = msg.value.into_bytes() else { continue };
                         let Ok(text) = Utf8Bytes::try_from(bytes) else { continue };
-                        route(entry, text, &hub);
+                        route(entry, text, &hub, &replica);
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(lost = n, "pub/sub queue lagged; sessions resync from inboxes");
@@ -998,7 +1144,7 @@ fn resync(entry: &mut CallLocal) {
 }
 
 /// Deliver one published frame to the local sessions it concerns.
-fn route(entry: &mut CallLocal, text: Utf8Bytes, hub: &std::sync::Weak<Hub>) {
+fn route(entry: &mut CallLocal, text: Utf8Bytes, hub: &std::sync::Weak<Hub>, replica: &str) {
     let Ok(head) = serde_json::from_str::<Head<'_>>(&text) else {
         return;
     };
@@ -1060,6 +1206,27 @@ fn route(entry: &mut CallLocal, text: Utf8Bytes, hub: &std::sync::Weak<Hub>) {
                 tokio::spawn(async move {
                     let _ = hub.end(&call, &reason, false).await;
                 });
+            }
+        }
+        "probe" => {
+            if head.replica == Some(replica)
+                && head.probe.is_some()
+                && entry.pending.as_ref().map(|p| p.probe) == head.probe
+                && let Some(p) = entry.pending.take()
+            {
+                for w in p.waiters {
+                    let _ = w.send(Ok(()));
+                }
+            }
+        }
+        "seat" => {
+            let (Some(subject), Some(conn)) = (head.participant, head.conn) else {
+                return;
+            };
+            for l in &entry.locals {
+                if l.participant.as_str() == subject && &*l.conn == conn {
+                    offer(l, Delivery::Seam);
+                }
             }
         }
         "replaced" => {

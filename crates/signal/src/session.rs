@@ -52,6 +52,9 @@ struct Joined {
     last_sent: u64,
     /// Other participants this client has been told about (joined, peer-* events).
     others: Vec<ParticipantId>,
+    /// False until this connection's join is seen on the channel (or a relayed message newer
+    /// than the snapshot arrives): presence events before that are already in `joined`.
+    presence_live: bool,
     relayed: u64,
     delivered: u64,
 }
@@ -154,8 +157,11 @@ impl Session {
                                 .joined
                                 .as_ref()
                                 .is_some_and(|j| j.resync.swap(false, Ordering::Relaxed));
-                            if lagged && let Err(exit) = self.replay().await {
-                                return exit;
+                            if lagged {
+                                self.open_presence();
+                                if let Err(exit) = self.replay().await {
+                                    return exit;
+                                }
                             }
                         }
                         None => {
@@ -366,6 +372,7 @@ impl Session {
         } else {
             base_seq
         };
+        state.hub.seated(self.id, &seat.call);
         self.conn.joined(seat.clone(), after);
         state.metrics.joins.inc();
         if resumed {
@@ -385,6 +392,7 @@ impl Session {
             rx,
             last_sent: 0,
             others,
+            presence_live: false,
             relayed: 0,
             delivered: 0,
         });
@@ -550,13 +558,16 @@ impl Session {
     async fn on_delivery(&mut self, delivery: Delivery) -> Option<Exit> {
         match delivery {
             Delivery::Frame { text, seq } => {
-                if let Some(seq) = seq
-                    && !self.conn.accept_delivery(seq)
-                {
-                    return None;
-                }
-                if seq.is_none() {
-                    self.track_presence(&text);
+                match seq {
+                    Some(seq) if !self.conn.accept_delivery(seq) => return None,
+                    Some(_) => self.open_presence(),
+                    None => {
+                        if !self.joined.as_ref().is_some_and(|j| j.presence_live) {
+                            // Published before our join: `joined` already told the client.
+                            return None;
+                        }
+                        self.track_presence(&text);
+                    }
                 }
                 if self.socket.send(Message::Text(text)).await.is_err() {
                     return Some(Exit::Away);
@@ -577,7 +588,20 @@ impl Session {
                     .await;
                 Some(Exit::Final)
             }
-            Delivery::Resync => self.replay().await.err(),
+            Delivery::Resync => {
+                self.open_presence();
+                self.replay().await.err()
+            }
+            Delivery::Seam => {
+                self.open_presence();
+                None
+            }
+        }
+    }
+
+    fn open_presence(&mut self) {
+        if let Some(j) = &mut self.joined {
+            j.presence_live = true;
         }
     }
 

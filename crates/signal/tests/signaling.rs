@@ -681,3 +681,45 @@ async fn health_metrics_and_stats_events() {
     }
     assert!(found, "call.stats event not published");
 }
+
+/// Two participants joining at the same moment each hear of the other exactly once: either in
+/// `joined.peers` or as a later `peer-joined`, never both (the seam after the join snapshot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_joins_hear_of_each_other_exactly_once() {
+    let redis = RedisServer::start();
+    let r1 = Replica::start(&redis.url(), &[]).await;
+    let r2 = Replica::start(&redis.url(), &[]).await;
+    for round in 0..16 {
+        let call = Call::create(&redis);
+        let (pa, ta) = call.token(Role::Offerer);
+        let (pb, tb) = call.token(Role::Answerer);
+        // Alternate same-replica and cross-replica rounds.
+        let url_a = r1.url();
+        let url_b = if round % 2 == 0 { r1.url() } else { r2.url() };
+        let (ra, rb) = tokio::join!(
+            Client::join(&url_a, &ta, None),
+            Client::join(&url_b, &tb, None)
+        );
+        for ((mut client, joined), other) in [(ra, pb.clone()), (rb, pa.clone())] {
+            let ServerMessage::Joined { peers, .. } = joined else {
+                unreachable!()
+            };
+            let is_other = |m: &ServerMessage| matches!(m, ServerMessage::PeerJoined { participant_id, .. } if *participant_id == other);
+            let mut heard = peers.iter().filter(|p| p.participant_id == other).count();
+            if heard == 0 {
+                // Not in the snapshot: the announcement must come (allow a loaded machine).
+                let m = tokio::time::timeout(Duration::from_secs(5), client.recv_until(is_other))
+                    .await
+                    .unwrap_or_else(|_| panic!("round {round}: never heard of {other:?}"));
+                assert!(is_other(&m));
+                heard = 1;
+            }
+            while let Some(m) = client.try_recv(Duration::from_millis(200)).await {
+                if is_other(&m) {
+                    heard += 1;
+                }
+            }
+            assert_eq!(heard, 1, "round {round}: heard of {other:?} {heard} times");
+        }
+    }
+}
