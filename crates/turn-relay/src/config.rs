@@ -119,6 +119,11 @@ pub struct Config {
     #[arg(long, env = "TURN_DRAIN_SECS", default_value_t = 25)]
     pub turn_drain_secs: u64,
 
+    /// Relay worker threads, each with its own SO_REUSEPORT listener socket, allocations and
+    /// relay ports (the port range is split between them). 0 = one per CPU core.
+    #[arg(long, env = "TURN_WORKERS", default_value_t = 0)]
+    pub turn_workers: usize,
+
     /// SO_RCVBUF/SO_SNDBUF of the listener sockets (capped by net.core.rmem_max).
     #[arg(long, env = "TURN_SOCKET_BUFFER", default_value_t = 4 << 20)]
     pub turn_socket_buffer: usize,
@@ -126,6 +131,36 @@ pub struct Config {
     /// SO_RCVBUF/SO_SNDBUF of each relay socket.
     #[arg(long, env = "TURN_RELAY_SOCKET_BUFFER", default_value_t = 256 << 10)]
     pub turn_relay_socket_buffer: usize,
+}
+
+/// Most workers a process starts, whatever the core count.
+pub const MAX_WORKERS: usize = 64;
+/// Fewest relay ports a worker should own: below that, fewer workers are started.
+pub const MIN_PORTS_PER_WORKER: usize = 16;
+
+/// `requested` workers (0 = one per core), capped so each owns a useful share of the relay
+/// port range.
+pub fn resolve_workers(requested: usize, min_port: u16, max_port: u16) -> usize {
+    let wanted = if requested == 0 {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    } else {
+        requested
+    };
+    let span = usize::from(max_port).saturating_sub(usize::from(min_port)) + 1;
+    wanted
+        .min(MAX_WORKERS)
+        .min(span / MIN_PORTS_PER_WORKER)
+        .max(1)
+}
+
+/// The relay port sub-range of worker `index` of `workers`: contiguous, disjoint, together
+/// the whole range.
+pub fn worker_ports(min_port: u16, max_port: u16, index: usize, workers: usize) -> (u16, u16) {
+    let span = usize::from(max_port) - usize::from(min_port) + 1;
+    let start = usize::from(min_port) + span * index / workers;
+    let end = usize::from(min_port) + span * (index + 1) / workers - 1;
+    // Both fit in u16: they lie within [min_port, max_port].
+    (start as u16, end as u16)
 }
 
 /// Validated settings.
@@ -137,6 +172,8 @@ pub struct Settings {
     pub metrics_listen: SocketAddr,
     pub drain_secs: u64,
     pub max_stream_connections: usize,
+    /// Worker threads, resolved (at least 1).
+    pub workers: usize,
     pub socket_buffer: usize,
     pub relay_socket_buffer: usize,
     pub redis_url: String,
@@ -394,6 +431,7 @@ impl Config {
         core.max_bps = self.turn_max_bps.or(file.max_bps).unwrap_or(1_250_000);
         core.filter = filter;
 
+        let workers = resolve_workers(self.turn_workers, core.min_port, core.max_port);
         Ok(Settings {
             core,
             listen,
@@ -403,6 +441,7 @@ impl Config {
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9641))),
             drain_secs: self.turn_drain_secs,
             max_stream_connections: self.turn_max_stream_connections,
+            workers,
             socket_buffer: self.turn_socket_buffer,
             relay_socket_buffer: self.turn_relay_socket_buffer,
             redis_url: self.common.redis_url.clone(),
@@ -603,5 +642,29 @@ mod tests {
             c.core.relay_v6.unwrap().bind,
             "::1".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn workers_split_the_port_range_without_gaps_or_overlap() {
+        for workers in 1..=8 {
+            let mut next = 49152u32;
+            for i in 0..workers {
+                let (lo, hi) = worker_ports(49152, 65535, i, workers);
+                assert_eq!(u32::from(lo), next, "contiguous");
+                assert!(hi >= lo);
+                next = u32::from(hi) + 1;
+            }
+            assert_eq!(next, 65536, "covers the range");
+        }
+        assert_eq!(worker_ports(50000, 50010, 0, 1), (50000, 50010));
+    }
+
+    #[test]
+    fn worker_count_is_capped_by_the_port_range() {
+        assert_eq!(resolve_workers(4, 49152, 65535), 4);
+        assert_eq!(resolve_workers(4, 50000, 50010), 1, "11 ports: one worker");
+        assert_eq!(resolve_workers(4, 50000, 50031), 2, "32 ports: two workers");
+        assert_eq!(resolve_workers(1000, 1024, 65535), MAX_WORKERS);
+        assert!(resolve_workers(0, 49152, 65535) >= 1);
     }
 }

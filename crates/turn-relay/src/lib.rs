@@ -6,7 +6,8 @@
 //! - [`peer_filter`]: which peers may be relayed to (special-purpose ranges refused).
 //! - [`server`]: the sans-IO TURN core.
 //! - [`config`]: flags/env and coturn `turnserver.conf`.
-//! - [`io`]: the mio data-plane thread, TCP/TLS clients, metrics HTTP.
+//! - [`io`]: the mio data-plane workers (one per core, SO_REUSEPORT), TCP/TLS clients,
+//!   metrics HTTP.
 //! - [`metrics`]: live counters for `/metrics`.
 //!
 //! Architecture invariant: the core (`server`, `wire`, `auth`, `peer_filter`) does no I/O and
@@ -37,10 +38,10 @@ use tokio::net::TcpListener;
 pub use config::{Config, Settings};
 pub use error::TurnError;
 
-use crate::io::engine::{Engine, EngineMsg, udp_socket};
+use crate::io::engine::{Engine, EngineMsg, Engines, udp_socket};
 use crate::io::tls::TlsReloader;
 use crate::metrics::Metrics;
-use crate::server::Server;
+use crate::server::{AllocationLedger, Server};
 
 /// How long start-up waits for Redis before going on without it (events are then published
 /// once it connects; the relay never depends on it).
@@ -51,12 +52,22 @@ const REDIS_WAIT: Duration = Duration::from_millis(300);
 pub async fn run(settings: Settings, mut shutdown: Shutdown) -> Result<(), TurnError> {
     let metrics = Arc::new(Metrics::default());
 
-    let udp = udp_socket(settings.listen, settings.socket_buffer)
+    // One UDP listener socket per worker, all on one address (SO_REUSEPORT): the first picks
+    // the port when the configured one is 0, the others join it.
+    let workers = settings.workers;
+    let reuse = workers > 1;
+    let first = udp_socket(settings.listen, settings.socket_buffer, reuse)
         .map_err(TurnError::io(format!("binding UDP {}", settings.listen)))?;
-    let udp_addr = udp
+    let udp_addr = first
         .local_addr()
         .map_err(TurnError::io("UDP local address"))?;
-    tracing::info!("listening on {udp_addr} (udp)");
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        listeners.push(udp_socket(udp_addr, settings.socket_buffer, true).map_err(
+            TurnError::io(format!("binding UDP {udp_addr} (SO_REUSEPORT)")),
+        )?);
+    }
+    tracing::info!("listening on {udp_addr} (udp, {workers} workers)");
     let tcp_addr = SocketAddr::new(settings.listen.ip(), udp_addr.port());
     let tcp = TcpListener::bind(tcp_addr)
         .await
@@ -97,29 +108,39 @@ pub async fn run(settings: Settings, mut shutdown: Shutdown) -> Result<(), TurnE
         }
     };
 
-    let core = Server::new(
-        settings.core.clone(),
-        rand::random::<[u8; 32]>(),
-        rand::random::<u64>(),
-        metrics.clone(),
-    );
-    let (engine, handle) = Engine::new(core, udp, events, settings.relay_socket_buffer)
-        .map_err(TurnError::io("starting the relay engine"))?;
-    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::Builder::new()
-        .name("turn-relay".into())
-        .spawn(move || {
-            engine.run();
-            let _ = done_tx.send(());
-        })
-        .map_err(TurnError::io("spawning the relay thread"))?;
+    // Workers share the nonce key (a client's retry may land on another worker), the metrics
+    // and the allocation ledger (quotas are per process); each owns a slice of the port range.
+    let nonce_key = rand::random::<[u8; 32]>();
+    let ledger = Arc::new(AllocationLedger::default());
+    let mut handles = Vec::with_capacity(workers);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(workers);
+    for (index, udp) in listeners.into_iter().enumerate() {
+        let mut cfg = settings.core.clone();
+        (cfg.min_port, cfg.max_port) =
+            config::worker_ports(cfg.min_port, cfg.max_port, index, workers);
+        let core = Server::new(cfg, nonce_key, rand::random::<u64>(), metrics.clone())
+            .with_ledger(ledger.clone());
+        let (engine, handle) = Engine::new(core, udp, events.clone(), settings.relay_socket_buffer)
+            .map_err(TurnError::io("starting a relay worker"))?;
+        handles.push(handle);
+        let done_tx = done_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("turn-relay-{index}"))
+            .spawn(move || {
+                engine.run();
+                let _ = done_tx.try_send(());
+            })
+            .map_err(TurnError::io("spawning a relay worker thread"))?;
+    }
+    drop(done_tx);
+    let engines = Engines::new(handles);
 
     let mut tasks = tokio::task::JoinSet::new();
     // One budget for TCP and TLS clients together.
     let stream_slots = Arc::new(tokio::sync::Semaphore::new(settings.max_stream_connections));
     tasks.spawn(io::stream::accept_loop(
         tcp,
-        handle.clone(),
+        engines.clone(),
         metrics.clone(),
         None,
         stream_slots.clone(),
@@ -128,7 +149,7 @@ pub async fn run(settings: Settings, mut shutdown: Shutdown) -> Result<(), TurnE
         tasks.spawn(reloader.clone().watch());
         tasks.spawn(io::stream::accept_loop(
             listener,
-            handle.clone(),
+            engines.clone(),
             metrics.clone(),
             Some(reloader),
             stream_slots,
@@ -141,18 +162,25 @@ pub async fn run(settings: Settings, mut shutdown: Shutdown) -> Result<(), TurnE
 
     tokio::select! {
         () = shutdown.wait() => {}
-        _ = &mut done_rx => {
+        _ = done_rx.recv() => {
+            // Any worker stopping on its own is a failure: stop the others too.
+            engines.broadcast(|| EngineMsg::Stop);
             tasks.abort_all();
             http_task.abort();
-            return Err(TurnError::Config("relay engine stopped unexpectedly".into()));
+            return Err(TurnError::Config("a relay worker stopped unexpectedly".into()));
         }
     }
     // Drain: no new connections; the engine refuses new allocations and returns when the
     // last allocation ends or at the deadline.
     tasks.abort_all();
     let deadline_ms = hermes_service::unix_now_ms() + settings.drain_secs * 1000;
-    handle.send(EngineMsg::Drain { deadline_ms });
-    let _ = done_rx.await;
+    engines.broadcast(|| EngineMsg::Drain { deadline_ms });
+    // Every worker returns once its own allocations are gone or the deadline passes.
+    for _ in 0..workers {
+        if done_rx.recv().await.is_none() {
+            break;
+        }
+    }
     http_task.abort();
     tracing::info!("hermes-turn stopped");
     Ok(())

@@ -16,7 +16,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use stun::agent::TransactionId;
@@ -300,6 +300,69 @@ const fn reject(code: u16, reason: &'static str) -> Reject {
     }
 }
 
+/// Allocation counts shared by every worker of one process, so the total and per-user quotas
+/// hold across SO_REUSEPORT workers. Touched only when an allocation is created or removed,
+/// never on the data path.
+#[derive(Debug, Default)]
+pub struct AllocationLedger {
+    inner: Mutex<LedgerCounts>,
+}
+
+#[derive(Debug, Default)]
+struct LedgerCounts {
+    total: u32,
+    per_user: HashMap<Box<str>, u32>,
+}
+
+/// Which quota refused a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaRefusal {
+    Total,
+    User,
+}
+
+impl AllocationLedger {
+    /// Count one more allocation for `user` unless a quota (0 = unlimited) is reached.
+    pub fn reserve(
+        &self,
+        user: &str,
+        user_quota: u32,
+        total_quota: u32,
+    ) -> Result<(), QuotaRefusal> {
+        let mut c = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if total_quota > 0 && c.total >= total_quota {
+            return Err(QuotaRefusal::Total);
+        }
+        let n = c.per_user.get(user).copied().unwrap_or(0);
+        if user_quota > 0 && n >= user_quota {
+            return Err(QuotaRefusal::User);
+        }
+        c.total += 1;
+        *c.per_user.entry(user.into()).or_insert(0) += 1;
+        Ok(())
+    }
+
+    /// Give back what [`reserve`](Self::reserve) counted.
+    pub fn release(&self, user: &str) {
+        let mut c = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_user.get_mut(user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.per_user.remove(user);
+            }
+        }
+    }
+
+    /// Allocations counted, all workers together.
+    pub fn total(&self) -> u32 {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .total
+    }
+}
+
 pub struct Server {
     cfg: CoreConfig,
     nonce: NonceKey,
@@ -307,7 +370,7 @@ pub struct Server {
     allocs: Vec<Option<Allocation>>,
     free: Vec<RelayId>,
     by_client: HashMap<Client, RelayId>,
-    per_user: HashMap<Box<str>, u32>,
+    ledger: Arc<AllocationLedger>,
     ports_v4: Vec<bool>,
     ports_v6: Vec<bool>,
     active: u32,
@@ -330,7 +393,7 @@ impl Server {
             allocs: Vec::new(),
             free: Vec::new(),
             by_client: HashMap::new(),
-            per_user: HashMap::new(),
+            ledger: Arc::default(),
             ports_v4: vec![false; span],
             ports_v6: vec![false; span],
             active: 0,
@@ -342,6 +405,13 @@ impl Server {
             stats: Stats::default(),
             cfg,
         }
+    }
+
+    /// Count allocations in `ledger`, shared with the other workers of this process.
+    #[must_use]
+    pub fn with_ledger(mut self, ledger: Arc<AllocationLedger>) -> Self {
+        self.ledger = ledger;
+        self
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -691,12 +761,7 @@ impl Server {
     fn take_slot(&mut self, id: RelayId) -> Option<Allocation> {
         let a = self.allocs.get_mut(id as usize)?.take()?;
         self.by_client.remove(&a.client);
-        if let Some(n) = self.per_user.get_mut(&a.user) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_user.remove(&a.user);
-            }
-        }
+        self.ledger.release(&a.user);
         self.free.push(id);
         Some(a)
     }
@@ -967,23 +1032,28 @@ impl Server {
         }) else {
             return Err((reject(440, "Address Family not Supported"), key));
         };
-        if self.cfg.total_quota > 0 && self.by_client.len() as u32 >= self.cfg.total_quota {
-            self.metrics.quota(Quota::TotalAllocations).inc();
-            return fail(self, reject(508, "Insufficient Capacity"));
-        }
-        let count = self.per_user.get(auth.user.as_str()).copied().unwrap_or(0);
-        if self.cfg.user_quota > 0 && count >= self.cfg.user_quota {
-            self.metrics.quota(Quota::UserAllocations).inc();
-            return fail(self, reject(486, "Allocation Quota Reached"));
-        }
-        let Some(port) = self.pick_port(v6) else {
-            return fail(self, reject(508, "Insufficient Capacity: no relay port"));
-        };
         let lifetime = self.lifetime(m);
         if lifetime == 0 {
-            self.release_port(v6, port);
             return Err((reject(400, "Bad Request: zero lifetime"), key));
         }
+        match self
+            .ledger
+            .reserve(&auth.user, self.cfg.user_quota, self.cfg.total_quota)
+        {
+            Ok(()) => {}
+            Err(QuotaRefusal::Total) => {
+                self.metrics.quota(Quota::TotalAllocations).inc();
+                return fail(self, reject(508, "Insufficient Capacity"));
+            }
+            Err(QuotaRefusal::User) => {
+                self.metrics.quota(Quota::UserAllocations).inc();
+                return fail(self, reject(486, "Allocation Quota Reached"));
+            }
+        }
+        let Some(port) = self.pick_port(v6) else {
+            self.ledger.release(&auth.user);
+            return fail(self, reject(508, "Insufficient Capacity: no relay port"));
+        };
         let id = match self.free.pop() {
             Some(id) => id,
             None => {
@@ -993,7 +1063,6 @@ impl Server {
         };
         let bind = SocketAddr::new(relay_ip.bind, port);
         let user: Box<str> = auth.user.into();
-        *self.per_user.entry(user.clone()).or_insert(0) += 1;
         let burst = bucket_capacity(self.cfg.max_bps);
         self.allocs[id as usize] = Some(Allocation {
             client: from,

@@ -631,6 +631,42 @@ fn quotas() {
     assert!(is_success(&a.allocate(&mut h, vec![])));
 }
 
+/// Two workers (two cores over one ledger, as SO_REUSEPORT workers are) enforce the user and
+/// total quotas together, and a removal on one frees a slot for the other.
+#[test]
+fn quotas_hold_across_workers_sharing_a_ledger() {
+    let mut cfg = config();
+    cfg.user_quota = 1;
+    cfg.total_quota = 2;
+    let ledger = Arc::new(AllocationLedger::default());
+    let mut w1 = H::new(cfg.clone());
+    w1.s = Server::new(cfg.clone(), [9; 32], 1, Arc::new(Metrics::default()))
+        .with_ledger(ledger.clone());
+    let mut w2 = H::new(cfg.clone());
+    w2.s = Server::new(cfg, [9; 32], 2, Arc::new(Metrics::default())).with_ledger(ledger.clone());
+    let mut a1 = C::new(client(1), "alice", T0, 600);
+    assert!(is_success(&a1.allocate(&mut w1, vec![])));
+    let mut a2 = C::new(client(2), "alice", T0, 600);
+    assert_eq!(
+        code(&a2.allocate(&mut w2, vec![])),
+        Some(486),
+        "user quota spans workers"
+    );
+    let mut b = C::new(client(3), "bob", T0, 600);
+    assert!(is_success(&b.allocate(&mut w2, vec![])));
+    let mut c = C::new(client(4), "carol", T0, 600);
+    assert_eq!(
+        code(&c.allocate(&mut w1, vec![])),
+        Some(508),
+        "total quota spans workers"
+    );
+    assert_eq!(ledger.total(), 2);
+    assert!(is_success(&a1.refresh(&mut w1, 0)));
+    assert_eq!(ledger.total(), 1);
+    let mut a3 = C::new(client(5), "alice", T0, 600);
+    assert!(is_success(&a3.allocate(&mut w2, vec![])));
+}
+
 #[test]
 fn bandwidth_quota() {
     let mut cfg = config();

@@ -1,6 +1,9 @@
-//! The data plane: one OS thread that owns the sans-IO [`Server`], the UDP listener and every
-//! relay socket, multiplexed with mio (epoll). Single owner, so no locks anywhere on the
-//! packet path; datagrams are received with `recvmmsg` into reused slots (with headroom for
+//! The data plane: one worker OS thread per core, each owning its own sans-IO [`Server`], its
+//! own UDP listener socket (all bound to the same address with SO_REUSEPORT, so the kernel
+//! spreads clients across workers by 5-tuple hash) and the relay sockets of its allocations,
+//! multiplexed with mio (epoll). Each worker is the single owner of its state, so no locks
+//! anywhere on the packet path (the shared allocation ledger is touched only when an
+//! allocation is created or removed); datagrams are received with `recvmmsg` into reused slots (with headroom for
 //! the ChannelData/Data-indication header, see `batch.rs`), handed to the core by reference
 //! and sent to peers from the same slot with one `sendto`; datagrams to UDP clients are
 //! copied into a [`SendBatch`] and leave with one `sendmmsg` per wake-up. No allocation.
@@ -60,7 +63,7 @@ pub enum EngineMsg {
     Stop,
 }
 
-/// Cloneable sender into the engine thread.
+/// Cloneable sender into one engine thread.
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: Sender<EngineMsg>,
@@ -75,11 +78,43 @@ impl EngineHandle {
     }
 }
 
-/// Create a non-blocking UDP socket with the given buffer sizes.
-pub fn udp_socket(bind: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+/// Every worker's handle. Stream (TCP/TLS) connections are spread over the workers by
+/// connection number; a connection stays on its worker for life.
+#[derive(Clone)]
+pub struct Engines(Arc<[EngineHandle]>);
+
+impl Engines {
+    /// `handles` must not be empty.
+    pub fn new(handles: Vec<EngineHandle>) -> Self {
+        assert!(!handles.is_empty(), "at least one engine");
+        Self(handles.into())
+    }
+
+    pub fn for_stream(&self, conn: u64) -> &EngineHandle {
+        &self.0[(conn % self.0.len() as u64) as usize]
+    }
+
+    /// Send a copy of `msg` to every worker.
+    pub fn broadcast(&self, msg: impl Fn() -> EngineMsg) {
+        for h in self.0.iter() {
+            h.send(msg());
+        }
+    }
+}
+
+/// Create a non-blocking UDP socket with the given buffer sizes; `reuse_port` lets several
+/// workers bind the same listener address.
+pub fn udp_socket(
+    bind: SocketAddr,
+    buffer: usize,
+    reuse_port: bool,
+) -> std::io::Result<std::net::UdpSocket> {
     let s = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
     if bind.is_ipv6() {
         s.set_only_v6(true)?;
+    }
+    if reuse_port {
+        s.set_reuse_port(true)?;
     }
     // Best effort: the kernel caps these at net.core.{r,w}mem_max.
     let _ = s.set_recv_buffer_size(buffer);
@@ -378,7 +413,7 @@ impl Engine {
     }
 
     fn open_relay(&mut self, relay: RelayId, bind: SocketAddr) -> bool {
-        let sock = match udp_socket(bind, self.relay_buffer) {
+        let sock = match udp_socket(bind, self.relay_buffer, false) {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(%bind, error = %e, "relay port unavailable");

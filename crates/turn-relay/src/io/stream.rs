@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::io::engine::{EngineHandle, EngineMsg};
+use crate::io::engine::{EngineHandle, EngineMsg, Engines};
 use crate::io::tls::TlsReloader;
 use crate::metrics::Metrics;
 use crate::wire;
@@ -29,7 +29,7 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 /// holds one of `slots` while it lives; with none left, a new connection is closed at once.
 pub async fn accept_loop(
     listener: TcpListener,
-    engine: EngineHandle,
+    engines: Engines,
     metrics: Arc<Metrics>,
     tls: Option<Arc<TlsReloader>>,
     slots: Arc<Semaphore>,
@@ -50,12 +50,13 @@ pub async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let engine = engine.clone();
+        let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+        let engine = engines.for_stream(conn).clone();
         match &tls {
             None => {
                 metrics.tcp_connections.inc();
                 tokio::spawn(async move {
-                    serve(stream, peer, engine).await;
+                    serve(stream, peer, conn, engine).await;
                     drop(slot);
                 });
             }
@@ -67,7 +68,7 @@ pub async fn accept_loop(
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                         .await
                     {
-                        Ok(Ok(s)) => serve(s, peer, engine).await,
+                        Ok(Ok(s)) => serve(s, peer, conn, engine).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
@@ -77,12 +78,11 @@ pub async fn accept_loop(
     }
 }
 
-/// Serve one client connection.
-pub async fn serve<S>(stream: S, peer: SocketAddr, engine: EngineHandle)
+/// Serve one client connection (number `conn`) on the engine that owns it.
+pub async fn serve<S>(stream: S, peer: SocketAddr, conn: u64, engine: EngineHandle)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(OUT_QUEUE);
     engine.send(EngineMsg::StreamOpened { conn, tx });
     let (mut r, mut w) = tokio::io::split(stream);
