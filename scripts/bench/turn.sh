@@ -13,11 +13,16 @@
 #             relayed packet is one datagram forwarded in either direction (sent + received)
 #   pkt/cpu-s relayed packets per server CPU-second; ratio = hermes / coturn (target >= 1.5)
 #   KB/alloc  (peak RSS during the first 100-allocation run - idle RSS) / 100
+# hermes-turn runs twice, side by side: with one data-plane worker and with its default (one
+# worker per core). Each row is run TURN_BENCH_REPEAT times (default 3) in rotating order, and
+# the median CPU cost per packet is reported, because a shared VM's noise between two runs of
+# the same server is often larger than 10 %.
 # Only 127.0.0.1 is used. Every run is bounded (count and `timeout`).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 SECONDS_PER_RUN="${TURN_BENCH_SECONDS:-5}"
+REPEAT="${TURN_BENCH_REPEAT:-3}"
 ALLOCS="${TURN_BENCH_ALLOCS:-100}"
 RATES="${TURN_BENCH_RATES:-10000 25000 50000}"
 SIZES="${TURN_BENCH_SIZES:-100 1000}"
@@ -57,16 +62,23 @@ turnserver --listening-ip=127.0.0.1 --relay-ip=127.0.0.1 --listening-port="$CT_P
   --simple-log --pidfile="$WORK/turnserver.pid" >"$WORK/coturn.log" 2>&1 &
 CT_PID=$!; PIDS+=($CT_PID)
 
-HT_PORT=$(free_port); HT_METRICS=$(free_port)
-HERMES_ENV=development REDIS_URL= TURN_SECRET="$SECRET" TURN_REALM=bench.local \
-  TURN_LISTEN="127.0.0.1:$HT_PORT" TURN_METRICS_LISTEN="127.0.0.1:$HT_METRICS" \
-  TURN_MIN_PORT=45000 TURN_MAX_PORT=49999 TURN_ALLOW_LOOPBACK_PEERS=true TURN_MAX_BPS=1250000 \
-  TURN_USER_QUOTA=0 TURN_TOTAL_QUOTA=0 RUST_LOG=warn TURN_RELAY_SOCKET_BUFFER=${TURN_RELAY_SOCKET_BUFFER:-262144} "$BIN" >"$WORK/hermes.log" 2>&1 &
-HT_PID=$!; PIDS+=($HT_PID)
+start_hermes() { # NAME WORKERS MIN_PORT MAX_PORT -> sets HT_PORT_<NAME>, HT_PID_<NAME>
+  local port metrics; port=$(free_port); metrics=$(free_port)
+  HERMES_ENV=development REDIS_URL= TURN_SECRET="$SECRET" TURN_REALM=bench.local \
+    TURN_LISTEN="127.0.0.1:$port" TURN_METRICS_LISTEN="127.0.0.1:$metrics" \
+    TURN_MIN_PORT="$3" TURN_MAX_PORT="$4" TURN_ALLOW_LOOPBACK_PEERS=true TURN_MAX_BPS=1250000 \
+    TURN_USER_QUOTA=0 TURN_TOTAL_QUOTA=0 TURN_WORKERS="$2" RUST_LOG=warn \
+    TURN_RELAY_SOCKET_BUFFER=${TURN_RELAY_SOCKET_BUFFER:-262144} "$BIN" >"$WORK/$1.log" 2>&1 &
+  PIDS+=($!)
+  printf -v "HT_PORT_$1" %s "$port"; printf -v "HT_PID_$1" %s "$!"
+}
+start_hermes h1 1 45000 47499
+start_hermes hn 0 47500 49999
+WORKERS_N=$(nproc)
 sleep 1
-kill -0 "$CT_PID" "$HT_PID"
-declare -A IDLE_RSS=([coturn]=$(rss_kb "$CT_PID") [hermes]=$(rss_kb "$HT_PID"))
-declare -A PEAK_RSS=([coturn]=0 [hermes]=0)
+kill -0 "$CT_PID" "$HT_PID_h1" "$HT_PID_hn"
+declare -A IDLE_RSS=([coturn]=$(rss_kb "$CT_PID") [h1]=$(rss_kb "$HT_PID_h1") [hn]=$(rss_kb "$HT_PID_hn"))
+declare -A PEAK_RSS=([coturn]=0 [h1]=0 [hn]=0)
 
 # run NAME PID PORT SIZE RATE -> prints one result line
 run() {
@@ -102,29 +114,54 @@ RESULTS="$WORK/results"
 : >"$RESULTS"
 for size in $SIZES; do
   for rate in $RATES; do
-    run coturn "$CT_PID" "$CT_PORT" "$size" "$rate" >>"$RESULTS"
-    run hermes "$HT_PID" "$HT_PORT" "$size" "$rate" >>"$RESULTS"
+    for r in $(seq 1 "$REPEAT"); do
+      # Rotate the order so no server always runs first (or last) in a row.
+      case $(( r % 3 )) in
+        1) order="coturn h1 hn" ;; 2) order="h1 hn coturn" ;; *) order="hn coturn h1" ;;
+      esac
+      for name in $order; do
+        case $name in
+          coturn) run coturn "$CT_PID" "$CT_PORT" "$size" "$rate" >>"$RESULTS" ;;
+          h1) run h1 "$HT_PID_h1" "$HT_PORT_h1" "$size" "$rate" >>"$RESULTS" ;;
+          hn) run hn "$HT_PID_hn" "$HT_PORT_hn" "$size" "$rate" >>"$RESULTS" ;;
+        esac
+      done
+    done
   done
 done
 
 echo
-echo "TURN relay benchmark: $ALLOCS allocations, ChannelData, ~${SECONDS_PER_RUN}s per run, loopback, $(nproc) cores"
-printf '%-6s %-6s %-7s | %-7s %-9s %-8s %-11s | %-7s %-9s %-8s %-11s | %s\n' \
-  size msg/s "" "coturn" "" "" "" "hermes" "" "" "" "pkt/cpu-s"
-printf '%-6s %-6s %-7s | %-7s %-9s %-8s %-11s | %-7s %-9s %-8s %-11s | %s\n' \
-  B total relayed loss% rtt_ms us/pkt pkt/cpu-s loss% rtt_ms us/pkt pkt/cpu-s "hermes/coturn"
-awk '
-  $1=="coturn" { c[$2" "$3]=$0 }
-  $1=="hermes" { h[$2" "$3]=$0; order[++n]=$2" "$3 }
-  END {
-    for (i=1;i<=n;i++) { k=order[i]; split(c[k],a," "); split(h[k],b," ");
-      ratio = a[8] > 0 ? b[8]/a[8] : 0;
-      printf "%-6s %-6s %-7s | %-7s %-9s %-8s %-11s | %-7s %-9s %-8s %-11s | %.2fx\n",
-        a[2], a[3], b[4], a[5], a[6], a[7], a[8], b[5], b[6], b[7], b[8], ratio }
-  }' "$RESULTS"
-c_kb=$(( (PEAK_RSS[coturn] - IDLE_RSS[coturn]) * 1000 / ALLOCS ))
-h_kb=$(( (PEAK_RSS[hermes] - IDLE_RSS[hermes]) * 1000 / ALLOCS ))
+echo "TURN relay benchmark: $ALLOCS allocations, ChannelData, ~${SECONDS_PER_RUN}s per run, loopback, $(nproc) cores, median of $REPEAT runs"
+echo "hermes-1w: one data-plane worker; hermes-${WORKERS_N}w: the default, one worker per core"
+python3 - "$RESULTS" "$WORKERS_N" <<'PY'
+import sys, statistics
+rows = {}
+order = []
+for line in open(sys.argv[1]):
+    name, size, rate, pk, loss, rtt, us, pps, sent = line.split()
+    key = (int(size), int(rate))
+    if key not in rows:
+        rows[key] = {}
+        order.append(key)
+    rows[key].setdefault(name, []).append((float(us), float(loss), rtt, int(pk)))
+def cell(runs):
+    us = statistics.median(r[0] for r in runs)
+    loss = max(r[1] for r in runs)
+    pps = 1e6 / us if us > 0 else 0
+    return us, loss, runs[-1][2], pps
+n = sys.argv[2]
+print(f"{'B':<5} {'msg/s':<6} | {'coturn':<27} | {'hermes-1w':<27} | {'hermes-'+n+'w':<27} | pkt/cpu-s vs coturn")
+print(f"{'':<5} {'total':<6} | {'loss%  rtt_ms  us/pkt':<27} | {'loss%  rtt_ms  us/pkt':<27} | {'loss%  rtt_ms  us/pkt':<27} | 1w     {n}w")
+for key in order:
+    r = rows[key]
+    c, h1, hn = cell(r["coturn"]), cell(r["h1"]), cell(r["hn"])
+    fmt = lambda x: f"{x[1]:<6.3f} {x[2]:<7} {x[0]:<6.2f}"
+    print(f"{key[0]:<5} {key[1]:<6} | {fmt(c):<27} | {fmt(h1):<27} | {fmt(hn):<27} | "
+          f"{h1[3]/c[3]:.2f}x  {hn[3]/c[3]:.2f}x")
+PY
 echo
-printf 'memory per allocation (peak RSS - idle RSS) / %s: coturn %s.%03d KB, hermes %s.%03d KB (idle RSS: coturn %s KB, hermes %s KB)\n' \
-  "$ALLOCS" $((c_kb/1000)) $((c_kb%1000)) $((h_kb/1000)) $((h_kb%1000)) "${IDLE_RSS[coturn]}" "${IDLE_RSS[hermes]}"
-awk -v c="$c_kb" -v h="$h_kb" 'BEGIN{ if (h > 0) printf "memory ratio coturn/hermes: %.1fx\n", c/h; else print "memory ratio: hermes added no measurable RSS" }'
+for name in coturn h1 hn; do
+  kb=$(( (PEAK_RSS[$name] - IDLE_RSS[$name]) * 1000 / ALLOCS ))
+  printf 'memory per allocation (peak RSS - idle RSS) / %s, %-6s: %s.%03d KB (idle RSS %s KB)\n' \
+    "$ALLOCS" "$name" $((kb/1000)) $((kb%1000)) "${IDLE_RSS[$name]}"
+done
