@@ -3,12 +3,22 @@
 //! subscriber hop under the same closed-loop concurrency), and the memory of idle connections.
 //!
 //! Everything runs on 127.0.0.1: a private redis-server, replicas as child processes of the
-//! release `hermes-signal` binary, and WebSocket clients in this process. Every loop is
+//! release `hermes-signal` binary, and WebSocket clients in this process.
+//!
+//! A second reference runs in the open loop: a bare forwarder (this executable started with
+//! `--forwarder`) that takes the same path as a cross-replica message (WebSocket in, PUBLISH,
+//! a subscriber on another process, WebSocket out) and does nothing else: no token check,
+//! seats, sequence numbers, inboxes or limits. The raw hop is two network hops; any relay
+//! between two WebSocket clients through Redis is at least four, so the bare forwarder is the
+//! floor of the architecture and `hermes / forwarder` is what Hermes itself adds. Every loop is
 //! bounded in count and in time.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use base64::Engine as _;
 
 use fred::prelude::*;
 use futures_util::{SinkExt, StreamExt};
@@ -52,6 +62,138 @@ fn start_replica(redis: &str) -> Replica {
         guard,
         url: format!("ws://127.0.0.1:{port}/ws"),
     }
+}
+
+/// Start a bare forwarder (this executable with `--forwarder`) as a child process.
+fn start_forwarder(redis: &str) -> Replica {
+    let port = free_tcp_port();
+    let guard = ChildGuard::spawn(
+        "bench forwarder",
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--forwarder", &port.to_string(), redis])
+            .stdout(std::process::Stdio::null()),
+    )
+    .unwrap();
+    wait_for_tcp(([127, 0, 0, 1], port).into(), Duration::from_secs(10)).unwrap();
+    Replica {
+        guard,
+        url: format!("ws://127.0.0.1:{port}/ws"),
+    }
+}
+
+/// The call id inside a join message's token (payload decoded, signature not checked: the
+/// forwarder is a reference for the transport path only).
+fn call_of_join(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let payload = v["token"].as_str()?.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    Some(claims["cid"].as_str()?.to_owned())
+}
+
+type Locals = Arc<Mutex<HashMap<String, Vec<(u64, tokio::sync::mpsc::UnboundedSender<String>)>>>>;
+
+/// The bare forwarder: WebSocket text in → PUBLISH `ref:{call}` → this or another process's
+/// subscriber → WebSocket text out to the call's other local connections.
+fn forwarder_main(port: u16, redis: &str) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let config = Config::from_url(redis).unwrap();
+        let publisher = Builder::from_config(config.clone()).build().unwrap();
+        publisher.init().await.unwrap();
+        let subscriber = Builder::from_config(config)
+            .with_performance_config(|p| p.broadcast_channel_capacity = 1 << 16)
+            .build_subscriber_client()
+            .unwrap();
+        subscriber.init().await.unwrap();
+        let locals: Locals = Arc::default();
+        let routes = locals.clone();
+        let mut messages = subscriber.message_rx();
+        tokio::spawn(async move {
+            while let Ok(m) = messages.recv().await {
+                let Some(text) = m.value.as_str() else {
+                    continue;
+                };
+                let Some((from, body)) = text.split_once('|') else {
+                    continue;
+                };
+                let from: u64 = from.parse().unwrap_or(0);
+                if let Some(list) = routes.lock().unwrap().get(&*m.channel) {
+                    for (id, tx) in list {
+                        if *id != from {
+                            let _ = tx.send(body.to_owned());
+                        }
+                    }
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut next = 0u64;
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            next += 1;
+            let id = next;
+            let (publisher, subscriber, locals) =
+                (publisher.clone(), subscriber.clone(), locals.clone());
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                let (mut tx, mut rx) = ws.split();
+                let channel = loop {
+                    match rx.next().await {
+                        Some(Ok(Message::Text(t))) => match call_of_join(&t) {
+                            Some(call) => break format!("ref:{call}"),
+                            None => return,
+                        },
+                        Some(Ok(_)) => continue,
+                        _ => return,
+                    }
+                };
+                let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+                locals
+                    .lock()
+                    .unwrap()
+                    .entry(channel.clone())
+                    .or_default()
+                    .push((id, out_tx));
+                subscriber.subscribe(channel.as_str()).await.unwrap();
+                // fred answers SUBSCRIBE before flushing it; a PING pushes it out.
+                let _ = subscriber.ping::<Value>(None).await;
+                if tx
+                    .send(Message::text(r#"{"type":"joined"}"#))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::spawn(async move {
+                    while let Some(t) = out_rx.recv().await {
+                        if tx.send(Message::text(t)).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                while let Some(Ok(m)) = rx.next().await {
+                    if let Message::Text(t) = m {
+                        let _: Result<i64, _> = publisher
+                            .publish(channel.as_str(), format!("{id}|{}", t.as_str()))
+                            .await;
+                    }
+                }
+            });
+        }
+    });
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -474,6 +616,12 @@ async fn idle_memory(redis: &str, conns: usize) -> (u64, u64, usize) {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--forwarder") {
+        let port = args[i + 1].parse().unwrap();
+        forwarder_main(port, &args[i + 2]);
+        return;
+    }
     let calls = env_usize("SIGNAL_BENCH_CALLS", 1000);
     let rounds = env_usize("SIGNAL_BENCH_ROUNDS", 20);
     let idle = env_usize("SIGNAL_BENCH_IDLE", 10_000);
@@ -499,6 +647,10 @@ fn main() {
         let p_same = paced_relay(&r1.url, &r1.url, calls, paced_rounds, interval).await;
         let p_cross = paced_relay(&r1.url, &r2.url, calls, paced_rounds, interval).await;
         drop((r1, r2));
+        let (f1, f2) = (start_forwarder(&url), start_forwarder(&url));
+        eprintln!("paced, bare forwarder across two processes (the architecture's floor)");
+        let p_fwd = paced_relay(&f1.url, &f2.url, calls, paced_rounds, interval).await;
+        drop((f1, f2));
         eprintln!("idle connections: {idle}");
         let (before, after, n) = idle_memory(&url, idle).await;
 
@@ -534,6 +686,7 @@ fn main() {
         println!("|---|---:|---:|---:|---:|---:|---:|");
         for (name, r) in [
             ("raw Redis PUBLISH→subscriber (floor)", &p_raw),
+            ("bare forwarder, two processes (4-hop floor)", &p_fwd),
             ("same replica", &p_same),
             ("cross replica", &p_cross),
         ] {
@@ -552,6 +705,11 @@ fn main() {
             "target cross-replica p99 <= 1.5 x raw hop (open loop): {} ({:.2}x)",
             if target { "met" } else { "NOT met" },
             p_cross.pct(0.99) / p_raw.pct(0.99)
+        );
+        println!(
+            "cross replica / bare forwarder (what Hermes adds to the 4-hop path): p50 {:.2}x, p99 {:.2}x",
+            p_cross.pct(0.5) / p_fwd.pct(0.5),
+            p_cross.pct(0.99) / p_fwd.pct(0.99)
         );
         let delta_mib = after.saturating_sub(before) as f64 / 1024.0;
         println!();
