@@ -111,9 +111,22 @@ fn forwarder_main(port: u16, redis: &str) {
             .build_subscriber_client()
             .unwrap();
         subscriber.init().await.unwrap();
+        // One pattern subscription for every call, proven before serving: no per-call
+        // SUBSCRIBE on the path (fred may leave those unflushed).
+        let mut messages = subscriber.message_rx();
+        subscriber.psubscribe("ref:*").await.unwrap();
+        'probe: for _ in 0..50 {
+            let _ = subscriber.ping::<Value>(None).await;
+            let _: i64 = publisher.publish("ref:probe", "0|probe").await.unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+            while let Ok(Ok(m)) = tokio::time::timeout_at(deadline, messages.recv()).await {
+                if &*m.channel == "ref:probe" {
+                    break 'probe;
+                }
+            }
+        }
         let locals: Locals = Arc::default();
         let routes = locals.clone();
-        let mut messages = subscriber.message_rx();
         tokio::spawn(async move {
             while let Ok(m) = messages.recv().await {
                 let Some(text) = m.value.as_str() else {
@@ -142,8 +155,7 @@ fn forwarder_main(port: u16, redis: &str) {
             };
             next += 1;
             let id = next;
-            let (publisher, subscriber, locals) =
-                (publisher.clone(), subscriber.clone(), locals.clone());
+            let (publisher, locals) = (publisher.clone(), locals.clone());
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
@@ -167,9 +179,6 @@ fn forwarder_main(port: u16, redis: &str) {
                     .entry(channel.clone())
                     .or_default()
                     .push((id, out_tx));
-                subscriber.subscribe(channel.as_str()).await.unwrap();
-                // fred answers SUBSCRIBE before flushing it; a PING pushes it out.
-                let _ = subscriber.ping::<Value>(None).await;
                 if tx
                     .send(Message::text(r#"{"type":"joined"}"#))
                     .await
