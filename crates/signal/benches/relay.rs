@@ -148,7 +148,8 @@ fn forwarder_main(port: u16, redis: &str) {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
-        let mut next = 0u64;
+        // Connection ids unique across the forwarder processes (the router skips the sender's).
+        let mut next = u64::from(rand::random::<u32>()) << 32;
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
