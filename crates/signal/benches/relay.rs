@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
+use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use futures_util::{SinkExt, StreamExt};
 use hermes_proto::signal::{ClientMessage, IceCandidate};
@@ -81,6 +82,19 @@ fn start_forwarder(redis: &str) -> Replica {
     }
 }
 
+/// A connected command client and a subscriber with a queue deep enough for the bench.
+async fn publisher_and_subscriber(redis: &str) -> (Client, SubscriberClient) {
+    let config = Config::from_url(redis).unwrap();
+    let publisher = Builder::from_config(config.clone()).build().unwrap();
+    publisher.init().await.unwrap();
+    let subscriber = Builder::from_config(config)
+        .with_performance_config(|p| p.broadcast_channel_capacity = 1 << 16)
+        .build_subscriber_client()
+        .unwrap();
+    subscriber.init().await.unwrap();
+    (publisher, subscriber)
+}
+
 /// The call id inside a join message's token (payload decoded, signature not checked: the
 /// forwarder is a reference for the transport path only).
 fn call_of_join(text: &str) -> Option<String> {
@@ -103,14 +117,7 @@ fn forwarder_main(port: u16, redis: &str) {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let config = Config::from_url(redis).unwrap();
-        let publisher = Builder::from_config(config.clone()).build().unwrap();
-        publisher.init().await.unwrap();
-        let subscriber = Builder::from_config(config)
-            .with_performance_config(|p| p.broadcast_channel_capacity = 1 << 16)
-            .build_subscriber_client()
-            .unwrap();
-        subscriber.init().await.unwrap();
+        let (publisher, subscriber) = publisher_and_subscriber(redis).await;
         // One pattern subscription for every call, proven before serving: no per-call
         // SUBSCRIBE on the path (fred may leave those unflushed).
         let mut messages = subscriber.message_rx();
@@ -352,14 +359,7 @@ async fn relay_run(url_a: &str, url_b: &str, calls: usize, rounds: usize) -> Run
 
 /// The floor: the same closed loop over a raw PUBLISH → subscriber hop.
 async fn raw_run(redis: &str, calls: usize, rounds: usize) -> Run {
-    let config = Config::from_url(redis).unwrap();
-    let publisher = Builder::from_config(config.clone()).build().unwrap();
-    publisher.init().await.unwrap();
-    let subscriber = Builder::from_config(config)
-        .with_performance_config(|p| p.broadcast_channel_capacity = 1 << 16)
-        .build_subscriber_client()
-        .unwrap();
-    subscriber.init().await.unwrap();
+    let (publisher, subscriber) = publisher_and_subscriber(redis).await;
     subscriber.subscribe("bench:raw").await.unwrap();
     // Dispatch each received message to the waiting task by index.
     let waiters: Arc<Vec<tokio::sync::Notify>> =
@@ -531,14 +531,7 @@ async fn paced_relay(
 
 /// The same open loop over a raw PUBLISH → subscriber hop (one channel per call).
 async fn paced_raw(redis: &str, calls: usize, rounds: usize, interval: Duration) -> Run {
-    let config = Config::from_url(redis).unwrap();
-    let publisher = Builder::from_config(config.clone()).build().unwrap();
-    publisher.init().await.unwrap();
-    let subscriber = Builder::from_config(config)
-        .with_performance_config(|p| p.broadcast_channel_capacity = 1 << 16)
-        .build_subscriber_client()
-        .unwrap();
-    subscriber.init().await.unwrap();
+    let (publisher, subscriber) = publisher_and_subscriber(redis).await;
     let channels: Vec<String> = (0..calls).map(|i| format!("bench:paced:{i}")).collect();
     for c in &channels {
         subscriber.subscribe(c.as_str()).await.unwrap();

@@ -360,9 +360,43 @@ struct CallLocal {
 struct PendingSubscription {
     probe: u64,
     since: std::time::Instant,
-    /// SUBSCRIBE or the probe failed: the next registration starts over.
+    /// No probe in flight (new channel, or SUBSCRIBE / the probe PUBLISH failed).
     failed: bool,
     waiters: Vec<oneshot::Sender<Result<(), Error>>>,
+}
+
+impl PendingSubscription {
+    /// Nothing sent yet: the first [`due`](Self::due) check sends it.
+    fn unsent() -> Self {
+        Self {
+            probe: 0,
+            since: std::time::Instant::now(),
+            failed: true,
+            waiters: Vec::new(),
+        }
+    }
+
+    /// Whether to (re)subscribe and probe now.
+    fn due(&self) -> bool {
+        self.failed || self.since.elapsed() >= PROBE_RETRY
+    }
+
+    /// SUBSCRIBE and probe again under a new probe id.
+    fn send(
+        &mut self,
+        channel: &str,
+        next_probe: &mut u64,
+        sub_tx: &mpsc::UnboundedSender<SubCmd>,
+    ) {
+        *next_probe += 1;
+        self.probe = *next_probe;
+        self.since = std::time::Instant::now();
+        self.failed = false;
+        let _ = sub_tx.send(SubCmd::Subscribe {
+            channel: channel.to_owned(),
+            probe: self.probe,
+        });
+    }
 }
 
 enum Cmd {
@@ -1044,13 +1078,9 @@ async fn router(
                 for (channel, entry) in &mut calls {
                     if let Some(p) = &mut entry.pending
                         && !p.waiters.is_empty()
-                        && (p.failed || p.since.elapsed() >= PROBE_RETRY)
+                        && p.due()
                     {
-                        next_probe += 1;
-                        p.probe = next_probe;
-                        p.since = std::time::Instant::now();
-                        p.failed = false;
-                        let _ = sub_tx.send(SubCmd::Subscribe { channel: channel.clone(), probe: next_probe });
+                        p.send(channel, &mut next_probe, &sub_tx);
                     }
                 }
             }
@@ -1058,35 +1088,26 @@ async fn router(
                 let Some(cmd) = cmd else { break };
                 match cmd {
                     Cmd::Register { channel, call, local, ready } => {
-                        let known = calls.len();
+                        // A new channel starts unproven; a proven one answers at once.
                         let entry = calls.entry(channel.clone()).or_insert_with(|| CallLocal {
                             call,
                             locals: Vec::new(),
                             last_seq: 0,
-                            pending: None,
+                            pending: Some(PendingSubscription::unsent()),
                         });
-                        let fresh = entry.locals.is_empty();
                         entry.locals.push(local);
-                        metrics.calls.set((known + usize::from(fresh)) as i64);
                         match &mut entry.pending {
-                            None if !fresh => {
+                            None => {
                                 let _ = ready.send(Ok(()));
                             }
-                            Some(p) if !p.failed && p.since.elapsed() < PROBE_RETRY => p.waiters.push(ready),
-                            pending => {
-                                // A new channel, or a probe that never came back: (re)subscribe.
-                                next_probe += 1;
-                                let mut waiters = pending.take().map(|p| p.waiters).unwrap_or_default();
-                                waiters.push(ready);
-                                *pending = Some(PendingSubscription {
-                                    probe: next_probe,
-                                    since: std::time::Instant::now(),
-                                    failed: false,
-                                    waiters,
-                                });
-                                let _ = sub_tx.send(SubCmd::Subscribe { channel, probe: next_probe });
+                            Some(p) => {
+                                p.waiters.push(ready);
+                                if p.due() {
+                                    p.send(&channel, &mut next_probe, &sub_tx);
+                                }
                             }
                         }
+                        metrics.calls.set(calls.len() as i64);
                     }
                     Cmd::Seated { channel, id } => {
                         if let Some(entry) = calls.get_mut(&channel) {
@@ -1104,12 +1125,7 @@ async fn router(
                                 let _ = w.send(Err(error.clone()));
                             }
                             // The next registration subscribes again.
-                            entry.pending = Some(PendingSubscription {
-                                probe,
-                                since: std::time::Instant::now(),
-                                failed: true,
-                                waiters: Vec::new(),
-                            });
+                            entry.pending = Some(PendingSubscription::unsent());
                         }
                     }
                     Cmd::Unregister { channel, id } => {

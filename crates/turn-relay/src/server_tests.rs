@@ -57,8 +57,19 @@ struct H {
 
 impl H {
     fn new(c: CoreConfig) -> Self {
+        Self::with(Server::new(c, [9; 32], 42, Arc::new(Metrics::default())))
+    }
+
+    /// A worker whose allocations are counted in `ledger` (shared with other workers).
+    fn on_ledger(c: CoreConfig, seed: u64, ledger: &Arc<AllocationLedger>) -> Self {
+        Self::with(
+            Server::new(c, [9; 32], seed, Arc::new(Metrics::default())).with_ledger(ledger.clone()),
+        )
+    }
+
+    fn with(s: Server) -> Self {
         Self {
-            s: Server::new(c, [9; 32], 42, Arc::new(Metrics::default())),
+            s,
             now: T0,
             events: vec![],
             opened: vec![],
@@ -639,11 +650,8 @@ fn quotas_hold_across_workers_sharing_a_ledger() {
     cfg.user_quota = 1;
     cfg.total_quota = 2;
     let ledger = Arc::new(AllocationLedger::default());
-    let mut w1 = H::new(cfg.clone());
-    w1.s = Server::new(cfg.clone(), [9; 32], 1, Arc::new(Metrics::default()))
-        .with_ledger(ledger.clone());
-    let mut w2 = H::new(cfg.clone());
-    w2.s = Server::new(cfg, [9; 32], 2, Arc::new(Metrics::default())).with_ledger(ledger.clone());
+    let mut w1 = H::on_ledger(cfg.clone(), 1, &ledger);
+    let mut w2 = H::on_ledger(cfg, 2, &ledger);
     let mut a1 = C::new(client(1), "alice", T0, 600);
     assert!(is_success(&a1.allocate(&mut w1, vec![])));
     let mut a2 = C::new(client(2), "alice", T0, 600);

@@ -3,10 +3,11 @@
 //! spreads clients across workers by 5-tuple hash) and the relay sockets of its allocations,
 //! multiplexed with mio (epoll). Each worker is the single owner of its state, so no locks
 //! anywhere on the packet path (the shared allocation ledger is touched only when an
-//! allocation is created or removed); datagrams are received with `recvmmsg` into reused slots (with headroom for
-//! the ChannelData/Data-indication header, see `batch.rs`), handed to the core by reference
-//! and sent to peers from the same slot with one `sendto`; datagrams to UDP clients are
-//! copied into a [`SendBatch`] and leave with one `sendmmsg` per wake-up. No allocation.
+//! allocation is created or removed); datagrams are received with `recvmmsg` into reused
+//! slots (with headroom for the ChannelData/Data-indication header, see `batch.rs`), handed
+//! to the core by reference and sent to peers from the same slot with one `sendto`; datagrams
+//! to UDP clients are copied into a [`SendBatch`] and leave with one `sendmmsg` per wake-up.
+//! No allocation.
 //!
 //! Stream (TCP/TLS) clients are served by tokio tasks (`io/stream.rs`) that pass whole frames
 //! in through a channel plus a mio `Waker`, and get frames back through a bounded tokio
