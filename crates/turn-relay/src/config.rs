@@ -131,6 +131,11 @@ pub struct Config {
     /// SO_RCVBUF/SO_SNDBUF of each relay socket.
     #[arg(long, env = "TURN_RELAY_SOCKET_BUFFER", default_value_t = 256 << 10)]
     pub turn_relay_socket_buffer: usize,
+
+    /// Send runs of same-sized datagrams to one destination with UDP GSO (Linux 4.18+; off
+    /// by itself where the kernel or device lacks it).
+    #[arg(long, env = "TURN_GSO", default_value_t = true, action = clap::ArgAction::Set)]
+    pub turn_gso: bool,
 }
 
 /// Most workers a process starts, whatever the core count.
@@ -176,6 +181,7 @@ pub struct Settings {
     pub workers: usize,
     pub socket_buffer: usize,
     pub relay_socket_buffer: usize,
+    pub gso: bool,
     pub redis_url: String,
     pub production: bool,
 }
@@ -444,6 +450,7 @@ impl Config {
             workers,
             socket_buffer: self.turn_socket_buffer,
             relay_socket_buffer: self.turn_relay_socket_buffer,
+            gso: self.turn_gso,
             redis_url: self.common.redis_url.clone(),
             production: env.is_production(),
         })

@@ -111,6 +111,8 @@ pub async fn run(settings: Settings, mut shutdown: Shutdown) -> Result<(), TurnE
     // Workers share the nonce key (a client's retry may land on another worker), the metrics
     // and the allocation ledger (quotas are per process); each owns a slice of the port range.
     let nonce_key = rand::random::<[u8; 32]>();
+    let gso = settings.gso && io::gso::supported();
+    tracing::info!(gso, "UDP segmentation offload");
     let ledger = Arc::new(AllocationLedger::default());
     let mut handles = Vec::with_capacity(workers);
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(workers);
@@ -120,8 +122,9 @@ pub async fn run(settings: Settings, mut shutdown: Shutdown) -> Result<(), TurnE
             config::worker_ports(cfg.min_port, cfg.max_port, index, workers);
         let core = Server::new(cfg, nonce_key, rand::random::<u64>(), metrics.clone())
             .with_ledger(ledger.clone());
-        let (engine, handle) = Engine::new(core, udp, events.clone(), settings.relay_socket_buffer)
-            .map_err(TurnError::io("starting a relay worker"))?;
+        let (engine, handle) =
+            Engine::new(core, udp, events.clone(), settings.relay_socket_buffer, gso)
+                .map_err(TurnError::io("starting a relay worker"))?;
         handles.push(handle);
         let done_tx = done_tx.clone();
         std::thread::Builder::new()

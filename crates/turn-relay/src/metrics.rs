@@ -50,6 +50,8 @@ pub struct Metrics {
     pub tls_connections: Counter,
     pub tcp_connections: Counter,
     pub stream_connections_refused: Counter,
+    pub gso_sends: Counter,
+    pub gso_datagrams: Counter,
     pub draining: AtomicBool,
 }
 
@@ -60,7 +62,7 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
-        let counters: [(&str, &str, &Counter); 10] = [
+        let counters: [(&str, &str, &Counter); 12] = [
             (
                 "hermes_turn_allocations_total",
                 "Allocations created since start.",
@@ -110,6 +112,16 @@ impl Metrics {
                 "hermes_turn_stream_connections_refused_total",
                 "TCP and TLS client connections closed at accept: TURN_MAX_STREAM_CONNECTIONS reached.",
                 &self.stream_connections_refused,
+            ),
+            (
+                "hermes_turn_gso_sends_total",
+                "UDP GSO sends: several datagrams to one destination in one system call.",
+                &self.gso_sends,
+            ),
+            (
+                "hermes_turn_gso_datagrams_total",
+                "Datagrams sent inside UDP GSO sends.",
+                &self.gso_datagrams,
             ),
         ];
         header(

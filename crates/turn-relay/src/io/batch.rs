@@ -12,6 +12,7 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 
+use crate::io::gso;
 use crate::wire;
 
 /// Datagrams per `recvmmsg` call.
@@ -88,6 +89,11 @@ impl RecvBatch {
             };
         }
         Ok(n as usize)
+    }
+
+    /// Bytes `start..end` of slot `i` (offsets include the headroom).
+    pub fn payload(&self, i: usize, start: usize, end: usize) -> &[u8] {
+        &self.slots[i * SLOT..(i + 1) * SLOT][start..end]
     }
 
     /// Datagram `i` of the last batch: its slot (payload at `HEADROOM..HEADROOM+len`), length,
@@ -170,36 +176,69 @@ mod tests {
 
 /// Batched UDP send with `sendmmsg(2)` towards many destinations from one socket: the data
 /// plane queues every datagram for UDP clients during one wake-up (copying it, ~100 ns, far
-/// cheaper than a system call) and sends them with one call.
+/// cheaper than a system call) and sends them with one call. With GSO on, a datagram for the
+/// same destination as the one queued just before it (and of a size that fits the run, see
+/// [`gso::can_join`]) is appended to that entry instead, and the entry leaves as one GSO send.
 pub struct SendBatch {
-    slots: Vec<u8>,
+    /// Datagrams back to back; an entry's segments are contiguous.
+    buf: Vec<u8>,
+    used: usize,
     iov: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_storage>,
     hdrs: Vec<libc::mmsghdr>,
+    control: Vec<gso::ControlBuf>,
+    runs: Vec<Run>,
     n: usize,
+    gso: bool,
+    /// GSO sends made and the datagrams they carried, since the last [`SendBatch::take_gso_stats`].
+    gso_sends: u64,
+    gso_datagrams: u64,
 }
+
+/// One queued entry: a datagram, or a GSO run of them, to one destination.
+#[derive(Clone, Copy)]
+struct Run {
+    to: Option<SocketAddr>,
+    segment: usize,
+    count: usize,
+    closed: bool,
+}
+
+const EMPTY_RUN: Run = Run {
+    to: None,
+    segment: 0,
+    count: 0,
+    closed: false,
+};
 
 // SAFETY: as for RecvBatch, the raw pointers point into this struct's own heap buffers.
 unsafe impl Send for SendBatch {}
 
 impl Default for SendBatch {
     fn default() -> Self {
-        Self::new()
+        Self::new(false)
     }
 }
 
 impl SendBatch {
-    pub fn new() -> Self {
+    /// `gso`: coalesce runs to one destination (when [`gso::supported`]).
+    pub fn new(gso: bool) -> Self {
         let mut b = Self {
-            slots: vec![0u8; BATCH * SLOT],
+            buf: vec![0u8; BATCH * SLOT],
+            used: 0,
             // SAFETY: plain C structs, all-zero is a valid value.
             iov: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
             addrs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
             hdrs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            control: vec![gso::ControlBuf::default(); BATCH],
+            runs: vec![EMPTY_RUN; BATCH],
             n: 0,
+            gso,
+            gso_sends: 0,
+            gso_datagrams: 0,
         };
+        // The Vecs above never grow again, so these pointers stay valid for `b`'s lifetime.
         for i in 0..BATCH {
-            b.iov[i].iov_base = b.slots[i * SLOT..].as_mut_ptr().cast();
             b.hdrs[i].msg_hdr.msg_name = (&mut b.addrs[i] as *mut libc::sockaddr_storage).cast();
             b.hdrs[i].msg_hdr.msg_iov = &mut b.iov[i];
             b.hdrs[i].msg_hdr.msg_iovlen = 1;
@@ -213,17 +252,51 @@ impl SendBatch {
 
     /// Queue a datagram; `true` when the batch is full and must be flushed.
     pub fn push(&mut self, data: &[u8], to: SocketAddr) -> bool {
-        let i = self.n;
         let len = data.len().min(SLOT);
-        self.slots[i * SLOT..i * SLOT + len].copy_from_slice(&data[..len]);
-        self.iov[i].iov_len = len;
-        self.hdrs[i].msg_hdr.msg_namelen = write_sockaddr(&mut self.addrs[i], to);
-        self.n += 1;
-        self.n == BATCH
+        let start = self.used;
+        self.buf[start..start + len].copy_from_slice(&data[..len]);
+        self.used += len;
+        let joined = self.gso
+            && self.n > 0
+            && self.runs[self.n - 1].to == Some(to)
+            && self.runs[self.n - 1].joins(self.iov[self.n - 1].iov_len, len);
+        if joined {
+            // Contiguous with the entry's bytes: the last entry ends where `used` was.
+            let i = self.n - 1;
+            self.iov[i].iov_len += len;
+            let run = &mut self.runs[i];
+            run.count += 1;
+            run.closed = len < run.segment;
+        } else {
+            let i = self.n;
+            self.iov[i].iov_base = self.buf[start..].as_mut_ptr().cast();
+            self.iov[i].iov_len = len;
+            self.hdrs[i].msg_hdr.msg_namelen = write_sockaddr(&mut self.addrs[i], to);
+            self.runs[i] = Run {
+                to: Some(to),
+                segment: len,
+                count: 1,
+                closed: false,
+            };
+            self.n += 1;
+        }
+        self.n == BATCH || self.buf.len() - self.used < SLOT
     }
 
     /// Send everything queued on `fd`; returns how many datagrams could not be sent.
     pub fn flush(&mut self, fd: RawFd) -> usize {
+        for i in 0..self.n {
+            let h = &mut self.hdrs[i].msg_hdr;
+            if self.runs[i].count > 1 {
+                let segment = self.runs[i].segment as u16;
+                h.msg_controllen = self.control[i].write(segment) as _;
+                h.msg_control = self.control[i].as_mut_ptr();
+            } else {
+                h.msg_control = std::ptr::null_mut();
+                h.msg_controllen = 0;
+            }
+        }
+        let mut failed = 0;
         let mut sent = 0;
         while sent < self.n {
             // SAFETY: entries sent..n are initialised (push), their pointers point into
@@ -237,28 +310,93 @@ impl SendBatch {
                 )
             };
             if r <= 0 {
-                // EAGAIN (socket buffer full) or a per-destination error: skip the head
-                // datagram, as a failed sendto would, and go on with the rest.
+                // The head entry failed: EAGAIN (socket buffer full) or a per-destination
+                // error, skipped as a failed sendto would be; a refused GSO run is sent again
+                // datagram by datagram.
+                let e = io::Error::last_os_error();
+                failed += self.resend_run(fd, sent, &e);
                 sent += 1;
                 continue;
             }
+            for i in sent..sent + r as usize {
+                if self.runs[i].count > 1 {
+                    self.gso_sends += 1;
+                    self.gso_datagrams += self.runs[i].count as u64;
+                }
+            }
             sent += r as usize;
         }
-        let failed = self
-            .hdrs
-            .iter()
-            .take(self.n)
-            .filter(|h| h.msg_len == 0)
-            .count();
-        for h in self.hdrs.iter_mut().take(self.n) {
-            h.msg_len = 0;
-        }
         self.n = 0;
+        self.used = 0;
         failed
+    }
+
+    /// Entry `i` was refused: send its datagrams one by one (if it was a GSO run); returns how
+    /// many could not be sent.
+    fn resend_run(&mut self, fd: RawFd, i: usize, e: &io::Error) -> usize {
+        let run = self.runs[i];
+        if run.count == 1 {
+            return 1;
+        }
+        if gso::is_unsupported(e) {
+            tracing::info!(error = %e, "UDP GSO refused by the kernel: sending datagram by datagram");
+            self.gso = false;
+        }
+        let Some(to) = run.to else { return run.count };
+        let base = self.iov[i].iov_base as usize - self.buf.as_ptr() as usize;
+        let total = self.iov[i].iov_len;
+        let mut failed = 0;
+        let mut off = 0;
+        while off < total {
+            let len = run.segment.min(total - off);
+            let bytes = &self.buf[base + off..base + off + len];
+            if send_one(fd, bytes, to).is_err() {
+                failed += 1;
+            }
+            off += len;
+        }
+        failed
+    }
+
+    /// GSO sends and the datagrams they carried since the last call.
+    pub fn take_gso_stats(&mut self) -> (u64, u64) {
+        let s = (self.gso_sends, self.gso_datagrams);
+        self.gso_sends = 0;
+        self.gso_datagrams = 0;
+        s
     }
 }
 
-fn write_sockaddr(s: &mut libc::sockaddr_storage, addr: SocketAddr) -> libc::socklen_t {
+impl Run {
+    fn joins(&self, total: usize, len: usize) -> bool {
+        gso::can_join(self.segment, self.count, total, self.closed, len)
+    }
+}
+
+/// One `sendto` without blocking.
+pub fn send_one(fd: RawFd, bytes: &[u8], to: SocketAddr) -> io::Result<()> {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = write_sockaddr(&mut addr, to);
+    // SAFETY: `bytes` and `addr` are live for the call; the kernel only reads them.
+    let r = unsafe {
+        libc::sendto(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT,
+            (&addr as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+pub fn write_sockaddr(s: &mut libc::sockaddr_storage, addr: SocketAddr) -> libc::socklen_t {
     let p = (s as *mut libc::sockaddr_storage).cast::<u8>();
     match addr {
         SocketAddr::V4(a) => {
@@ -313,7 +451,7 @@ mod send_tests {
         let rx: Vec<std::net::UdpSocket> = (0..3)
             .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
             .collect();
-        let mut b = SendBatch::new();
+        let mut b = SendBatch::new(false);
         assert!(b.is_empty());
         for i in 0..40usize {
             if b.push(&[i as u8; 5], rx[i % 3].local_addr().unwrap()) {
@@ -336,6 +474,52 @@ mod send_tests {
                 }
             }
             assert_eq!(got, 40 / 3 + usize::from(k < 40 % 3));
+        }
+    }
+
+    #[test]
+    fn runs_to_one_destination_leave_as_gso_sends_and_arrive_separately() {
+        let gso = gso::supported();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (a, b) = (
+            std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+            std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+        );
+        let mut batch = SendBatch::new(gso);
+        // To a: 5 × 300 B + one 120 B (closes the run) + 300 B (a new entry); to b: 2 × 300 B,
+        // then a again: 3 × 40 B.
+        let mut plan: Vec<(&std::net::UdpSocket, Vec<u8>)> = Vec::new();
+        for i in 0..5u8 {
+            plan.push((&a, vec![i; 300]));
+        }
+        plan.push((&a, vec![5; 120]));
+        plan.push((&a, vec![6; 300]));
+        plan.push((&b, vec![7; 300]));
+        plan.push((&b, vec![8; 300]));
+        for i in 9..12u8 {
+            plan.push((&a, vec![i; 40]));
+        }
+        for (to, d) in &plan {
+            assert!(!batch.push(d, to.local_addr().unwrap()));
+        }
+        assert_eq!(batch.flush(tx.as_raw_fd()), 0);
+        let (sends, datagrams) = batch.take_gso_stats();
+        if gso {
+            // Runs: a×6 (closed by the short one), a×1, b×2, a×3.
+            assert_eq!((sends, datagrams), (3, 11));
+        } else {
+            assert_eq!((sends, datagrams), (0, 0));
+        }
+        assert!(batch.is_empty());
+        let mut buf = [0u8; 2048];
+        for r in [&a, &b] {
+            r.set_read_timeout(Some(std::time::Duration::from_secs(1)))
+                .unwrap();
+        }
+        for (to, want) in &plan {
+            let (n, from) = to.recv_from(&mut buf).unwrap();
+            assert_eq!(from, tx.local_addr().unwrap());
+            assert_eq!(&buf[..n], want.as_slice());
         }
     }
 }

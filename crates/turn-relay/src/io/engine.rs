@@ -29,6 +29,7 @@ use serde_json::json;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::io::batch::{self, RecvBatch, SendBatch};
+use crate::io::gso;
 use crate::server::{Client, Command, Event, Forward, RelayId, Server, Via};
 use crate::wire;
 
@@ -136,7 +137,56 @@ pub struct Engine {
     relay_buffer: usize,
     batch: RecvBatch,
     out: SendBatch,
+    /// Client datagrams for one peer, gathered within a receive batch for one GSO send.
+    to_peer: PeerRun,
+    gso: bool,
     drain_deadline: Option<u64>,
+}
+
+/// A run of datagrams from one relay socket to one peer, each a byte range of a slot of the
+/// receive batch, sent together with UDP GSO (see `io/gso.rs`) before the batch is reused.
+struct PeerRun {
+    relay: RelayId,
+    peer: SocketAddr,
+    segment: usize,
+    total: usize,
+    closed: bool,
+    count: usize,
+    /// (slot, start, end) of each datagram.
+    parts: [(u16, u16, u16); gso::MAX_SEGMENTS],
+}
+
+impl PeerRun {
+    fn new() -> Self {
+        Self {
+            relay: 0,
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            segment: 0,
+            total: 0,
+            closed: false,
+            count: 0,
+            parts: [(0, 0, 0); gso::MAX_SEGMENTS],
+        }
+    }
+
+    fn joins(&self, relay: RelayId, peer: SocketAddr, len: usize) -> bool {
+        self.count > 0
+            && self.relay == relay
+            && self.peer == peer
+            && gso::can_join(self.segment, self.count, self.total, self.closed, len)
+    }
+
+    fn push(&mut self, relay: RelayId, peer: SocketAddr, slot: usize, start: usize, end: usize) {
+        let len = end - start;
+        if self.count == 0 {
+            (self.relay, self.peer, self.segment, self.total) = (relay, peer, len, 0);
+            self.closed = false;
+        }
+        self.parts[self.count] = (slot as u16, start as u16, end as u16);
+        self.count += 1;
+        self.total += len;
+        self.closed = len < self.segment;
+    }
 }
 
 impl Engine {
@@ -145,6 +195,7 @@ impl Engine {
         listener: std::net::UdpSocket,
         events: Option<EventPublisher>,
         relay_buffer: usize,
+        gso: bool,
     ) -> std::io::Result<(Self, EngineHandle)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -163,7 +214,9 @@ impl Engine {
                 events,
                 relay_buffer,
                 batch: RecvBatch::new(),
-                out: SendBatch::new(),
+                out: SendBatch::new(gso),
+                to_peer: PeerRun::new(),
+                gso,
                 drain_deadline: None,
             },
             EngineHandle { tx, waker },
@@ -213,6 +266,12 @@ impl Engine {
             if !self.out.is_empty() {
                 let failed = self.out.flush(self.listener.as_raw_fd());
                 self.core.send_failed_n(failed);
+                let (sends, datagrams) = self.out.take_gso_stats();
+                if sends > 0 {
+                    let m = self.core.metrics();
+                    m.gso_sends.add(sends);
+                    m.gso_datagrams.add(datagrams);
+                }
             }
             self.core.handle_timeout(now);
             self.commands(now);
@@ -290,6 +349,8 @@ impl Engine {
             listener,
             relays,
             batch,
+            to_peer,
+            gso,
             ..
         } = self;
         for _ in 0..BATCHES {
@@ -308,15 +369,15 @@ impl Engine {
                 if let Forward::ToPeer { relay, peer, range } =
                     core.handle_client(Client::udp(0, from), packet, now)
                 {
-                    let ok = match relays.get(relay as usize) {
-                        Some(Some(s)) => s.send_to(&packet[range], peer).is_ok(),
-                        _ => false,
-                    };
-                    if !ok {
-                        core.send_failed();
+                    let (start, end) = (wire::HEADROOM + range.start, wire::HEADROOM + range.end);
+                    if !(*gso && to_peer.joins(relay, peer, end - start)) {
+                        send_peer_run(to_peer, batch, relays, core, gso);
                     }
+                    to_peer.push(relay, peer, i, start, end);
                 }
             }
+            // The run points into this batch: out before the next receive reuses it.
+            send_peer_run(to_peer, batch, relays, core, gso);
             if n < batch::BATCH {
                 drained = true;
                 break;
@@ -492,6 +553,51 @@ impl Engine {
         };
         if let Some(p) = &self.events {
             p.event(level, name, None, detail);
+        }
+    }
+}
+
+/// Send the gathered run to its peer (one GSO send when it holds several datagrams) and empty
+/// it. A refused GSO send is repeated datagram by datagram; one the kernel cannot do at all
+/// turns GSO off for this worker.
+fn send_peer_run(
+    run: &mut PeerRun,
+    batch: &RecvBatch,
+    relays: &[Option<UdpSocket>],
+    core: &mut Server,
+    gso: &mut bool,
+) {
+    let count = std::mem::take(&mut run.count);
+    if count == 0 {
+        return;
+    }
+    let Some(Some(sock)) = relays.get(run.relay as usize) else {
+        core.send_failed_n(count);
+        return;
+    };
+    let mut parts: [&[u8]; gso::MAX_SEGMENTS] = [&[]; gso::MAX_SEGMENTS];
+    for (p, &(slot, start, end)) in parts.iter_mut().zip(&run.parts[..count]) {
+        *p = batch.payload(usize::from(slot), usize::from(start), usize::from(end));
+    }
+    let parts = &parts[..count];
+    if count > 1 {
+        match gso::send_segments(sock.as_raw_fd(), parts, run.segment as u16, run.peer) {
+            Ok(()) => {
+                let m = core.metrics();
+                m.gso_sends.inc();
+                m.gso_datagrams.add(count as u64);
+                return;
+            }
+            Err(e) if gso::is_unsupported(&e) => {
+                tracing::info!(error = %e, "UDP GSO refused by the kernel: sending datagram by datagram");
+                *gso = false;
+            }
+            Err(_) => {}
+        }
+    }
+    for p in parts {
+        if sock.send_to(p, run.peer).is_err() {
+            core.send_failed();
         }
     }
 }

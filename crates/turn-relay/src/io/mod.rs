@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod engine;
+pub mod gso;
 pub mod http;
 pub mod stream;
 pub mod tls;
