@@ -143,6 +143,31 @@ fn two_browsers_call_through_the_whole_stack() {
     let types = &relay.done["candidateTypes"];
     assert_eq!(types["A"][0], "relay", "{types}");
     assert_eq!(types["B"][0], "relay", "{types}");
+    // What hermes-turn relayed for the calls since its restart mid-call, and how much of it
+    // left in UDP GSO sends (browser pacing spreads packets, so this share is modest).
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], stack.turn_metrics_port));
+    let (status, metrics) = hermes_e2e::http_get(addr, "/metrics")
+        .unwrap_or_else(|e| panic!("hermes-turn /metrics: {e}"));
+    assert_eq!(status, 200);
+    let metric = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    };
+    let (to_peer, to_client) = (
+        metric("hermes_turn_packets_to_peer_total "),
+        metric("hermes_turn_packets_to_client_total "),
+    );
+    assert!(
+        to_peer > 0.0 && to_client > 0.0,
+        "relay policy, yet nothing relayed"
+    );
+    eprintln!(
+        "hermes-turn relayed {to_peer} packets to peers and {to_client} to clients; {} left in {} GSO sends",
+        metric("hermes_turn_gso_datagrams_total "),
+        metric("hermes_turn_gso_sends_total ")
+    );
 
     // --- the resolve limit is hit: people are told to wait ---
     stack

@@ -601,3 +601,36 @@ fn send_peer_run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_run_holds_one_relay_one_peer_one_size() {
+        let (a, b) = (
+            SocketAddr::from(([192, 0, 2, 1], 5000)),
+            SocketAddr::from(([192, 0, 2, 1], 5001)),
+        );
+        let mut run = PeerRun::new();
+        assert!(!run.joins(1, a, 100), "an empty run is started, not joined");
+        run.push(1, a, 0, 52, 152);
+        assert!(run.joins(1, a, 100));
+        assert!(run.joins(1, a, 60), "a shorter last datagram joins");
+        assert!(!run.joins(2, a, 100), "other relay socket");
+        assert!(!run.joins(1, b, 100), "other peer");
+        assert!(!run.joins(1, a, 101), "longer than the segment size");
+        run.push(1, a, 1, 52, 112);
+        assert!(!run.joins(1, a, 100), "closed by the shorter datagram");
+        assert_eq!((run.count, run.total, run.segment), (2, 160, 100));
+        assert_eq!(run.parts[1], (1, 52, 112));
+        // Emptied (as `send_peer_run` does), the next push starts a new run.
+        run.count = 0;
+        run.push(2, b, 5, 52, 1052);
+        assert_eq!(
+            (run.relay, run.peer, run.segment, run.total),
+            (2, b, 1000, 1000)
+        );
+        assert!(run.joins(2, b, 1000));
+    }
+}
