@@ -157,19 +157,23 @@ mod tests {
         if !supported() {
             return; // kernel without UDP_SEGMENT: nothing to test
         }
-        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let data: Vec<Vec<u8>> = (0..10u8)
-            .map(|i| vec![i; if i == 9 { 77 } else { 500 }])
-            .collect();
-        let slices: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
-        send_segments(tx.as_raw_fd(), &slices, 500, rx.local_addr().unwrap()).unwrap();
-        let mut buf = [0u8; 2048];
-        for (i, want) in data.iter().enumerate() {
-            let (n, from) = rx.recv_from(&mut buf).unwrap();
-            assert_eq!(from, tx.local_addr().unwrap());
-            assert_eq!(&buf[..n], want.as_slice(), "datagram {i}");
+        for host in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(tx) = std::net::UdpSocket::bind(host) else {
+                continue; // no IPv6 on this host
+            };
+            let rx = std::net::UdpSocket::bind(host).unwrap();
+            rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let data: Vec<Vec<u8>> = (0..10u8)
+                .map(|i| vec![i; if i == 9 { 77 } else { 500 }])
+                .collect();
+            let slices: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+            send_segments(tx.as_raw_fd(), &slices, 500, rx.local_addr().unwrap()).unwrap();
+            let mut buf = [0u8; 2048];
+            for (i, want) in data.iter().enumerate() {
+                let (n, from) = rx.recv_from(&mut buf).unwrap();
+                assert_eq!(from, tx.local_addr().unwrap());
+                assert_eq!(&buf[..n], want.as_slice(), "{host}: datagram {i}");
+            }
         }
     }
 }
