@@ -123,6 +123,10 @@ impl Script {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<R, Error> {
+        // Keys and values share their bytes (`Bytes`) with the Strings they come from, so
+        // keeping a copy for the NOSCRIPT retry copies no message text.
+        let keys: Vec<Key> = keys.into_iter().map(Key::from).collect();
+        let args: Vec<Value> = args.into_iter().map(Value::from).collect();
         match client
             .evalsha::<R, _, _, _>(self.sha.as_str(), keys.clone(), args.clone())
             .await
