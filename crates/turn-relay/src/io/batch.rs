@@ -522,4 +522,26 @@ mod send_tests {
             assert_eq!(&buf[..n], want.as_slice());
         }
     }
+
+    #[test]
+    fn a_failed_flush_counts_every_datagram_of_a_run() {
+        // A socket that cannot send (closed descriptor): each datagram is counted once as
+        // failed, runs included, and the batch is empty and reusable afterwards.
+        let to = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+        let mut batch = SendBatch::new(gso::supported());
+        for len in [200, 200, 200, 50, 10] {
+            batch.push(&vec![1u8; len], to);
+        }
+        assert_eq!(batch.flush(-1), 5);
+        assert!(batch.is_empty());
+        assert_eq!(batch.take_gso_stats(), (0, 0));
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        batch.push(b"after", rx.local_addr().unwrap());
+        assert_eq!(batch.flush(tx.as_raw_fd()), 0);
+        let mut buf = [0u8; 16];
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(1)))
+            .unwrap();
+        assert_eq!(rx.recv(&mut buf).unwrap(), 5);
+    }
 }
