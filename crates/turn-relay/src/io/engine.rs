@@ -5,9 +5,10 @@
 //! anywhere on the packet path (the shared allocation ledger is touched only when an
 //! allocation is created or removed); datagrams are received with `recvmmsg` into reused
 //! slots (with headroom for the ChannelData/Data-indication header, see `batch.rs`), handed
-//! to the core by reference and sent to peers from the same slot with one `sendto`; datagrams
-//! to UDP clients are copied into a [`SendBatch`] and leave with one `sendmmsg` per wake-up.
-//! No allocation.
+//! to the core by reference and sent to peers from the same slot: one `sendto`, or one GSO
+//! `sendmsg` for a run of same-sized datagrams to one peer (`gso.rs`); datagrams to UDP
+//! clients are copied into a [`SendBatch`] (which coalesces runs the same way) and leave with
+//! one `sendmmsg` per wake-up. No allocation.
 //!
 //! Stream (TCP/TLS) clients are served by tokio tasks (`io/stream.rs`) that pass whole frames
 //! in through a channel plus a mio `Waker`, and get frames back through a bounded tokio
