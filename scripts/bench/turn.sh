@@ -56,7 +56,7 @@ PIDS+=($!)
 
 CT_PORT=$(free_port)
 turnserver --listening-ip=127.0.0.1 --relay-ip=127.0.0.1 --listening-port="$CT_PORT" \
-  --min-port=40000 --max-port=44999 --use-auth-secret --static-auth-secret="$SECRET" \
+  --min-port=20000 --max-port=24999 --use-auth-secret --static-auth-secret="$SECRET" \
   --realm=bench.local --allow-loopback-peers --no-tls --no-dtls --no-cli --max-bps=1250000 \
   --user-quota=0 --total-quota=0 --fingerprint --no-software-attribute --log-file=stdout \
   --simple-log --pidfile="$WORK/turnserver.pid" >"$WORK/coturn.log" 2>&1 &
@@ -72,8 +72,10 @@ start_hermes() { # NAME WORKERS MIN_PORT MAX_PORT -> sets HT_PORT_<NAME>, HT_PID
   PIDS+=($!)
   printf -v "HT_PORT_$1" %s "$port"; printf -v "HT_PID_$1" %s "$!"
 }
-start_hermes h1 1 45000 47499
-start_hermes hn 0 47500 49999
+# Relay port ranges lie below the kernel's ephemeral range (32768+), where the uclient's and the
+# peer's own sockets live, so no allocation ever finds its port taken.
+start_hermes h1 1 25000 27499
+start_hermes hn 0 27500 29999
 WORKERS_N=$(nproc)
 sleep 1
 kill -0 "$CT_PID" "$HT_PID_h1" "$HT_PID_hn"
@@ -97,11 +99,17 @@ run() {
   wait "$up" || true
   local after; after=$(cpu_ticks "$pid")
   local sent recv lost loss rtt rttmax
-  sent=$(grep -o 'tot_send_msgs=[0-9]*' "$WORK/uclient.out" | tail -1 | cut -d= -f2)
-  recv=$(grep -o 'tot_recv_msgs=[0-9]*' "$WORK/uclient.out" | tail -1 | cut -d= -f2)
-  lost=$(grep -o 'Total lost packets [0-9]* ([0-9.]*%)' "$WORK/uclient.out" | tail -1 | sed 's/.*(\(.*\)%)/\1/')
+  # A run whose uclient failed has none of these lines: it is reported (100 % loss, and its
+  # last output lines on stderr), not allowed to end the whole benchmark through `set -e`.
+  sent=$(grep -o 'tot_send_msgs=[0-9]*' "$WORK/uclient.out" | tail -1 | cut -d= -f2 || true)
+  recv=$(grep -o 'tot_recv_msgs=[0-9]*' "$WORK/uclient.out" | tail -1 | cut -d= -f2 || true)
+  lost=$(grep -o 'Total lost packets [0-9]* ([0-9.]*%)' "$WORK/uclient.out" | tail -1 | sed 's/.*(\(.*\)%)/\1/' || true)
+  if [ -z "$sent" ]; then
+    echo "run $name ${size}B ${rate}msg/s: uclient reported nothing; its last lines:" >&2
+    tail -n 5 "$WORK/uclient.out" >&2
+  fi
   rtt=$(grep -o 'Average round trip delay [0-9.]* ms; min = [0-9]* ms, max = [0-9]* ms' "$WORK/uclient.out" | tail -1 |
-        awk '{printf "%.2f/%s", $5, $13}')
+        awk '{printf "%.2f/%s", $5, $13}' || true)
   sent=${sent:-0}; recv=${recv:-0}; lost=${lost:-100}
   awk -v name="$name" -v size="$size" -v rate="$rate" -v sent="$sent" -v recv="$recv" -v loss="$lost" \
       -v rtt="${rtt:-?}" -v ticks=$(( after - before )) -v hz="$TICK" 'BEGIN{
@@ -145,7 +153,8 @@ for line in open(sys.argv[1]):
         order.append(key)
     rows[key].setdefault(name, []).append((float(us), float(loss), rtt, int(pk)))
 def cell(runs):
-    us = statistics.median(r[0] for r in runs)
+    ok = [r for r in runs if r[3] > 0] or runs  # a failed run (uclient reported nothing) is left out
+    us = statistics.median(r[0] for r in ok)
     loss = max(r[1] for r in runs)
     pps = 1e6 / us if us > 0 else 0
     return us, loss, runs[-1][2], pps
@@ -157,7 +166,7 @@ for key in order:
     c, h1, hn = cell(r["coturn"]), cell(r["h1"]), cell(r["hn"])
     fmt = lambda x: f"{x[1]:<6.3f} {x[2]:<7} {x[0]:<6.2f}"
     print(f"{key[0]:<5} {key[1]:<6} | {fmt(c):<27} | {fmt(h1):<27} | {fmt(hn):<27} | "
-          f"{h1[3]/c[3]:.2f}x  {hn[3]/c[3]:.2f}x")
+          f"{h1[3]/max(c[3], 1e-9):.2f}x  {hn[3]/max(c[3], 1e-9):.2f}x")
 PY
 echo
 for name in coturn h1 hn; do
