@@ -51,6 +51,9 @@ fn clients_spread_over_workers_and_each_worker_relays() {
     peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let peer_addr = peer.local_addr().unwrap();
     let mut used = BTreeSet::new();
+    // Clients stay open until the end: a closed client's port could be handed to the next
+    // one while its allocation lives, and that 5-tuple would get 437 (allocation mismatch).
+    let mut clients = Vec::new();
     // 24 client sockets: the chance that the kernel's 5-tuple hash puts all of them on one
     // of four workers is 4 × 4^-24.
     for i in 0..24 {
@@ -67,6 +70,7 @@ fn clients_spread_over_workers_and_each_worker_relays() {
             assert_eq!(&buf[..n], payload.as_bytes());
             assert_eq!(from, relayed, "sent from the allocation's relay socket");
         }
+        clients.push(c);
     }
     assert!(
         used.len() >= 2,
@@ -80,6 +84,8 @@ fn user_quota_holds_across_workers() {
     let (relay, min, max) = start(3);
     let mut ok = Vec::new();
     let mut refused = 0;
+    // Kept open until the end, for the reason given in the test above.
+    let mut clients = Vec::new();
     for _ in 0..12 {
         let mut c = TurnClient::new(relay.addr(), "alice");
         match c.allocate() {
@@ -89,6 +95,7 @@ fn user_quota_holds_across_workers() {
                 refused += 1;
             }
         }
+        clients.push(c);
     }
     assert_eq!(
         ok.len(),
