@@ -46,18 +46,23 @@ struct Replica {
 
 fn start_replica(redis: &str) -> Replica {
     let port = free_tcp_port();
-    let guard = ChildGuard::spawn(
+    spawn_ws_server(
         "hermes-signal",
+        port,
         std::process::Command::new(env!("CARGO_BIN_EXE_hermes-signal"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--redis-url", redis])
             .args(["--jwt-secret", SECRET])
             // Benchmark traffic is far above a browser's; lift the per-connection limits.
             .args(["--rate-per-sec", "100000", "--rate-burst", "100000"])
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null()),
+            .env("RUST_LOG", "warn"),
     )
-    .unwrap();
+}
+
+/// Spawn `command` (a WebSocket server on 127.0.0.1:`port`, path `/ws`) and wait until it
+/// listens.
+fn spawn_ws_server(name: &str, port: u16, command: &mut std::process::Command) -> Replica {
+    let guard = ChildGuard::spawn(name, command.stdout(std::process::Stdio::null())).unwrap();
     wait_for_tcp(([127, 0, 0, 1], port).into(), Duration::from_secs(10)).unwrap();
     Replica {
         guard,
@@ -68,18 +73,15 @@ fn start_replica(redis: &str) -> Replica {
 /// Start a bare forwarder (this executable with `--forwarder`) as a child process.
 fn start_forwarder(redis: &str) -> Replica {
     let port = free_tcp_port();
-    let guard = ChildGuard::spawn(
+    spawn_ws_server(
         "bench forwarder",
-        std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--forwarder", &port.to_string(), redis])
-            .stdout(std::process::Stdio::null()),
+        port,
+        std::process::Command::new(std::env::current_exe().unwrap()).args([
+            "--forwarder",
+            &port.to_string(),
+            redis,
+        ]),
     )
-    .unwrap();
-    wait_for_tcp(([127, 0, 0, 1], port).into(), Duration::from_secs(10)).unwrap();
-    Replica {
-        guard,
-        url: format!("ws://127.0.0.1:{port}/ws"),
-    }
 }
 
 /// A connected command client and a subscriber with a queue deep enough for the bench.

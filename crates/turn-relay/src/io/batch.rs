@@ -190,9 +190,8 @@ pub struct SendBatch {
     runs: Vec<Run>,
     n: usize,
     gso: bool,
-    /// GSO sends made and the datagrams they carried, since the last [`SendBatch::take_gso_stats`].
-    gso_sends: u64,
-    gso_datagrams: u64,
+    /// GSO sends made since the last [`SendBatch::take_gso_tally`].
+    tally: gso::Tally,
 }
 
 /// One queued entry: a datagram, or a GSO run of them, to one destination.
@@ -234,8 +233,7 @@ impl SendBatch {
             runs: vec![EMPTY_RUN; BATCH],
             n: 0,
             gso,
-            gso_sends: 0,
-            gso_datagrams: 0,
+            tally: gso::Tally::default(),
         };
         // The Vecs above never grow again, so these pointers stay valid for `b`'s lifetime.
         for i in 0..BATCH {
@@ -318,10 +316,9 @@ impl SendBatch {
                 sent += 1;
                 continue;
             }
-            for i in sent..sent + r as usize {
-                if self.runs[i].count > 1 {
-                    self.gso_sends += 1;
-                    self.gso_datagrams += self.runs[i].count as u64;
+            for run in &self.runs[sent..sent + r as usize] {
+                if run.count > 1 {
+                    self.tally.record(run.count);
                 }
             }
             sent += r as usize;
@@ -335,64 +332,23 @@ impl SendBatch {
     /// many could not be sent.
     fn resend_run(&mut self, fd: RawFd, i: usize, e: &io::Error) -> usize {
         let run = self.runs[i];
-        if run.count == 1 {
-            return 1;
-        }
-        if gso::is_unsupported(e) {
-            tracing::info!(error = %e, "UDP GSO refused by the kernel: sending datagram by datagram");
-            self.gso = false;
-        }
-        let Some(to) = run.to else { return run.count };
-        let base = self.iov[i].iov_base as usize - self.buf.as_ptr() as usize;
-        let total = self.iov[i].iov_len;
-        let mut failed = 0;
-        let mut off = 0;
-        while off < total {
-            let len = run.segment.min(total - off);
-            let bytes = &self.buf[base + off..base + off + len];
-            if send_one(fd, bytes, to).is_err() {
-                failed += 1;
-            }
-            off += len;
-        }
-        failed
+        let Some(to) = run.to.filter(|_| run.count > 1) else {
+            return run.count;
+        };
+        let start = self.iov[i].iov_base as usize - self.buf.as_ptr() as usize;
+        let bytes = &self.buf[start..start + self.iov[i].iov_len];
+        gso::send_each(fd, bytes.chunks(run.segment), to, e, &mut self.gso)
     }
 
     /// GSO sends and the datagrams they carried since the last call.
-    pub fn take_gso_stats(&mut self) -> (u64, u64) {
-        let s = (self.gso_sends, self.gso_datagrams);
-        self.gso_sends = 0;
-        self.gso_datagrams = 0;
-        s
+    pub fn take_gso_tally(&mut self) -> gso::Tally {
+        self.tally.take()
     }
 }
 
 impl Run {
     fn joins(&self, total: usize, len: usize) -> bool {
         gso::can_join(self.segment, self.count, total, self.closed, len)
-    }
-}
-
-/// One `sendto` without blocking.
-pub fn send_one(fd: RawFd, bytes: &[u8], to: SocketAddr) -> io::Result<()> {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = write_sockaddr(&mut addr, to);
-    // SAFETY: `bytes` and `addr` are live for the call; the kernel only reads them.
-    let r = unsafe {
-        libc::sendto(
-            fd,
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_DONTWAIT,
-            (&addr as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
     }
 }
 
@@ -503,12 +459,12 @@ mod send_tests {
             assert!(!batch.push(d, to.local_addr().unwrap()));
         }
         assert_eq!(batch.flush(tx.as_raw_fd()), 0);
-        let (sends, datagrams) = batch.take_gso_stats();
+        let tally = batch.take_gso_tally();
         if gso {
             // Runs: a×6 (closed by the short one), a×1, b×2, a×3.
-            assert_eq!((sends, datagrams), (3, 11));
+            assert_eq!((tally.sends, tally.datagrams), (3, 11));
         } else {
-            assert_eq!((sends, datagrams), (0, 0));
+            assert_eq!(tally, gso::Tally::default());
         }
         assert!(batch.is_empty());
         let mut buf = [0u8; 2048];
@@ -534,7 +490,7 @@ mod send_tests {
         }
         assert_eq!(batch.flush(-1), 5);
         assert!(batch.is_empty());
-        assert_eq!(batch.take_gso_stats(), (0, 0));
+        assert_eq!(batch.take_gso_tally(), gso::Tally::default());
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         batch.push(b"after", rx.local_addr().unwrap());

@@ -141,6 +141,8 @@ pub struct Engine {
     /// Client datagrams for one peer, gathered within a receive batch for one GSO send.
     to_peer: PeerRun,
     gso: bool,
+    /// GSO sends of peer runs since the last fold into the metrics.
+    peer_gso: gso::Tally,
     drain_deadline: Option<u64>,
 }
 
@@ -218,6 +220,7 @@ impl Engine {
                 out: SendBatch::new(gso),
                 to_peer: PeerRun::new(),
                 gso,
+                peer_gso: gso::Tally::default(),
                 drain_deadline: None,
             },
             EngineHandle { tx, waker },
@@ -267,13 +270,8 @@ impl Engine {
             if !self.out.is_empty() {
                 let failed = self.out.flush(self.listener.as_raw_fd());
                 self.core.send_failed_n(failed);
-                let (sends, datagrams) = self.out.take_gso_stats();
-                if sends > 0 {
-                    let m = self.core.metrics();
-                    m.gso_sends.add(sends);
-                    m.gso_datagrams.add(datagrams);
-                }
             }
+            self.fold_gso_tally();
             self.core.handle_timeout(now);
             self.commands(now);
             if stop {
@@ -289,6 +287,16 @@ impl Engine {
         self.core.shutdown();
         self.commands(hermes_service::unix_now_ms());
         tracing::info!(allocations_cut = left, "relay stopped");
+    }
+
+    /// Add this wake-up's GSO sends (both directions) to the shared metrics.
+    fn fold_gso_tally(&mut self) {
+        let (a, b) = (self.out.take_gso_tally(), self.peer_gso.take());
+        if a.sends + b.sends > 0 {
+            let m = self.core.metrics();
+            m.gso_sends.add(a.sends + b.sends);
+            m.gso_datagrams.add(a.datagrams + b.datagrams);
+        }
     }
 
     /// Handle async-side messages; `true` to stop.
@@ -352,6 +360,7 @@ impl Engine {
             batch,
             to_peer,
             gso,
+            peer_gso,
             ..
         } = self;
         for _ in 0..BATCHES {
@@ -372,13 +381,13 @@ impl Engine {
                 {
                     let (start, end) = (wire::HEADROOM + range.start, wire::HEADROOM + range.end);
                     if !(*gso && to_peer.joins(relay, peer, end - start)) {
-                        send_peer_run(to_peer, batch, relays, core, gso);
+                        send_peer_run(to_peer, batch, relays, core, gso, peer_gso);
                     }
                     to_peer.push(relay, peer, i, start, end);
                 }
             }
             // The run points into this batch: out before the next receive reuses it.
-            send_peer_run(to_peer, batch, relays, core, gso);
+            send_peer_run(to_peer, batch, relays, core, gso, peer_gso);
             if n < batch::BATCH {
                 drained = true;
                 break;
@@ -559,14 +568,14 @@ impl Engine {
 }
 
 /// Send the gathered run to its peer (one GSO send when it holds several datagrams) and empty
-/// it. A refused GSO send is repeated datagram by datagram; one the kernel cannot do at all
-/// turns GSO off for this worker.
+/// it; a refused GSO send is repeated datagram by datagram (`gso::send_each`).
 fn send_peer_run(
     run: &mut PeerRun,
     batch: &RecvBatch,
     relays: &[Option<UdpSocket>],
     core: &mut Server,
     gso: &mut bool,
+    tally: &mut gso::Tally,
 ) {
     let count = std::mem::take(&mut run.count);
     if count == 0 {
@@ -581,24 +590,17 @@ fn send_peer_run(
         *p = batch.payload(usize::from(slot), usize::from(start), usize::from(end));
     }
     let parts = &parts[..count];
-    if count > 1 {
-        match gso::send_segments(sock.as_raw_fd(), parts, run.segment as u16, run.peer) {
-            Ok(()) => {
-                let m = core.metrics();
-                m.gso_sends.inc();
-                m.gso_datagrams.add(count as u64);
-                return;
-            }
-            Err(e) if gso::is_unsupported(&e) => {
-                tracing::info!(error = %e, "UDP GSO refused by the kernel: sending datagram by datagram");
-                *gso = false;
-            }
-            Err(_) => {}
-        }
-    }
-    for p in parts {
-        if sock.send_to(p, run.peer).is_err() {
+    if count == 1 {
+        if sock.send_to(parts[0], run.peer).is_err() {
             core.send_failed();
+        }
+        return;
+    }
+    match gso::send_segments(sock.as_raw_fd(), parts, run.segment as u16, run.peer) {
+        Ok(()) => tally.record(count),
+        Err(e) => {
+            let failed = gso::send_each(sock.as_raw_fd(), parts.iter().copied(), run.peer, &e, gso);
+            core.send_failed_n(failed);
         }
     }
 }

@@ -57,6 +57,65 @@ pub fn is_unsupported(e: &io::Error) -> bool {
     )
 }
 
+/// GSO sends made and the datagrams they carried, counted on the worker and folded into the
+/// shared metrics once per wake-up (no atomic per send).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    pub sends: u64,
+    pub datagrams: u64,
+}
+
+impl Tally {
+    pub fn record(&mut self, datagrams: usize) {
+        self.sends += 1;
+        self.datagrams += datagrams as u64;
+    }
+
+    /// The counts so far, leaving zero.
+    pub fn take(&mut self) -> Self {
+        std::mem::take(self)
+    }
+}
+
+/// After the kernel refused a GSO send with `refused`: turn GSO off (`enabled`) when it means
+/// "no GSO here", then send the datagrams one by one. Returns how many could not be sent.
+pub fn send_each<'a>(
+    fd: RawFd,
+    datagrams: impl Iterator<Item = &'a [u8]>,
+    to: SocketAddr,
+    refused: &io::Error,
+    enabled: &mut bool,
+) -> usize {
+    if *enabled && is_unsupported(refused) {
+        tracing::info!(error = %refused, "UDP GSO refused by the kernel: sending datagram by datagram");
+        *enabled = false;
+    }
+    datagrams.filter(|d| send_one(fd, d, to).is_err()).count()
+}
+
+/// One `sendto` without blocking.
+fn send_one(fd: RawFd, bytes: &[u8], to: SocketAddr) -> io::Result<()> {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = crate::io::batch::write_sockaddr(&mut addr, to);
+    // SAFETY: `bytes` and `addr` are live for the call; the kernel only reads them.
+    let r = unsafe {
+        libc::sendto(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT,
+            (&addr as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// Room for one `UDP_SEGMENT` control message, aligned for `cmsghdr`.
 #[derive(Clone, Copy, Default)]
 #[repr(C, align(8))]
