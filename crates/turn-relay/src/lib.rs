@@ -121,7 +121,8 @@ pub async fn run(settings: Settings, mut shutdown: Shutdown) -> Result<(), TurnE
         (cfg.min_port, cfg.max_port) =
             config::worker_ports(cfg.min_port, cfg.max_port, index, workers);
         let core = Server::new(cfg, nonce_key, rand::random::<u64>(), metrics.clone())
-            .with_ledger(ledger.clone());
+            .with_ledger(ledger.clone())
+            .with_worker(u8::try_from(index).unwrap_or(u8::MAX));
         let (engine, handle) =
             Engine::new(core, udp, events.clone(), settings.relay_socket_buffer, gso)
                 .map_err(TurnError::io("starting a relay worker"))?;

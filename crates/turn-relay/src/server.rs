@@ -12,6 +12,14 @@
 //! headroom in front of the payload (see `wire.rs`). Control requests (Allocate, Refresh,
 //! CreatePermission, ChannelBind, Binding) are decoded and answered with the `stun`/`turn`
 //! crates' codec; they allocate, which is fine at their rate.
+//!
+//! TCP relays (RFC 6062): an Allocate over TCP/TLS may ask for REQUESTED-TRANSPORT TCP. Its
+//! relay address is then a TCP listener; `Connect` opens a TCP connection to a peer (checked by
+//! the peer filter, like every other peer address) and a peer's incoming connection is
+//! announced with `ConnectionAttempt`. Either way the connection waits, under a
+//! CONNECTION-ID, for the client to open a new TCP/TLS connection and send `ConnectionBind`;
+//! the I/O layer then joins the two byte streams. The core tracks these connections and their
+//! deadlines; the bytes themselves never pass through it.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -20,19 +28,21 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use stun::agent::TransactionId;
-use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_SOFTWARE, ATTR_USERNAME};
+use stun::attributes::{ATTR_CONNECTION_ID, ATTR_NONCE, ATTR_REALM, ATTR_SOFTWARE, ATTR_USERNAME};
 use stun::error_code::{ErrorCode, ErrorCodeAttribute};
 use stun::fingerprint::FINGERPRINT;
 use stun::integrity::MessageIntegrity;
 use stun::message::{
-    CLASS_ERROR_RESPONSE, CLASS_SUCCESS_RESPONSE, Getter, METHOD_ALLOCATE, METHOD_BINDING,
-    METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH, Message, MessageType, Method,
+    CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_SUCCESS_RESPONSE, Getter, METHOD_ALLOCATE,
+    METHOD_BINDING, METHOD_CHANNEL_BIND, METHOD_CONNECT, METHOD_CONNECTION_ATTEMPT,
+    METHOD_CONNECTION_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH, Message, MessageType, Method,
     Setter,
 };
 use stun::textattrs::TextAttribute;
 use stun::xoraddr::XorMappedAddress;
 use turn::proto::channum::ChannelNumber;
 use turn::proto::lifetime::Lifetime;
+use turn::proto::peeraddr::PeerAddress;
 use turn::proto::relayaddr::RelayedAddress;
 use turn::proto::reqfamily::{REQUESTED_FAMILY_IPV6, RequestedAddressFamily};
 use turn::proto::reqtrans::RequestedTransport;
@@ -45,6 +55,21 @@ use crate::wire::{self, Kind};
 /// Index of an allocation and of its relay socket (the I/O layer keeps sockets in a `Vec`
 /// indexed by it).
 pub type RelayId = u32;
+
+/// CONNECTION-ID of an RFC 6062 TCP connection: the worker number in the top 8 bits (so a
+/// ConnectionBind arriving on any worker can be routed to the one that holds the connection),
+/// a counter in the low 24.
+pub type ConnId = u32;
+
+/// The worker a [`ConnId`] belongs to.
+pub fn conn_worker(id: ConnId) -> usize {
+    (id >> 24) as usize
+}
+
+/// How long a connected peer waits for the client's ConnectionBind (RFC 6062 §5.2, §5.3).
+pub const CONNECTION_BIND_TIMEOUT_MS: u64 = 30_000;
+/// Unbound TCP peer connections one allocation may hold.
+pub const MAX_PENDING_CONNECTIONS: usize = 16;
 
 /// How a client reaches us: UDP listener number, or a stream (TCP/TLS) connection id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -180,10 +205,32 @@ pub enum Command {
         to: Client,
         bytes: Vec<u8>,
     },
-    /// Bind a UDP relay socket at `bind`, then call [`Server::relay_opened`].
+    /// Bind a relay socket at `bind` (a UDP socket, or with `tcp` a TCP listener whose
+    /// incoming connections go to [`Server::peer_accepted`]), then call
+    /// [`Server::relay_opened`].
     OpenRelay {
         relay: RelayId,
         bind: SocketAddr,
+        tcp: bool,
+    },
+    /// Open a TCP connection from relay address `bind` to `peer`, then call
+    /// [`Server::peer_connected`] (the I/O layer bounds the attempt in time).
+    ConnectPeer {
+        id: ConnId,
+        bind: SocketAddr,
+        peer: SocketAddr,
+    },
+    /// RFC 6062 ConnectionBind succeeded: send `response` on the client connection `to`, then
+    /// join that connection with peer connection `id` of relay `relay`.
+    BindConnection {
+        to: Client,
+        relay: RelayId,
+        id: ConnId,
+        response: Vec<u8>,
+    },
+    /// Close the unbound peer connection `id` (bind deadline passed, allocation ended).
+    DropPeer {
+        id: ConnId,
     },
     /// Close a relay socket.
     CloseRelay {
@@ -252,6 +299,24 @@ struct Allocation {
     down: Bucket,
     packets: u64,
     bytes: u64,
+    /// RFC 6062 TCP relay (its relay socket is a TCP listener).
+    tcp: bool,
+}
+
+/// An RFC 6062 connection between a TCP relay and a peer, before ConnectionBind.
+#[derive(Debug)]
+struct PeerConn {
+    relay: RelayId,
+    peer: SocketAddr,
+    state: PeerConnState,
+}
+
+#[derive(Debug)]
+enum PeerConnState {
+    /// The client's Connect (transaction `txid`) is being carried out.
+    Connecting { txid: [u8; 12] },
+    /// Connected; ConnectionBind must come before `deadline` (unix ms).
+    Waiting { deadline: u64 },
 }
 
 impl Allocation {
@@ -380,6 +445,10 @@ pub struct Server {
     data_txid: u64,
     draining: bool,
     stats: Stats,
+    /// RFC 6062 connections not bound yet, by CONNECTION-ID.
+    conns: HashMap<ConnId, PeerConn>,
+    worker: u8,
+    next_conn: u32,
 }
 
 impl Server {
@@ -403,6 +472,9 @@ impl Server {
             data_txid: seed,
             draining: false,
             stats: Stats::default(),
+            conns: HashMap::new(),
+            worker: 0,
+            next_conn: 0,
             cfg,
         }
     }
@@ -412,6 +484,18 @@ impl Server {
     pub fn with_ledger(mut self, ledger: Arc<AllocationLedger>) -> Self {
         self.ledger = ledger;
         self
+    }
+
+    /// This core is worker `index` (named in the CONNECTION-IDs it hands out).
+    #[must_use]
+    pub fn with_worker(mut self, index: u8) -> Self {
+        self.worker = index;
+        self
+    }
+
+    /// The per-allocation bandwidth cap (bytes per second each way; 0 = none).
+    pub fn max_bps(&self) -> u64 {
+        self.cfg.max_bps
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -489,6 +573,10 @@ impl Server {
         let Some(Some(a)) = self.allocs.get_mut(relay as usize) else {
             return Forward::None;
         };
+        if a.tcp {
+            self.stats.dropped += 1;
+            return Forward::None;
+        }
         let Some(ch) = a.channels.iter().find(|c| c.number == channel) else {
             self.stats.dropped += 1;
             return Forward::None;
@@ -640,6 +728,14 @@ impl Server {
         for id in expired {
             self.remove(id, EndReason::Expired);
         }
+        let commands = &mut self.commands;
+        self.conns.retain(|&cid, c| match c.state {
+            PeerConnState::Waiting { deadline } if deadline <= now => {
+                commands.push_back(Command::DropPeer { id: cid });
+                false
+            }
+            _ => true,
+        });
         self.flush_stats();
     }
 
@@ -723,6 +819,7 @@ impl Server {
             self.commands.push_back(Command::OpenRelay {
                 relay,
                 bind: a.bind,
+                tcp: a.tcp,
             });
             return;
         }
@@ -768,6 +865,18 @@ impl Server {
 
     fn remove(&mut self, id: RelayId, reason: EndReason) {
         let Some(a) = self.take_slot(id) else { return };
+        if a.tcp {
+            let commands = &mut self.commands;
+            self.conns.retain(|&cid, c| {
+                if c.relay != id {
+                    return true;
+                }
+                if matches!(c.state, PeerConnState::Waiting { .. }) {
+                    commands.push_back(Command::DropPeer { id: cid });
+                }
+                false
+            });
+        }
         self.release_port(a.bind.is_ipv6(), a.bind.port());
         if matches!(a.state, State::Active) {
             self.active -= 1;
@@ -845,7 +954,9 @@ impl Server {
             0x004 => METHOD_REFRESH,
             0x008 => METHOD_CREATE_PERMISSION,
             0x009 => METHOD_CHANNEL_BIND,
-            // Other methods (RFC 6062 Connect, ConnectionBind, …) are not supported: say so
+            0x00A => METHOD_CONNECT,
+            0x00B => METHOD_CONNECTION_BIND,
+            // Other methods (RFC 5780, mobility, …) are not supported: say so
             // at once (RFC 8489 §6.3.1: an unknown method is a 400) instead of letting the
             // client wait for its retransmission timeout.
             _ => {
@@ -874,6 +985,8 @@ impl Server {
         }
         let result = if method == METHOD_ALLOCATE {
             self.allocate(from, msg, &m, txid, now)
+        } else if method == METHOD_CONNECTION_BIND {
+            self.connection_bind(from, msg, &m, txid, now)
         } else {
             self.on_allocation(from, method, msg, &m, txid, now)
         };
@@ -1017,9 +1130,18 @@ impl Server {
                 key,
             ));
         }
-        if transport.protocol.0 != 17 {
-            return Err((reject(442, "Unsupported Transport Protocol"), key));
-        }
+        let tcp = match transport.protocol.0 {
+            17 => false,
+            // RFC 6062 §5.1: a TCP relay only for a client that came over TCP or TLS.
+            6 if from.is_stream() => true,
+            6 => {
+                return Err((
+                    reject(400, "Bad Request: TCP relay needs a TCP or TLS connection"),
+                    key,
+                ));
+            }
+            _ => return Err((reject(442, "Unsupported Transport Protocol"), key)),
+        };
         if self.draining {
             return fail(self, reject(508, "Insufficient Capacity: draining"));
         }
@@ -1088,10 +1210,14 @@ impl Server {
             },
             packets: 0,
             bytes: 0,
+            tcp,
         });
         self.by_client.insert(from, id);
-        self.commands
-            .push_back(Command::OpenRelay { relay: id, bind });
+        self.commands.push_back(Command::OpenRelay {
+            relay: id,
+            bind,
+            tcp,
+        });
         Ok(())
     }
 
@@ -1133,6 +1259,13 @@ impl Server {
             return Err((reject(441, "Wrong Credentials"), None));
         }
         let key = Some(key);
+        if method == METHOD_CONNECT {
+            return self.connect(id, msg, txid, now, key);
+        }
+        let tcp = matches!(self.allocs.get(id as usize), Some(Some(a)) if a.tcp);
+        if tcp && method == METHOD_CHANNEL_BIND {
+            return Err((reject(400, "Bad Request: no channels on a TCP relay"), key));
+        }
         let mut setters: Vec<Box<dyn Setter>> = Vec::new();
         if method == METHOD_REFRESH {
             let lifetime = self.lifetime(m);
@@ -1226,6 +1359,275 @@ impl Server {
         }
         let bytes = build(method, CLASS_SUCCESS_RESPONSE, txid, setters, key.as_ref());
         self.reply(from, bytes);
+        Ok(())
+    }
+}
+
+// -------------------------------------------------------------------- RFC 6062 TCP relays
+
+impl Server {
+    /// A CONNECTION-ID not in use, naming this worker.
+    fn new_conn_id(&mut self) -> ConnId {
+        loop {
+            self.next_conn = (self.next_conn + 1) & 0x00FF_FFFF;
+            let id = (u32::from(self.worker) << 24) | self.next_conn;
+            if self.next_conn != 0 && !self.conns.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn pending_connections(&self, relay: RelayId) -> usize {
+        self.conns.values().filter(|c| c.relay == relay).count()
+    }
+
+    /// Connect (RFC 6062 §5.2) on allocation `id`, authenticated: check the peer, install its
+    /// permission and ask the I/O layer to connect; the answer waits for
+    /// [`Server::peer_connected`].
+    fn connect(
+        &mut self,
+        id: RelayId,
+        msg: &[u8],
+        txid: [u8; 12],
+        now: u64,
+        key: Option<[u8; 16]>,
+    ) -> Result<(), (Reject, Option<[u8; 16]>)> {
+        let (tcp, relay_v4, bind) = match self.allocs.get(id as usize) {
+            Some(Some(a)) => (a.tcp, a.public.is_ipv4(), a.bind),
+            _ => return Err((reject(437, "Allocation Mismatch"), key)),
+        };
+        if !tcp {
+            return Err((reject(400, "Bad Request: Connect needs a TCP relay"), key));
+        }
+        let mut peers = wire::attrs(msg)
+            .filter(|a| a.typ == wire::ATTR_XOR_PEER_ADDRESS)
+            .map(|a| wire::decode_xor_addr(a.value, &txid));
+        let peer = match (peers.next(), peers.next()) {
+            (Some(Some(p)), None) => p,
+            _ => return Err((reject(400, "Bad Request: XOR-PEER-ADDRESS"), key)),
+        };
+        if self.cfg.filter.check(peer.ip()) != Verdict::Allowed {
+            self.metrics.peers_refused.inc();
+            return Err((reject(403, "Forbidden: peer address not allowed"), key));
+        }
+        if peer.is_ipv4() != relay_v4 {
+            return Err((reject(443, "Peer Address Family Mismatch"), key));
+        }
+        if self.conns.values().any(|c| c.relay == id && c.peer == peer) {
+            return Err((reject(446, "Connection Already Exists"), key));
+        }
+        if self.pending_connections(id) >= MAX_PENDING_CONNECTIONS {
+            self.metrics.quota(Quota::Permissions).inc();
+            return Err((reject(508, "Insufficient Capacity: connections"), key));
+        }
+        let perm_exp = now + self.cfg.permission_lifetime as u64 * 1000;
+        let max = self.cfg.max_permissions as usize;
+        let Some(Some(a)) = self.allocs.get_mut(id as usize) else {
+            return Err((reject(437, "Allocation Mismatch"), key));
+        };
+        let full = a.perms.len() >= max;
+        match a.perms.iter_mut().find(|(ip, _)| *ip == peer.ip()) {
+            Some(entry) => entry.1 = entry.1.max(perm_exp),
+            None if full => {
+                self.metrics.quota(Quota::Permissions).inc();
+                return Err((reject(508, "Insufficient Capacity: permissions"), key));
+            }
+            None => a.perms.push((peer.ip(), perm_exp)),
+        }
+        let cid = self.new_conn_id();
+        self.conns.insert(
+            cid,
+            PeerConn {
+                relay: id,
+                peer,
+                state: PeerConnState::Connecting { txid },
+            },
+        );
+        self.commands.push_back(Command::ConnectPeer {
+            id: cid,
+            bind,
+            peer,
+        });
+        Ok(())
+    }
+
+    /// The I/O layer's answer to [`Command::ConnectPeer`]: answers the client's Connect.
+    /// `false` when the connection is not wanted (any more): the I/O layer closes it.
+    pub fn peer_connected(&mut self, id: ConnId, ok: bool, now: u64) -> bool {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return false;
+        };
+        let PeerConnState::Connecting { txid } = c.state else {
+            return false;
+        };
+        let (client, key) = match self.allocs.get(c.relay as usize) {
+            Some(Some(a)) => (a.client, a.key),
+            _ => {
+                self.conns.remove(&id);
+                return false;
+            }
+        };
+        let bytes = if ok {
+            c.state = PeerConnState::Waiting {
+                deadline: now + CONNECTION_BIND_TIMEOUT_MS,
+            };
+            let mut setters: Vec<Box<dyn Setter>> = vec![Box::new(ConnectionId(id))];
+            if let Some(s) = &self.cfg.software {
+                setters.push(Box::new(TextAttribute::new(ATTR_SOFTWARE, s.clone())));
+            }
+            build(
+                METHOD_CONNECT,
+                CLASS_SUCCESS_RESPONSE,
+                txid,
+                setters,
+                Some(&key),
+            )
+        } else {
+            self.conns.remove(&id);
+            error_response(
+                METHOD_CONNECT,
+                txid,
+                &reject(447, "Connection Timeout or Failure"),
+                None,
+                Some(&key),
+            )
+        };
+        self.reply(client, bytes);
+        ok
+    }
+
+    /// A peer opened a TCP connection to the relay of `relay` (RFC 6062 §5.3). With a
+    /// permission for its address (and the peer filter's consent), the client is told with a
+    /// ConnectionAttempt and the connection waits for its ConnectionBind under the returned
+    /// id; `None`: the I/O layer closes it.
+    pub fn peer_accepted(&mut self, relay: RelayId, peer: SocketAddr, now: u64) -> Option<ConnId> {
+        let Some(Some(a)) = self.allocs.get(relay as usize) else {
+            return None;
+        };
+        if !a.tcp || !matches!(a.state, State::Active) {
+            return None;
+        }
+        if self.cfg.filter.check(peer.ip()) != Verdict::Allowed {
+            self.metrics.peers_refused.inc();
+            return None;
+        }
+        if !a.permitted(peer.ip(), now)
+            || self.pending_connections(relay) >= MAX_PENDING_CONNECTIONS
+            || self
+                .conns
+                .values()
+                .any(|c| c.relay == relay && c.peer == peer)
+        {
+            self.stats.dropped += 1;
+            return None;
+        }
+        let client = a.client;
+        let id = self.new_conn_id();
+        self.conns.insert(
+            id,
+            PeerConn {
+                relay,
+                peer,
+                state: PeerConnState::Waiting {
+                    deadline: now + CONNECTION_BIND_TIMEOUT_MS,
+                },
+            },
+        );
+        self.data_txid = self.data_txid.wrapping_add(1);
+        let mut txid = [0u8; 12];
+        txid[4..].copy_from_slice(&self.data_txid.to_be_bytes());
+        let setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(ConnectionId(id)),
+            Box::new(PeerAddress {
+                ip: peer.ip(),
+                port: peer.port(),
+            }),
+        ];
+        let bytes = build(
+            METHOD_CONNECTION_ATTEMPT,
+            CLASS_INDICATION,
+            txid,
+            setters,
+            None,
+        );
+        self.reply(client, bytes);
+        Some(id)
+    }
+
+    /// ConnectionBind (RFC 6062 §5.4) on a new client connection: with the allocation's
+    /// credentials and a waiting CONNECTION-ID, the I/O layer joins the two connections.
+    fn connection_bind(
+        &mut self,
+        from: Client,
+        msg: &[u8],
+        m: &Message,
+        txid: [u8; 12],
+        now: u64,
+    ) -> Result<(), (Reject, Option<[u8; 16]>)> {
+        if !from.is_stream() {
+            return Err((
+                reject(400, "Bad Request: ConnectionBind needs TCP or TLS"),
+                None,
+            ));
+        }
+        if self.by_client.contains_key(&from) {
+            return Err((
+                reject(400, "Bad Request: ConnectionBind on a control connection"),
+                None,
+            ));
+        }
+        let id = wire::find_attr(msg, ATTR_CONNECTION_ID.0)
+            .and_then(|a| <[u8; 4]>::try_from(a.value).ok())
+            .map(u32::from_be_bytes)
+            .ok_or((reject(400, "Bad Request: CONNECTION-ID"), None))?;
+        let relay = match self.conns.get(&id) {
+            Some(c) if matches!(c.state, PeerConnState::Waiting { .. }) => c.relay,
+            _ => return Err((reject(400, "Bad Request: unknown CONNECTION-ID"), None)),
+        };
+        let (username, key) = match self.allocs.get(relay as usize) {
+            Some(Some(a)) => (a.username.clone(), a.key),
+            _ => return Err((reject(400, "Bad Request: unknown CONNECTION-ID"), None)),
+        };
+        let auth = self
+            .authenticate(from, msg, m, now, Some((&username, key)))
+            .map_err(|r| (r, None))?;
+        if *auth.username != *username {
+            self.metrics.auth_failures.inc();
+            return Err((reject(441, "Wrong Credentials"), None));
+        }
+        self.conns.remove(&id);
+        let mut setters: Vec<Box<dyn Setter>> = Vec::new();
+        if let Some(s) = &self.cfg.software {
+            setters.push(Box::new(TextAttribute::new(ATTR_SOFTWARE, s.clone())));
+        }
+        let response = build(
+            METHOD_CONNECTION_BIND,
+            CLASS_SUCCESS_RESPONSE,
+            txid,
+            setters,
+            Some(&key),
+        );
+        self.commands.push_back(Command::BindConnection {
+            to: from,
+            relay,
+            id,
+            response,
+        });
+        Ok(())
+    }
+
+    /// RFC 6062 connections not bound yet (tests and metrics).
+    pub fn pending_connection_count(&self) -> usize {
+        self.conns.len()
+    }
+}
+
+/// The CONNECTION-ID attribute (RFC 6062 §6.2.1).
+struct ConnectionId(ConnId);
+
+impl Setter for ConnectionId {
+    fn add_to(&self, m: &mut Message) -> Result<(), stun::Error> {
+        m.add(ATTR_CONNECTION_ID, &self.0.to_be_bytes());
         Ok(())
     }
 }

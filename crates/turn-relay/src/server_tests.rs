@@ -53,6 +53,11 @@ struct H {
     opened: Vec<(RelayId, SocketAddr)>,
     closed: Vec<RelayId>,
     fail_binds: u32,
+    /// TCP relays opened (RFC 6062).
+    tcp_opened: Vec<RelayId>,
+    connects: Vec<(ConnId, SocketAddr, SocketAddr)>,
+    bound: Vec<(Client, RelayId, ConnId, Message)>,
+    dropped_peers: Vec<ConnId>,
 }
 
 impl H {
@@ -75,6 +80,10 @@ impl H {
             opened: vec![],
             closed: vec![],
             fail_binds: 0,
+            tcp_opened: vec![],
+            connects: vec![],
+            bound: vec![],
+            dropped_peers: vec![],
         }
     }
 
@@ -89,22 +98,37 @@ impl H {
         while let Some(c) = self.s.poll_command() {
             match c {
                 Command::ToClient { to, bytes } => {
-                    assert_eq!(to, from);
                     let mut m = Message::new();
                     m.unmarshal_binary(&bytes).unwrap();
                     assert!(wire::fingerprint_ok(&bytes));
+                    assert_eq!(to, from);
                     out.push(m);
                 }
-                Command::OpenRelay { relay, bind } => {
+                Command::OpenRelay { relay, bind, tcp } => {
                     let ok = if self.fail_binds > 0 {
                         self.fail_binds -= 1;
                         false
                     } else {
                         self.opened.push((relay, bind));
+                        if tcp {
+                            self.tcp_opened.push(relay);
+                        }
                         true
                     };
                     self.s.relay_opened(relay, ok, self.now);
                 }
+                Command::ConnectPeer { id, bind, peer } => self.connects.push((id, bind, peer)),
+                Command::BindConnection {
+                    to,
+                    relay,
+                    id,
+                    response,
+                } => {
+                    let mut m = Message::new();
+                    m.unmarshal_binary(&response).unwrap();
+                    self.bound.push((to, relay, id, m));
+                }
+                Command::DropPeer { id } => self.dropped_peers.push(id),
                 Command::CloseRelay { relay } => self.closed.push(relay),
                 Command::Event(e) => self.events.push(e),
             }
@@ -307,11 +331,8 @@ fn binding_returns_mapped_address() {
 fn unsupported_methods_get_400_at_once() {
     let mut h = H::new(config());
     let mut c = C::new(client(1), "alice", T0, 600);
-    // RFC 6062 Connect and ConnectionBind.
-    for method in [
-        stun::message::METHOD_CONNECT,
-        stun::message::METHOD_CONNECTION_BIND,
-    ] {
+    // Send and Data exist only as indications: as requests they are unknown methods.
+    for method in [METHOD_SEND, METHOD_DATA] {
         let req = c.request(method, vec![], false);
         let (_, r) = h.send(c.addr, &req);
         assert_eq!(r.len(), 1, "one answer for {method:?}");
@@ -895,4 +916,247 @@ fn random_input_never_panics() {
         let _ = h.s.handle_peer(relay + 5, peer(1), &mut pb, b.len(), h.now);
         while h.s.poll_command().is_some() {}
     }
+}
+
+// ------------------------------------------------------------------ RFC 6062 TCP relays
+
+fn stream_client(conn: u64) -> Client {
+    Client {
+        via: Via::Stream(conn),
+        addr: SocketAddr::from(([127, 0, 0, 1], 41000 + conn as u16)),
+    }
+}
+
+impl C {
+    /// Allocate a TCP relay (challenge, then the authenticated request).
+    fn allocate_tcp(&mut self, h: &mut H) -> Message {
+        let transport = || -> Vec<Box<dyn Setter>> {
+            vec![Box::new(RequestedTransport {
+                protocol: turn::proto::PROTO_TCP,
+            })]
+        };
+        let req = self.request(METHOD_ALLOCATE, transport(), false);
+        let (_, r) = h.send(self.addr, &req);
+        assert_eq!(code(&r[0]), Some(401));
+        self.nonce = TextAttribute::get_from_as(&r[0], ATTR_NONCE).unwrap().text;
+        let req = self.request(METHOD_ALLOCATE, transport(), true);
+        h.send(self.addr, &req).1.remove(0)
+    }
+
+    /// Connect to `p`; returns the immediate answers (none when the connect is under way).
+    fn connect(&mut self, h: &mut H, p: SocketAddr) -> Vec<Message> {
+        let req = self.request(
+            METHOD_CONNECT,
+            vec![Box::new(PeerAddress {
+                ip: p.ip(),
+                port: p.port(),
+            })],
+            true,
+        );
+        h.send(self.addr, &req).1
+    }
+
+    /// ConnectionBind for `id`, sent from `data` (a new connection) with this client's
+    /// credentials.
+    fn connection_bind(&mut self, h: &mut H, data: Client, id: ConnId) -> Vec<Message> {
+        let req = self.request(
+            METHOD_CONNECTION_BIND,
+            vec![Box::new(RawAttr(
+                ATTR_CONNECTION_ID,
+                id.to_be_bytes().to_vec(),
+            ))],
+            true,
+        );
+        h.send(data, &req).1
+    }
+}
+
+struct RawAttr(AttrType, Vec<u8>);
+
+impl Setter for RawAttr {
+    fn add_to(&self, m: &mut Message) -> Result<(), stun::Error> {
+        m.add(self.0, &self.1);
+        Ok(())
+    }
+}
+
+fn connection_id(m: &Message) -> ConnId {
+    let v = m.get(ATTR_CONNECTION_ID).unwrap();
+    u32::from_be_bytes(v.try_into().unwrap())
+}
+
+#[test]
+fn tcp_relay_needs_a_stream_client_and_refuses_channels() {
+    let mut h = H::new(config());
+    let mut udp = C::new(client(1), "alice", T0, 600);
+    let r = udp.allocate_tcp(&mut h);
+    assert_eq!(code(&r), Some(400), "TCP relay over UDP");
+    assert_eq!(h.s.allocation_count(), 0);
+
+    let mut c = C::new(stream_client(1), "alice", T0, 600);
+    let r = c.allocate_tcp(&mut h);
+    assert!(is_success(&r), "{r:?}");
+    assert_eq!(h.tcp_opened.len(), 1);
+    let r = c.bind(&mut h, 0x4000, peer(9000));
+    assert_eq!(code(&r), Some(400), "no channels on a TCP relay");
+    // A UDP allocation cannot Connect.
+    let mut u = C::new(stream_client(2), "bob", T0, 600);
+    assert!(is_success(&u.allocate(&mut h, vec![])));
+    let r = u.connect(&mut h, peer(9000));
+    assert_eq!(code(&r[0]), Some(400));
+    assert!(h.connects.is_empty());
+}
+
+#[test]
+fn connect_then_connection_bind_joins_the_connections() {
+    let mut h = H::new(config());
+    let mut c = C::new(stream_client(1), "alice", T0, 600);
+    assert!(is_success(&c.allocate_tcp(&mut h)));
+    // Connect is answered only once the I/O layer reports the connection.
+    assert!(c.connect(&mut h, peer(9000)).is_empty());
+    let (id, _bind, to) = h.connects[0];
+    assert_eq!(to, peer(9000));
+    // A second Connect to the same peer while the first is under way: 446.
+    assert_eq!(code(&c.connect(&mut h, peer(9000))[0]), Some(446));
+    assert!(h.s.peer_connected(id, true, h.now));
+    let answer = &h.run(c.addr)[0];
+    assert!(is_success(answer) && answer.typ.method == METHOD_CONNECT);
+    assert_eq!(connection_id(answer), id);
+    // The peer's address got a permission with the Connect: it may connect in too (from
+    // another port), and the client hears of it.
+    let incoming = h.s.peer_accepted(0, peer(9050), h.now).unwrap();
+    let attempt = h.run(c.addr).remove(0);
+    assert_eq!(attempt.typ.method, METHOD_CONNECTION_ATTEMPT);
+    assert_ne!(incoming, id);
+
+    // ConnectionBind from a new connection: an unknown id is refused, the right one binds.
+    let data = stream_client(2);
+    let r = c.connection_bind(&mut h, data, id ^ 1);
+    assert_eq!(code(&r[0]), Some(400));
+    assert!(h.bound.is_empty());
+    let r = c.connection_bind(&mut h, data, id);
+    assert!(
+        r.is_empty(),
+        "the success answer goes with the bind command"
+    );
+    let (to, relay, bound_id, response) = &h.bound[0];
+    assert_eq!((*to, *relay, *bound_id), (data, 0, id));
+    assert!(is_success(response) && response.typ.method == METHOD_CONNECTION_BIND);
+    // Bound once: a second ConnectionBind for the same id is refused.
+    let r = c.connection_bind(&mut h, stream_client(3), id);
+    assert_eq!(code(&r[0]), Some(400));
+    assert_eq!(
+        h.s.pending_connection_count(),
+        1,
+        "the incoming one still waits"
+    );
+}
+
+#[test]
+fn connection_bind_needs_the_allocations_credentials() {
+    let mut h = H::new(config());
+    let mut c = C::new(stream_client(1), "alice", T0, 600);
+    assert!(is_success(&c.allocate_tcp(&mut h)));
+    c.connect(&mut h, peer(9000));
+    let id = h.connects[0].0;
+    h.s.peer_connected(id, true, h.now);
+    h.run(c.addr);
+    // Mallory holds valid credentials of her own, and learnt the id.
+    let mut m = C::new(stream_client(5), "mallory", T0, 600);
+    m.nonce = c.nonce.clone();
+    let r = m.connection_bind(&mut h, stream_client(5), id);
+    assert_eq!(code(&r[0]), Some(441));
+    assert!(h.bound.is_empty());
+    // Over UDP, and on the control connection itself: 400.
+    let r = c.connection_bind(&mut h, client(7), id);
+    assert_eq!(code(&r[0]), Some(400));
+    let r = c.connection_bind(&mut h, c.addr, id);
+    assert_eq!(code(&r[0]), Some(400));
+    assert!(h.bound.is_empty());
+    assert_eq!(h.s.pending_connection_count(), 1);
+}
+
+#[test]
+fn failed_connect_is_447_and_special_purpose_peers_403() {
+    let mut cfg = config();
+    cfg.filter.allow_loopback = false;
+    let mut h = H::new(cfg);
+    let mut c = C::new(stream_client(1), "alice", T0, 600);
+    assert!(is_success(&c.allocate_tcp(&mut h)));
+    for p in ["127.0.0.1:80", "10.0.0.1:80", "169.254.1.1:80", "[::1]:80"] {
+        let r = c.connect(&mut h, p.parse().unwrap());
+        assert_eq!(code(&r[0]), Some(403), "{p}");
+    }
+    assert!(
+        h.connects.is_empty(),
+        "nothing is dialled for a refused peer"
+    );
+    let mut cfg = config();
+    cfg.filter.allow_loopback = true;
+    let mut h = H::new(cfg);
+    let mut c = C::new(stream_client(1), "alice", T0, 600);
+    assert!(is_success(&c.allocate_tcp(&mut h)));
+    assert!(c.connect(&mut h, peer(9001)).is_empty());
+    let id = h.connects[0].0;
+    assert!(!h.s.peer_connected(id, false, h.now));
+    let r = h.run(c.addr);
+    assert_eq!(code(&r[0]), Some(447));
+    assert_eq!(h.s.pending_connection_count(), 0);
+    // The same peer may be tried again.
+    assert!(c.connect(&mut h, peer(9001)).is_empty());
+    assert_eq!(h.connects.len(), 2);
+}
+
+#[test]
+fn peer_connections_need_a_permission_and_expire_unbound() {
+    let mut h = H::new(config());
+    let mut c = C::new(stream_client(1), "alice", T0, 600);
+    assert!(is_success(&c.allocate_tcp(&mut h)));
+    // No permission yet: the I/O layer closes the connection.
+    assert_eq!(h.s.peer_accepted(0, peer(9100), h.now), None);
+    assert!(is_success(&c.perm(&mut h, &[peer(1)])));
+    let id = h.s.peer_accepted(0, peer(9100), h.now).unwrap();
+    let attempt = h.run(c.addr).remove(0);
+    assert_eq!(attempt.typ.method, METHOD_CONNECTION_ATTEMPT);
+    assert_eq!(attempt.typ.class, CLASS_INDICATION);
+    assert_eq!(connection_id(&attempt), id);
+    let mut p = PeerAddress::default();
+    p.get_from(&attempt).unwrap();
+    assert_eq!(SocketAddr::new(p.ip, p.port), peer(9100));
+    // Unbound after 30 s: dropped.
+    h.tick(CONNECTION_BIND_TIMEOUT_MS + 1000);
+    assert_eq!(h.dropped_peers, vec![id]);
+    let r = c.connection_bind(&mut h, stream_client(2), id);
+    assert_eq!(code(&r[0]), Some(400));
+}
+
+#[test]
+fn ending_a_tcp_allocation_drops_its_waiting_connections() {
+    let mut h = H::new(config());
+    let mut c = C::new(stream_client(1), "alice", T0, 600);
+    assert!(is_success(&c.allocate_tcp(&mut h)));
+    assert!(is_success(&c.perm(&mut h, &[peer(1)])));
+    let a = h.s.peer_accepted(0, peer(9100), h.now).unwrap();
+    let b = h.s.peer_accepted(0, peer(9101), h.now).unwrap();
+    assert_ne!(a, b);
+    h.s.client_closed(c.addr);
+    h.run(c.addr);
+    let mut dropped = h.dropped_peers.clone();
+    dropped.sort_unstable();
+    let mut want = vec![a, b];
+    want.sort_unstable();
+    assert_eq!(dropped, want);
+    assert_eq!(h.closed, vec![0]);
+    assert_eq!(h.s.pending_connection_count(), 0);
+}
+
+#[test]
+fn connection_ids_name_their_worker() {
+    let mut h =
+        H::with(Server::new(config(), [9; 32], 42, Arc::new(Metrics::default())).with_worker(3));
+    let mut c = C::new(stream_client(1), "alice", T0, 600);
+    assert!(is_success(&c.allocate_tcp(&mut h)));
+    c.connect(&mut h, peer(9000));
+    let id = h.connects[0].0;
+    assert_eq!(conn_worker(id), 3);
 }

@@ -1,7 +1,9 @@
 //! Interop with coturn's own client tools against the real `hermes-turn` binary: STUN binding
 //! with `turnutils_stunclient`, and `turnutils_uclient` relaying through hermes-turn to
 //! `turnutils_peer` over UDP and TCP, with channels and with Send indications, using REST
-//! credentials (`-W secret`). Every message must come back.
+//! credentials (`-W secret`). Every message must come back. With `-T`, uclient's clients
+//! allocate RFC 6062 TCP relays and reach each other through them (Connect,
+//! ConnectionAttempt, ConnectionBind on both sides).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -90,6 +92,45 @@ fn tcp_channels() {
 #[test]
 fn tcp_send_indications() {
     relay_messages(&["-t", "-s"]);
+}
+
+#[test]
+fn tcp_relays_rfc6062() {
+    let relay = Relay::start(Opts {
+        allow_loopback: true,
+        ..Default::default()
+    });
+    let port = relay.port.to_string();
+    // -T: TCP relays, client to client (no turnutils_peer); -m 2: two pairs of clients.
+    let args = [
+        "-T",
+        "-p",
+        &port,
+        "-W",
+        SECRET,
+        "-u",
+        "alice",
+        "-n",
+        "30",
+        "-m",
+        "2",
+        "-l",
+        "120",
+        "-z",
+        "5",
+        "127.0.0.1",
+    ];
+    let r = uclient(&args, Duration::from_secs(40));
+    assert!(
+        r.success && r.sent == 60 && r.received == r.sent && r.lost == 0,
+        "uclient -T: {r:?}\nrelay log:\n{}",
+        relay.log_text()
+    );
+    // The piped bytes are counted, both ways (each message crosses two relays).
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(relay.metric("hermes_turn_bytes_to_peer_total") >= 60.0 * 120.0);
+    assert!(relay.metric("hermes_turn_bytes_to_client_total") >= 60.0 * 120.0);
+    assert_eq!(relay.metric("hermes_turn_auth_failures_total"), 0.0);
 }
 
 #[test]

@@ -12,7 +12,8 @@
 //!
 //! Stream (TCP/TLS) clients are served by tokio tasks (`io/stream.rs`) that pass whole frames
 //! in through a channel plus a mio `Waker`, and get frames back through a bounded tokio
-//! channel per connection.
+//! channel per connection. RFC 6062 TCP relays (`io/tcp_relay.rs`) run as tokio tasks too;
+//! the engine keeps their listeners and the peer connections that wait for ConnectionBind.
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -31,7 +32,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::io::batch::{self, RecvBatch, SendBatch};
 use crate::io::gso;
-use crate::server::{Client, Command, Event, Forward, RelayId, Server, Via};
+use crate::io::stream::StreamOut;
+use crate::io::tcp_relay::{self, Pipe, TcpRelay};
+use crate::server::{Client, Command, ConnId, Event, Forward, RelayId, Server, Via};
 use crate::wire;
 
 const WAKER: Token = Token(0);
@@ -47,7 +50,7 @@ const BATCHES: usize = 4;
 pub enum EngineMsg {
     StreamOpened {
         conn: u64,
-        tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+        tx: tokio::sync::mpsc::Sender<StreamOut>,
     },
     StreamFrame {
         conn: u64,
@@ -64,6 +67,18 @@ pub enum EngineMsg {
     },
     /// Exit now.
     Stop,
+    /// The outcome of a [`Command::ConnectPeer`] (RFC 6062).
+    PeerConnected {
+        id: ConnId,
+        stream: Option<tokio::net::TcpStream>,
+    },
+    /// A peer connected to the TCP relay of `relay` (bound at `bind`).
+    PeerAccepted {
+        relay: RelayId,
+        bind: SocketAddr,
+        peer: SocketAddr,
+        stream: tokio::net::TcpStream,
+    },
 }
 
 /// Cloneable sender into one engine thread.
@@ -94,7 +109,17 @@ impl Engines {
     }
 
     pub fn for_stream(&self, conn: u64) -> &EngineHandle {
-        &self.0[(conn % self.0.len() as u64) as usize]
+        &self.0[self.index_for_stream(conn)]
+    }
+
+    /// The worker number [`Engines::for_stream`] picks.
+    pub fn index_for_stream(&self, conn: u64) -> usize {
+        (conn % self.0.len() as u64) as usize
+    }
+
+    /// Worker `index`, if there is one.
+    pub fn get(&self, index: usize) -> Option<&EngineHandle> {
+        self.0.get(index)
     }
 
     /// Send a copy of `msg` to every worker.
@@ -132,8 +157,18 @@ pub struct Engine {
     core: Server,
     listener: UdpSocket,
     relays: Vec<Option<UdpSocket>>,
-    streams: HashMap<u64, tokio::sync::mpsc::Sender<Vec<u8>>>,
+    streams: HashMap<u64, tokio::sync::mpsc::Sender<StreamOut>>,
+    /// The tokio runtime RFC 6062 TCP relays run on (none in unit tests: TCP relays refused).
+    rt: Option<tokio::runtime::Handle>,
+    /// A handle into `tcp_rx`, for the TCP relay tasks to report back.
+    me: EngineHandle,
+    tcp_relays: HashMap<RelayId, TcpRelay>,
+    /// Peer connections waiting for their ConnectionBind.
+    tcp_peers: HashMap<ConnId, tokio::net::TcpStream>,
     rx: Receiver<EngineMsg>,
+    /// Reports of this engine's own TCP relay tasks (a channel apart, so that the engine
+    /// holding its sender does not keep the main channel from disconnecting).
+    tcp_rx: Receiver<EngineMsg>,
     events: Option<EventPublisher>,
     relay_buffer: usize,
     batch: RecvBatch,
@@ -206,6 +241,7 @@ impl Engine {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let (tx, rx) = std::sync::mpsc::channel();
+        let (tcp_tx, tcp_rx) = std::sync::mpsc::channel();
         Ok((
             Self {
                 poll,
@@ -213,7 +249,15 @@ impl Engine {
                 listener,
                 relays: Vec::new(),
                 streams: HashMap::new(),
+                rt: tokio::runtime::Handle::try_current().ok(),
+                me: EngineHandle {
+                    tx: tcp_tx,
+                    waker: waker.clone(),
+                },
+                tcp_relays: HashMap::new(),
+                tcp_peers: HashMap::new(),
                 rx,
+                tcp_rx,
                 events,
                 relay_buffer,
                 batch: RecvBatch::new(),
@@ -301,43 +345,82 @@ impl Engine {
 
     /// Handle async-side messages; `true` to stop.
     fn messages(&mut self, now: u64) -> bool {
+        while let Ok(msg) = self.tcp_rx.try_recv() {
+            self.message(msg, now);
+        }
         loop {
             match self.rx.try_recv() {
-                Ok(EngineMsg::StreamOpened { conn, tx }) => {
-                    self.streams.insert(conn, tx);
-                }
-                Ok(EngineMsg::StreamFrame { conn, peer, frame }) => {
-                    let client = Client {
-                        via: Via::Stream(conn),
-                        addr: peer,
-                    };
-                    if let Forward::ToPeer { relay, peer, range } =
-                        self.core.handle_client(client, &frame, now)
-                    {
-                        self.send_to_peer(relay, peer, &frame[range]);
+                Ok(msg) => {
+                    if self.message(msg, now) {
+                        return true;
                     }
-                    self.commands(now);
                 }
-                Ok(EngineMsg::StreamClosed { conn, peer }) => {
-                    self.streams.remove(&conn);
-                    self.core.client_closed(Client {
-                        via: Via::Stream(conn),
-                        addr: peer,
-                    });
-                    self.commands(now);
-                }
-                Ok(EngineMsg::Drain { deadline_ms }) => {
-                    self.core.drain();
-                    self.drain_deadline = Some(deadline_ms);
-                    tracing::info!(
-                        allocations = self.core.allocation_count(),
-                        "draining: new allocations refused"
-                    );
-                }
-                Ok(EngineMsg::Stop) | Err(TryRecvError::Disconnected) => return true,
+                Err(TryRecvError::Disconnected) => return true,
                 Err(TryRecvError::Empty) => return false,
             }
         }
+    }
+
+    /// Handle one async-side message; `true` to stop.
+    fn message(&mut self, msg: EngineMsg, now: u64) -> bool {
+        match msg {
+            EngineMsg::StreamOpened { conn, tx } => {
+                self.streams.insert(conn, tx);
+            }
+            EngineMsg::StreamFrame { conn, peer, frame } => {
+                let client = Client {
+                    via: Via::Stream(conn),
+                    addr: peer,
+                };
+                if let Forward::ToPeer { relay, peer, range } =
+                    self.core.handle_client(client, &frame, now)
+                {
+                    self.send_to_peer(relay, peer, &frame[range]);
+                }
+                self.commands(now);
+            }
+            EngineMsg::StreamClosed { conn, peer } => {
+                self.streams.remove(&conn);
+                self.core.client_closed(Client {
+                    via: Via::Stream(conn),
+                    addr: peer,
+                });
+                self.commands(now);
+            }
+            EngineMsg::Drain { deadline_ms } => {
+                self.core.drain();
+                self.drain_deadline = Some(deadline_ms);
+                tracing::info!(
+                    allocations = self.core.allocation_count(),
+                    "draining: new allocations refused"
+                );
+            }
+            EngineMsg::Stop => return true,
+            EngineMsg::PeerConnected { id, stream } => {
+                if self.core.peer_connected(id, stream.is_some(), now)
+                    && let Some(stream) = stream
+                {
+                    self.tcp_peers.insert(id, stream);
+                }
+                self.commands(now);
+            }
+            EngineMsg::PeerAccepted {
+                relay,
+                bind,
+                peer,
+                stream,
+            } => {
+                // A report from a relay that has since closed (and whose id may be reused)
+                // names the old bind address: drop its connection.
+                if self.tcp_relays.get(&relay).is_some_and(|r| r.bind == bind)
+                    && let Some(id) = self.core.peer_accepted(relay, peer, now)
+                {
+                    self.tcp_peers.insert(id, stream);
+                }
+                self.commands(now);
+            }
+        }
+        false
     }
 
     fn send_to_peer(&mut self, relay: RelayId, peer: SocketAddr, bytes: &[u8]) {
@@ -433,9 +516,9 @@ impl Engine {
                             true
                         }
                         // Streams copy: the frame crosses into the connection's task.
-                        Via::Stream(conn) => streams
-                            .get(&conn)
-                            .is_some_and(|tx| tx.try_send(slot[range].to_vec()).is_ok()),
+                        Via::Stream(conn) => streams.get(&conn).is_some_and(|tx| {
+                            tx.try_send(StreamOut::Frame(slot[range].to_vec())).is_ok()
+                        }),
                     };
                     if !ok {
                         core.send_failed();
@@ -463,13 +546,17 @@ impl Engine {
                         }
                         Via::Stream(conn) => {
                             if let Some(tx) = self.streams.get(&conn) {
-                                let _ = tx.try_send(bytes);
+                                let _ = tx.try_send(StreamOut::Frame(bytes));
                             }
                         }
                     }
                 }
-                Command::OpenRelay { relay, bind } => {
-                    let ok = self.open_relay(relay, bind);
+                Command::OpenRelay { relay, bind, tcp } => {
+                    let ok = if tcp {
+                        self.open_tcp_relay(relay, bind)
+                    } else {
+                        self.open_relay(relay, bind)
+                    };
                     self.core.relay_opened(relay, ok, now);
                 }
                 Command::CloseRelay { relay } => {
@@ -478,6 +565,40 @@ impl Engine {
                     {
                         let _ = self.poll.registry().deregister(&mut s);
                     }
+                    // Dropping the relay stops its listener and closes its pipes.
+                    self.tcp_relays.remove(&relay);
+                }
+                Command::ConnectPeer { id, bind, peer } => match &self.rt {
+                    Some(rt) => tcp_relay::connect(rt, id, bind, peer, self.me.clone()),
+                    None => {
+                        self.core.peer_connected(id, false, now);
+                    }
+                },
+                Command::BindConnection {
+                    to,
+                    relay,
+                    id,
+                    response,
+                } => {
+                    let peer = self.tcp_peers.remove(&id);
+                    let closed = self.tcp_relays.get(&relay).map(TcpRelay::closed);
+                    let tx = match to.via {
+                        Via::Stream(conn) => self.streams.get(&conn),
+                        Via::Udp(_) => None,
+                    };
+                    if let (Some(peer), Some(closed), Some(tx)) = (peer, closed, tx) {
+                        let pipe = Pipe {
+                            response,
+                            peer,
+                            closed,
+                            max_bps: self.core.max_bps(),
+                            metrics: self.core.metrics().clone(),
+                        };
+                        let _ = tx.try_send(StreamOut::Pipe(Box::new(pipe)));
+                    }
+                }
+                Command::DropPeer { id } => {
+                    self.tcp_peers.remove(&id);
                 }
                 Command::Event(e) => self.event(e),
             }
@@ -511,6 +632,22 @@ impl Engine {
         }
         self.relays[idx] = Some(sock);
         true
+    }
+
+    fn open_tcp_relay(&mut self, relay: RelayId, bind: SocketAddr) -> bool {
+        let Some(rt) = &self.rt else {
+            return false;
+        };
+        match tcp_relay::listen(rt, relay, bind, self.me.clone()) {
+            Ok(r) => {
+                self.tcp_relays.insert(relay, r);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(%bind, error = %e, "TCP relay port unavailable");
+                false
+            }
+        }
     }
 
     fn event(&self, e: Event) {

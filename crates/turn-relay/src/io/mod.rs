@@ -1,9 +1,11 @@
 //! The thin I/O layer around the sans-IO core: the mio data plane ([`engine`]), stream
-//! clients ([`stream`]), TLS certificate handling ([`tls`]) and the metrics endpoint ([`http`]).
+//! clients ([`stream`]), RFC 6062 TCP relays ([`tcp_relay`]), TLS certificate handling
+//! ([`tls`]) and the metrics endpoint ([`http`]).
 
 pub mod batch;
 pub mod engine;
 pub mod gso;
 pub mod http;
 pub mod stream;
+pub mod tcp_relay;
 pub mod tls;

@@ -2,6 +2,11 @@
 //! messages and ChannelData frames (RFC 8656 §12.5 padding) and hands them to the engine;
 //! a writer task sends the engine's frames back. A connection that sends something that is
 //! neither, or stays silent past [`IDLE`], is closed; its allocation goes with it.
+//!
+//! A connection that sends an RFC 6062 ConnectionBind is routed to the worker named in its
+//! CONNECTION-ID (which holds the peer connection); when the bind succeeds, the engine hands
+//! the task the peer connection ([`StreamOut::Pipe`]) and the task stops framing: from then
+//! on it only copies bytes between the two (`tcp_relay::pipe`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,12 +15,39 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 
-use crate::io::engine::{EngineHandle, EngineMsg, Engines};
+use crate::io::engine::{EngineMsg, Engines};
+use crate::io::tcp_relay::{self, Pipe};
 use crate::io::tls::TlsReloader;
 use crate::metrics::Metrics;
+use crate::server::conn_worker;
 use crate::wire;
+
+/// What the engine sends a stream connection.
+#[derive(Debug)]
+pub enum StreamOut {
+    /// A STUN message or ChannelData frame to write.
+    Frame(Vec<u8>),
+    /// ConnectionBind succeeded: write the response, then pipe bytes to and from the peer.
+    Pipe(Box<Pipe>),
+}
+
+/// STUN type of a ConnectionBind request (RFC 6062 §6.1).
+const CONNECTION_BIND_REQUEST: u16 = 0x000B;
+/// CONNECTION-ID attribute (RFC 6062 §6.2.1).
+const ATTR_CONNECTION_ID: u16 = 0x002A;
+
+/// The worker a ConnectionBind request is meant for (from its CONNECTION-ID).
+fn connection_bind_worker(frame: &[u8]) -> Option<usize> {
+    match wire::classify(frame)? {
+        wire::Kind::Stun { typ, .. } if typ == CONNECTION_BIND_REQUEST => {}
+        _ => return None,
+    }
+    let id = wire::find_attr(frame, ATTR_CONNECTION_ID)?;
+    let id = u32::from_be_bytes(<[u8; 4]>::try_from(id.value).ok()?);
+    Some(conn_worker(id))
+}
 
 /// Longest silence on a client connection. Clients refresh allocations every few minutes
 /// and keep permissions alive every 5, so 10 minutes of nothing means the client is gone.
@@ -51,12 +83,12 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-        let engine = engines.for_stream(conn).clone();
+        let engines = engines.clone();
         match &tls {
             None => {
                 metrics.tcp_connections.inc();
                 tokio::spawn(async move {
-                    serve(stream, peer, conn, engine).await;
+                    serve(stream, peer, conn, engines).await;
                     drop(slot);
                 });
             }
@@ -68,7 +100,7 @@ pub async fn accept_loop(
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                         .await
                     {
-                        Ok(Ok(s)) => serve(s, peer, conn, engine).await,
+                        Ok(Ok(s)) => serve(s, peer, conn, engines).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
@@ -79,24 +111,51 @@ pub async fn accept_loop(
 }
 
 /// Serve one client connection (number `conn`) on the engine that owns it.
-pub async fn serve<S>(stream: S, peer: SocketAddr, conn: u64, engine: EngineHandle)
+pub async fn serve<S>(stream: S, peer: SocketAddr, conn: u64, engines: Engines)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(OUT_QUEUE);
-    engine.send(EngineMsg::StreamOpened { conn, tx });
+    let home = engines.index_for_stream(conn);
+    // Workers told about this connection: its own, and the one of a ConnectionBind.
+    let mut told = vec![home];
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<StreamOut>(OUT_QUEUE);
+    engines.for_stream(conn).send(EngineMsg::StreamOpened {
+        conn,
+        tx: tx.clone(),
+    });
     let (mut r, mut w) = tokio::io::split(stream);
+    // The writer hands its half back with the pipe when a ConnectionBind succeeds.
+    let (bound_tx, mut bound_rx) = oneshot::channel();
     let writer = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            if w.write_all(&frame).await.is_err() {
-                break;
+        while let Some(out) = rx.recv().await {
+            match out {
+                StreamOut::Frame(frame) => {
+                    if w.write_all(&frame).await.is_err() {
+                        break;
+                    }
+                }
+                StreamOut::Pipe(pipe) => {
+                    if w.write_all(&pipe.response).await.is_ok() {
+                        let _ = bound_tx.send((w, pipe));
+                        return;
+                    }
+                    break;
+                }
             }
         }
         let _ = w.shutdown().await;
     });
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut bound = None;
     'read: loop {
-        match tokio::time::timeout(IDLE, r.read_buf(&mut buf)).await {
+        let read = tokio::select! {
+            got = &mut bound_rx => {
+                bound = got.ok();
+                break;
+            }
+            read = tokio::time::timeout(IDLE, r.read_buf(&mut buf)) => read,
+        };
+        match read {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
             Ok(Ok(_)) => {}
         }
@@ -108,6 +167,19 @@ where
                 Some(Ok(len)) if buf.len() - start >= len => {
                     let frame = buf[start..start + len].to_vec();
                     start += len;
+                    let worker = connection_bind_worker(&frame)
+                        .filter(|&i| engines.get(i).is_some())
+                        .unwrap_or(home);
+                    let Some(engine) = engines.get(worker) else {
+                        break 'read;
+                    };
+                    if !told.contains(&worker) {
+                        told.push(worker);
+                        engine.send(EngineMsg::StreamOpened {
+                            conn,
+                            tx: tx.clone(),
+                        });
+                    }
                     engine.send(EngineMsg::StreamFrame { conn, peer, frame });
                 }
                 Some(Ok(_)) => break,
@@ -118,6 +190,14 @@ where
             buf.reserve(16 * 1024);
         }
     }
-    engine.send(EngineMsg::StreamClosed { conn, peer });
-    writer.abort();
+    drop(tx);
+    for &i in &told {
+        if let Some(engine) = engines.get(i) {
+            engine.send(EngineMsg::StreamClosed { conn, peer });
+        }
+    }
+    match bound {
+        Some((w, pipe)) => tcp_relay::pipe(r, w, buf, *pipe).await,
+        None => writer.abort(),
+    }
 }
