@@ -21,7 +21,8 @@ pub fn wire_codec(data: &[u8]) {
     let _ = wire::fingerprint_ok(data);
 }
 
-/// The whole core: arbitrary bytes from a UDP client, a stream client and a peer.
+/// The whole core: arbitrary bytes from a UDP client, a stream client and a peer, and
+/// arbitrary RFC 6062 connection reports.
 pub fn server_input(data: &[u8]) {
     let relay = RelayIp {
         bind: [127, 0, 0, 1].into(),
@@ -45,6 +46,11 @@ pub fn server_input(data: &[u8]) {
     let n = data.len().min(wire::MAX_PAYLOAD);
     buf[wire::HEADROOM..wire::HEADROOM + n].copy_from_slice(&data[..n]);
     let _ = s.handle_peer(0, from, &mut buf, n, now);
+    // RFC 6062 reports from the I/O layer, with ids the input picks.
+    let mut id = [0u8; 4];
+    id[..n.min(4)].copy_from_slice(&data[..n.min(4)]);
+    let _ = s.peer_connected(u32::from_be_bytes(id), n % 2 == 0, now);
+    let _ = s.peer_accepted(u32::from_be_bytes(id) % 4, from, now);
     while s.poll_command().is_some() {}
     s.handle_timeout(now + 1_000_000);
 }
