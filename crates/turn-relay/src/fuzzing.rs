@@ -49,7 +49,7 @@ pub fn server_input(data: &[u8]) {
     // RFC 6062 reports from the I/O layer, with ids the input picks.
     let mut id = [0u8; 4];
     id[..n.min(4)].copy_from_slice(&data[..n.min(4)]);
-    let _ = s.peer_connected(u32::from_be_bytes(id), n % 2 == 0, now);
+    let _ = s.peer_connected(u32::from_be_bytes(id), n.is_multiple_of(2), now);
     let _ = s.peer_accepted(u32::from_be_bytes(id) % 4, from, now);
     while s.poll_command().is_some() {}
     s.handle_timeout(now + 1_000_000);
