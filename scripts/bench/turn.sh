@@ -152,21 +152,28 @@ for line in open(sys.argv[1]):
         rows[key] = {}
         order.append(key)
     rows[key].setdefault(name, []).append((float(us), float(loss), rtt, int(pk)))
-def cell(runs):
-    ok = [r for r in runs if r[3] > 0] or runs  # a failed run (uclient reported nothing) is left out
+failed = []
+def cell(runs, name, key):
+    # A failed run (uclient reported nothing, e.g. it gave up after a 437) is left out of the
+    # figures and listed below the table instead.
+    ok = [r for r in runs if r[3] > 0]
+    failed.extend([(name, key)] * (len(runs) - len(ok)))
+    ok = ok or runs
     us = statistics.median(r[0] for r in ok)
-    loss = max(r[1] for r in runs)
+    loss = max(r[1] for r in ok)
     pps = 1e6 / us if us > 0 else 0
-    return us, loss, runs[-1][2], pps
+    return us, loss, ok[-1][2], pps
 n = sys.argv[2]
 print(f"{'B':<5} {'msg/s':<6} | {'coturn':<27} | {'hermes-1w':<27} | {'hermes-'+n+'w':<27} | pkt/cpu-s vs coturn")
 print(f"{'':<5} {'total':<6} | {'loss%  rtt_ms  us/pkt':<27} | {'loss%  rtt_ms  us/pkt':<27} | {'loss%  rtt_ms  us/pkt':<27} | 1w     {n}w")
 for key in order:
     r = rows[key]
-    c, h1, hn = cell(r["coturn"]), cell(r["h1"]), cell(r["hn"])
+    c, h1, hn = cell(r["coturn"], "coturn", key), cell(r["h1"], "h1", key), cell(r["hn"], "hn", key)
     fmt = lambda x: f"{x[1]:<6.3f} {x[2]:<7} {x[0]:<6.2f}"
     print(f"{key[0]:<5} {key[1]:<6} | {fmt(c):<27} | {fmt(h1):<27} | {fmt(hn):<27} | "
           f"{h1[3]/max(c[3], 1e-9):.2f}x  {hn[3]/max(c[3], 1e-9):.2f}x")
+for name, key in failed:
+    print(f"failed run left out: {name} {key[0]} B {key[1]} msg/s (uclient reported no totals; see above)")
 PY
 echo
 for name in coturn h1 hn; do

@@ -4,7 +4,7 @@
 //! Precedence: flag/env > turnserver.conf > built-in default. The coturn keys understood are
 //! listening-port, listening-ip, tls-listening-port, min-port, max-port, realm,
 //! use-auth-secret, static-auth-secret, external-ip, relay-ip, denied-peer-ip,
-//! allowed-peer-ip, user-quota, total-quota, max-bps, cert, pkey, no-tls (plus a few
+//! allowed-peer-ip, user-quota, total-quota, max-bps, cert, pkey, no-tls, no-tcp-relay (plus a few
 //! harmless ones ignored silently, see [`IGNORED_KEYS`]); any other key is a start-up error,
 //! so nobody believes an option is applied when it is not.
 
@@ -136,6 +136,12 @@ pub struct Config {
     /// by itself where the kernel or device lacks it).
     #[arg(long, env = "TURN_GSO", default_value_t = true, action = clap::ArgAction::Set)]
     pub turn_gso: bool,
+
+    /// Grant RFC 6062 TCP relays (REQUESTED-TRANSPORT TCP from TCP/TLS clients); `false`
+    /// answers them 442, as coturn's `no-tcp-relay`. Peers reach TCP relays on the relay port
+    /// range over TCP.
+    #[arg(long, env = "TURN_TCP_RELAY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub turn_tcp_relay: bool,
 }
 
 /// Most workers a process starts, whatever the core count.
@@ -201,7 +207,6 @@ pub const IGNORED_KEYS: &[&str] = &[
     "no-cli",
     "no-multicast-peers",
     "no-loopback-peers",
-    "no-tcp-relay",
     "no-dtls",
     "no-rfc5780",
     "no-stun-backward-compatibility",
@@ -242,6 +247,7 @@ pub struct ConfFile {
     pub cert: Option<PathBuf>,
     pub pkey: Option<PathBuf>,
     pub no_tls: bool,
+    pub no_tcp_relay: bool,
     pub allow_loopback_peers: bool,
 }
 
@@ -299,6 +305,7 @@ impl ConfFile {
                 "cert" => c.cert = Some(PathBuf::from(val()?)),
                 "pkey" => c.pkey = Some(PathBuf::from(val()?)),
                 "no-tls" => c.no_tls = true,
+                "no-tcp-relay" => c.no_tcp_relay = true,
                 "allow-loopback-peers" => c.allow_loopback_peers = true,
                 k if IGNORED_KEYS.contains(&k) => {}
                 _ => {
@@ -436,6 +443,7 @@ impl Config {
         core.max_permissions = self.turn_max_permissions.max(1);
         core.max_bps = self.turn_max_bps.or(file.max_bps).unwrap_or(1_250_000);
         core.filter = filter;
+        core.tcp_relay = self.turn_tcp_relay && !file.no_tcp_relay;
 
         let workers = resolve_workers(self.turn_workers, core.min_port, core.max_port);
         Ok(Settings {
@@ -540,9 +548,10 @@ mod tests {
              realm=example.org\nuse-auth-secret\nstatic-auth-secret=s3cr3t # trailing\n\
              external-ip=203.0.113.5/10.0.0.5\nrelay-ip=10.0.0.5\ndenied-peer-ip=10.0.0.0-10.255.255.255\n\
              allowed-peer-ip=10.9.0.1\nuser-quota=3\ntotal-quota=100\nmax-bps=64000\n\
-             cert=/etc/c.pem\npkey=/etc/k.pem\nno-tls\nfingerprint\n",
+             cert=/etc/c.pem\npkey=/etc/k.pem\nno-tls\nno-tcp-relay\nfingerprint\n",
         )
         .unwrap();
+        assert!(c.no_tcp_relay);
         assert_eq!(c.listening_port, Some(3479));
         assert_eq!(c.tls_listening_port, Some(5350));
         assert_eq!((c.min_port, c.max_port), (Some(50000), Some(50010)));

@@ -68,8 +68,9 @@ pub fn conn_worker(id: ConnId) -> usize {
 
 /// How long a connected peer waits for the client's ConnectionBind (RFC 6062 §5.2, §5.3).
 pub const CONNECTION_BIND_TIMEOUT_MS: u64 = 30_000;
-/// Unbound TCP peer connections one allocation may hold.
-pub const MAX_PENDING_CONNECTIONS: usize = 16;
+/// TCP peer connections one allocation may hold, in every state (being connected, waiting
+/// for ConnectionBind, piped).
+pub const MAX_TCP_CONNECTIONS: usize = 16;
 
 /// How a client reaches us: UDP listener number, or a stream (TCP/TLS) connection id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -128,6 +129,8 @@ pub struct CoreConfig {
     pub max_bps: u64,
     pub filter: PeerFilter,
     pub software: Option<String>,
+    /// Grant RFC 6062 TCP relays.
+    pub tcp_relay: bool,
 }
 
 impl CoreConfig {
@@ -150,6 +153,7 @@ impl CoreConfig {
             max_bps: 0,
             filter: PeerFilter::default(),
             software: Some("hermes-turn".into()),
+            tcp_relay: true,
         }
     }
 }
@@ -221,7 +225,8 @@ pub enum Command {
         peer: SocketAddr,
     },
     /// RFC 6062 ConnectionBind succeeded: send `response` on the client connection `to`, then
-    /// join that connection with peer connection `id` of relay `relay`.
+    /// join that connection with peer connection `id` of relay `relay`; report the end of
+    /// the pipe with [`Server::pipe_closed`].
     BindConnection {
         to: Client,
         relay: RelayId,
@@ -303,7 +308,7 @@ struct Allocation {
     tcp: bool,
 }
 
-/// An RFC 6062 connection between a TCP relay and a peer, before ConnectionBind.
+/// An RFC 6062 connection between a TCP relay and a peer.
 #[derive(Debug)]
 struct PeerConn {
     relay: RelayId,
@@ -317,6 +322,9 @@ enum PeerConnState {
     Connecting { txid: [u8; 12] },
     /// Connected; ConnectionBind must come before `deadline` (unix ms).
     Waiting { deadline: u64 },
+    /// Bound: the I/O layer pipes it to a client data connection until
+    /// [`Server::pipe_closed`].
+    Piped,
 }
 
 impl Allocation {
@@ -445,7 +453,7 @@ pub struct Server {
     data_txid: u64,
     draining: bool,
     stats: Stats,
-    /// RFC 6062 connections not bound yet, by CONNECTION-ID.
+    /// RFC 6062 connections, by CONNECTION-ID.
     conns: HashMap<ConnId, PeerConn>,
     worker: u8,
     next_conn: u32,
@@ -1133,6 +1141,9 @@ impl Server {
         let tcp = match transport.protocol.0 {
             17 => false,
             // RFC 6062 §5.1: a TCP relay only for a client that came over TCP or TLS.
+            6 if !self.cfg.tcp_relay => {
+                return Err((reject(442, "Unsupported Transport Protocol"), key));
+            }
             6 if from.is_stream() => true,
             6 => {
                 return Err((
@@ -1377,7 +1388,7 @@ impl Server {
         }
     }
 
-    fn pending_connections(&self, relay: RelayId) -> usize {
+    fn tcp_connections(&self, relay: RelayId) -> usize {
         self.conns.values().filter(|c| c.relay == relay).count()
     }
 
@@ -1416,7 +1427,7 @@ impl Server {
         if self.conns.values().any(|c| c.relay == id && c.peer == peer) {
             return Err((reject(446, "Connection Already Exists"), key));
         }
-        if self.pending_connections(id) >= MAX_PENDING_CONNECTIONS {
+        if self.tcp_connections(id) >= MAX_TCP_CONNECTIONS {
             self.metrics.quota(Quota::Permissions).inc();
             return Err((reject(508, "Insufficient Capacity: connections"), key));
         }
@@ -1512,7 +1523,7 @@ impl Server {
             return None;
         }
         if !a.permitted(peer.ip(), now)
-            || self.pending_connections(relay) >= MAX_PENDING_CONNECTIONS
+            || self.tcp_connections(relay) >= MAX_TCP_CONNECTIONS
             || self
                 .conns
                 .values()
@@ -1595,7 +1606,9 @@ impl Server {
             self.metrics.auth_failures.inc();
             return Err((reject(441, "Wrong Credentials"), None));
         }
-        self.conns.remove(&id);
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.state = PeerConnState::Piped;
+        }
         let mut setters: Vec<Box<dyn Setter>> = Vec::new();
         if let Some(s) = &self.cfg.software {
             setters.push(Box::new(TextAttribute::new(ATTR_SOFTWARE, s.clone())));
@@ -1616,8 +1629,20 @@ impl Server {
         Ok(())
     }
 
-    /// RFC 6062 connections not bound yet (tests and metrics).
-    pub fn pending_connection_count(&self) -> usize {
+    /// A pipe made for [`Command::BindConnection`] ended (either side closed, or it could
+    /// not be set up): the allocation may open another connection in its place.
+    pub fn pipe_closed(&mut self, id: ConnId) {
+        if self
+            .conns
+            .get(&id)
+            .is_some_and(|c| matches!(c.state, PeerConnState::Piped))
+        {
+            self.conns.remove(&id);
+        }
+    }
+
+    /// RFC 6062 connections in every state (tests and metrics).
+    pub fn tcp_connection_count(&self) -> usize {
         self.conns.len()
     }
 }

@@ -1005,6 +1005,15 @@ fn tcp_relay_needs_a_stream_client_and_refuses_channels() {
     let r = u.connect(&mut h, peer(9000));
     assert_eq!(code(&r[0]), Some(400));
     assert!(h.connects.is_empty());
+
+    // Switched off (TURN_TCP_RELAY=false, coturn's no-tcp-relay): 442, as for any transport
+    // not offered.
+    let mut cfg = config();
+    cfg.tcp_relay = false;
+    let mut h = H::new(cfg);
+    let mut c = C::new(stream_client(1), "alice", T0, 600);
+    assert_eq!(code(&c.allocate_tcp(&mut h)), Some(442));
+    assert_eq!(h.s.allocation_count(), 0);
 }
 
 #[test]
@@ -1046,10 +1055,15 @@ fn connect_then_connection_bind_joins_the_connections() {
     let r = c.connection_bind(&mut h, stream_client(3), id);
     assert_eq!(code(&r[0]), Some(400));
     assert_eq!(
-        h.s.pending_connection_count(),
-        1,
-        "the incoming one still waits"
+        h.s.tcp_connection_count(),
+        2,
+        "the piped one and the incoming one that waits"
     );
+    // A piped connection still counts: a second Connect to its peer is 446 until it ends.
+    assert_eq!(code(&c.connect(&mut h, peer(9000))[0]), Some(446));
+    h.s.pipe_closed(id);
+    assert_eq!(h.s.tcp_connection_count(), 1);
+    assert!(c.connect(&mut h, peer(9000)).is_empty());
 }
 
 #[test]
@@ -1073,7 +1087,7 @@ fn connection_bind_needs_the_allocations_credentials() {
     let r = c.connection_bind(&mut h, c.addr, id);
     assert_eq!(code(&r[0]), Some(400));
     assert!(h.bound.is_empty());
-    assert_eq!(h.s.pending_connection_count(), 1);
+    assert_eq!(h.s.tcp_connection_count(), 1);
 }
 
 #[test]
@@ -1101,7 +1115,7 @@ fn failed_connect_is_447_and_special_purpose_peers_403() {
     assert!(!h.s.peer_connected(id, false, h.now));
     let r = h.run(c.addr);
     assert_eq!(code(&r[0]), Some(447));
-    assert_eq!(h.s.pending_connection_count(), 0);
+    assert_eq!(h.s.tcp_connection_count(), 0);
     // The same peer may be tried again.
     assert!(c.connect(&mut h, peer(9001)).is_empty());
     assert_eq!(h.connects.len(), 2);
@@ -1147,7 +1161,7 @@ fn ending_a_tcp_allocation_drops_its_waiting_connections() {
     want.sort_unstable();
     assert_eq!(dropped, want);
     assert_eq!(h.closed, vec![0]);
-    assert_eq!(h.s.pending_connection_count(), 0);
+    assert_eq!(h.s.tcp_connection_count(), 0);
 }
 
 #[test]
@@ -1159,4 +1173,31 @@ fn connection_ids_name_their_worker() {
     c.connect(&mut h, peer(9000));
     let id = h.connects[0].0;
     assert_eq!(conn_worker(id), 3);
+}
+
+#[test]
+fn an_allocation_holds_at_most_16_tcp_connections_in_any_state() {
+    let mut h = H::new(config());
+    let mut c = C::new(stream_client(1), "alice", T0, 600);
+    assert!(is_success(&c.allocate_tcp(&mut h)));
+    for i in 0..MAX_TCP_CONNECTIONS as u16 {
+        assert!(c.connect(&mut h, peer(9000 + i)).is_empty());
+    }
+    // Some connected and bound, some waiting, some still connecting: all count.
+    for (n, &(id, _, _)) in h.connects.clone().iter().enumerate().take(8) {
+        assert!(h.s.peer_connected(id, true, h.now));
+        h.run(c.addr);
+        if n < 4 {
+            assert!(
+                c.connection_bind(&mut h, stream_client(10 + n as u64), id)
+                    .is_empty()
+            );
+        }
+    }
+    assert_eq!(h.bound.len(), 4);
+    assert_eq!(code(&c.connect(&mut h, peer(9999))[0]), Some(508));
+    assert_eq!(h.s.peer_accepted(0, peer(9998), h.now), None);
+    // One pipe ends: room for one more.
+    h.s.pipe_closed(h.bound[0].2);
+    assert!(c.connect(&mut h, peer(9999)).is_empty());
 }

@@ -198,6 +198,7 @@ fn connect_bind_and_pipe_both_ways_then_deleting_the_allocation_closes_the_pipes
 
     // Client-initiated (Connect), to three peers: each data connection may land on any worker.
     let mut pipes = Vec::new();
+    let mut listeners = Vec::new();
     for i in 0..3 {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let id = control
@@ -210,7 +211,26 @@ fn connect_bind_and_pipe_both_ways_then_deleting_the_allocation_closes_the_pipes
         let mut peer = peer;
         echo_both_ways(&mut data.sock, &mut peer, &format!("connect {i}"));
         pipes.push((data, peer));
+        listeners.push(listener);
     }
+    // While a pipe lives, its peer cannot be connected twice (446); once both ends close, the
+    // relay hears of it and the same peer may be connected again.
+    let first = listeners[0].local_addr().unwrap();
+    assert_eq!(control.connect_peer(first), Err(446));
+    drop(pipes.remove(0));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let id = loop {
+        match control.connect_peer(first) {
+            Ok(id) => break id,
+            Err(446) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            other => panic!("connect after the pipe closed: {other:?}"),
+        }
+    };
+    let (mut peer, _) = listeners[0].accept().unwrap();
+    let mut data = control.data_connection(relay.addr());
+    assert_eq!(data.connection_bind(id), None);
+    echo_both_ways(&mut data.sock, &mut peer, "again");
+    pipes.push((data, peer));
 
     // Peer-initiated: the Connects installed a permission for 127.0.0.1.
     let mut incoming = TcpStream::connect(relayed).unwrap();

@@ -33,7 +33,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::io::batch::{self, RecvBatch, SendBatch};
 use crate::io::gso;
 use crate::io::stream::StreamOut;
-use crate::io::tcp_relay::{self, Pipe, TcpRelay};
+use crate::io::tcp_relay::{self, Pipe, PipeDone, TcpRelay};
 use crate::server::{Client, Command, ConnId, Event, Forward, RelayId, Server, Via};
 use crate::wire;
 
@@ -71,6 +71,10 @@ pub enum EngineMsg {
     PeerConnected {
         id: ConnId,
         stream: Option<tokio::net::TcpStream>,
+    },
+    /// The pipe of RFC 6062 connection `id` ended.
+    PipeClosed {
+        id: ConnId,
     },
     /// A peer connected to the TCP relay of `relay` (bound at `bind`).
     PeerAccepted {
@@ -404,6 +408,7 @@ impl Engine {
                 }
                 self.commands(now);
             }
+            EngineMsg::PipeClosed { id } => self.core.pipe_closed(id),
             EngineMsg::PeerAccepted {
                 relay,
                 bind,
@@ -581,20 +586,32 @@ impl Engine {
                     response,
                 } => {
                     let peer = self.tcp_peers.remove(&id);
-                    let closed = self.tcp_relays.get(&relay).map(TcpRelay::closed);
+                    let relay = self.tcp_relays.get(&relay);
                     let tx = match to.via {
                         Via::Stream(conn) => self.streams.get(&conn),
                         Via::Udp(_) => None,
                     };
-                    if let (Some(peer), Some(closed), Some(tx)) = (peer, closed, tx) {
-                        let pipe = Pipe {
-                            response,
-                            peer,
-                            closed,
-                            max_bps: self.core.max_bps(),
-                            metrics: self.core.metrics().clone(),
-                        };
-                        let _ = tx.try_send(StreamOut::Pipe(Box::new(pipe)));
+                    let sent = match (peer, relay, tx) {
+                        (Some(peer), Some(relay), Some(tx)) => {
+                            let pipe = Pipe {
+                                done: PipeDone {
+                                    id,
+                                    engine: self.me.clone(),
+                                },
+                                response,
+                                peer,
+                                closed: relay.closed(),
+                                budget: relay.budget(),
+                                metrics: self.core.metrics().clone(),
+                            };
+                            tx.try_send(StreamOut::Pipe(Box::new(pipe))).is_ok()
+                        }
+                        _ => false,
+                    };
+                    if !sent {
+                        // The client connection or the peer is gone: no pipe to wait for (a
+                        // pipe refused by a full queue reports itself when dropped).
+                        self.core.pipe_closed(id);
                     }
                 }
                 Command::DropPeer { id } => {
@@ -638,7 +655,7 @@ impl Engine {
         let Some(rt) = &self.rt else {
             return false;
         };
-        match tcp_relay::listen(rt, relay, bind, self.me.clone()) {
+        match tcp_relay::listen(rt, relay, bind, self.core.max_bps(), self.me.clone()) {
             Ok(r) => {
                 self.tcp_relays.insert(relay, r);
                 true

@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hermes_service::metrics::Counter;
@@ -28,19 +29,74 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read size of a pipe direction.
 const PIPE_CHUNK: usize = 16 * 1024;
 
-/// One TCP relay's listener task, and the switch that closes its piped connections when the
-/// allocation ends.
+/// One TCP relay's listener task, the switch that closes its piped connections when the
+/// allocation ends, and the bandwidth budget its pipes share.
 #[derive(Debug)]
 pub struct TcpRelay {
     pub bind: SocketAddr,
     accept: tokio::task::AbortHandle,
     closed: watch::Sender<bool>,
+    budget: Arc<Budget>,
 }
 
 impl TcpRelay {
     /// A receiver that sees `true` (or the relay dropped) when the allocation ends.
     pub fn closed(&self) -> watch::Receiver<bool> {
         self.closed.subscribe()
+    }
+
+    pub fn budget(&self) -> Arc<Budget> {
+        self.budget.clone()
+    }
+}
+
+/// The per-allocation bandwidth cap (`TURN_MAX_BPS`, each way) shared by all the pipes of one
+/// TCP relay: one-second windows counted with atomics (a pipe that overdraws a window waits
+/// for the next one).
+#[derive(Debug)]
+pub struct Budget {
+    max_bps: u64,
+    epoch: Instant,
+    up: Window,
+    down: Window,
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    start_ms: AtomicU64,
+    used: AtomicU64,
+}
+
+impl Budget {
+    pub fn new(max_bps: u64) -> Self {
+        Self {
+            max_bps,
+            epoch: Instant::now(),
+            up: Window::default(),
+            down: Window::default(),
+        }
+    }
+
+    /// Count `n` bytes of one direction; how long to wait before sending more.
+    fn take(&self, to_peer: bool, n: usize) -> Option<Duration> {
+        if self.max_bps == 0 {
+            return None;
+        }
+        let w = if to_peer { &self.up } else { &self.down };
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let start = w.start_ms.load(Ordering::Relaxed);
+        if now >= start + 1000
+            && w.start_ms
+                .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            w.used.store(0, Ordering::Relaxed);
+        }
+        let used = w.used.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        (used >= self.max_bps).then(|| {
+            let end = w.start_ms.load(Ordering::Relaxed) + 1000;
+            Duration::from_millis(end.saturating_sub(now).max(1))
+        })
     }
 }
 
@@ -54,13 +110,32 @@ impl Drop for TcpRelay {
 /// A connected peer joined to a client's data connection (what the stream task needs).
 #[derive(Debug)]
 pub struct Pipe {
+    /// Tells the engine that holds the connection when the pipe is gone, however it ends.
+    pub done: PipeDone,
     /// The ConnectionBind success response, written before any piped byte.
     pub response: Vec<u8>,
     pub peer: TcpStream,
     pub closed: watch::Receiver<bool>,
-    /// Bytes per second each way; 0 = unlimited.
-    pub max_bps: u64,
+    pub budget: Arc<Budget>,
     pub metrics: Arc<Metrics>,
+}
+
+/// Reports [`EngineMsg::PipeClosed`] to the engine when dropped.
+pub struct PipeDone {
+    pub id: ConnId,
+    pub engine: EngineHandle,
+}
+
+impl std::fmt::Debug for PipeDone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipeDone").field("id", &self.id).finish()
+    }
+}
+
+impl Drop for PipeDone {
+    fn drop(&mut self) {
+        self.engine.send(EngineMsg::PipeClosed { id: self.id });
+    }
 }
 
 /// A TCP socket bound to a relay address. SO_REUSEPORT lets the connections the server opens
@@ -83,6 +158,7 @@ pub fn listen(
     rt: &Handle,
     relay: RelayId,
     bind: SocketAddr,
+    max_bps: u64,
     engine: EngineHandle,
 ) -> std::io::Result<TcpRelay> {
     let s = relay_socket(bind)?;
@@ -118,6 +194,7 @@ pub fn listen(
         bind,
         accept,
         closed,
+        budget: Arc::new(Budget::new(max_bps)),
     })
 }
 
@@ -156,8 +233,9 @@ where
     let Pipe {
         peer,
         mut closed,
-        max_bps,
+        budget,
         metrics,
+        done: _done,
         ..
     } = pipe;
     let (mut from_peer, mut to_peer) = peer.into_split();
@@ -170,7 +248,7 @@ where
         copy(
             &mut from_client,
             &mut to_peer,
-            max_bps,
+            (&budget, true),
             &metrics.packets_to_peer,
             &metrics.bytes_to_peer,
         )
@@ -179,7 +257,7 @@ where
     let down = copy(
         &mut from_peer,
         &mut to_client,
-        max_bps,
+        (&budget, false),
         &metrics.packets_to_client,
         &metrics.bytes_to_client,
     );
@@ -190,11 +268,11 @@ where
 }
 
 /// Copy until end of stream (then half-close the writer), counting each read as a packet and
-/// pacing to `max_bps` bytes per second (0 = unlimited).
+/// holding to the allocation's budget for this direction.
 async fn copy<R, W>(
     r: &mut R,
     w: &mut W,
-    max_bps: u64,
+    (budget, to_peer): (&Budget, bool),
     packets: &Counter,
     bytes: &Counter,
 ) -> std::io::Result<()>
@@ -203,8 +281,6 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; PIPE_CHUNK];
-    let mut window = Instant::now();
-    let mut in_window = 0u64;
     loop {
         let n = r.read(&mut buf).await?;
         if n == 0 {
@@ -213,16 +289,26 @@ where
         w.write_all(&buf[..n]).await?;
         packets.inc();
         bytes.add(n as u64);
-        if max_bps > 0 {
-            in_window += n as u64;
-            if in_window >= max_bps {
-                let spent = window.elapsed();
-                if spent < Duration::from_secs(1) {
-                    tokio::time::sleep(Duration::from_secs(1) - spent).await;
-                }
-                window = Instant::now();
-                in_window = 0;
-            }
+        if let Some(wait) = budget.take(to_peer, n) {
+            tokio::time::sleep(wait).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_is_per_window_and_per_direction() {
+        let b = Budget::new(10_000);
+        assert_eq!(b.take(true, 6_000), None);
+        let wait = b.take(true, 6_000).expect("over the window's share");
+        assert!(wait <= Duration::from_secs(1) && wait > Duration::ZERO);
+        // The other direction has its own.
+        assert_eq!(b.take(false, 9_000), None);
+        // Unlimited never waits.
+        let free = Budget::new(0);
+        assert_eq!(free.take(true, usize::MAX / 2), None);
     }
 }
