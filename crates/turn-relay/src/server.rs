@@ -1095,6 +1095,25 @@ impl Server {
         })
     }
 
+    /// [`Server::authenticate`] for a request that must carry an existing allocation's
+    /// credentials (`username`, `key`): another valid username is 441.
+    fn authenticate_as(
+        &mut self,
+        from: Client,
+        msg: &[u8],
+        m: &Message,
+        now: u64,
+        username: &str,
+        key: [u8; 16],
+    ) -> Result<(), Reject> {
+        let auth = self.authenticate(from, msg, m, now, Some((username, key)))?;
+        if auth.username != username {
+            self.metrics.auth_failures.inc();
+            return Err(reject(441, "Wrong Credentials"));
+        }
+        Ok(())
+    }
+
     fn allocate(
         &mut self,
         from: Client,
@@ -1262,13 +1281,8 @@ impl Server {
             Some(Some(a)) if matches!(a.state, State::Active) => (a.username.clone(), a.key),
             _ => return Err((reject(437, "Allocation Mismatch"), None)),
         };
-        let auth = self
-            .authenticate(from, msg, m, now, Some((&username, key)))
+        self.authenticate_as(from, msg, m, now, &username, key)
             .map_err(|r| (r, None))?;
-        if *auth.username != *username {
-            self.metrics.auth_failures.inc();
-            return Err((reject(441, "Wrong Credentials"), None));
-        }
         let key = Some(key);
         if method == METHOD_CONNECT {
             return self.connect(id, msg, txid, now, key);
@@ -1587,10 +1601,8 @@ impl Server {
                 None,
             ));
         }
-        let id = wire::find_attr(msg, ATTR_CONNECTION_ID.0)
-            .and_then(|a| <[u8; 4]>::try_from(a.value).ok())
-            .map(u32::from_be_bytes)
-            .ok_or((reject(400, "Bad Request: CONNECTION-ID"), None))?;
+        let id =
+            wire::connection_id(msg).ok_or((reject(400, "Bad Request: CONNECTION-ID"), None))?;
         let relay = match self.conns.get(&id) {
             Some(c) if matches!(c.state, PeerConnState::Waiting { .. }) => c.relay,
             _ => return Err((reject(400, "Bad Request: unknown CONNECTION-ID"), None)),
@@ -1599,13 +1611,8 @@ impl Server {
             Some(Some(a)) => (a.username.clone(), a.key),
             _ => return Err((reject(400, "Bad Request: unknown CONNECTION-ID"), None)),
         };
-        let auth = self
-            .authenticate(from, msg, m, now, Some((&username, key)))
+        self.authenticate_as(from, msg, m, now, &username, key)
             .map_err(|r| (r, None))?;
-        if *auth.username != *username {
-            self.metrics.auth_failures.inc();
-            return Err((reject(441, "Wrong Credentials"), None));
-        }
         if let Some(c) = self.conns.get_mut(&id) {
             c.state = PeerConnState::Piped;
         }

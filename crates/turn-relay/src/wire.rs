@@ -21,6 +21,8 @@ pub const ATTR_NONCE: u16 = 0x0015;
 pub const ATTR_XOR_PEER_ADDRESS: u16 = 0x0012;
 pub const ATTR_DATA: u16 = 0x0013;
 pub const ATTR_FINGERPRINT: u16 = 0x8028;
+/// RFC 6062 §6.2.1.
+pub const ATTR_CONNECTION_ID: u16 = 0x002A;
 
 /// Method|class of a Send indication (0x0016) and Data indication (0x0017).
 pub const SEND_INDICATION: u16 = 0x0016;
@@ -153,6 +155,12 @@ impl<'a> Iterator for Attrs<'a> {
 /// First attribute of type `typ`.
 pub fn find_attr(msg: &[u8], typ: u16) -> Option<Attr<'_>> {
     attrs(msg).find(|a| a.typ == typ)
+}
+
+/// The CONNECTION-ID of an RFC 6062 message (a 4-byte attribute).
+pub fn connection_id(msg: &[u8]) -> Option<u32> {
+    let a = find_attr(msg, ATTR_CONNECTION_ID)?;
+    Some(u32::from_be_bytes(<[u8; 4]>::try_from(a.value).ok()?))
 }
 
 /// Decode an XOR-*-ADDRESS value.

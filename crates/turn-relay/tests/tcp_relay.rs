@@ -12,9 +12,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
-use stun::agent::TransactionId;
 use stun::attributes::*;
-use stun::integrity::MessageIntegrity;
 use stun::message::*;
 use stun::textattrs::TextAttribute;
 use turn::proto::PROTO_TCP;
@@ -88,27 +86,14 @@ impl StreamClient {
         self.txn += 1;
         let mut txid = [3u8; 12];
         txid[..4].copy_from_slice(&self.txn.to_be_bytes());
-        let mut all: Vec<Box<dyn Setter>> = vec![
-            Box::new(TransactionId(txid)),
-            Box::new(MessageType::new(method, CLASS_REQUEST)),
-        ];
-        all.extend(attrs);
-        if auth {
-            all.push(Box::new(TextAttribute::new(
-                ATTR_USERNAME,
-                self.username.clone(),
-            )));
-            all.push(Box::new(TextAttribute::new(ATTR_REALM, self.realm.clone())));
-            all.push(Box::new(TextAttribute::new(ATTR_NONCE, self.nonce.clone())));
-            all.push(Box::new(MessageIntegrity::new_long_term_integrity(
-                self.username.clone(),
-                self.realm.clone(),
-                self.password.clone(),
-            )));
-        }
-        let mut m = Message::new();
-        m.build(&all).unwrap();
-        self.sock.write_all(&m.raw).unwrap();
+        let creds = auth.then_some(Credentials {
+            username: &self.username,
+            password: &self.password,
+            realm: &self.realm,
+            nonce: &self.nonce,
+        });
+        let raw = encode_request(method, txid, attrs, creds);
+        self.sock.write_all(&raw).unwrap();
         loop {
             let r = self.read_message();
             if r.transaction_id.0 == txid {

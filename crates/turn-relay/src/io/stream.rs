@@ -35,8 +35,6 @@ pub enum StreamOut {
 
 /// STUN type of a ConnectionBind request (RFC 6062 §6.1).
 const CONNECTION_BIND_REQUEST: u16 = 0x000B;
-/// CONNECTION-ID attribute (RFC 6062 §6.2.1).
-const ATTR_CONNECTION_ID: u16 = 0x002A;
 
 /// The worker a ConnectionBind request is meant for (from its CONNECTION-ID).
 fn connection_bind_worker(frame: &[u8]) -> Option<usize> {
@@ -44,9 +42,7 @@ fn connection_bind_worker(frame: &[u8]) -> Option<usize> {
         wire::Kind::Stun { typ, .. } if typ == CONNECTION_BIND_REQUEST => {}
         _ => return None,
     }
-    let id = wire::find_attr(frame, ATTR_CONNECTION_ID)?;
-    let id = u32::from_be_bytes(<[u8; 4]>::try_from(id.value).ok()?);
-    Some(conn_worker(id))
+    wire::connection_id(frame).map(conn_worker)
 }
 
 /// Longest silence on a client connection. Clients refresh allocations every few minutes

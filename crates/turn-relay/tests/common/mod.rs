@@ -241,6 +241,45 @@ pub struct TurnClient {
     txn: u32,
 }
 
+/// Long-term credentials and the server's realm and nonce, for an authenticated request.
+pub struct Credentials<'a> {
+    pub username: &'a str,
+    pub password: &'a str,
+    pub realm: &'a str,
+    pub nonce: &'a str,
+}
+
+/// Encode a STUN request: type, transaction id, `attrs`, and with `creds` USERNAME, REALM,
+/// NONCE and MESSAGE-INTEGRITY.
+pub fn encode_request(
+    method: Method,
+    txid: [u8; 12],
+    attrs: Vec<Box<dyn Setter>>,
+    creds: Option<Credentials<'_>>,
+) -> Vec<u8> {
+    let mut all: Vec<Box<dyn Setter>> = vec![
+        Box::new(TransactionId(txid)),
+        Box::new(MessageType::new(method, CLASS_REQUEST)),
+    ];
+    all.extend(attrs);
+    if let Some(c) = creds {
+        all.push(Box::new(TextAttribute::new(
+            ATTR_USERNAME,
+            c.username.into(),
+        )));
+        all.push(Box::new(TextAttribute::new(ATTR_REALM, c.realm.into())));
+        all.push(Box::new(TextAttribute::new(ATTR_NONCE, c.nonce.into())));
+        all.push(Box::new(MessageIntegrity::new_long_term_integrity(
+            c.username.into(),
+            c.realm.into(),
+            c.password.into(),
+        )));
+    }
+    let mut m = Message::new();
+    m.build(&all).unwrap();
+    m.raw
+}
+
 pub fn error_code(m: &Message) -> Option<u16> {
     let mut e = ErrorCodeAttribute::default();
     e.get_from(m).ok().map(|_| e.code.0)
@@ -271,27 +310,14 @@ impl TurnClient {
         self.txn += 1;
         let mut txid = [7u8; 12];
         txid[..4].copy_from_slice(&self.txn.to_be_bytes());
-        let mut all: Vec<Box<dyn Setter>> = vec![
-            Box::new(TransactionId(txid)),
-            Box::new(MessageType::new(method, CLASS_REQUEST)),
-        ];
-        all.extend(attrs);
-        if auth {
-            all.push(Box::new(TextAttribute::new(
-                ATTR_USERNAME,
-                self.username.clone(),
-            )));
-            all.push(Box::new(TextAttribute::new(ATTR_REALM, self.realm.clone())));
-            all.push(Box::new(TextAttribute::new(ATTR_NONCE, self.nonce.clone())));
-            all.push(Box::new(MessageIntegrity::new_long_term_integrity(
-                self.username.clone(),
-                self.realm.clone(),
-                self.password.clone(),
-            )));
-        }
-        let mut m = Message::new();
-        m.build(&all).unwrap();
-        self.sock.send_to(&m.raw, self.server).unwrap();
+        let creds = auth.then_some(Credentials {
+            username: &self.username,
+            password: &self.password,
+            realm: &self.realm,
+            nonce: &self.nonce,
+        });
+        let raw = encode_request(method, txid, attrs, creds);
+        self.sock.send_to(&raw, self.server).unwrap();
         let mut buf = [0u8; 2048];
         loop {
             let (n, _) = self
