@@ -119,10 +119,23 @@ pub struct Config {
     #[arg(long, env = "TURN_DRAIN_SECS", default_value_t = 25)]
     pub turn_drain_secs: u64,
 
-    /// Relay worker threads, each with its own SO_REUSEPORT listener socket, allocations and
+    /// Relay workers, each with its own SO_REUSEPORT listener socket, allocations and
     /// relay ports (the port range is split between them). 0 = one per CPU core.
     #[arg(long, env = "TURN_WORKERS", default_value_t = 0)]
     pub turn_workers: usize,
+
+    /// How threads run the workers. `adaptive`: as few threads as the load needs (all
+    /// workers share one thread while it is idle most of the time; a thread busy over
+    /// `TURN_THREAD_SPLIT_PERCENT` of its time hands half of its workers to another), since
+    /// waking a sleeping thread on another core costs more CPU than relaying a packet.
+    /// `fixed`: one thread per worker at all times.
+    #[arg(long, env = "TURN_WORKER_THREADS", default_value = "adaptive", value_parser = ["adaptive", "fixed"])]
+    pub turn_worker_threads: String,
+
+    /// Busy share (percent of wall time) above which an adaptive thread with several
+    /// workers hands half of them to another thread.
+    #[arg(long, env = "TURN_THREAD_SPLIT_PERCENT", default_value_t = 60, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub turn_thread_split_percent: u32,
 
     /// SO_RCVBUF/SO_SNDBUF of the listener sockets (capped by net.core.rmem_max).
     #[arg(long, env = "TURN_SOCKET_BUFFER", default_value_t = 4 << 20)]
@@ -183,8 +196,12 @@ pub struct Settings {
     pub metrics_listen: SocketAddr,
     pub drain_secs: u64,
     pub max_stream_connections: usize,
-    /// Worker threads, resolved (at least 1).
+    /// Workers, resolved (at least 1).
     pub workers: usize,
+    /// Adaptive thread count (see `io/runner.rs`), or one thread per worker.
+    pub adaptive_threads: bool,
+    /// Busy share, in per mille, above which an adaptive thread splits its workers.
+    pub split_permille: u32,
     pub socket_buffer: usize,
     pub relay_socket_buffer: usize,
     pub gso: bool,
@@ -456,6 +473,8 @@ impl Config {
             drain_secs: self.turn_drain_secs,
             max_stream_connections: self.turn_max_stream_connections,
             workers,
+            adaptive_threads: self.turn_worker_threads == "adaptive",
+            split_permille: self.turn_thread_split_percent * 10,
             socket_buffer: self.turn_socket_buffer,
             relay_socket_buffer: self.turn_relay_socket_buffer,
             gso: self.turn_gso,

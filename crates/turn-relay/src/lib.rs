@@ -6,8 +6,8 @@
 //! - [`peer_filter`]: which peers may be relayed to (special-purpose ranges refused).
 //! - [`server`]: the sans-IO TURN core.
 //! - [`config`]: flags/env and coturn `turnserver.conf`.
-//! - [`io`]: the mio data-plane workers (one per core, SO_REUSEPORT), TCP/TLS clients,
-//!   metrics HTTP.
+//! - [`io`]: the mio data-plane workers (one per core, SO_REUSEPORT) and the threads that run
+//!   them, TCP/TLS clients, metrics HTTP.
 //! - [`metrics`]: live counters for `/metrics`.
 //!
 //! Architecture invariant: the core (`server`, `wire`, `auth`, `peer_filter`) does no I/O and
@@ -67,7 +67,14 @@ pub async fn run(settings: Settings, mut shutdown: Shutdown) -> Result<(), TurnE
             TurnError::io(format!("binding UDP {udp_addr} (SO_REUSEPORT)")),
         )?);
     }
-    tracing::info!("listening on {udp_addr} (udp, {workers} workers)");
+    tracing::info!(
+        "listening on {udp_addr} (udp, {workers} workers, {} threads)",
+        if settings.adaptive_threads {
+            "adaptive"
+        } else {
+            "fixed"
+        }
+    );
     let tcp_addr = SocketAddr::new(settings.listen.ip(), udp_addr.port());
     let tcp = TcpListener::bind(tcp_addr)
         .await
@@ -115,6 +122,7 @@ pub async fn run(settings: Settings, mut shutdown: Shutdown) -> Result<(), TurnE
     tracing::info!(gso, "UDP segmentation offload");
     let ledger = Arc::new(AllocationLedger::default());
     let mut handles = Vec::with_capacity(workers);
+    let mut shards = Vec::with_capacity(workers);
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(workers);
     for (index, udp) in listeners.into_iter().enumerate() {
         let mut cfg = settings.core.clone();
@@ -127,6 +135,10 @@ pub async fn run(settings: Settings, mut shutdown: Shutdown) -> Result<(), TurnE
             Engine::new(core, udp, events.clone(), settings.relay_socket_buffer, gso)
                 .map_err(TurnError::io("starting a relay worker"))?;
         handles.push(handle);
+        if settings.adaptive_threads {
+            shards.push(engine);
+            continue;
+        }
         let done_tx = done_tx.clone();
         std::thread::Builder::new()
             .name(format!("turn-relay-{index}"))
@@ -135,6 +147,19 @@ pub async fn run(settings: Settings, mut shutdown: Shutdown) -> Result<(), TurnE
                 let _ = done_tx.try_send(());
             })
             .map_err(TurnError::io("spawning a relay worker thread"))?;
+        metrics.worker_threads.inc();
+    }
+    if settings.adaptive_threads {
+        let done_tx = done_tx.clone();
+        io::runner::spawn(
+            shards,
+            io::runner::Balancer::new(settings.split_permille),
+            metrics.clone(),
+            move || {
+                let _ = done_tx.try_send(());
+            },
+        )
+        .map_err(TurnError::io("spawning relay worker threads"))?;
     }
     drop(done_tx);
     let engines = Engines::new(handles);

@@ -53,6 +53,10 @@ pub struct Metrics {
     pub gso_sends: Counter,
     pub gso_datagrams: Counter,
     pub draining: AtomicBool,
+    /// Threads running relay workers right now (`io/runner.rs`).
+    pub worker_threads: Gauge,
+    /// Workers handed from one thread to another since start.
+    pub worker_moves: Counter,
 }
 
 impl Metrics {
@@ -166,6 +170,30 @@ impl Metrics {
                 self.quota(q).get() as f64,
             );
         }
+        header(
+            &mut out,
+            "hermes_turn_worker_threads",
+            "gauge",
+            "Threads running relay workers now (adaptive: follows the load).",
+        );
+        sample(
+            &mut out,
+            "hermes_turn_worker_threads",
+            &[],
+            self.worker_threads.get() as f64,
+        );
+        header(
+            &mut out,
+            "hermes_turn_worker_moves_total",
+            "counter",
+            "Relay workers handed from one thread to another.",
+        );
+        sample(
+            &mut out,
+            "hermes_turn_worker_moves_total",
+            &[],
+            self.worker_moves.get() as f64,
+        );
         header(
             &mut out,
             "hermes_turn_draining",

@@ -1,7 +1,9 @@
-//! The data plane: one worker OS thread per core, each owning its own sans-IO [`Server`], its
+//! The data plane: one worker per core, each owning its own sans-IO [`Server`], its
 //! own UDP listener socket (all bound to the same address with SO_REUSEPORT, so the kernel
 //! spreads clients across workers by 5-tuple hash) and the relay sockets of its allocations,
-//! multiplexed with mio (epoll). Each worker is the single owner of its state, so no locks
+//! multiplexed with mio (epoll). A worker runs on one thread at a time (its own with
+//! `TURN_WORKER_THREADS=fixed`, else shared as `runner.rs` decides, one [`Engine::turn`] at a
+//! time). Each worker is the single owner of its state, so no locks
 //! anywhere on the packet path (the shared allocation ledger is touched only when an
 //! allocation is created or removed); datagrams are received with `recvmmsg` into reused
 //! slots (with headroom for the ChannelData/Data-indication header, see `batch.rs`), handed
@@ -183,6 +185,21 @@ pub struct Engine {
     /// GSO sends of peer runs since the last fold into the metrics.
     peer_gso: gso::Tally,
     drain_deadline: Option<u64>,
+    polled: Events,
+    /// Sockets to serve this turn, and those whose budget ran out (served again next turn).
+    ready: Vec<Token>,
+    again: Vec<Token>,
+}
+
+/// What one [`Engine::turn`] tells the thread that runs the worker.
+#[derive(Debug, Clone, Copy)]
+pub struct Turn {
+    /// The worker has stopped (or its drain completed): call [`Engine::finish`].
+    pub done: bool,
+    /// A socket was left undrained: turn again without waiting.
+    pub hot: bool,
+    /// When the core next needs a turn for its timers (unix ms).
+    pub deadline_ms: u64,
 }
 
 /// A run of datagrams from one relay socket to one peer, each a byte range of a slot of the
@@ -270,67 +287,105 @@ impl Engine {
                 gso,
                 peer_gso: gso::Tally::default(),
                 drain_deadline: None,
+                polled: Events::with_capacity(1024),
+                ready: Vec::new(),
+                again: Vec::new(),
             },
             EngineHandle { tx, waker },
         ))
     }
 
-    /// Run until stopped, or until a drain completes.
+    /// The epoll descriptor of this worker: readable whenever one of its sockets or its waker
+    /// is, so that a thread can wait for several workers at once (`io/runner.rs`).
+    pub fn poll_fd(&self) -> std::os::fd::RawFd {
+        self.poll.as_raw_fd()
+    }
+
+    /// Run on this thread until stopped, or until a drain completes.
     pub fn run(mut self) {
-        let mut events = Events::with_capacity(1024);
-        // Sockets whose budget ran out: poll them again without waiting.
-        let mut again: Vec<Token> = Vec::new();
-        let mut ready: Vec<Token> = Vec::new();
+        let mut wait = self.wait_for(self.core.poll_timeout(), false);
         loop {
+            let t = self.turn(wait);
+            if t.done {
+                break;
+            }
+            wait = self.wait_for(t.deadline_ms, t.hot);
+        }
+        self.finish();
+    }
+
+    /// How long to wait for sockets before the next turn: not at all when `hot`, else until
+    /// the core's next deadline (at least 1 ms, at most 250 ms).
+    pub fn wait_for(&self, deadline_ms: u64, hot: bool) -> Duration {
+        if hot {
+            Duration::ZERO
+        } else {
             let now = hermes_service::unix_now_ms();
-            let timeout = if again.is_empty() {
-                Duration::from_millis(self.core.poll_timeout().saturating_sub(now).clamp(1, 250))
-            } else {
-                Duration::ZERO
+            Duration::from_millis(deadline_ms.saturating_sub(now).clamp(1, 250))
+        }
+    }
+
+    /// One turn: wait up to `wait` for this worker's sockets and messages, serve what is
+    /// ready (each socket up to its batch budget), flush the sends, run the core's timers
+    /// and commands.
+    pub fn turn(&mut self, wait: Duration) -> Turn {
+        if let Err(e) = self.poll.poll(&mut self.polled, Some(wait))
+            && e.kind() != ErrorKind::Interrupted
+        {
+            tracing::error!(error = %e, "poll failed; relay stopping");
+            return Turn {
+                done: true,
+                hot: false,
+                deadline_ms: 0,
             };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
-                && e.kind() != ErrorKind::Interrupted
-            {
-                tracing::error!(error = %e, "poll failed; relay stopping");
-                return;
-            }
-            let now = hermes_service::unix_now_ms();
-            ready.clear();
-            ready.append(&mut again);
-            let mut stop = false;
-            for ev in events.iter() {
-                if ev.token() == WAKER {
-                    stop |= self.messages(now);
-                } else {
-                    ready.push(ev.token());
-                }
-            }
-            for &t in &ready {
-                let drained = if t == LISTENER {
-                    self.client_datagrams(now)
-                } else {
-                    self.peer_datagrams((t.0 - RELAY_BASE) as RelayId, now)
-                };
-                if !drained {
-                    again.push(t);
-                }
-            }
-            if !self.out.is_empty() {
-                let failed = self.out.flush(self.listener.as_raw_fd());
-                self.core.send_failed_n(failed);
-            }
-            self.fold_gso_tally();
-            self.core.handle_timeout(now);
-            self.commands(now);
-            if stop {
-                break;
-            }
-            if let Some(deadline) = self.drain_deadline
-                && (self.core.allocation_count() == 0 || now >= deadline)
-            {
-                break;
+        }
+        let now = hermes_service::unix_now_ms();
+        // Sockets whose budget ran out last turn are served again first.
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        ready.append(&mut self.again);
+        let mut stop = false;
+        let mut woken = false;
+        for ev in self.polled.iter() {
+            if ev.token() == WAKER {
+                woken = true;
+            } else {
+                ready.push(ev.token());
             }
         }
+        if woken {
+            stop |= self.messages(now);
+        }
+        for &t in &ready {
+            let drained = if t == LISTENER {
+                self.client_datagrams(now)
+            } else {
+                self.peer_datagrams((t.0 - RELAY_BASE) as RelayId, now)
+            };
+            if !drained {
+                self.again.push(t);
+            }
+        }
+        self.ready = ready;
+        if !self.out.is_empty() {
+            let failed = self.out.flush(self.listener.as_raw_fd());
+            self.core.send_failed_n(failed);
+        }
+        self.fold_gso_tally();
+        self.core.handle_timeout(now);
+        self.commands(now);
+        let drained = self
+            .drain_deadline
+            .is_some_and(|deadline| self.core.allocation_count() == 0 || now >= deadline);
+        Turn {
+            done: stop || drained,
+            hot: !self.again.is_empty(),
+            deadline_ms: self.core.poll_timeout(),
+        }
+    }
+
+    /// End this worker: cut the allocations that are left and run their last commands.
+    pub fn finish(mut self) {
         let left = self.core.allocation_count();
         self.core.shutdown();
         self.commands(hermes_service::unix_now_ms());

@@ -1,4 +1,5 @@
-//! The thin I/O layer around the sans-IO core: the mio data plane ([`engine`]), stream
+//! The thin I/O layer around the sans-IO core: the mio data plane ([`engine`]) and the
+//! threads that run its workers ([`runner`]), stream
 //! clients ([`stream`]), RFC 6062 TCP relays ([`tcp_relay`]), TLS certificate handling
 //! ([`tls`]) and the metrics endpoint ([`http`]).
 
@@ -6,6 +7,7 @@ pub mod batch;
 pub mod engine;
 pub mod gso;
 pub mod http;
+pub mod runner;
 pub mod stream;
 pub mod tcp_relay;
 pub mod tls;
