@@ -346,6 +346,9 @@ impl Engine {
         ready.append(&mut self.again);
         let mut stop = false;
         let mut woken = false;
+        // A full event list may have left ready sockets in the epoll set; they raise no new
+        // edge for a thread waiting on this worker's epoll descriptor, so turn again at once.
+        let full = self.polled.iter().count() >= self.polled.capacity();
         for ev in self.polled.iter() {
             if ev.token() == WAKER {
                 woken = true;
@@ -379,7 +382,7 @@ impl Engine {
             .is_some_and(|deadline| self.core.allocation_count() == 0 || now >= deadline);
         Turn {
             done: stop || drained,
-            hot: !self.again.is_empty(),
+            hot: full || !self.again.is_empty(),
             deadline_ms: self.core.poll_timeout(),
         }
     }
