@@ -140,7 +140,7 @@ done
 
 echo
 echo "TURN relay benchmark: $ALLOCS allocations, ChannelData, ~${SECONDS_PER_RUN}s per run, loopback, $(nproc) cores, median of $REPEAT runs"
-echo "hermes-1w: one data-plane worker; hermes-${WORKERS_N}w: the default, one worker per core (${TURN_WORKER_THREADS:-adaptive} threads)"
+echo "hermes-1w: one data-plane worker; hermes-${WORKERS_N}w: one worker per core on ${TURN_WORKER_THREADS:-adaptive} threads (the default: adaptive)"
 python3 - "$RESULTS" "$WORKERS_N" <<'PY'
 import sys, statistics
 rows = {}

@@ -346,10 +346,9 @@ impl Engine {
         ready.append(&mut self.again);
         let mut stop = false;
         let mut woken = false;
-        // A full event list may have left ready sockets in the epoll set; they raise no new
-        // edge for a thread waiting on this worker's epoll descriptor, so turn again at once.
-        let full = self.polled.iter().count() >= self.polled.capacity();
+        let mut events = 0;
         for ev in self.polled.iter() {
+            events += 1;
             if ev.token() == WAKER {
                 woken = true;
             } else {
@@ -380,6 +379,9 @@ impl Engine {
         let drained = self
             .drain_deadline
             .is_some_and(|deadline| self.core.allocation_count() == 0 || now >= deadline);
+        // A full event list may have left ready sockets in the epoll set; they raise no new
+        // edge for a thread waiting on this worker's epoll descriptor, so turn again at once.
+        let full = events >= self.polled.capacity();
         Turn {
             done: stop || drained,
             hot: full || !self.again.is_empty(),
