@@ -32,12 +32,13 @@ async fn killed_replica_clients_resume_on_the_other_with_zero_loss() {
     wait_ready(addr2).await;
     let url2 = format!("ws://{addr2}/ws");
 
-    let call = Call::create(&redis);
-    let (_pa, ta) = call.token(Role::Offerer);
-    let (pb, tb) = call.token(Role::Answerer);
-    let (mut a, _) = Client::join(&r1.url(), &ta, None).await;
-    let (mut b, _) = Client::join(&url2, &tb, None).await;
-    a.recv().await;
+    let TwoParty {
+        mut a,
+        pb,
+        tb,
+        mut b,
+        ..
+    } = TwoParty::join(&redis, &r1.url(), &url2).await;
     a.send(&ClientMessage::Offer { sdp: "o".into() }).await;
     let last = seq_of(&b.recv().await);
 
@@ -84,12 +85,9 @@ async fn redis_restart_mid_call_loses_nothing_silently() {
     // The test reads b only between steps; a browser answers pings at any time. A long idle
     // timeout keeps b from being closed for silence while a waits on the outage.
     let r = Replica::start(&redis.url(), &["--idle-timeout-ms", "60000"]).await;
-    let call = Call::create(&redis);
-    let (_pa, ta) = call.token(Role::Offerer);
-    let (_pb, tb) = call.token(Role::Answerer);
-    let (mut a, _) = Client::join(&r.url(), &ta, None).await;
-    let (mut b, _) = Client::join(&r.url(), &tb, None).await;
-    a.recv().await;
+    let TwoParty {
+        call, mut a, mut b, ..
+    } = TwoParty::join_one(&redis, &r.url()).await;
     a.send(&candidate(0)).await;
     let mut last_seq = seq_of(&b.recv().await);
 

@@ -132,12 +132,13 @@ async fn two_clients_on_two_replicas_exchange_through_redis() {
 async fn third_media_participant_is_refused_observer_is_read_only() {
     let redis = RedisServer::start();
     let r = Replica::start(&redis.url(), &[]).await;
-    let call = Call::create(&redis);
-    let (pa, ta) = call.token(Role::Offerer);
-    let (_pb, tb) = call.token(Role::Answerer);
-    let (mut a, _) = Client::join(&r.url(), &ta, None).await;
-    let (mut b, _) = Client::join(&r.url(), &tb, None).await;
-    a.recv().await; // peer-joined b
+    let TwoParty {
+        call,
+        pa,
+        mut a,
+        mut b,
+        ..
+    } = TwoParty::join_one(&redis, &r.url()).await;
 
     let (_pc, tc) = call.token(Role::Answerer);
     let mut c = Client::connect(&r.url()).await;
@@ -285,12 +286,9 @@ async fn bad_tokens_are_refused() {
 async fn malformed_and_oversized_frames_get_errors_and_abuse_is_closed() {
     let redis = RedisServer::start();
     let r = Replica::start(&redis.url(), &["--max-violations-per-min", "8"]).await;
-    let call = Call::create(&redis);
-    let (_pa, ta) = call.token(Role::Offerer);
-    let (_pb, tb) = call.token(Role::Answerer);
-    let (mut a, _) = Client::join(&r.url(), &ta, None).await;
-    let (mut b, _) = Client::join(&r.url(), &tb, None).await;
-    a.recv().await;
+    let TwoParty {
+        call, mut a, mut b, ..
+    } = TwoParty::join_one(&redis, &r.url()).await;
 
     a.send_text("{not json").await;
     assert!(is_error(&a.recv().await, SignalErrorCode::BadMessage));
@@ -372,12 +370,14 @@ impl NextClose for Client {
 async fn resume_replays_exactly_the_missed_messages_in_order() {
     let redis = RedisServer::start();
     let r = Replica::start(&redis.url(), &[]).await;
-    let call = Call::create(&redis);
-    let (pa, ta) = call.token(Role::Offerer);
-    let (pb, tb) = call.token(Role::Answerer);
-    let (mut a, _) = Client::join(&r.url(), &ta, None).await;
-    let (mut b, _) = Client::join(&r.url(), &tb, None).await;
-    a.recv().await;
+    let TwoParty {
+        pa,
+        mut a,
+        pb,
+        tb,
+        mut b,
+        ..
+    } = TwoParty::join_one(&redis, &r.url()).await;
 
     a.send(&ClientMessage::Offer { sdp: "o".into() }).await;
     let first = b.recv().await;
@@ -437,12 +437,14 @@ async fn resume_replays_exactly_the_missed_messages_in_order() {
 async fn after_the_grace_window_the_peer_has_left() {
     let redis = RedisServer::start();
     let r = Replica::start(&redis.url(), &["--grace-ms", "600"]).await;
-    let call = Call::create(&redis);
-    let (_pa, ta) = call.token(Role::Offerer);
-    let (pb, tb) = call.token(Role::Answerer);
-    let (mut a, _) = Client::join(&r.url(), &ta, None).await;
-    let (b, _) = Client::join(&r.url(), &tb, None).await;
-    a.recv().await;
+    let TwoParty {
+        call,
+        mut a,
+        pb,
+        tb,
+        b,
+        ..
+    } = TwoParty::join_one(&redis, &r.url()).await;
     b.drop_abruptly();
     assert_eq!(
         a.recv().await,
@@ -480,12 +482,12 @@ async fn a_second_connection_replaces_the_first() {
     let redis = RedisServer::start();
     let r1 = Replica::start(&redis.url(), &[]).await;
     let r2 = Replica::start(&redis.url(), &[]).await;
-    let call = Call::create(&redis);
-    let (_pa, ta) = call.token(Role::Offerer);
-    let (_pb, tb) = call.token(Role::Answerer);
-    let (mut a, _) = Client::join(&r1.url(), &ta, None).await;
-    let (mut b1, _) = Client::join(&r1.url(), &tb, None).await;
-    a.recv().await;
+    let TwoParty {
+        mut a,
+        tb,
+        b: mut b1,
+        ..
+    } = TwoParty::join_one(&redis, &r1.url()).await;
     // Same identity on the other replica, resuming.
     let (mut b2, joined) = Client::join(&r2.url(), &tb, Some(0)).await;
     assert!(matches!(
@@ -505,12 +507,14 @@ async fn hangup_ends_the_call_for_both() {
     let redis = RedisServer::start();
     let r1 = Replica::start(&redis.url(), &[]).await;
     let r2 = Replica::start(&redis.url(), &[]).await;
-    let call = Call::create(&redis);
-    let (pa, ta) = call.token(Role::Offerer);
-    let (_pb, tb) = call.token(Role::Answerer);
-    let (mut a, _) = Client::join(&r1.url(), &ta, None).await;
-    let (mut b, _) = Client::join(&r2.url(), &tb, None).await;
-    a.recv().await;
+    let TwoParty {
+        call,
+        pa,
+        mut a,
+        tb,
+        mut b,
+        ..
+    } = TwoParty::join(&redis, &r1.url(), &r2.url()).await;
     a.send(&ClientMessage::Hangup).await;
     let (seen_b, closed_b) = b.closed().await;
     assert!(
@@ -560,12 +564,9 @@ async fn hangup_ends_the_call_for_both() {
 async fn api_end_call_control_closes_everyone() {
     let redis = RedisServer::start();
     let r = Replica::start(&redis.url(), &[]).await;
-    let call = Call::create(&redis);
-    let (_pa, ta) = call.token(Role::Offerer);
-    let (_pb, tb) = call.token(Role::Answerer);
-    let (mut a, _) = Client::join(&r.url(), &ta, None).await;
-    let (mut b, _) = Client::join(&r.url(), &tb, None).await;
-    a.recv().await;
+    let TwoParty {
+        call, mut a, mut b, ..
+    } = TwoParty::join_one(&redis, &r.url()).await;
     // What the API does on POST /api/call/end.
     redis
         .raw_command(&format!(
@@ -599,12 +600,13 @@ async fn sigterm_closes_with_1012_and_clients_resume_on_another_replica() {
     let redis = RedisServer::start();
     let r1 = Replica::start(&redis.url(), &[]).await;
     let r2 = Replica::start(&redis.url(), &[]).await;
-    let call = Call::create(&redis);
-    let (_pa, ta) = call.token(Role::Offerer);
-    let (pb, tb) = call.token(Role::Answerer);
-    let (mut a, _) = Client::join(&r2.url(), &ta, None).await;
-    let (mut b, _) = Client::join(&r1.url(), &tb, None).await;
-    a.recv().await;
+    let TwoParty {
+        mut a,
+        pb,
+        tb,
+        mut b,
+        ..
+    } = TwoParty::join(&redis, &r2.url(), &r1.url()).await;
     a.send(&ClientMessage::Offer { sdp: "o".into() }).await;
     let last = seq_of(&b.recv().await);
     r1.trigger.trigger();

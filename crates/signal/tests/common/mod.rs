@@ -2,6 +2,9 @@
 //! `serve`, or as child processes), join tokens, and a WebSocket client.
 #![allow(dead_code, clippy::unwrap_used)]
 
+mod two_party;
+pub use two_party::TwoParty;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
