@@ -29,18 +29,37 @@ test('fingerprints are extracted and normalised from session or media level', ()
   assert.equal(extractFingerprint(undefined), null);
 });
 
-test('the code is symmetric and matches an independent SHA-256', async () => {
-  const a = await securityCode(sdp(FP_A), sdp(FP_B, 'session'), webcrypto.subtle);
-  const b = await securityCode(sdp(FP_B, 'session'), sdp(FP_A), webcrypto.subtle);
-  assert.deepEqual(a, b);
-  assert.equal(a.words.length, CODE_WORDS);
-  assert.equal(a.text, a.words.join(' '));
-  const input = [`sha-256 ${FP_A}`, `sha-256 ${FP_B}`].sort().join('\n');
-  assert.equal(securityInput(`sha-256 ${FP_B}`, `sha-256 ${FP_A}`), input);
-  const digest = createHash('sha256').update(input).digest();
-  const bits = digest.readUInt32BE(0);
-  const expected = [0, 1, 2, 3, 4].map((i) => WORDS[(bits >>> (26 - 6 * i)) & 63]);
-  assert.deepEqual(a.words, expected);
+// Golden vectors, computed once outside this code from the documented formula (Python:
+// hashlib.sha256 of the two `sha-256 HEX` fingerprints sorted and joined by a newline; the
+// top 30 bits of the digest, six at a time, index WORDS). Pinned so that a change to the
+// formula on one side shows up here instead of being recomputed the same way.
+const GOLDEN = [
+  {
+    fps: [FP_A, FP_B],
+    digestHex: 'b7e24c1668325105a322aa11eb63e13e1c325869ba33913b0ff14312f945a83d',
+    text: 'otter yacht candy cider berry',
+  },
+  {
+    fps: [FP_A, FP_B.replace(/^AA/, 'AB')],
+    digestHex: '1f4c1f9ded73967699c221c0fd096dafd76f13930d61cfb16312e13ced37c2fc',
+    text: 'cabin radar pepper igloo maple',
+  },
+];
+
+test('the code is symmetric and matches the golden vectors', async () => {
+  for (const { fps: [x, y], digestHex, text } of GOLDEN) {
+    const a = await securityCode(sdp(x), sdp(y, 'session'), webcrypto.subtle);
+    const b = await securityCode(sdp(y, 'session'), sdp(x), webcrypto.subtle);
+    assert.deepEqual(a, b);
+    assert.equal(a.words.length, CODE_WORDS);
+    assert.equal(a.text, text);
+    assert.equal(a.text, a.words.join(' '));
+    // The hashed input is exactly the sorted pair, whatever the argument order.
+    const input = securityInput(`sha-256 ${y}`, `sha-256 ${x}`);
+    assert.equal(input, securityInput(`sha-256 ${x}`, `sha-256 ${y}`));
+    assert.equal(createHash('sha256').update(input).digest('hex'), digestHex);
+    assert.deepEqual(wordsFromDigest(Buffer.from(digestHex, 'hex')), text.split(' '));
+  }
 });
 
 test('a different certificate on either side changes the code', async () => {
