@@ -12,6 +12,10 @@ use crate::token::Role;
 
 /// Largest text frame the signal service accepts (SDP with many candidates fits easily).
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Largest sequence number: `seq` and `lastSeq` are integers from 0 to 2^53 − 1, so that
+/// JavaScript clients (IEEE doubles) hold them exactly. A `join` with a larger `lastSeq` is
+/// refused with `bad-message`.
+pub const MAX_SEQ: u64 = (1 << 53) - 1;
 /// Close code when the server restarts (RFC 6455 1012): clients reconnect and resume.
 pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 /// Close code for policy violations (persistent abuse, bad auth).
