@@ -43,7 +43,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 ApiError::InvalidJson("the body could not be read".into())
             }
         })?;
-        serde_json::from_slice(&bytes)
+        // Objects only: serde alone would take a struct written as an array.
+        hermes_proto::json::from_object_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::InvalidJson(e.to_string()))
     }

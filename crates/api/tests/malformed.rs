@@ -37,6 +37,24 @@ async fn malformed_requests_get_clear_errors() {
             "invalid-json",
         ),
         (
+            "array instead of the object",
+            api.http
+                .post(&resolve)
+                .header("content-type", "application/json")
+                .body(r#"["ABCDEF"]"#),
+            400,
+            "invalid-json",
+        ),
+        (
+            "string instead of the object",
+            api.http
+                .post(&resolve)
+                .header("content-type", "application/json")
+                .body(r#""ABCDEF""#),
+            400,
+            "invalid-json",
+        ),
+        (
             "no body",
             api.http
                 .post(&resolve)

@@ -8,6 +8,7 @@ pub mod api;
 pub mod code;
 pub mod error;
 pub mod ids;
+pub mod json;
 pub mod keys;
 pub mod log_event;
 pub mod signal;

@@ -12,6 +12,10 @@ use crate::token::Role;
 
 /// Largest text frame the signal service accepts (SDP with many candidates fits easily).
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Largest sequence number: `seq` and `lastSeq` are integers from 0 to 2^53 − 1, so that
+/// JavaScript clients (IEEE doubles) hold them exactly. A `join` with a larger `lastSeq` is
+/// refused with `bad-message`.
+pub const MAX_SEQ: u64 = (1 << 53) - 1;
 /// Close code when the server restarts (RFC 6455 1012): clients reconnect and resume.
 pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 /// Close code for policy violations (persistent abuse, bad auth).
@@ -81,6 +85,7 @@ pub enum ClientMessage {
         sdp: String,
     },
     IceCandidate {
+        #[serde(deserialize_with = "crate::json::object_only")]
         candidate: IceCandidate,
     },
     /// End the call for both participants.
@@ -243,7 +248,7 @@ pub fn decode_client(frame: &str) -> Result<ClientMessage, (SignalErrorCode, Str
             format!("frame of {} bytes exceeds {MAX_FRAME_BYTES}", frame.len()),
         ));
     }
-    serde_json::from_str(frame).map_err(|e| (SignalErrorCode::BadMessage, e.to_string()))
+    crate::json::from_object_str(frame).map_err(|e| (SignalErrorCode::BadMessage, e.to_string()))
 }
 
 #[cfg(test)]
@@ -273,6 +278,28 @@ mod tests {
             decode_client(r#"{"type":"hangup"}"#),
             Ok(ClientMessage::Hangup)
         );
+    }
+
+    #[test]
+    fn arrays_are_not_objects() {
+        for frame in [
+            r#"["hangup"]"#,
+            r#"["offer","v=0"]"#,
+            r#"["join","t"]"#,
+            r#"["ack",1]"#,
+            r#"{"type":"ice-candidate","candidate":["candidate:1",null,null,null]}"#,
+            r#"{"type":"ice-candidate","candidate":["candidate:1"]}"#,
+            r#""hangup""#,
+            "null",
+            "7",
+        ] {
+            assert_eq!(
+                decode_client(frame).map_err(|e| e.0),
+                Err(SignalErrorCode::BadMessage),
+                "{frame}"
+            );
+        }
+        assert!(decode_client(r#" {"type":"ack","seq":1}"#).is_ok());
     }
 
     proptest! {

@@ -79,6 +79,9 @@ pub enum JoinOutcome {
         resumed: bool,
         /// The call's `seq` at admission: live messages after it, inbox before it.
         base_seq: u64,
+        /// Where the inbox replay starts: the client's `lastSeq`, clamped to `base_seq`
+        /// (`base_seq` for a fresh join).
+        after: u64,
         peers: Vec<PeerInfo>,
     },
     Full,
@@ -152,7 +155,10 @@ local function conn_of(v) return string.match(v, '^%a+|%a|%d+|(.*)$') or '' end
 "#;
 
 /// KEYS: call, peers, channel, seq, own inbox.
-/// ARGV: pid, role, conn, now_ms, live entry, grace_ms, ttl_s, max_media, resume(0/1), inbox prefix.
+/// ARGV: pid, role, conn, now_ms, live entry, grace_ms, ttl_s, max_media, lastSeq ('' for a
+/// fresh join), inbox prefix.
+/// Reply: ok, resumed (0/1), the call's seq, the resume point (lastSeq clamped to the call's
+/// seq: a number Redis never issued is never written anywhere), then the peers.
 const JOIN_LUA: &str = r#"
 local now, grace = tonumber(ARGV[4]), tonumber(ARGV[6])
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -191,7 +197,7 @@ if prev == 'live' and prevconn ~= ARGV[3] then
   redis.call('PUBLISH', KEYS[3], '{"type":"replaced","participantId":"' .. ARGV[1] .. '","conn":"' .. ARGV[3] .. '"}')
 end
 local resumed = 0
-if ARGV[9] == '1' and (prev == 'live' or prev == 'away') then
+if ARGV[9] ~= '' and (prev == 'live' or prev == 'away') then
   resumed = 1
   if prev == 'away' then
     redis.call('PUBLISH', KEYS[3], '{"type":"peer-resumed","participantId":"' .. ARGV[1] .. '"}')
@@ -203,7 +209,9 @@ end
 -- The seam: presence events a subscriber sees before this one are in the reply's snapshot.
 redis.call('PUBLISH', KEYS[3], '{"type":"seat","participantId":"' .. ARGV[1] .. '","conn":"' .. ARGV[3] .. '"}')
 local seq = redis.call('GET', KEYS[4]) or '0'
-local reply = {'ok', resumed, seq}
+local after = seq
+if resumed == 1 and tonumber(ARGV[9]) <= tonumber(seq) then after = ARGV[9] end
+local reply = {'ok', resumed, seq, after}
 for _, o in ipairs(out) do reply[#reply + 1] = o end
 return reply
 "#;
@@ -223,16 +231,32 @@ local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
 if cur < tonumber(ARGV[5]) then redis.call('SET', KEYS[2], ARGV[5]) end
 local seq = redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[9])
-local msg = ARGV[3] .. seq .. ARGV[4]
+-- Lua's own number-to-string conversion prints 1e+15; '%d' always gives the integer.
+local n = string.format('%d', seq)
+local id = n .. '-1'
+local msg = ARGV[3] .. n .. ARGV[4]
 local to = {}
 for _, p in ipairs(redis.call('HKEYS', KEYS[1])) do to[p] = true end
 -- Peers the sender knows of, in case Redis lost the seats (restart) and their replicas
 -- have not rewritten them yet.
 for i = 11, #ARGV do to[ARGV[i]] = true end
 to[ARGV[1]] = nil
+local written = {}
 for p, _ in pairs(to) do
   local k = ARGV[6] .. p
-  redis.pcall('XADD', k, 'MAXLEN', '~', ARGV[7], seq .. '-1', 'm', msg)
+  local r = redis.pcall('XADD', k, 'MAXLEN', '~', ARGV[7], id, 'm', msg)
+  if type(r) == 'table' and r.err then
+    -- Not sent: take it back from the inboxes already written, and lift the counter above
+    -- this inbox's newest entry (left by a partial data loss) so the resend fits.
+    for _, w in ipairs(written) do redis.call('XDEL', w, id) end
+    local top = redis.pcall('XREVRANGE', k, '+', '-', 'COUNT', 1)
+    if type(top) == 'table' and top[1] then
+      local t = string.match(top[1][1], '^(%d+)-')
+      if t and tonumber(t) >= seq then redis.call('SET', KEYS[2], t) end
+    end
+    return redis.error_reply('inbox write failed: ' .. tostring(r.err))
+  end
+  written[#written + 1] = k
   redis.call('PEXPIRE', k, ARGV[8])
 end
 redis.call('PUBLISH', KEYS[3], msg)
@@ -650,7 +674,7 @@ impl Hub {
         participant: &ParticipantId,
         role: Role,
         conn: &str,
-        resume: bool,
+        last_seq: Option<u64>,
         now_ms: u64,
     ) -> Result<JoinOutcome, Error> {
         let reply: Vec<Value> = self
@@ -674,7 +698,7 @@ impl Hub {
                     self.times.grace_ms.to_string(),
                     CALL_TTL_SECS.to_string(),
                     MAX_MEDIA.to_string(),
-                    if resume { "1" } else { "0" }.to_owned(),
+                    last_seq.map(|n| n.to_string()).unwrap_or_default(),
                     Self::inbox_prefix(call),
                 ],
             )
@@ -685,18 +709,27 @@ impl Hub {
             Some("full") => Ok(JoinOutcome::Full),
             Some("ok") => {
                 let resumed = reply.get(1).and_then(Value::as_u64) == Some(1);
-                let base_seq = reply
-                    .get(2)
-                    .and_then(|v| v.as_str().and_then(|s| s.parse().ok()))
-                    .unwrap_or(0);
+                let number = |i: usize| {
+                    reply
+                        .get(i)
+                        .and_then(|v| v.as_str().and_then(|s| s.parse::<u64>().ok()))
+                        .unwrap_or(0)
+                };
+                let base_seq = number(2);
+                let after = if resumed {
+                    number(3).min(base_seq)
+                } else {
+                    base_seq
+                };
                 let peers = reply
                     .iter()
-                    .skip(3)
+                    .skip(4)
                     .filter_map(|v| v.as_str().and_then(|s| parse_peer(&s)))
                     .collect();
                 Ok(JoinOutcome::Admitted {
                     resumed,
                     base_seq,
+                    after,
                     peers,
                 })
             }

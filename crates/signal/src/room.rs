@@ -15,7 +15,7 @@
 //! tests here pin it and the integration tests check the scripts agree.
 
 use hermes_proto::signal::{
-    CLOSE_POLICY_VIOLATION, CLOSE_UNAUTHORIZED, CallStats, ClientMessage, IceCandidate,
+    CLOSE_POLICY_VIOLATION, CLOSE_UNAUTHORIZED, CallStats, ClientMessage, IceCandidate, MAX_SEQ,
     SignalErrorCode, decode_client,
 };
 use hermes_proto::{CallId, ParticipantId, Role};
@@ -219,6 +219,13 @@ impl Conn {
                     call_id,
                 },
             ) => {
+                if last_seq.is_some_and(|n| n > MAX_SEQ) {
+                    return self.violation(
+                        SignalErrorCode::BadMessage,
+                        format!("lastSeq must be an integer from 0 to {MAX_SEQ}"),
+                        now_ms,
+                    );
+                }
                 self.phase = Phase::Joining;
                 Decision::Join {
                     token,
@@ -252,7 +259,8 @@ impl Conn {
             ClientMessage::IceCandidate { candidate } => Relay::IceCandidate(candidate),
             ClientMessage::Hangup => Relay::Hangup,
             ClientMessage::Ack { seq } => {
-                self.acked = self.acked.max(seq);
+                // Only what was delivered can be acknowledged (the inbox is trimmed up to it).
+                self.acked = self.acked.max(seq.min(self.last_delivered));
                 return Decision::Ack(seq);
             }
             ClientMessage::Ping { ts } => return Decision::Pong(ts),
@@ -628,10 +636,41 @@ mod tests {
     fn acks_are_flushed_once() {
         let mut c = joined(Role::Answerer);
         assert_eq!(c.take_ack_to_flush(), None);
+        assert!(c.accept_delivery(5));
         c.on_frame(r#"{"type":"ack","seq":4}"#, T0);
         c.on_frame(r#"{"type":"ack","seq":2}"#, T0);
         assert_eq!(c.take_ack_to_flush(), Some(4));
         assert_eq!(c.take_ack_to_flush(), None);
+        // Beyond what was delivered: only up to the last delivered message.
+        c.on_frame(r#"{"type":"ack","seq":1000000000000000}"#, T0);
+        assert_eq!(c.take_ack_to_flush(), Some(5));
+    }
+
+    #[test]
+    fn last_seq_beyond_2_pow_53_is_refused_before_admission() {
+        let mut c = Conn::new(Limits::default(), T0);
+        let d = c.on_frame(
+            r#"{"type":"join","token":"t","lastSeq":9007199254740992}"#,
+            T0,
+        );
+        assert!(
+            matches!(d, Decision::Reply(SignalErrorCode::BadMessage, _)),
+            "{d:?}"
+        );
+        let d = c.on_frame(
+            r#"{"type":"join","token":"t","lastSeq":9007199254740991}"#,
+            T0,
+        );
+        assert!(
+            matches!(
+                d,
+                Decision::Join {
+                    last_seq: Some(MAX_SEQ),
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
     }
 
     proptest::proptest! {

@@ -327,16 +327,17 @@ impl Session {
                 &seat.participant,
                 seat.role,
                 &self.conn_id,
-                last_seq.is_some(),
+                last_seq,
                 now,
             )
             .await;
-        let (resumed, base_seq, peers) = match outcome {
+        let (resumed, after, peers) = match outcome {
             Ok(JoinOutcome::Admitted {
                 resumed,
-                base_seq,
+                after,
                 peers,
-            }) => (resumed, base_seq, peers),
+                ..
+            }) => (resumed, after, peers),
             Ok(JoinOutcome::Full) => {
                 state.hub.unregister(self.id, &seat.call);
                 return Some(
@@ -366,11 +367,6 @@ impl Session {
                 state.hub.unregister(self.id, &seat.call);
                 return Some(self.unavailable(&seat.call).await);
             }
-        };
-        let after = if resumed {
-            last_seq.unwrap_or(0)
-        } else {
-            base_seq
         };
         state.hub.seated(self.id, &seat.call);
         self.conn.joined(seat.clone(), after);

@@ -243,7 +243,7 @@ async fn join_script_applies_the_presence_and_seat_rules_of_room() {
                     }
                     let me = ParticipantId::random(&mut rand::rng());
                     let outcome = hub
-                        .join(&call, &me, Role::Answerer, "me", false, now)
+                        .join(&call, &me, Role::Answerer, "me", None, now)
                         .await
                         .unwrap();
                     let expected = admits(Role::Answerer, &entries, now, times.grace_ms, 2);

@@ -296,6 +296,16 @@ async fn malformed_and_oversized_frames_get_errors_and_abuse_is_closed() {
     assert!(is_error(&a.recv().await, SignalErrorCode::BadMessage));
     a.send_text(r#"{"type":"offer","sdp":"x","evil":1}"#).await;
     assert!(is_error(&a.recv().await, SignalErrorCode::BadMessage));
+    // Arrays where objects are required: the message itself, and a nested object.
+    a.send_text(r#"["offer","x"]"#).await;
+    assert!(is_error(&a.recv().await, SignalErrorCode::BadMessage));
+    a.send_text(r#"["hangup"]"#).await;
+    assert!(is_error(&a.recv().await, SignalErrorCode::BadMessage));
+    a.send_text(
+        r#"{"type":"ice-candidate","candidate":["candidate:1 1 udp 1 127.0.0.1 9 typ host"]}"#,
+    )
+    .await;
+    assert!(is_error(&a.recv().await, SignalErrorCode::BadMessage));
     let big = format!(
         r#"{{"type":"offer","sdp":"{}"}}"#,
         "a".repeat(MAX_FRAME_BYTES + 10)
