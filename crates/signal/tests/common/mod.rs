@@ -3,6 +3,8 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 mod two_party;
+// Not every test binary sets up two parties.
+#[allow(unused_imports)]
 pub use two_party::TwoParty;
 
 use std::net::SocketAddr;
