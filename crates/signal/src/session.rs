@@ -34,14 +34,28 @@ const CLOSE_INTERNAL: u16 = 1011;
 /// Close code for a message above [`crate::HARD_MESSAGE_LIMIT`] (RFC 6455 1009).
 const CLOSE_TOO_BIG: u16 = 1009;
 
+/// How long a server-initiated close waits for the client's Close frame, reading and dropping
+/// whatever the client still sends. Closing the socket with unread data makes the kernel send
+/// a TCP reset, which can destroy our Close frame (and the replies before it) before the client
+/// reads them; a client that saw 1006 instead of 1008 would reconnect. A client that never
+/// answers costs at most this long.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
 /// How the connection ended, for the seat bookkeeping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Exit {
     /// The client went away or was closed: its seat waits for a resume.
     Away,
+    /// Closed for good by us (1008 abuse, 1009 too big): the seat is freed at once and the
+    /// others hear `peer-left` with this reason.
+    Left(&'static str),
     /// The call ended or another connection took the seat: nothing to mark.
     Final,
 }
+
+/// `peer-left` reasons of terminal closes.
+const LEFT_POLICY_VIOLATION: &str = "policy-violation";
+const LEFT_MESSAGE_TOO_BIG: &str = "message-too-big";
 
 struct Joined {
     seat: Seat,
@@ -142,6 +156,7 @@ impl Session {
                                 || e.to_string().to_ascii_lowercase().contains("capacity");
                             if too_big {
                                 self.close(CLOSE_TOO_BIG, "message too big").await;
+                                return Exit::Left(LEFT_MESSAGE_TOO_BIG);
                             }
                             return Exit::Away;
                         }
@@ -257,7 +272,11 @@ impl Session {
                     );
                 }
                 self.close(code, "policy violation").await;
-                Some(Exit::Away)
+                Some(if code == CLOSE_POLICY_VIOLATION {
+                    Exit::Left(LEFT_POLICY_VIOLATION)
+                } else {
+                    Exit::Away
+                })
             }
         }
     }
@@ -689,16 +708,31 @@ impl Session {
         .await;
     }
 
+    /// Close with the closing handshake: send our Close, then read (and drop) until the
+    /// client's Close or [`CLOSE_LINGER`], so the client reads everything we sent.
     async fn close(&mut self, code: u16, reason: &str) {
         // Close reasons are limited to 123 bytes.
         let reason: String = reason.chars().take(120).collect();
-        let _ = self
+        if self
             .socket
             .send(Message::Close(Some(CloseFrame {
                 code,
                 reason: Utf8Bytes::from(reason),
             })))
-            .await;
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let socket = &mut self.socket;
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(m)) = socket.recv().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 
     /// Seat bookkeeping after the loop: mark away (the peer sees `peer-reconnecting`) and
@@ -706,8 +740,8 @@ impl Session {
     async fn finish(&mut self, exit: Exit) {
         let Some(j) = self.joined.take() else { return };
         let seat = &j.seat;
-        if exit == Exit::Away
-            && let Err(e) = self
+        let recorded = match exit {
+            Exit::Away => self
                 .state
                 .hub
                 .disconnect(
@@ -718,7 +752,16 @@ impl Session {
                     unix_now_ms(),
                 )
                 .await
-        {
+                .map(drop),
+            Exit::Left(reason) => self
+                .state
+                .hub
+                .leave(&seat.call, &seat.participant, &self.conn_id, reason)
+                .await
+                .map(drop),
+            Exit::Final => Ok(()),
+        };
+        if let Err(e) = recorded {
             // The lease lapses on its own and the sweep announces it.
             self.state.metrics.redis_errors.inc();
             tracing::debug!(error = %e, "disconnect not recorded");
@@ -732,7 +775,7 @@ impl Session {
                 "participantId": seat.participant,
                 "relayed": j.relayed,
                 "delivered": j.delivered,
-                "final": exit == Exit::Final,
+                "final": exit != Exit::Away,
             }),
         );
     }
