@@ -80,6 +80,8 @@ struct Session {
     id: u64,
     conn_id: Arc<str>,
     joined: Option<Joined>,
+    /// We sent a Close frame: the handshake is completed in [`Session::linger`].
+    close_sent: bool,
 }
 
 fn random_conn_id() -> Arc<str> {
@@ -102,9 +104,11 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>) {
         state,
         socket,
         joined: None,
+        close_sent: false,
     };
     let exit = session.run().await;
     session.finish(exit).await;
+    session.linger().await;
 }
 
 async fn recv_delivery(rx: Option<&mut mpsc::Receiver<Delivery>>) -> Option<Delivery> {
@@ -708,20 +712,25 @@ impl Session {
         .await;
     }
 
-    /// Close with the closing handshake: send our Close, then read (and drop) until the
-    /// client's Close or [`CLOSE_LINGER`], so the client reads everything we sent.
+    /// Send our Close frame; [`Session::linger`] completes the handshake after the seat
+    /// bookkeeping (so the other participants hear of it without waiting for this client).
     async fn close(&mut self, code: u16, reason: &str) {
         // Close reasons are limited to 123 bytes.
         let reason: String = reason.chars().take(120).collect();
-        if self
+        self.close_sent = self
             .socket
             .send(Message::Close(Some(CloseFrame {
                 code,
                 reason: Utf8Bytes::from(reason),
             })))
             .await
-            .is_err()
-        {
+            .is_ok();
+    }
+
+    /// The rest of a closing handshake we started: read (and drop) until the client's Close
+    /// or [`CLOSE_LINGER`], so the client reads everything we sent, the Close frame included.
+    async fn linger(&mut self) {
+        if !self.close_sent {
             return;
         }
         let socket = &mut self.socket;
