@@ -15,6 +15,7 @@
 //!   whose grace ended (`peer-left`). The transition happens once, in Redis, so exactly one
 //!   replica announces it.
 //! - `DISCONNECT`: mark a seat away (if this connection still owns it) and announce it.
+//! - `LEAVE`: free a seat closed for good (1008, 1009) and announce `peer-left`.
 //! - `END`: mark the call ended, drop seats and inboxes, publish `call-ended`.
 //!
 //! Fan-out: one subscriber connection per replica SUBSCRIBEs to the channel of every call
@@ -324,6 +325,16 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 return reply
 "#;
 
+/// KEYS: peers, channel, own inbox. ARGV: pid, conn, peer-left reason.
+const LEAVE_LUA: &str = r#"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v or conn_of(v) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[3])
+redis.call('PUBLISH', KEYS[2], '{"type":"peer-left","participantId":"' .. ARGV[1] .. '","reason":"' .. ARGV[3] .. '"}')
+return 1
+"#;
+
 /// KEYS: call, peers, channel. ARGV: now_s, call-ended JSON, inbox prefix, publish(0/1), ttl_s.
 const END_LUA: &str = r#"
 local was = redis.call('HGET', KEYS[1], 'status')
@@ -343,12 +354,13 @@ struct Scripts {
     join: Script,
     relay: Script,
     disconnect: Script,
+    leave: Script,
     tick: Script,
     end: Script,
 }
 
 fn with_helpers(body: &'static str) -> &'static str {
-    // Built once per process at start-up; leaking five short strings is fine.
+    // Built once per process at start-up; leaking six short strings is fine.
     Box::leak(format!("{PRESENCE_LUA}{body}").into_boxed_str())
 }
 
@@ -358,6 +370,7 @@ impl Scripts {
             join: Script::new(with_helpers(JOIN_LUA)),
             relay: Script::new(with_helpers(RELAY_LUA)),
             disconnect: Script::new(with_helpers(DISCONNECT_LUA)),
+            leave: Script::new(with_helpers(LEAVE_LUA)),
             tick: Script::new(with_helpers(TICK_LUA)),
             end: Script::new(with_helpers(END_LUA)),
         }
@@ -815,6 +828,31 @@ impl Hub {
                 &self.client,
                 vec![keys::call_peers(call), keys::call_channel(call)],
                 vec![participant.to_string(), conn.to_owned(), away],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Free the seat now (if this connection still holds it), drop its inbox and announce
+    /// `peer-left {reason}`: the connection was closed for good (1008, 1009).
+    pub async fn leave(
+        &self,
+        call: &CallId,
+        participant: &ParticipantId,
+        conn: &str,
+        reason: &str,
+    ) -> Result<bool, Error> {
+        let n: i64 = self
+            .scripts
+            .leave
+            .run(
+                &self.client,
+                vec![
+                    keys::call_peers(call),
+                    keys::call_channel(call),
+                    keys::call_inbox(call, participant),
+                ],
+                vec![participant.to_string(), conn.to_owned(), reason.to_owned()],
             )
             .await?;
         Ok(n == 1)

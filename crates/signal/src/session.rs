@@ -34,14 +34,28 @@ const CLOSE_INTERNAL: u16 = 1011;
 /// Close code for a message above [`crate::HARD_MESSAGE_LIMIT`] (RFC 6455 1009).
 const CLOSE_TOO_BIG: u16 = 1009;
 
+/// How long a server-initiated close waits for the client's Close frame, reading and dropping
+/// whatever the client still sends. Closing the socket with unread data makes the kernel send
+/// a TCP reset, which can destroy our Close frame (and the replies before it) before the client
+/// reads them; a client that saw 1006 instead of 1008 would reconnect. A client that never
+/// answers costs at most this long.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
 /// How the connection ended, for the seat bookkeeping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Exit {
     /// The client went away or was closed: its seat waits for a resume.
     Away,
+    /// Closed for good by us (1008 abuse, 1009 too big): the seat is freed at once and the
+    /// others hear `peer-left` with this reason.
+    Left(&'static str),
     /// The call ended or another connection took the seat: nothing to mark.
     Final,
 }
+
+/// `peer-left` reasons of terminal closes.
+const LEFT_POLICY_VIOLATION: &str = "policy-violation";
+const LEFT_MESSAGE_TOO_BIG: &str = "message-too-big";
 
 struct Joined {
     seat: Seat,
@@ -66,6 +80,8 @@ struct Session {
     id: u64,
     conn_id: Arc<str>,
     joined: Option<Joined>,
+    /// We sent a Close frame: the handshake is completed in [`Session::linger`].
+    close_sent: bool,
 }
 
 fn random_conn_id() -> Arc<str> {
@@ -88,9 +104,11 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>) {
         state,
         socket,
         joined: None,
+        close_sent: false,
     };
     let exit = session.run().await;
     session.finish(exit).await;
+    session.linger().await;
 }
 
 async fn recv_delivery(rx: Option<&mut mpsc::Receiver<Delivery>>) -> Option<Delivery> {
@@ -142,6 +160,7 @@ impl Session {
                                 || e.to_string().to_ascii_lowercase().contains("capacity");
                             if too_big {
                                 self.close(CLOSE_TOO_BIG, "message too big").await;
+                                return Exit::Left(LEFT_MESSAGE_TOO_BIG);
                             }
                             return Exit::Away;
                         }
@@ -257,7 +276,11 @@ impl Session {
                     );
                 }
                 self.close(code, "policy violation").await;
-                Some(Exit::Away)
+                Some(if code == CLOSE_POLICY_VIOLATION {
+                    Exit::Left(LEFT_POLICY_VIOLATION)
+                } else {
+                    Exit::Away
+                })
             }
         }
     }
@@ -689,16 +712,36 @@ impl Session {
         .await;
     }
 
+    /// Send our Close frame; [`Session::linger`] completes the handshake after the seat
+    /// bookkeeping (so the other participants hear of it without waiting for this client).
     async fn close(&mut self, code: u16, reason: &str) {
         // Close reasons are limited to 123 bytes.
         let reason: String = reason.chars().take(120).collect();
-        let _ = self
+        self.close_sent = self
             .socket
             .send(Message::Close(Some(CloseFrame {
                 code,
                 reason: Utf8Bytes::from(reason),
             })))
-            .await;
+            .await
+            .is_ok();
+    }
+
+    /// The rest of a closing handshake we started: read (and drop) until the client's Close
+    /// or [`CLOSE_LINGER`], so the client reads everything we sent, the Close frame included.
+    async fn linger(&mut self) {
+        if !self.close_sent {
+            return;
+        }
+        let socket = &mut self.socket;
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(m)) = socket.recv().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 
     /// Seat bookkeeping after the loop: mark away (the peer sees `peer-reconnecting`) and
@@ -706,8 +749,8 @@ impl Session {
     async fn finish(&mut self, exit: Exit) {
         let Some(j) = self.joined.take() else { return };
         let seat = &j.seat;
-        if exit == Exit::Away
-            && let Err(e) = self
+        let recorded = match exit {
+            Exit::Away => self
                 .state
                 .hub
                 .disconnect(
@@ -718,7 +761,16 @@ impl Session {
                     unix_now_ms(),
                 )
                 .await
-        {
+                .map(drop),
+            Exit::Left(reason) => self
+                .state
+                .hub
+                .leave(&seat.call, &seat.participant, &self.conn_id, reason)
+                .await
+                .map(drop),
+            Exit::Final => Ok(()),
+        };
+        if let Err(e) = recorded {
             // The lease lapses on its own and the sweep announces it.
             self.state.metrics.redis_errors.inc();
             tracing::debug!(error = %e, "disconnect not recorded");
@@ -732,7 +784,7 @@ impl Session {
                 "participantId": seat.participant,
                 "relayed": j.relayed,
                 "delivered": j.delivered,
-                "final": exit == Exit::Final,
+                "final": exit != Exit::Away,
             }),
         );
     }
