@@ -300,6 +300,7 @@ class Deployment:
         self.ticker_stop = threading.Event()
         self.ticker: threading.Thread | None = None
         self.gateway = ""
+        self.down = False
         self.subnet = ""
 
     def compose(self, *args: str, timeout: float = 600, check_rc: bool = True) -> subprocess.CompletedProcess[str]:
@@ -390,7 +391,7 @@ class Deployment:
 
     def teardown(self) -> None:
         self.ticker_stop.set()
-        if self.env_file.exists():
+        if self.env_file.exists() and not self.down:
             self.compose("down", "-v", "--remove-orphans", "-t", "10", timeout=300, check_rc=False)
         # Whatever compose left (it only knows the services of the active profile).
         label = f"label=io.podman.compose.project={self.project}"
@@ -507,6 +508,20 @@ def browser_call(dep: Deployment, name: str, scenarios: str, on_request=None) ->
 # Checks of the running stack
 
 
+def wait_proxied(dep: Deployment) -> None:
+    """podman-compose starts Caddy without waiting for api and signal to be healthy (podman
+    < 4.6, docs/deploy.md), so Caddy's first active health checks may find them down and keep
+    them out for one health_interval (5 s); docker compose would start Caddy after them."""
+    url = f"https://localhost:{dep.https_port}"
+
+    def proxied(path: str) -> bool:
+        code = curl("--cacert", str(dep.work / "caddy-root.crt"), "-o", "/dev/null", "-w", "%{http_code}",
+                    f"{url}{path}").stdout
+        return code not in ("", "000", "502", "503")
+    wait_for("Caddy reaches the api replicas", lambda: proxied("/api/openapi.json"), timeout=30)
+    wait_for("Caddy reaches the signal replicas", lambda: proxied("/ws"), timeout=30)
+
+
 def check_https(dep: Deployment) -> None:
     caddy = dep.by_service()["caddy"][0]
     ca = dep.work / "caddy-root.crt"
@@ -516,6 +531,7 @@ def check_https(dep: Deployment) -> None:
     url = f"https://localhost:{dep.https_port}"
     wait_for("HTTPS answers /healthz through Caddy", lambda: curl("--cacert", str(ca), "-o", "/dev/null", "-w",
              "%{http_code}", f"{url}/healthz").stdout == "200", timeout=60)
+    wait_proxied(dep)
     p = curl("--cacert", str(ca), "-D", "-", "-o", "/dev/null", f"{url}/")
     headers = p.stdout.lower()
     check(p.returncode == 0 and " 200" in headers.split("\n", 1)[0],
@@ -527,8 +543,10 @@ def check_https(dep: Deployment) -> None:
     p = curl("--cacert", str(ca), "-o", "/dev/null", "-w", "%{http_code}", f"{url}/metrics")
     check(p.stdout == "404", "/metrics is not served publicly", p.stdout)
     p = curl("--cacert", str(ca), "-X", "POST", "-H", "content-type: application/json", "-d", "{}",
-             f"{url}/api/call/create")
-    check('"code"' in p.stdout and '"token"' in p.stdout, "POST /api/call/create through Caddy", p.stdout[:200])
+             "-w", "\n%{http_code} %{time_total}s", f"{url}/api/call/create")
+    if not check('"code"' in p.stdout and '"token"' in p.stdout, "POST /api/call/create through Caddy",
+                 f"rc {p.returncode}: {p.stdout[:300]} {p.stderr[:300]}"):
+        dep.dump_logs()
 
 
 def turn_metrics(dep: Deployment) -> dict[str, float]:
@@ -657,6 +675,7 @@ def main() -> int:
             stand = stand_in_images()
         with Step(f"binaries image ({PROFILE} binaries of this host)"):
             bins = binaries_image(work)
+            ensure_node_modules()  # the e2e driver's playwright-core (`make test` has it already)
 
         dep.http_port, dep.https_port = free_port(), free_port()
         dep.metrics_port, turn_port, turns_port, redis_port = free_port(), free_port(), free_port(), free_port()
@@ -680,6 +699,8 @@ def main() -> int:
             "TURN_LISTEN": f"127.0.0.1:{turn_port}",
             "TURNS_LISTEN": f"127.0.0.1:{turns_port}",
             "TURN_METRICS_LISTEN": f"127.0.0.1:{dep.metrics_port}",
+            # Switching to coturn stops hermes-turn, which drains for this long (default 25 s).
+            "TURN_DRAIN_SECS": "5",
             "TURN_MIN_PORT": "50000",
             "TURN_MAX_PORT": "50199",
             "HTTP_PUBLISH": f"127.0.0.1:{dep.http_port}",
@@ -758,6 +779,7 @@ def main() -> int:
                 podman("rm", name)
             dep.compose("up", "-d")
             dep.wait_healthy({"redis": 1, "api": 2, "signal": 3, "logger": 1, "turn-relay": 1, "caddy": 1})
+            wait_proxied(dep)
             wait_for("hermes-turn answers STUN on 127.0.0.1", lambda: stun_binding(turn_port))
             killed: list[str] = []
 
@@ -783,6 +805,7 @@ def main() -> int:
         with Step("down -v"):
             dep.ticker_stop.set()
             dep.compose("down", "-v", "--remove-orphans", "-t", "10", timeout=300)
+            dep.down = True
             left = dep.containers(all_states=True)
             nets = [n for n in podman("network", "ls", "-q", quiet=True).stdout.split() if n.startswith(dep.project)]
             vols = [n for n in podman("volume", "ls", "-q", quiet=True).stdout.split() if n.startswith(dep.project)]
