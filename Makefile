@@ -1,11 +1,14 @@
 # Hermes: the two commands a new user needs are `make run` and `make test`.
-.PHONY: run test build lint fmt bench fuzz deps clean
+.PHONY: run test build lint fmt bench fuzz deps clean deploy-test
 
 run: ## Build and start Redis, all services and Caddy; prints the URL to open. Ctrl-C stops all.
 	@scripts/run.sh
 
 test: ## fmt check, clippy -D warnings, every test (unit, scenario, interop, browser, deploy checks)
 	@scripts/test.sh
+
+deploy-test: ## Build the images, run docker-compose.yml (podman) with browser calls through it (part of `make test`)
+	@scripts/deploy/compose-test.sh
 
 deps: ## Install missing system packages (as root) and the Python venv
 	@scripts/install-deps.sh

@@ -12,7 +12,10 @@
 #   6. the binaries link only what the distroless/cc runtime image ships (ldd)
 #   7. environment drift: every variable in compose / .env.example / k8s is accepted by the
 #      binary that receives it (from `target/debug/<bin> --help`), and every accepted one is
-#      documented in .env.example
+#      documented in .env.example; Kubernetes drift: every image names a Dockerfile target
+#      running the container's binary, every containerPort is one the container listens on,
+#      every probe hits its HTTP listener on a path its router serves, every Service targetPort
+#      exists (scripts/deploy/deploy_checks.py k8s-drift)
 #   8. mutation tests: one known defect at a time in a copy of the files must be reported
 # Tools are installed into .venv at pinned versions. Bounded: each tool call has a timeout.
 set -euo pipefail
@@ -58,7 +61,7 @@ t "$V/hadolint" --failure-threshold info deploy/docker/Dockerfile
 echo "ok -- hadolint deploy/docker/Dockerfile"
 
 echo "== shellcheck $SHELLCHECK_VERSION (deploy scripts)"
-t "$V/shellcheck" scripts/checks/50-deploy-static.sh scripts/checks/60-prodlike.sh
+t "$V/shellcheck" scripts/checks/50-deploy-static.sh scripts/checks/60-prodlike.sh scripts/deploy/compose-test.sh
 echo "ok -- shellcheck"
 
 echo "== health probe"
@@ -155,6 +158,7 @@ echo "ok -- the four binaries need only glibc, libm and libgcc_s (distroless/cc)
 
 echo "== environment drift"
 t "$V/python" scripts/deploy/deploy_checks.py env "$rendered"
+t "$V/python" scripts/deploy/deploy_checks.py k8s-drift "$rendered"
 
 echo "== the checks catch known defects"
 t "$V/python" scripts/deploy/mutation_tests.py "$rendered"

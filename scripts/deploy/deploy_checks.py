@@ -14,6 +14,13 @@ which check-jsonschema brings). Subcommands:
   k8s RENDERED.yaml  Kubernetes rules of this deployment: non-root, read-only root, ALL
                      capabilities dropped, probes and resources on every Hermes container, PDB and
                      HPA for api and signal, no session affinity on signal, hostNetwork TURN.
+  k8s-drift RENDERED.yaml   The manifests match what the binaries accept and serve: each image
+                     names a deploy/docker/Dockerfile target whose entrypoint is the container's
+                     binary; each containerPort is a port the container listens on (its *_LISTEN
+                     settings, or the binary's defaults from `--help`; Caddy: its Caddyfile);
+                     each probe targets an HTTP listener of the container and a path its router
+                     serves (`.route("/...")` in the crate, `handle /...` in the Caddyfile); each
+                     Service's targetPort exists in the pods it selects.
   split RENDERED.yaml OUTDIR   One file per document (for kubernetes-validate's messages).
 
 Exit status 0 when everything holds; otherwise every problem is printed and the status is 1.
@@ -57,11 +64,31 @@ COMPOSE_ONLY = {
     "SSL_CERT_HOST_PATH",
     "SSL_KEY_HOST_PATH",
     "TLS_HOST_DIR",
+    "HTTP_PUBLISH",
+    "HTTPS_PUBLISH",
+    "RUNTIME_BASE_IMAGE",
+    "BINARIES_IMAGE",
+    "CADDY_BASE_IMAGE",
+    "REDIS_IMAGE",
+    "COTURN_IMAGE",
 }
 # Read from the process environment by every binary (tracing's EnvFilter), not through clap.
 PROCESS_ENV = {"RUST_LOG"}
 # Helper variables in Kubernetes env used only for $(VAR) expansion inside other values.
 K8S_HELPER_VARS = {"NODE_IP"}
+# Binary -> crate directory (for the routes it serves) and its HTTP listener setting.
+BINARY_CRATES = {
+    "hermes-api": "crates/api",
+    "hermes-signal": "crates/signal",
+    "hermes-turn": "crates/turn-relay",
+    "hermes-logger": "crates/logger",
+}
+HTTP_LISTEN = {
+    "hermes-api": "API_LISTEN",
+    "hermes-signal": "SIGNAL_LISTEN",
+    "hermes-turn": "TURN_METRICS_LISTEN",
+    "hermes-logger": "LOGGER_HEALTH_LISTEN",
+}
 # Environment of the non-Hermes containers in compose (checked separately, not against binaries).
 CADDY_ENV = {"SERVER_NAME", "HERMES_WEB_ROOT", "API_UPSTREAMS", "SIGNAL_UPSTREAMS"}
 
@@ -195,6 +222,21 @@ def check_compose() -> None:
         build = svc.get("build")
         if isinstance(build, dict) and build.get("target") and build["target"] not in stages:
             fail(f"compose {name}: build target {build['target']} is not a stage of deploy/docker/Dockerfile")
+
+    # Build arguments: each names an ARG of the Dockerfile, and compose's default for it (used
+    # when .env leaves it unset) is the Dockerfile's own default, so `docker compose build` and
+    # `docker build` produce the same images.
+    arg_defaults = dict(re.findall(r"^ARG\s+([A-Z_]+)=(\S+)\s*$", dockerfile, flags=re.M))
+    for name, svc in services.items():
+        build = svc.get("build")
+        if not isinstance(build, dict):
+            continue
+        for arg, value in (build.get("args") or {}).items():
+            m = re.fullmatch(r"\$\{([A-Z_]+):-([^}]*)\}", str(value))
+            if arg not in arg_defaults:
+                fail(f"compose {name}: build arg {arg} is not an ARG with a default in deploy/docker/Dockerfile")
+            elif not m or m.group(2) != arg_defaults[arg]:
+                fail(f"compose {name}: build arg {arg}={value} does not default to the Dockerfile's {arg_defaults[arg]}")
 
     # Health probes must target the port the service is told to listen on.
     listen_var = {"api": "API_LISTEN", "signal": "SIGNAL_LISTEN", "turn-relay": "TURN_METRICS_LISTEN",
@@ -377,6 +419,138 @@ def check_k8s(rendered: Path) -> None:
                     fail(f"{where}: image {c['image']} has no pinned tag")
 
 
+# ---------------------------------------------------------------------------------------------
+# Kubernetes drift: images, ports, probes against the Dockerfile and the binaries
+
+
+def binary_help(binary: str) -> str | None:
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    path = target / "debug" / binary
+    if not path.exists():
+        return None
+    out = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=20,
+                         env={"PATH": "/usr/bin:/bin"}, check=False)
+    return out.stdout + out.stderr
+
+
+def listen_defaults(help_text: str) -> dict[str, str]:
+    """`*_LISTEN` env var -> its default, from one option block of `--help` each."""
+    out = {}
+    for block in re.split(r"\n(?=\s*-[-a-zA-Z])", help_text):
+        env = re.search(r"\[env: ([A-Z][A-Z0-9_]*LISTEN)[=\]]", block)
+        default = re.search(r"\[default: ([^\]]+)\]", block)
+        if env and default:
+            out[env.group(1)] = default.group(1).strip()
+    return out
+
+
+def served_paths(binary: str) -> set[str]:
+    paths: set[str] = set()
+    for f in (ROOT / BINARY_CRATES[binary] / "src").rglob("*.rs"):
+        paths |= set(re.findall(r'\.route\(\s*"(/[^"]*)"', f.read_text()))
+    return paths
+
+
+def dockerfile_entrypoints() -> dict[str, str | None]:
+    """Stage -> the binary its ENTRYPOINT runs (None when it has none of its own)."""
+    stages: dict[str, str | None] = {}
+    current = None
+    for line in (ROOT / "deploy/docker/Dockerfile").read_text().splitlines():
+        m = re.match(r"^FROM\s+\S+\s+AS\s+(\S+)", line, flags=re.I)
+        if m:
+            current = m.group(1)
+            stages[current] = None
+        m = re.match(r'^ENTRYPOINT\s+\["/usr/local/bin/([^"]+)"', line)
+        if m and current:
+            stages[current] = m.group(1)
+    return stages
+
+
+def addr_port(value: str) -> int | None:
+    m = re.search(r":(\d+)$", value.strip())
+    return int(m.group(1)) if m else None
+
+
+def check_k8s_drift(rendered: Path) -> None:
+    docs = load_yaml_docs(rendered)
+    stages = dockerfile_entrypoints()
+    configmaps = {d["metadata"]["name"]: d.get("data") or {} for d in docs if d.get("kind") == "ConfigMap"}
+    helps: dict[str, str | None] = {}
+    pod_ports: list[tuple[dict, set]] = []  # (pod labels, container port names and numbers)
+    for d in docs:
+        if d.get("kind") not in ("Deployment", "DaemonSet", "StatefulSet"):
+            continue
+        pod = d["spec"]["template"]
+        names_numbers: set = set()
+        for c in pod["spec"].get("containers", []):
+            where = f"k8s {d['kind']}/{d['metadata']['name']} container {c['name']}"
+            ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+            names_numbers |= set(ports) | set(ports.values())
+            m = re.search(r"/hermes-([a-z]+):[^/:]+$", c["image"])
+            if not m:
+                continue  # not one of our images (e.g. the redis-dev component)
+            target = m.group(1)
+            if target not in stages:
+                fail(f"{where}: image {c['image']} names no deploy/docker/Dockerfile target {target}")
+                continue
+            binary = K8S_CONTAINER_BINARIES.get(c["name"])
+            if binary and stages[target] != binary:
+                fail(f"{where}: image target {target} runs {stages[target]}, not {binary}")
+            # What the container listens on, and where HTTP is served.
+            env = {e["name"]: str(e.get("value", "")) for e in c.get("env", []) if "value" in e}
+            for ef in c.get("envFrom", []):
+                env = {**configmaps.get((ef.get("configMapRef") or {}).get("name"), {}), **env}
+            if binary:
+                if binary not in helps:
+                    helps[binary] = binary_help(binary)
+                if helps[binary] is None:
+                    fail(f"{where}: target/debug/{binary} is missing; run `cargo build --workspace` first")
+                    continue
+                listens = {**listen_defaults(helps[binary]), **{k: v for k, v in env.items() if k.endswith("LISTEN")}}
+                listening = {addr_port(v) for v in listens.values()} - {None}
+                http_ports = {addr_port(listens.get(HTTP_LISTEN[binary], ""))} - {None}
+                paths = served_paths(binary)
+            else:
+                caddyfile = next((data["Caddyfile"] for data in configmaps.values() if "Caddyfile" in data), "")
+                listening = {int(p) for p in re.findall(r"^:(\d+)\s*\{", caddyfile, flags=re.M)}
+                http_ports = listening
+                paths = set(re.findall(r"^\s*handle\s+(/\S*)\s*\{", caddyfile, flags=re.M))
+                if not listening:
+                    fail(f"{where}: no Caddyfile ConfigMap with a `:PORT {{` site")
+            for pname, number in ports.items():
+                if number not in listening:
+                    fail(f"{where}: containerPort {number} ({pname}) is not a port it listens on {sorted(listening)}")
+            for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
+                probe = c.get(kind)
+                if not probe:
+                    continue
+                http = probe.get("httpGet")
+                if http:
+                    port = ports.get(http["port"], http["port"])
+                    path = http.get("path", "/")
+                else:
+                    cmd = (probe.get("exec") or {}).get("command") or []
+                    if not cmd or not cmd[0].endswith("hermes-healthprobe") or len(cmd) < 3:
+                        fail(f"{where}: {kind} is neither httpGet nor hermes-healthprobe")
+                        continue
+                    port, path = addr_port(cmd[1]), cmd[2]
+                if port not in http_ports:
+                    fail(f"{where}: {kind} port {port} is not its HTTP listener {sorted(http_ports)}")
+                if path not in paths:
+                    fail(f"{where}: {kind} path {path} is not served (routes: {sorted(paths)})")
+        pod_ports.append((pod["metadata"].get("labels") or {}, names_numbers))
+    for svc in (d for d in docs if d.get("kind") == "Service"):
+        selector = svc["spec"].get("selector") or {}
+        pods = [names for labels, names in pod_ports if selector and selector.items() <= labels.items()]
+        if not pods:
+            fail(f"k8s Service/{svc['metadata']['name']}: selects no pod")
+            continue
+        for port in svc["spec"].get("ports", []):
+            target = port.get("targetPort", port["port"])
+            if not all(target in names for names in pods):
+                fail(f"k8s Service/{svc['metadata']['name']}: targetPort {target} is no container port of its pods")
+
+
 def split(rendered: Path, outdir: Path) -> None:
     outdir.mkdir(parents=True, exist_ok=True)
     for i, d in enumerate(load_yaml_docs(rendered)):
@@ -395,6 +569,8 @@ def main(argv: list[str]) -> int:
         check_env(Path(argv[1]))
     elif cmd == "k8s" and len(argv) == 2:
         check_k8s(Path(argv[1]))
+    elif cmd == "k8s-drift" and len(argv) == 2:
+        check_k8s_drift(Path(argv[1]))
     elif cmd == "split" and len(argv) == 3:
         split(Path(argv[1]), Path(argv[2]))
     else:

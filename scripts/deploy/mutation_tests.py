@@ -93,6 +93,9 @@ def main(rendered: Path) -> int:
                                 d["services"]["turn-relay"].update(ports=["3478:3478/udp"]))), compose)
     run("unknown build target", "is not a stage",
         edit_compose(lambda d: d["services"]["logger"]["build"].update(target="loger")), compose)
+    run("compose build arg default differs from the Dockerfile", "does not default to the Dockerfile's",
+        edit_compose(lambda d: d["services"]["api"]["build"].update(
+            args={"RUNTIME_BASE_IMAGE": "${RUNTIME_BASE_IMAGE:-gcr.io/distroless/cc-debian12:latest}"})), compose)
     run("api env typo", "API_LISTN is not accepted by hermes-api",
         both(edit_compose(lambda d: d["services"]["api"]["environment"].append("API_LISTN=0.0.0.0:8080")), keep),
         env)
@@ -128,6 +131,26 @@ def main(rendered: Path) -> int:
     run("TURN without hostNetwork", "is not hostNetwork",
         edit_rendered(rendered, lambda docs: find(docs, "DaemonSet", "hermes-turn")["spec"]["template"]["spec"]
                       .pop("hostNetwork")), k8s)
+
+    drift = lambda root: dc.check_k8s_drift(root / "rendered.yaml")  # noqa: E731
+
+    def container(docs, kind, name):
+        return find(docs, kind, name)["spec"]["template"]["spec"]["containers"][0]
+    run("k8s probe path the binary does not serve", "path /healthzz is not served",
+        edit_rendered(rendered, lambda docs: container(docs, "Deployment", "hermes-signal")["livenessProbe"]
+                      ["httpGet"].update(path="/healthzz")), drift)
+    run("k8s containerPort the binary does not listen on", "containerPort 8090 (http) is not a port",
+        edit_rendered(rendered, lambda docs: container(docs, "Deployment", "hermes-api")["ports"][0].update(
+            containerPort=8090)), drift)
+    run("k8s image of another target", "runs hermes-api, not hermes-logger",
+        edit_rendered(rendered, lambda docs: container(docs, "Deployment", "hermes-logger").update(
+            image="ghcr.io/hermes-call/hermes-api:0.1.0")), drift)
+    run("k8s probe on the TURN listener instead of metrics", "is not its HTTP listener",
+        edit_rendered(rendered, lambda docs: container(docs, "DaemonSet", "hermes-turn")["readinessProbe"]
+                      ["httpGet"].update(port="turn-tcp")), drift)
+    run("k8s Service targetPort missing", "targetPort metrics-x is no container port",
+        edit_rendered(rendered, lambda docs: find(docs, "Service", "hermes-turn-metrics")["spec"]["ports"][0].update(
+            targetPort="metrics-x")), drift)
 
     failed = [r for r in results if not r[1]]
     for name, hit, detail in results:

@@ -4,8 +4,11 @@
 //
 // Usage: node call.mjs --base http://127.0.0.1:PORT --policy all|relay --runs N --out DIR
 //                      [--scenarios timing,media,security,chat,screenshots,drop-ws,restart-signal,ice-restart,fresh-pc,hangup]
+//                      [--ignore-https-errors true]   (a deployment test's Caddy with its local CA)
 // Output: one JSON object per line on stdout. `{"event":"request","action":"restart-signal"}`
 // asks the parent to restart the signal process; the parent answers with a line on stdin.
+// `{"event":"request","action":"kill-signal"}` (scenario kill-signal) asks it to kill a signal
+// replica that holds a participant of the call (scripts/deploy/compose_test.py).
 // The last line is `{"event":"done","ok":true|false,...}`; exit code 0 only when ok.
 
 import { mkdirSync } from 'node:fs';
@@ -22,6 +25,7 @@ const RUNS = Number(args.runs ?? 5);
 const OUT = args.out ?? 'test-output';
 const SCENARIOS = new Set((args.scenarios ?? 'denied,timing,media,security,chat,screenshots,drop-ws,restart-signal,ice-restart,glare,fresh-pc,reload,hangup').split(','));
 const CHROMIUM = process.env.HERMES_CHROMIUM ?? '/usr/bin/chromium';
+const IGNORE_HTTPS_ERRORS = args['ignore-https-errors'] === 'true';
 
 const FLAGS = [
   '--headless',
@@ -77,6 +81,7 @@ async function launch(name) {
   const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS });
   const context = await browser.newContext({
     viewport: { width: 1440, height: 900 },
+    ignoreHTTPSErrors: IGNORE_HTTPS_ERRORS,
     permissions: ['camera', 'microphone', 'clipboard-read', 'clipboard-write'],
   });
   return { name, browser, context };
@@ -320,6 +325,7 @@ async function main() {
     }
     result.joinMedianMs = median(result.joinMs);
     const { pa, pb } = call;
+    result.callId = await pa.evaluate(() => JSON.parse(sessionStorage.getItem('hermes.call') ?? '{}').callId ?? null);
 
     await waitState(pa, 'connected');
     await waitState(pb, 'connected');
@@ -417,6 +423,46 @@ async function main() {
       }
       await framesRising(pa, 'A after signal restart');
       await framesRising(pb, 'B after signal restart');
+    }
+
+    if (SCENARIOS.has('kill-signal')) {
+      // The parent kills (SIGKILL, no drain) a signal replica holding one or both participants.
+      // Those reconnect through Caddy to a surviving replica and resume their seat; the other
+      // side, if elsewhere, stays connected. Then signaling must still carry messages between
+      // both (an ICE restart's offer and answer) and media must flow on both sides.
+      const connects = await Promise.all([pa, pb].map((p) => p.evaluate(() => globalThis.__hermes.signaling.connects)));
+      // The answer is `killed N`: N participants had their WebSocket on that replica.
+      const answer = await askParent('kill-signal');
+      const held = Number(/^killed (\d)$/.exec(answer)?.[1]);
+      check(held >= 1 && held <= 2, 'parent killed a signal replica holding a participant', answer);
+      const moved = async () => (await Promise.all([pa, pb].map((p, i) => p.evaluate((n) => globalThis.__hermes.signaling.connects > n, connects[i]))));
+      const t = Date.now();
+      while ((await moved()).filter(Boolean).length < held) {
+        if (Date.now() - t > 20_000) throw new Check(`kill-signal: ${held} side(s) should reconnect, saw ${await moved()}`);
+        await sleep(200);
+      }
+      const dropped = [];
+      for (const [i, p] of [pa, pb].entries()) {
+        const name = i ? 'B' : 'A';
+        await p.waitForFunction(() => globalThis.__hermes.state.signaling === 'open', null, { timeout: 20_000 });
+        if ((await moved())[i]) {
+          const joins = await p.evaluate(() => globalThis.__hermes.joins.map((j) => j.resumed));
+          check(joins.at(-1) === true, `${name} resumed its seat on another signal replica`, joins);
+          dropped.push(name);
+        }
+        await waitState(p, 'connected');
+      }
+      check(dropped.length === held, 'exactly the participants of the killed replica reconnected', { held, dropped });
+      result.killedSignalHeld = dropped;
+      const ub = (await mediaStats(pb)).ufrag;
+      await pa.evaluate(() => globalThis.__hermes.media.restartIce('after signal replica killed'));
+      await pb.waitForFunction(async (u) => {
+        const sdp = globalThis.__hermes.media.pc?.localDescription?.sdp ?? '';
+        return !sdp.includes(`a=ice-ufrag:${u}`) && ['connected', 'completed'].includes(globalThis.__hermes.media.pc.iceConnectionState);
+      }, ub, { timeout: 15_000 });
+      check(true, 'signaling carries an ICE restart between both sides after the kill');
+      await framesRising(pa, 'A after the signal replica was killed');
+      await framesRising(pb, 'B after the signal replica was killed');
     }
 
     if (SCENARIOS.has('ice-restart')) {
