@@ -1,11 +1,14 @@
 # Hermes: the two commands a new user needs are `make run` and `make test`.
-.PHONY: run test build lint fmt bench fuzz deps clean
+.PHONY: run test build lint fmt bench fuzz deps clean lab
 
 run: ## Build and start Redis, all services and Caddy; prints the URL to open. Ctrl-C stops all.
 	@scripts/run.sh
 
 test: ## fmt check, clippy -D warnings, every test (unit, scenario, interop, browser, deploy checks)
 	@scripts/test.sh
+
+lab: ## Only the network lab: real calls across NATs and firewalls in network namespaces (as root; LAB_ROWS=a,b for some rows)
+	@scripts/lab.sh
 
 deps: ## Install missing system packages (as root) and the Python venv
 	@scripts/install-deps.sh
