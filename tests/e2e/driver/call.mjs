@@ -298,10 +298,17 @@ async function labRow(A, B, row, result) {
     await waitState(c.pb, 'connected');
     await framesRising(c.pa, `${row.name}: A`);
     await framesRising(c.pb, `${row.name}: B`);
+    if (row.direct) {
+      // ICE may nominate a relayed pair first and switch once a direct one succeeds: the
+      // direct path must be the one in use within 10 s.
+      const deadline = Date.now() + 10_000;
+      const relayed = async () => (await Promise.all([c.pa, c.pb].map(pathStats))).some((s) => s?.local?.type === 'relay');
+      while ((await relayed()) && Date.now() < deadline) await sleep(250);
+    }
     const call = { event: 'lab-call', row: row.name, run, joinMs: Math.round(c.joinMs), A: await pathStats(c.pa), B: await pathStats(c.pb) };
     if (row.quality) {
       // The stats summary runs every 5 s; B's lossy, slow uplink shows on A's side (and B's RTT).
-      await c.pa.waitForFunction(() => ['fair', 'poor'].includes(document.getElementById('quality').dataset.level), null, { timeout: 20_000 });
+      await c.pa.waitForFunction(() => ['fair', 'poor'].includes(document.getElementById('quality').dataset.level), null, { timeout: 30_000 });
       call.quality = { A: await c.pa.$eval('#quality', (e) => e.dataset.level), B: await c.pb.$eval('#quality', (e) => e.dataset.level) };
       call.summaryA = await c.pa.evaluate(() => globalThis.__hermes.media.lastSummary);
       check(true, `${row.name}: quality indicator shows the degraded link`, call.quality);

@@ -163,7 +163,6 @@ fn rows() -> Vec<Row> {
             )
         },
         Row {
-            runs: 1,
             link: Some((150, 20, 0.03)),
             ..row(
                 "bad-link",
@@ -384,6 +383,7 @@ fn driver_args(lab: &Lab, a: Site, b: Site, rows: &[&Row], out: &std::path::Path
                 "expect": if r.expect == Expect::Blocked { "blocked" } else { "media" },
                 "change": r.change,
                 "quality": r.link.is_some(),
+                "direct": matches!(r.expect, Expect::Host | Expect::Srflx),
             })
         })
         .collect();
