@@ -4,7 +4,7 @@
 
 import { ApiError, createCall, joinCall, resolveCode } from './api.js';
 import { codeFromPath, normaliseCode, shareLink } from './lib/code.js';
-import { overallState } from './lib/format.js';
+import { BLOCKED_WORDS, overallState } from './lib/format.js';
 import { hangupMessage, resolveSignalUrl } from './lib/messages.js';
 import { qualityLevel } from './lib/stats.js';
 import { MediaSession } from './media-session.js';
@@ -19,7 +19,7 @@ const debug = {
   timing: { joinClick: null, joined: null, firstFrame: null },
   signaling: null,
   media: null,
-  state: { signaling: 'idle', media: 'none', peer: 'waiting', overall: 'idle' },
+  state: { signaling: 'idle', media: 'none', peer: 'waiting', overall: 'idle', blocked: false },
   /** Every overall state shown, in order, with performance.now() timestamps. */
   stateLog: [],
   joins: [],
@@ -82,7 +82,8 @@ async function acquireMedia() {
 function refreshState() {
   if (!call || call.ended) return;
   const s = debug.state;
-  const overall = overallState(s.signaling, s.media, s.peer === 'present' || s.peer === 'reconnecting');
+  let overall = overallState(s.signaling, s.media, s.peer === 'present' || s.peer === 'reconnecting');
+  if (s.blocked && overall !== 'connected' && overall !== 'ended') overall = 'blocked';
   if (overall !== s.overall) debug.stateLog.push({ state: overall, t: performance.now() });
   s.overall = overall;
   ui.setConnectionState(s.overall);
@@ -143,6 +144,8 @@ async function startCall({ token, callId, code, path }) {
     on: {
       remoteStream: (s) => ui.setRemoteStream(s),
       state: (st) => {
+        // Media lost its path: the network may have changed, and the signaling socket with it.
+        if (st === 'disconnected' || st === 'failed') call.signaling?.checkAlive();
         debug.state.media = st;
         refreshState();
       },
@@ -155,6 +158,11 @@ async function startCall({ token, callId, code, path }) {
         ui.addChat(text, 'theirs');
       },
       chatOpen: (open) => ui.setChatOpen(open),
+      blocked: (blocked) => {
+        debug.state.blocked = blocked;
+        ui.setBlocked(blocked ? BLOCKED_WORDS : '');
+        refreshState();
+      },
       stats: (summary) => ui.setQuality(qualityLevel(summary)),
       log: (text) => console.info(`[hermes] ${text}`),
     },
@@ -339,6 +347,12 @@ ui.onToggle('audio', () => toggle('audio'));
 ui.onToggle('video', () => toggle('video'));
 ui.onDeviceChange('audio', (id) => switchDevice('audio', id));
 ui.onDeviceChange('video', (id) => switchDevice('video', id));
+ui.onRetry(() => {
+  debug.state.blocked = false;
+  ui.setBlocked('');
+  refreshState();
+  call?.media?.retry();
+});
 ui.onHangUp(() => endCall('You hung up.', { notify: true }));
 ui.onChatSend((text) => {
   if (!call?.media?.sendChat(text)) return false;

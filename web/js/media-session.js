@@ -35,6 +35,11 @@ export class MediaSession {
     this.statsIntervalMs = o.statsIntervalMs ?? 5000;
     this.disconnectedGraceMs = o.disconnectedGraceMs ?? 3000;
     this.restartTimeoutMs = o.restartTimeoutMs ?? 10_000;
+    // A new connection that is not up this long after the offer/answer exchange (or whose
+    // ICE failed first) is reported as blocked by the network.
+    this.connectTimeoutMs = o.connectTimeoutMs ?? 12_000;
+    this.connectTimer = null;
+    this.pcConnected = false;
 
     this.pc = null;
     this.dc = null;
@@ -74,6 +79,7 @@ export class MediaSession {
   createPc() {
     this.teardownPc();
     this.pcGeneration += 1;
+    this.pcConnected = false;
     const pc = new RTCPeerConnection(this.config);
     this.pc = pc;
     this.makingOffer = false;
@@ -213,6 +219,7 @@ export class MediaSession {
     if (this.ignoreOffer) return;
     if (description.type === 'answer' && pc.signalingState !== 'have-local-offer') return;
     await pc.setRemoteDescription(description);
+    this.watchConnect(pc);
     if (description.type === 'offer') {
       if (this.polite) this.addLocalMedia(pc);
       await pc.setLocalDescription();
@@ -238,10 +245,33 @@ export class MediaSession {
     }
   }
 
+  /** Start the blocked-network timer of a connection that never came up (once per pc). */
+  watchConnect(pc) {
+    if (this.pcConnected || this.connectTimer) return;
+    this.connectTimer = setTimeout(() => {
+      this.connectTimer = null;
+      if (pc === this.pc && !this.pcConnected && !this.closed) this.on.blocked?.(true);
+    }, this.connectTimeoutMs);
+  }
+
+  /** The person asked to try again: restart ICE, or start over when there is nothing to restart. */
+  retry() {
+    if (this.closed) return;
+    if (this.connectTimer) clearTimeout(this.connectTimer);
+    this.connectTimer = null;
+    if (this.pc) this.restartIce('retry asked by the user');
+    else this.peerPresent({ fresh: true });
+  }
+
   onIceState(state) {
     if (state === 'connected' || state === 'completed') {
       this.clearRecoveryTimers();
+      this.pcConnected = true;
+      if (this.connectTimer) clearTimeout(this.connectTimer);
+      this.connectTimer = null;
+      this.on.blocked?.(false);
     } else if (state === 'failed') {
+      if (!this.pcConnected) this.on.blocked?.(true);
       this.restartIce('ICE failed');
     } else if (state === 'disconnected' && !this.disconnectTimer) {
       this.disconnectTimer = setTimeout(() => {
@@ -351,6 +381,7 @@ export class MediaSession {
 
   close() {
     this.closed = true;
+    if (this.connectTimer) clearTimeout(this.connectTimer);
     if (this.statsTimer) clearInterval(this.statsTimer);
     this.statsTimer = null;
     this.teardownPc();

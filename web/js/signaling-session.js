@@ -61,6 +61,7 @@ export class SignalingSession {
     this.reconnectTimer = null;
     this.pingTimer = null;
     this.joinTimer = null;
+    this.aliveTimer = null;
     this.connects = 0;
   }
 
@@ -185,7 +186,7 @@ export class SignalingSession {
       if (!this.ws) return;
       if (this.now() - this.lastHeard > this.livenessMs) {
         // Silent socket (half-open TCP, sleeping laptop): drop it and reconnect.
-        this.ws.close(4000, 'liveness timeout');
+        this.abandon('liveness timeout');
         return;
       }
       this.rawSend(pingMessage(this.now()));
@@ -212,6 +213,42 @@ export class SignalingSession {
     this.connect();
   }
 
+  /**
+   * The network may have changed under us (media just lost its path): ping now, and if nothing
+   * comes back within `timeoutMs`, give the socket up and reconnect at once. After a move to
+   * another network the old TCP connection is silently dead; without this the session would
+   * only notice after the liveness timeout, and what it sends meanwhile would be lost.
+   */
+  checkAlive(timeoutMs = 2000) {
+    if (this.stopped || this.state !== 'open' || !this.ws || this.aliveTimer) return;
+    const ws = this.ws;
+    const asked = this.now();
+    this.rawSend(pingMessage(asked));
+    this.aliveTimer = this.timers.setTimeout(() => {
+      this.aliveTimer = null;
+      if (ws === this.ws && this.lastHeard < asked) this.abandon('no answer after a network change');
+    }, timeoutMs);
+  }
+
+  /**
+   * Give a socket up without waiting for its closing handshake (which a dead connection never
+   * completes) and reconnect now; the server resumes the seat.
+   */
+  abandon(reason) {
+    const ws = this.ws;
+    if (!ws) return;
+    this.ws = null;
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    try {
+      ws.close(4000, reason);
+    } catch {
+      // already closing
+    }
+    this.clearTimers();
+    this.attempt = 0;
+    this.connect();
+  }
+
   /** Close the socket as if the network dropped it; the session reconnects and resumes. */
   dropConnection() {
     if (this.ws) this.ws.close(4000, 'dropped by client');
@@ -221,7 +258,8 @@ export class SignalingSession {
     if (this.pingTimer) this.timers.clearInterval(this.pingTimer);
     if (this.joinTimer) this.timers.clearTimeout(this.joinTimer);
     if (this.reconnectTimer) this.timers.clearTimeout(this.reconnectTimer);
-    this.pingTimer = this.joinTimer = this.reconnectTimer = null;
+    if (this.aliveTimer) this.timers.clearTimeout(this.aliveTimer);
+    this.pingTimer = this.joinTimer = this.reconnectTimer = this.aliveTimer = null;
   }
 
   /** Leave for good (after hang-up or when the page goes away). */

@@ -33,6 +33,9 @@ export class Ui {
       timer: $('call-timer'),
       quality: $('quality'),
       notice: $('notice'),
+      blocked: $('blocked'),
+      blockedText: $('blocked-text'),
+      blockedRetry: $('blocked-retry'),
       security: $('security'),
       securityCode: $('security-code'),
       mic: $('toggle-mic'),
@@ -174,6 +177,16 @@ export class Ui {
     this.el.quality.textContent = QUALITY_WORDS[level] ?? level;
   }
 
+  /** The network blocks the call (text) or not (''); the retry button comes with it. */
+  setBlocked(text) {
+    this.el.blockedText.textContent = text;
+    this.el.blocked.hidden = !text;
+  }
+
+  onRetry(fn) {
+    this.el.blockedRetry.addEventListener('click', fn);
+  }
+
   setNotice(text) {
     this.el.notice.textContent = text;
     this.el.notice.hidden = !text;
@@ -279,6 +292,7 @@ export class Ui {
     this.stopTimer();
     this.setConnectionState('ended');
     this.el.quality.hidden = true;
+    this.setBlocked('');
     this.el.endedReason.textContent = reason;
     this.el.ended.hidden = false;
     this.el.hangUp.disabled = true;

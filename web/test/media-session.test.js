@@ -253,6 +253,39 @@ test('ICE failure restarts ICE; a restart that does not recover builds a fresh c
   m.close();
 });
 
+test('a connection that never comes up is reported blocked; connecting clears it; retry restarts ICE', async () => {
+  const blocked = [];
+  const { m } = session('answerer', { connectTimeoutMs: 20, on: { blocked: (b) => blocked.push(b) } });
+  await m.handleSignal({ type: 'offer', from: 'a', seq: 1, sdp: 'v=0\r\no=- 5 2 IN IP4 127.0.0.1\r\nm=video 9 x 0\r\n' });
+  const pc = FakePC.all[0];
+  await new Promise((r) => setTimeout(r, 40));
+  assert.deepEqual(blocked, [true], 'not connected in time: blocked');
+  m.retry();
+  assert.equal(pc.restarts, 1, 'try again restarts ICE');
+  pc.iceConnectionState = 'connected';
+  pc.oniceconnectionstatechange();
+  assert.deepEqual(blocked, [true, false]);
+
+  // Once a connection was up, losing it is "reconnecting", not "blocked".
+  pc.iceConnectionState = 'failed';
+  pc.oniceconnectionstatechange();
+  assert.deepEqual(blocked, [true, false]);
+  m.close();
+});
+
+test('ICE failing before the connection ever came up is reported blocked at once', async () => {
+  const blocked = [];
+  const { m } = session('offerer', { on: { blocked: (b) => blocked.push(b) } });
+  m.peerPresent();
+  await tick();
+  const pc = FakePC.all[0];
+  pc.iceConnectionState = 'failed';
+  pc.oniceconnectionstatechange();
+  assert.deepEqual(blocked, [true]);
+  assert.equal(pc.restarts, 1, 'and ICE is restarted as before');
+  m.close();
+});
+
 test('chat only over an open data channel, bounded', async () => {
   const { m } = session('offerer');
   const got = [];

@@ -176,6 +176,37 @@ test('a silent socket is dropped by the liveness check; pings otherwise', () => 
   assert.equal(s.state, 'reconnecting');
 });
 
+test('checkAlive after a network change: an answered ping keeps the socket, silence reconnects at once', () => {
+  let now = 100;
+  const { s, timers } = session({ now: () => now });
+  s.start();
+  const ws = FakeSocket.all[0];
+  ws.open();
+  ws.receive(joined());
+  s.checkAlive(2000);
+  assert.deepEqual(ws.sent.at(-1), { type: 'ping', ts: 100 });
+  now = 150;
+  ws.receive(JSON.stringify({ type: 'pong', ts: 100 }));
+  timers.runOnce((t) => t.ms === 2000);
+  assert.equal(FakeSocket.all.length, 1, 'alive: kept');
+  assert.equal(s.state, 'open');
+
+  // A dead TCP connection never completes the closing handshake: no close event comes.
+  ws.close = () => {};
+  now = 200;
+  s.checkAlive(2000);
+  now = 2300;
+  timers.runOnce((t) => t.ms === 2000);
+  assert.equal(FakeSocket.all.length, 2, 'a new socket at once, without waiting for close');
+  assert.equal(s.state, 'reconnecting');
+  const fresh = FakeSocket.all[1];
+  fresh.open();
+  assert.equal(fresh.sent[0].type, 'join');
+  assert.ok('lastSeq' in fresh.sent[0], 'resumes');
+  ws.onmessage?.({ data: joined() });
+  assert.equal(s.state, 'reconnecting', 'the abandoned socket is not heard any more');
+});
+
 test('no join answer in time: retry', () => {
   const { s, timers } = session();
   s.start();

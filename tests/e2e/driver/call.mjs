@@ -5,6 +5,11 @@
 // Usage: node call.mjs --base http://127.0.0.1:PORT --policy all|relay --runs N --out DIR
 //                      [--scenarios timing,media,security,chat,screenshots,drop-ws,restart-signal,ice-restart,fresh-pc,hangup]
 //                      [--ignore-https-errors true]   (a deployment test's Caddy with its local CA)
+// Network lab (tests/e2e/src/netlab.rs): --chromium-a / --chromium-b are the executables of the
+// two browsers (wrappers that start Chromium inside a lab site's network namespace), and
+// `--scenarios lab --lab-rows '[{"name":…,"runs":N,"expect":"media"|"blocked","change":bool,
+// "quality":bool}]'` makes calls row by row, asking the parent `lab-row NAME` before each row
+// and `lab-change NAME` mid-call (it moves B's network); one `lab-call` line per call.
 // Output: one JSON object per line on stdout. `{"event":"request","action":"restart-signal"}`
 // asks the parent to restart the signal process; the parent answers with a line on stdin.
 // `{"event":"request","action":"kill-signal"}` (scenario kill-signal) asks it to kill a signal
@@ -78,7 +83,8 @@ const median = (xs) => {
 };
 
 async function launch(name) {
-  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS });
+  const executablePath = args[`chromium-${name.toLowerCase()}`] ?? CHROMIUM;
+  const browser = await chromium.launch({ executablePath, headless: true, args: FLAGS });
   const context = await browser.newContext({
     viewport: { width: 1440, height: 900 },
     ignoreHTTPSErrors: IGNORE_HTTPS_ERRORS,
@@ -155,7 +161,7 @@ async function waitState(page, state, timeout = 15_000) {
 }
 
 /** A creates a call through the UI, B joins with the code through the UI. */
-async function startCall(A, B, { typed, shoot } = {}) {
+async function startCall(A, B, { typed, shoot, waitFrame = true } = {}) {
   const pa = await openPage(A);
   await pa.goto(BASE);
   await pa.click('#new-call');
@@ -174,6 +180,7 @@ async function startCall(A, B, { typed, shoot } = {}) {
   await pb.goto(BASE);
   await pb.fill('#code-input', typed ? typed(code) : code);
   await pb.click('#join-button');
+  if (!waitFrame) return { pa, pb, code, shown, link };
   await pb.waitForFunction(() => globalThis.__hermes.timing.firstFrame !== null, null, { timeout: 20_000 });
   const { joinMs, joinedMs } = await pb.evaluate(() => {
     const t = globalThis.__hermes.timing;
@@ -237,11 +244,152 @@ async function screenshots(page, name) {
   await page.setViewportSize({ width: 1440, height: 900 });
 }
 
+/** The selected candidate pair of a page: types, transports, addresses, RTT; frames decoded. */
+async function pathStats(page) {
+  return page.evaluate(async () => {
+    const pc = globalThis.__hermes?.media?.pc;
+    if (!pc) return null;
+    const reports = [...(await pc.getStats()).values()];
+    const byId = new Map(reports.map((r) => [r.id, r]));
+    let frames = 0;
+    for (const r of reports) if (r.type === 'inbound-rtp' && r.kind === 'video') frames += r.framesDecoded ?? 0;
+    const transport = reports.find((r) => r.type === 'transport' && r.selectedCandidatePairId);
+    const pair = transport && byId.get(transport.selectedCandidatePairId);
+    const cand = (c) => c && {
+      type: c.candidateType,
+      protocol: c.protocol,
+      relayProtocol: c.relayProtocol ?? null,
+      address: `${c.address ?? c.ip}:${c.port}`,
+    };
+    return {
+      frames,
+      local: cand(pair && byId.get(pair.localCandidateId)) ?? null,
+      remote: cand(pair && byId.get(pair.remoteCandidateId)) ?? null,
+      rttMs: pair?.currentRoundTripTime === undefined ? null : Math.round(pair.currentRoundTripTime * 1000),
+      ice: pc.iceConnectionState,
+    };
+  });
+}
+
+/** One lab row: calls whose media must flow (with the path reported), or must be blocked. */
+async function labRow(A, B, row, result) {
+  const answer = await askParent(`lab-row ${row.name}`);
+  check(answer === 'restarted', `${row.name}: lab configured`, answer);
+  for (let run = 1; run <= (row.runs ?? 1); run++) {
+    if (row.expect === 'blocked') {
+      const c = await startCall(A, B, { waitFrame: false });
+      const clicked = await c.pb.evaluate(() => globalThis.__hermes.timing.joinClick);
+      for (const [name, p] of [['A', c.pa], ['B', c.pb]]) {
+        await p.waitForFunction(() => !document.getElementById('blocked').hidden, null, { timeout: 20_000 });
+        const text = await p.textContent('#blocked-text');
+        check(/network/.test(text) && /blocks the call/.test(text), `${row.name}: ${name} is told the network blocks the call`, text);
+        check(await p.isVisible('#blocked-retry'), `${row.name}: ${name} is offered to try again`);
+        check((await connState(p)) === 'blocked', `${row.name}: ${name} does not hang on connecting`, await connState(p));
+      }
+      const blockedMs = Math.round((await c.pb.evaluate(() => performance.now())) - clicked);
+      check(blockedMs <= 20_000, `${row.name}: both told within 20 s of the join click`, blockedMs);
+      await c.pb.click('#blocked-retry');
+      check(await c.pb.$eval('#blocked', (e) => e.hidden), `${row.name}: try again hides the message while it retries`);
+      const frames = await Promise.all([c.pa, c.pb].map(async (p) => (await pathStats(p))?.frames ?? 0));
+      check(frames[0] === 0 && frames[1] === 0, `${row.name}: no frame got through`, frames);
+      emit({ event: 'lab-call', row: row.name, run, blockedMs });
+      await hangUp(c.pa, c.pb);
+      await c.pa.close();
+      await c.pb.close();
+      continue;
+    }
+    const c = await startCall(A, B);
+    await waitState(c.pa, 'connected');
+    await waitState(c.pb, 'connected');
+    await framesRising(c.pa, `${row.name}: A`);
+    await framesRising(c.pb, `${row.name}: B`);
+    if (row.direct) {
+      // ICE may nominate a relayed pair first and switch once a direct one succeeds: the
+      // direct path must be the one in use within 10 s.
+      const deadline = Date.now() + 10_000;
+      const relayed = async () => (await Promise.all([c.pa, c.pb].map(pathStats))).some((s) => s?.local?.type === 'relay');
+      while ((await relayed()) && Date.now() < deadline) await sleep(250);
+    }
+    const call = { event: 'lab-call', row: row.name, run, joinMs: Math.round(c.joinMs), A: await pathStats(c.pa), B: await pathStats(c.pb) };
+    if (row.quality) {
+      // The stats summary runs every 5 s; B's lossy, slow uplink shows on A's side (and B's RTT).
+      await c.pa.waitForFunction(() => ['fair', 'poor'].includes(document.getElementById('quality').dataset.level), null, { timeout: 30_000 });
+      call.quality = { A: await c.pa.$eval('#quality', (e) => e.dataset.level), B: await c.pb.$eval('#quality', (e) => e.dataset.level) };
+      call.summaryA = await c.pa.evaluate(() => globalThis.__hermes.media.lastSummary);
+      check(true, `${row.name}: quality indicator shows the degraded link`, call.quality);
+    }
+    if (row.change) {
+      const debugState = (p) => p.evaluate(() => ({
+        log: globalThis.__hermes.stateLog.map((x) => `${x.state}@${Math.round(x.t)}`),
+        state: globalThis.__hermes.state,
+        connects: globalThis.__hermes.signaling?.connects,
+        ice: globalThis.__hermes.media?.pc?.iceConnectionState ?? null,
+        pcs: globalThis.__hermes.media?.pcGeneration,
+        restarts: globalThis.__hermes.media?.iceRestarts,
+        now: Math.round(performance.now()),
+      }));
+      const watch = setInterval(async () => {
+        try {
+          emit({ event: 'lab-debug', row: row.name, A: await debugState(c.pa), B: await debugState(c.pb) });
+        } catch {
+          // page closing
+        }
+      }, 3000);
+      try {
+        await labChange(c, row, call);
+      } finally {
+        clearInterval(watch);
+      }
+    }
+    emit(call);
+    await hangUp(c.pa, c.pb);
+    await c.pa.close();
+    await c.pb.close();
+  }
+}
+
+/** B's network changes mid-call: the call must recover by itself; the time is reported. */
+async function labChange(c, row, call) {
+  {
+      const before = await Promise.all([c.pa, c.pb].map((p) => p.evaluate(() => globalThis.__hermes.stateLog.length)));
+      const t = Date.now();
+      const moved = await askParent(`lab-change ${row.name}`);
+      check(moved === 'restarted', `${row.name}: B's network changed`, moved);
+      await c.pb.waitForFunction(
+        (n) => globalThis.__hermes.stateLog.slice(n).some((x) => x.state === 'reconnecting'),
+        before[1],
+        { timeout: 30_000 },
+      );
+      for (const [i, p] of [c.pa, c.pb].entries()) {
+        await p.waitForFunction(
+          (n) => {
+            const log = globalThis.__hermes.stateLog.slice(n).map((x) => x.state);
+            return log.at(-1) === 'connected' && globalThis.__hermes.media.pc?.iceConnectionState !== 'disconnected';
+          },
+          before[i],
+          { timeout: 45_000 },
+        );
+        await waitFramesFlow(p, 45_000);
+      }
+      call.recoveryMs = Date.now() - t;
+      call.stateLog = await Promise.all([c.pa, c.pb].map((p, i) => p.evaluate((n) => globalThis.__hermes.stateLog.slice(n).map((x) => x.state), before[i])));
+      check(call.stateLog[1].includes('reconnecting') && call.stateLog[1].at(-1) === 'connected', `${row.name}: B showed reconnecting then connected`, call.stateLog);
+      await framesRising(c.pa, `${row.name}: A after the network change`);
+      await framesRising(c.pb, `${row.name}: B after the network change`);
+      call.after = { A: await pathStats(c.pa), B: await pathStats(c.pb) };
+  }
+}
+
 async function main() {
   const result = { policy: POLICY, joinMs: [], checks: 0 };
   const A = await launch('A');
   const B = await launch('B');
   try {
+    if (SCENARIOS.has('lab')) {
+      for (const row of JSON.parse(args['lab-rows'] ?? '[]')) await labRow(A, B, row, result);
+      result.ok = true;
+      return;
+    }
     if (SCENARIOS.has('rate-limit')) {
       // The API's resolve limit is exhausted (the parent set it low): people are told to wait.
       const page = await openPage(B);

@@ -19,9 +19,11 @@ use hermes_testkit::{
 };
 use serde_json::Value;
 
+pub mod netlab;
+
 /// Secrets for this test run only (development mode accepts them).
 const JWT_SECRET: &str = "e2e-jwt-secret-0123456789abcdef0123456789abcdef";
-const TURN_SECRET: &str = "e2e-turn-secret-0123456789abcdef0123456789abcdef";
+pub const TURN_SECRET: &str = "e2e-turn-secret-0123456789abcdef0123456789abcdef";
 
 /// `GET path` over plain HTTP/1.1; returns the status code and the raw response.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
@@ -75,8 +77,24 @@ fn loopback(port: u16) -> SocketAddr {
 struct Service {
     guard: ChildGuard,
     program: PathBuf,
+    args: Vec<String>,
     env: Vec<(String, String)>,
     log: PathBuf,
+}
+
+/// Changes to the stack's default configuration (loopback, plain HTTP), e.g. for the network
+/// lab (`netlab`): each service's extra environment (appended, so it wins over a default of
+/// the same name), another Caddyfile, and the URL browsers open.
+#[derive(Debug, Clone, Default)]
+pub struct StackOptions {
+    pub api_env: Vec<(&'static str, String)>,
+    pub signal_env: Vec<(&'static str, String)>,
+    pub turn_env: Vec<(&'static str, String)>,
+    pub caddy_env: Vec<(&'static str, String)>,
+    /// Default `caddy/Caddyfile.local`.
+    pub caddyfile: Option<PathBuf>,
+    /// What [`Stack::base_url`] returns; default `http://127.0.0.1:<port>`.
+    pub public_base: Option<String>,
 }
 
 /// The whole stack on loopback.
@@ -90,12 +108,19 @@ pub struct Stack {
     pub turn_metrics_port: u16,
     pub logger_health_port: u16,
     dir: tempfile::TempDir,
+    caddyfile: PathBuf,
+    public_base: Option<String>,
 }
 
 impl Stack {
     /// Start everything with `ICE_TRANSPORT_POLICY=policy` and wait until it is ready
     /// through Caddy.
     pub fn start(policy: &str) -> Result<Self, String> {
+        Self::start_with(policy, StackOptions::default())
+    }
+
+    /// [`Stack::start`] with some of the configuration changed.
+    pub fn start_with(policy: &str, options: StackOptions) -> Result<Self, String> {
         let caddy = require_program("caddy", "caddy");
         let dir = tempfile::Builder::new()
             .prefix("hermes-e2e-")
@@ -112,6 +137,11 @@ impl Stack {
             turn_metrics_port: free_tcp_port(),
             logger_health_port: free_tcp_port(),
             dir,
+            caddyfile: options
+                .caddyfile
+                .clone()
+                .unwrap_or_else(|| workspace_root().join("caddy/Caddyfile.local")),
+            public_base: options.public_base.clone(),
         };
         let origin = format!("http://127.0.0.1:{}", stack.http_port);
         let common = [
@@ -129,7 +159,9 @@ impl Stack {
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
                 .collect()
         };
-        let api_env = with(&stack.api_env(policy, &origin));
+        let mut api_env = stack.api_env(policy, &origin);
+        api_env.extend(options.api_env.iter().cloned());
+        let api_env = with(&api_env);
         stack.spawn("api", workspace_bin("hermes-api"), api_env)?;
         let signal_env = with(&[
             ("SIGNAL_LISTEN", format!("127.0.0.1:{}", stack.signal_port)),
@@ -140,6 +172,13 @@ impl Stack {
             ("SIGNAL_GRACE_MS", "5000".to_owned()),
             ("SIGNAL_LEASE_MS", "3000".to_owned()),
         ]);
+        let mut signal_env = signal_env;
+        signal_env.extend(
+            options
+                .signal_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone())),
+        );
         stack.spawn("signal", workspace_bin("hermes-signal"), signal_env)?;
         let turn_env = with(&[
             ("TURN_LISTEN", format!("127.0.0.1:{}", stack.turn_port)),
@@ -153,6 +192,13 @@ impl Stack {
             ),
             ("TURN_ALLOW_LOOPBACK_PEERS", "true".to_owned()),
         ]);
+        let mut turn_env = turn_env;
+        turn_env.extend(
+            options
+                .turn_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone())),
+        );
         stack.spawn("turn", workspace_bin("hermes-turn"), turn_env)?;
         let logger_file = stack.dir.path().join("observer.log");
         let logger_env = with(&[
@@ -166,7 +212,7 @@ impl Stack {
         ]);
         stack.spawn("logger", workspace_bin("hermes-logger"), logger_env)?;
         let caddy_home = stack.dir.path().join("caddy");
-        let caddy_env = vec![
+        let mut caddy_env = vec![
             (
                 "HERMES_HTTP_ADDR".to_owned(),
                 format!("127.0.0.1:{}", stack.http_port),
@@ -189,6 +235,12 @@ impl Stack {
                 caddy_home.display().to_string(),
             ),
         ];
+        caddy_env.extend(
+            options
+                .caddy_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone())),
+        );
         stack.spawn("caddy", caddy, caddy_env)?;
         stack.wait_ready()?;
         Ok(stack)
@@ -215,12 +267,22 @@ impl Stack {
         env: Vec<(String, String)>,
     ) -> Result<(), String> {
         let log = self.dir.path().join(format!("{name}.log"));
-        let guard = start_process(name, &program, &env, &log)?;
+        let args: Vec<String> = if name == "caddy" {
+            ["run", "--adapter", "caddyfile", "--config"]
+                .iter()
+                .map(|a| (*a).to_owned())
+                .chain([self.caddyfile.display().to_string()])
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let guard = start_process(name, &program, &args, &env, &log)?;
         self.services.insert(
             name,
             Service {
                 guard,
                 program,
+                args,
                 env,
                 log,
             },
@@ -254,7 +316,36 @@ impl Stack {
     }
 
     pub fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        match &self.public_base {
+            Some(base) => base.clone(),
+            None => format!("http://127.0.0.1:{}", self.http_port),
+        }
+    }
+
+    /// Process id of a running service.
+    pub fn pid(&mut self, name: &str) -> Option<u32> {
+        self.services.get_mut(name)?.guard.id()
+    }
+
+    /// SIGTERM a service and leave it stopped (e.g. to put another server in its place);
+    /// [`Stack::restart_with_env`] starts it again.
+    pub fn stop(&mut self, name: &str) -> Result<(), String> {
+        let svc = self
+            .services
+            .get_mut(name)
+            .ok_or_else(|| format!("no service {name}"))?;
+        svc.guard.terminate(Duration::from_secs(10));
+        Ok(())
+    }
+
+    /// Restart a service without some environment variables (back to their defaults).
+    pub fn restart_without_env(&mut self, name: &str, keys: &[&str]) -> Result<(), String> {
+        let svc = self
+            .services
+            .get_mut(name)
+            .ok_or_else(|| format!("no service {name}"))?;
+        svc.env.retain(|(k, _)| !keys.contains(&k.as_str()));
+        self.restart(name).map(|_| ())
     }
 
     pub fn caddy_addr(&self) -> SocketAddr {
@@ -269,13 +360,15 @@ impl Stack {
             .services
             .get_mut(name)
             .ok_or_else(|| format!("no service {name}"))?;
+        // A service left stopped by [`Stack::stop`] just starts.
+        let running = svc.guard.id().is_some();
         let status = svc.guard.terminate(Duration::from_secs(10));
-        if status.is_none_or(|s| !s.success()) {
+        if running && status.is_none_or(|s| !s.success()) {
             return Err(format!(
                 "{name} did not exit cleanly on SIGTERM: {status:?}"
             ));
         }
-        svc.guard = start_process(name, &svc.program, &svc.env, &svc.log)?;
+        svc.guard = start_process(name, &svc.program, &svc.args, &svc.env, &svc.log)?;
         self.wait_ready()?;
         Ok(started.elapsed())
     }
@@ -288,7 +381,7 @@ impl Stack {
             .get_mut(name)
             .ok_or_else(|| format!("no service {name}"))?;
         svc.guard.kill();
-        svc.guard = start_process(name, &svc.program, &svc.env, &svc.log)?;
+        svc.guard = start_process(name, &svc.program, &svc.args, &svc.env, &svc.log)?;
         self.wait_ready()?;
         Ok(started.elapsed())
     }
@@ -352,6 +445,7 @@ impl Stack {
 fn start_process(
     name: &str,
     program: &Path,
+    args: &[String],
     env: &[(String, String)],
     log: &Path,
 ) -> Result<ChildGuard, String> {
@@ -362,11 +456,7 @@ fn start_process(
         .map_err(|e| format!("{}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(program);
-    if name == "caddy" {
-        let config = workspace_root().join("caddy/Caddyfile.local");
-        cmd.args(["run", "--adapter", "caddyfile", "--config"])
-            .arg(config);
-    }
+    cmd.args(args);
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -435,16 +525,48 @@ pub fn run_driver(
     out_dir: &Path,
     timeout: Duration,
 ) -> Result<DriverRun, String> {
+    let args: Vec<String> = [
+        "--policy",
+        policy,
+        "--runs",
+        &runs.to_string(),
+        "--scenarios",
+        scenarios,
+        "--out",
+        &out_dir.display().to_string(),
+    ]
+    .iter()
+    .map(|a| (*a).to_owned())
+    .collect();
+    run_driver_with(
+        stack,
+        policy,
+        &args,
+        timeout,
+        |stack, action| match action {
+            "restart-signal" => stack.restart("signal"),
+            "crash-turn" => stack.crash_and_start("turn"),
+            other => Err(format!("unknown request {other:?}")),
+        },
+    )
+}
+
+/// Run `driver/call.mjs --base <stack URL>` with `args`; each `{"event":"request"}` line is
+/// answered on the driver's stdin with `restarted` when `on_request(stack, action)` succeeds
+/// (`failed: …` otherwise). Gives up after `timeout` (the browsers are killed with the driver).
+pub fn run_driver_with(
+    stack: &mut Stack,
+    label: &str,
+    args: &[String],
+    timeout: Duration,
+    mut on_request: impl FnMut(&mut Stack, &str) -> Result<Duration, String>,
+) -> Result<DriverRun, String> {
     let dir = ensure_node_modules()?;
     let node = require_program("node", "nodejs");
     let mut cmd = Command::new(node);
     cmd.arg(dir.join("driver/call.mjs"))
         .args(["--base", &stack.base_url()])
-        .args(["--policy", policy])
-        .args(["--runs", &runs.to_string()])
-        .args(["--scenarios", scenarios])
-        .arg("--out")
-        .arg(out_dir)
+        .args(args)
         .current_dir(&dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -480,19 +602,15 @@ pub fn run_driver(
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        eprintln!("[driver {policy}] {line}");
+        eprintln!("[driver {label}] {line}");
         let Ok(v) = serde_json::from_str::<Value>(&line) else {
             continue;
         };
         if v["event"] == "request" {
-            let result = match v["action"].as_str() {
-                Some("restart-signal") => stack.restart("signal"),
-                Some("crash-turn") => stack.crash_and_start("turn"),
-                other => Err(format!("unknown request {other:?}")),
-            };
-            let answer = match result {
+            let action = v["action"].as_str().unwrap_or_default();
+            let answer = match on_request(stack, action) {
                 Ok(took) => {
-                    eprintln!("[e2e] {} done in {took:?}", v["action"]);
+                    eprintln!("[e2e] {action} done in {took:?}");
                     "restarted".to_owned()
                 }
                 Err(e) => format!("failed: {e}"),

@@ -18,8 +18,14 @@ export const CONNECTION_WORDS = Object.freeze({
   connected: 'Connected',
   reconnecting: 'Reconnecting…',
   failed: 'Connection failed',
+  blocked: 'Blocked by the network',
   ended: 'Call ended',
 });
+
+/** What a person is told when no media path comes up (a firewall drops UDP and TURN alike). */
+export const BLOCKED_WORDS =
+  'No audio or video can get through: a firewall on your network or the other person\'s blocks the call. ' +
+  'Try again, or try another network (for example a phone hotspot).';
 
 /** Human words for the other person's status. */
 export const PEER_WORDS = Object.freeze({
