@@ -118,6 +118,20 @@ pub struct Config {
     )]
     pub resolve_window_secs: u64,
 
+    /// Fresh codes one call may mint through `POST /api/call/code` per window.
+    #[arg(long, env = "API_NEW_CODE_LIMIT", default_value_t = 10, hide = true)]
+    pub new_code_limit: u64,
+
+    /// Window of API_NEW_CODE_LIMIT in seconds (a code lives 15 minutes: 10 per 15 min is
+    /// one every 90 s on average, plenty for people and useless for flooding Redis).
+    #[arg(
+        long,
+        env = "API_NEW_CODE_WINDOW_SECS",
+        default_value_t = 900,
+        hide = true
+    )]
+    pub new_code_window_secs: u64,
+
     /// Largest accepted request body in bytes (larger → 413).
     #[arg(long, env = "API_MAX_BODY_BYTES", default_value_t = 16 * 1024, hide = true)]
     pub max_body_bytes: usize,
@@ -159,6 +173,7 @@ pub struct Settings {
     pub request_limit: Limit,
     pub resolve_ip_limit: Limit,
     pub resolve_code_limit: Limit,
+    pub new_code_limit: Limit,
     pub max_body_bytes: usize,
 }
 
@@ -184,6 +199,8 @@ impl Config {
             ("API_RESOLVE_IP_LIMIT", self.resolve_ip_limit),
             ("API_RESOLVE_CODE_LIMIT", self.resolve_code_limit),
             ("API_RESOLVE_WINDOW_SECS", self.resolve_window_secs),
+            ("API_NEW_CODE_LIMIT", self.new_code_limit),
+            ("API_NEW_CODE_WINDOW_SECS", self.new_code_window_secs),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
@@ -240,6 +257,11 @@ impl Config {
             ),
             resolve_ip_limit: Limit::new("resolve", self.resolve_ip_limit, resolve_window),
             resolve_code_limit: Limit::new("code", self.resolve_code_limit, resolve_window),
+            new_code_limit: Limit::new(
+                "newcode",
+                self.new_code_limit,
+                Duration::from_secs(self.new_code_window_secs),
+            ),
             max_body_bytes: self.max_body_bytes,
         })
     }

@@ -56,6 +56,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/call/resolve", post(routes::call::resolve))
         .route("/api/join", post(routes::join::join))
         .route("/api/call/end", post(routes::call::end))
+        .route("/api/call/code", post(routes::call::new_code))
         .route("/api/call/{callId}", get(routes::call::status))
         .route("/api/openapi.json", get(routes::health::openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), api_guard));
@@ -133,7 +134,7 @@ async fn api_guard(State(state): State<AppState>, mut req: Request, next: Next) 
     // their state operation.
     let deferred = matches!(
         route.as_str(),
-        "/api/call/create" | "/api/call/resolve" | "/api/join"
+        "/api/call/create" | "/api/call/resolve" | "/api/join" | "/api/call/code"
     );
     if !deferred
         && let Err(rejected) = state

@@ -7,8 +7,9 @@
 use hermes_service::metrics::{self as prom, Counter, Gauge, Histogram};
 
 /// Route templates we label by; anything else is `other`.
-pub const ROUTES: [&str; 10] = [
+pub const ROUTES: [&str; 11] = [
     "/api/call/create",
+    "/api/call/code",
     "/api/call/resolve",
     "/api/join",
     "/api/call/{callId}",
@@ -30,7 +31,7 @@ const STATUS_LABELS: [&str; 16] = [
 ];
 
 /// Rate limits by name, for the rejection counter.
-pub const LIMITS: [&str; 3] = ["req", "resolve", "code"];
+pub const LIMITS: [&str; 4] = ["req", "resolve", "code", "newcode"];
 
 #[derive(Debug, Default)]
 pub struct Metrics {

@@ -123,6 +123,23 @@ pub fn document() -> Value {
                     }
                 }
             },
+            "/api/call/code": {
+                "post": {
+                    "operationId": "newCode",
+                    "summary": "A fresh one-time code (15 min, single use) for the token's own live call, to invite again; it admits the role the caller does not have. At most 10 per call per 15 min",
+                    "security": [ { "bearerAuth": [] } ],
+                    "responses": {
+                        "201": ok("NewCodeResponse", "Code created"),
+                        "401": error_response("Missing, invalid or expired join token"),
+                        "403": error_response("Observers cannot invite"),
+                        "404": error_response("No such call (expired)"),
+                        "410": error_response("The call has ended"),
+                        "413": error_response("Body too large"),
+                        "429": retry_response("Rate limit exceeded (per IP, or new codes per call)"),
+                        "503": retry_response("State store unreachable; retry later")
+                    }
+                }
+            },
             "/healthz": {
                 "get": {
                     "operationId": "healthz",
@@ -178,6 +195,16 @@ pub fn document() -> Value {
                         "callId": { "$ref": "#/components/schemas/CallId" },
                         "code": { "type": "string", "pattern": "^[0-9A-HJKMNP-TV-Z]{6}$", "description": "One-time code (Crockford base32)" },
                         "token": { "type": "string", "description": "Join token (JWT HS256, role offerer, 24 h)" },
+                        "codeExpiresAt": { "type": "integer", "minimum": 0, "description": "Unix seconds" }
+                    }
+                },
+                "NewCodeResponse": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["callId", "code", "codeExpiresAt"],
+                    "properties": {
+                        "callId": { "$ref": "#/components/schemas/CallId" },
+                        "code": { "type": "string", "pattern": "^[0-9A-HJKMNP-TV-Z]{6}$", "description": "One-time code (Crockford base32)" },
                         "codeExpiresAt": { "type": "integer", "minimum": 0, "description": "Unix seconds" }
                     }
                 },

@@ -28,13 +28,26 @@ return {'ok', 1}
 
 /// After [`GUARD_PRELUDE`]: KEYS otc; ARGV prefix of call keys (`call:`). Consumes the code
 /// (GET + DEL in one atomic step) and reads the call's status in the same round trip.
-/// `{'ok'}` for an unknown or used code, else `{'ok', callId, status or ''}`.
+/// `{'ok'}` for an unknown or used code, else `{'ok', callId, status or '', role or ''}`
+/// (the value is `callId`, or `callId|offerer` for a code minted by an answerer).
 const RESOLVE_BODY: &str = r#"
-local id = redis.call('GET', KEYS[K + 1])
-if not id then return {'ok'} end
+local value = redis.call('GET', KEYS[K + 1])
+if not value then return {'ok'} end
 redis.call('DEL', KEYS[K + 1])
+local id, role = string.match(value, '^([^|]*)|?(.*)$')
 local status = redis.call('HGET', ARGV[A + 1] .. id, 'status')
-return {'ok', id, status or ''}
+return {'ok', id, status or '', role}
+"#;
+
+/// After [`GUARD_PRELUDE`]: KEYS otc, call; ARGV otc value, code TTL ms. A fresh code for a
+/// live call: `{'ok', 1}` stored, `{'ok', 0}` code taken, `{'ok', -1}` no such call,
+/// `{'ok', -2}` call ended.
+const NEW_CODE_BODY: &str = r#"
+local status = redis.call('HGET', KEYS[K + 2], 'status')
+if not status then return {'ok', -1} end
+if status == 'ended' then return {'ok', -2} end
+if not redis.call('SET', KEYS[K + 1], ARGV[A + 1], 'NX', 'PX', ARGV[A + 2]) then return {'ok', 0} end
+return {'ok', 1}
 "#;
 
 /// After [`GUARD_PRELUDE`]: KEYS call. `{'ok', status or ''}`.
@@ -45,6 +58,7 @@ return {'ok', redis.call('HGET', KEYS[K + 1], 'status') or ''}
 static CREATE_LUA: LazyLock<String> = LazyLock::new(|| format!("{GUARD_PRELUDE}{CREATE_BODY}"));
 static RESOLVE_LUA: LazyLock<String> = LazyLock::new(|| format!("{GUARD_PRELUDE}{RESOLVE_BODY}"));
 static STATUS_LUA: LazyLock<String> = LazyLock::new(|| format!("{GUARD_PRELUDE}{STATUS_BODY}"));
+static NEW_CODE_LUA: LazyLock<String> = LazyLock::new(|| format!("{GUARD_PRELUDE}{NEW_CODE_BODY}"));
 
 /// KEYS: call, call channel. ARGV: now (unix s), end-call control JSON.
 /// -1: no such call; 0: already ended; 1: ended now (and the notice was published).
@@ -64,6 +78,7 @@ pub struct Scripts {
     pub resolve: Script,
     pub status: Script,
     pub end: Script,
+    pub new_code: Script,
 }
 
 /// The `call:{id}` key with the id cut off, for the one script that builds a call key from a
@@ -112,6 +127,7 @@ impl Inner {
                 resolve: Script::new(RESOLVE_LUA.as_str()),
                 status: Script::new(STATUS_LUA.as_str()),
                 end: Script::new(END_LUA),
+                new_code: Script::new(NEW_CODE_LUA.as_str()),
             },
             code_hash_key,
             openapi: crate::openapi::document_bytes(),

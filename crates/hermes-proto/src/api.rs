@@ -37,6 +37,19 @@ pub struct ResolveResponse {
     pub token: String,
 }
 
+/// `201` answer of `POST /api/call/code`: a fresh one-time code for the caller's own call.
+/// Whoever resolves it joins in the role the caller does not have (the creator's new code
+/// lets an answerer in; an answerer left alone hands out the offerer's seat).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewCodeResponse {
+    pub call_id: CallId,
+    /// The 6-character one-time code, plain string (shown only to the participant who asked).
+    pub code: String,
+    /// When the code stops working, unix seconds.
+    pub code_expires_at: u64,
+}
+
 /// One entry of `RTCConfiguration.iceServers`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -6,9 +6,10 @@
 //! | `call:{callId}:peers` | hash: participantId → lease expiry (unix ms) + role | signal | renewed by live connections |
 //! | `call:{callId}:seq` | counter of relayed messages | signal | call TTL |
 //! | `call:{callId}:inbox:{participantId}` | capped stream of messages for a participant | signal | grace window |
-//! | `otc:{code}` | string: callId | api | 15 min, deleted on use |
+//! | `otc:{code}` | string: callId, or `callId|offerer` for a code that hands out the offerer's seat | api | 15 min, deleted on use |
 //! | `rl:ip:{ip}:{bucket}` | counter | api | window |
 //! | `rl:code:{hash}` | counter | api | window |
+//! | `rl:call:{callId}:{bucket}` | counter | api | window |
 //! | `logs:{service}` | pub/sub channel of [`crate::LogEvent`] JSON | all | — |
 //! | `logs-history` | capped stream of the same events | all | capped length |
 
@@ -58,6 +59,11 @@ pub fn rl_code(code_hash: &str) -> String {
     format!("rl:code:{code_hash}")
 }
 
+/// Rate-limit counter for a call; `bucket` names the limit (e.g. `newcode`).
+pub fn rl_call(call: &CallId, bucket: &str) -> String {
+    format!("rl:call:{call}:{bucket}")
+}
+
 /// Pub/sub channel for a service's log events.
 pub fn log_channel(service: &str) -> String {
     format!("logs:{service}")
@@ -79,6 +85,7 @@ mod tests {
         let ip: std::net::IpAddr = "192.0.2.1".parse().expect("ip");
         assert_eq!(rl_ip(&ip, "req"), "rl:ip:192.0.2.1:req");
         assert_eq!(rl_code("ab12"), "rl:code:ab12");
+        assert_eq!(rl_call(&c, "newcode"), format!("rl:call:{c}:newcode"));
         assert_eq!(log_channel("api"), "logs:api");
         assert!(!LOG_HISTORY_STREAM.starts_with("logs:"));
     }

@@ -1,5 +1,5 @@
 //! `POST /api/call/create`, `POST /api/call/resolve`, `GET /api/call/{callId}`,
-//! `POST /api/call/end`.
+//! `POST /api/call/end`, `POST /api/call/code` (a participant's fresh code for its own call).
 
 use std::collections::HashMap;
 
@@ -7,7 +7,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use fred::prelude::*;
 use hermes_proto::api::{
-    CallStatus, CallStatusResponse, CreateCallResponse, ResolveRequest, ResolveResponse,
+    CallStatus, CallStatusResponse, CreateCallResponse, NewCodeResponse, ResolveRequest,
+    ResolveResponse,
 };
 use hermes_proto::signal::CallControl;
 use hermes_proto::{CallId, JoinClaims, LogLevel, OneTimeCode, ParticipantId, Role, keys};
@@ -25,6 +26,11 @@ const MAX_CODE_ATTEMPTS: usize = 5;
 
 const ROUTE_CREATE: &str = "/api/call/create";
 const ROUTE_RESOLVE: &str = "/api/call/resolve";
+const ROUTE_NEW_CODE: &str = "/api/call/code";
+
+/// Suffix of an `otc:{code}` value whose code hands out the offerer's seat (see
+/// [`hermes_proto::keys`]); a bare call id hands out the answerer's.
+const OFFERER_SEAT: &str = "|offerer";
 
 fn sign(state: &Inner, call: &CallId, participant: ParticipantId, role: Role, now: u64) -> String {
     let claims = JoinClaims::new(
@@ -140,7 +146,7 @@ pub async fn resolve(
         .await
         .map_err(|e| state.guard_err(e, ROUTE_RESOLVE))?;
     let found: Vec<String> = found.iter().filter_map(Value::as_string).collect();
-    let [call_id, status] = found.as_slice() else {
+    let [call_id, status, seat] = found.as_slice() else {
         tracing::info!("resolve of an unknown or used code");
         state
             .events
@@ -156,16 +162,21 @@ pub async fn resolve(
         "ended" => return Err(ApiError::CallEnded),
         _ => {}
     }
+    let role = if format!("|{seat}") == OFFERER_SEAT {
+        Role::Offerer
+    } else {
+        Role::Answerer
+    };
     let now = unix_now();
-    let answerer = ParticipantId::random(&mut rand::rng());
-    let pid_short = answerer.short().to_owned();
-    let token = sign(&state, &call, answerer, Role::Answerer, now);
+    let joiner = ParticipantId::random(&mut rand::rng());
+    let pid_short = joiner.short().to_owned();
+    let token = sign(&state, &call, joiner, role, now);
     tracing::info!(call = %call.short(), participant = %pid_short, "code resolved");
     state.events.event(
         LogLevel::Info,
         "call.resolved",
         Some(&call),
-        json!({ "participantId": pid_short, "role": "answerer" }),
+        json!({ "participantId": pid_short, "role": role.as_str() }),
     );
     Ok(Json(ResolveResponse {
         call_id: call,
@@ -259,4 +270,77 @@ pub async fn end(
         _ => {}
     }
     load_status(&state, &call).await.map(Json)
+}
+
+/// A fresh one-time code for the caller's own live call, so a participant can invite again
+/// (the first code expired, or the other person closed their tab for good). The code admits
+/// the role the caller does not have. Limited per call (`newcode`) and per IP (`req`), in the
+/// same round trip that stores the code.
+pub async fn new_code(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Bearer(claims): Bearer,
+) -> Result<(StatusCode, Json<NewCodeResponse>), ApiError> {
+    let call = claims.cid;
+    let seat = match claims.role {
+        Role::Offerer => String::new(),
+        Role::Answerer => OFFERER_SEAT.to_owned(),
+        // Observers watch; they do not hand out seats.
+        Role::Observer => return Err(ApiError::WrongCall),
+    };
+    let value = format!("{call}{seat}");
+    let code_ttl_ms = state.settings.code_ttl.as_millis().to_string();
+    let mut limits = vec![
+        state.request_limit(&ip),
+        (
+            keys::rl_call(&call, "newcode"),
+            state.settings.new_code_limit,
+        ),
+    ];
+    for _ in 0..MAX_CODE_ATTEMPTS {
+        let code = OneTimeCode::random(&mut rand::rng());
+        let reply = state
+            .limiter
+            .guarded(
+                state.redis_raw(),
+                &state.scripts.new_code,
+                &limits,
+                vec![keys::otc(&code), keys::call(&call)],
+                vec![value.clone(), code_ttl_ms.clone()],
+                &state.metrics,
+            )
+            .await
+            .map_err(|e| state.guard_err(e, ROUTE_NEW_CODE))?;
+        limits.clear();
+        match reply.first().and_then(Value::as_i64) {
+            Some(1) => {}
+            Some(0) => {
+                tracing::debug!("one-time code collision, drawing another");
+                continue;
+            }
+            Some(-2) => return Err(ApiError::CallEnded),
+            Some(-1) => return Err(ApiError::CallNotFound),
+            _ => {
+                tracing::error!("unexpected reply from the new-code script");
+                return Err(ApiError::Internal);
+            }
+        }
+        tracing::info!(call = %call.short(), by = %claims.pid.short(), "new code");
+        state.events.event(
+            LogLevel::Info,
+            "code.minted",
+            Some(&call),
+            json!({ "participantId": claims.pid.short(), "role": claims.role.as_str() }),
+        );
+        return Ok((
+            StatusCode::CREATED,
+            Json(NewCodeResponse {
+                call_id: call,
+                code: code.as_str().to_owned(),
+                code_expires_at: unix_now() + state.settings.code_ttl.as_secs(),
+            }),
+        ));
+    }
+    tracing::error!("no free one-time code after {MAX_CODE_ATTEMPTS} attempts");
+    Err(ApiError::Internal)
 }
