@@ -137,6 +137,7 @@ async fn third_media_participant_is_refused_observer_is_read_only() {
         pa,
         mut a,
         mut b,
+        tb,
         ..
     } = TwoParty::join_one(&redis, &r.url()).await;
 
@@ -161,16 +162,10 @@ async fn third_media_participant_is_refused_observer_is_read_only() {
         }
         _ => unreachable!(),
     }
-    // Both media participants see the observer arrive.
-    for x in [&mut a, &mut b] {
-        assert_eq!(
-            x.recv().await,
-            ServerMessage::PeerJoined {
-                participant_id: po.clone(),
-                role: Role::Observer
-            }
-        );
-    }
+    // Observers are invisible to media participants: no peer-joined for them.
+    let _ = po;
+    assert_eq!(a.try_recv(Duration::from_millis(300)).await, None);
+    assert_eq!(b.try_recv(Duration::from_millis(1)).await, None);
     // The observer cannot send SDP, ICE or hangup, and stays connected.
     for m in [
         ClientMessage::Offer { sdp: "x".into() },
@@ -188,6 +183,29 @@ async fn third_media_participant_is_refused_observer_is_read_only() {
     a.send(&ClientMessage::Offer { sdp: "o".into() }).await;
     assert!(matches!(b.recv().await, ServerMessage::Offer { ref from, .. } if *from == pa));
     assert!(matches!(o.recv().await, ServerMessage::Offer { ref from, .. } if *from == pa));
+    // A second observer: neither media participant nor the first observer lists it, and the
+    // media participants never hear of either observer leaving.
+    let (_po2, to2) = call.token(Role::Observer);
+    let (o2, joined) = Client::join(&r.url(), &to2, None).await;
+    match joined {
+        ServerMessage::Joined { peers, .. } => {
+            assert_eq!(peers.len(), 2, "media participants only: {peers:?}");
+            assert!(peers.iter().all(|p| p.role.is_media()));
+        }
+        _ => unreachable!(),
+    }
+    o.close().await;
+    o2.drop_abruptly();
+    // A media participant who rejoins lists only the other media participant.
+    let (_b2, joined) = Client::join(&r.url(), &tb, Some(0)).await;
+    match joined {
+        ServerMessage::Joined { peers, .. } => {
+            assert_eq!(peers.len(), 1, "{peers:?}");
+            assert_eq!(peers[0].participant_id, pa);
+        }
+        _ => unreachable!(),
+    }
+    assert_eq!(a.try_recv(Duration::from_millis(2500)).await, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
