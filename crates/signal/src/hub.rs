@@ -214,6 +214,11 @@ if ARGV[9] ~= '' and (prev == 'live' or prev == 'away') then
 else
   redis.call('DEL', KEYS[5])
   if media_self then
+    if prev == 'live' or prev == 'away' then
+      -- A fresh join over a seat this participant still held: the others hear one story,
+      -- the old seat left and a new one joined (renegotiate), never a second peer-joined.
+      redis.call('PUBLISH', KEYS[3], '{"type":"peer-left","participantId":"' .. ARGV[1] .. '","reason":"rejoined"}')
+    end
     redis.call('PUBLISH', KEYS[3], '{"type":"peer-joined","participantId":"' .. ARGV[1] .. '","role":"' .. ARGV[2] .. '"}')
   end
 end

@@ -753,3 +753,60 @@ async fn simultaneous_joins_hear_of_each_other_exactly_once() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_join_over_a_held_seat_tells_the_peer_left_then_joined() {
+    let redis = RedisServer::start();
+    let r1 = Replica::start(&redis.url(), &[]).await;
+    let r2 = Replica::start(&redis.url(), &[]).await;
+    let call = Call::create(&redis);
+    let (_pa, ta) = call.token(Role::Offerer);
+    let (pb, tb) = call.token(Role::Answerer);
+    let (mut a, _) = Client::join(&r1.url(), &ta, None).await;
+    let (b1, _) = Client::join(&r1.url(), &tb, None).await;
+    a.recv().await; // peer-joined b
+    let left_then_joined = |a: Vec<ServerMessage>| {
+        assert_eq!(
+            a,
+            vec![
+                ServerMessage::PeerLeft {
+                    participant_id: pb.clone(),
+                    reason: "rejoined".into()
+                },
+                ServerMessage::PeerJoined {
+                    participant_id: pb.clone(),
+                    role: Role::Answerer
+                },
+            ]
+        );
+    };
+
+    // While the first connection is live, on another replica, without lastSeq.
+    let (b2, joined) = Client::join(&r2.url(), &tb, None).await;
+    assert!(matches!(
+        joined,
+        ServerMessage::Joined { resumed: false, .. }
+    ));
+    let mut b1 = b1;
+    let (_, closed) = b1.closed().await;
+    assert_eq!(closed, Closed::Code(CLOSE_REPLACED));
+    left_then_joined(vec![a.recv().await, a.recv().await]);
+    assert_eq!(a.try_recv(Duration::from_millis(300)).await, None);
+
+    // While the seat is away (connection dropped), without lastSeq.
+    b2.drop_abruptly();
+    assert_eq!(
+        a.recv().await,
+        ServerMessage::PeerReconnecting {
+            participant_id: pb.clone()
+        }
+    );
+    let (mut b3, _) = Client::join(&r1.url(), &tb, None).await;
+    left_then_joined(vec![a.recv().await, a.recv().await]);
+    assert_eq!(a.try_recv(Duration::from_millis(300)).await, None);
+    a.send(&ClientMessage::Offer {
+        sdp: "again".into(),
+    })
+    .await;
+    assert!(matches!(b3.recv().await, ServerMessage::Offer { ref sdp, .. } if sdp == "again"));
+}
