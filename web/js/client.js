@@ -219,6 +219,8 @@ function onSignal(m, media) {
       break;
     case 'peer-left':
       if (m.reason === 'hangup') endCall('The other person hung up.');
+      // Their new connection replaced the old seat: peer-joined follows at once (renegotiate).
+      else if (m.reason === 'rejoined') setPeer('reconnecting');
       else setPeer('left');
       break;
     case 'offer':

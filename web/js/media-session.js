@@ -84,6 +84,9 @@ export class MediaSession {
     this.pc = pc;
     this.makingOffer = false;
     this.ignoreOffer = false;
+    // Offers and candidates applied to this connection: relaying is at-least-once (a message
+    // resent after `unavailable` may arrive twice, under two seq numbers), so drop repeats.
+    this.applied = new Set();
     this.remoteStream = new MediaStream();
     this.on.remoteStream?.(this.remoteStream);
 
@@ -186,9 +189,15 @@ export class MediaSession {
     if (this.closed) return Promise.resolve();
     return this.enqueue(async () => {
       if (m.type === 'offer' || m.type === 'answer') {
+        if (m.type === 'offer' && this.applied?.has(`o ${m.sdp}`)) return;
         await this.handleDescription({ type: m.type, sdp: m.sdp });
+        if (m.type === 'offer' && !this.ignoreOffer) this.applied?.add(`o ${m.sdp}`);
       } else if (m.type === 'ice-candidate') {
         if (!this.pc) return;
+        const c = m.candidate ?? {};
+        const key = `c ${c.sdpMid ?? ''} ${c.sdpMLineIndex ?? ''} ${c.candidate ?? ''}`;
+        if (this.applied.has(key)) return;
+        this.applied.add(key);
         try {
           await this.pc.addIceCandidate(m.candidate);
         } catch (e) {

@@ -303,3 +303,25 @@ test('chat only over an open data channel, bounded', async () => {
   assert.deepEqual(got.map((t) => t.length), [2000]);
   m.close();
 });
+
+test('a repeated offer or candidate (at-least-once relaying) is applied once', async () => {
+  const { m, sent } = session('answerer');
+  const offer = { type: 'offer', from: 'a', seq: 1, sdp: 'v=0\r\no=- 41 2 IN IP4 127.0.0.1\r\nm=audio 9 x 0\r\n' };
+  await m.handleSignal(offer);
+  await m.handleSignal({ ...offer, seq: 2 }); // the same offer resent, renumbered
+  assert.equal(sent.filter((x) => x.type === 'answer').length, 1, 'answered once');
+  const pc = FakePC.all[0];
+  let added = 0;
+  pc.addIceCandidate = async () => {
+    added += 1;
+  };
+  const cand = { candidate: 'candidate:1 1 udp 1 127.0.0.1 9 typ host', sdpMid: '0', sdpMLineIndex: 0 };
+  await m.handleSignal({ type: 'ice-candidate', from: 'a', seq: 3, candidate: cand });
+  await m.handleSignal({ type: 'ice-candidate', from: 'a', seq: 4, candidate: { ...cand } });
+  await m.handleSignal({ type: 'ice-candidate', from: 'a', seq: 5, candidate: { ...cand, candidate: 'candidate:2 1 udp 1 127.0.0.1 10 typ host' } });
+  assert.equal(added, 2, 'the repeat is skipped, a new candidate is not');
+  // A renegotiation (new version) is a new offer.
+  await m.handleSignal({ ...offer, seq: 6, sdp: offer.sdp.replace(' 41 2 ', ' 41 3 ') });
+  assert.equal(sent.filter((x) => x.type === 'answer').length, 2);
+  m.close();
+});

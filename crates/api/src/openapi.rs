@@ -256,13 +256,20 @@ pub fn document() -> Value {
                 "CallStatusResponse": {
                     "type": "object",
                     "additionalProperties": false,
-                    "required": ["callId", "status", "createdAt", "participants"],
+                    "required": ["callId", "status", "createdAt", "participants", "observers"],
                     "properties": {
                         "callId": { "$ref": "#/components/schemas/CallId" },
                         "status": { "type": "string", "enum": ["created", "active", "ended"] },
                         "createdAt": { "type": "integer", "minimum": 0 },
                         "endedAt": { "type": "integer", "minimum": 0 },
-                        "participants": { "type": "integer", "minimum": 0 }
+                        "participants": {
+                            "type": "integer", "minimum": 0,
+                            "description": "media participants (offerer, answerer) holding a seat, connected or within their reconnect grace; 0 once ended"
+                        },
+                        "observers": {
+                            "type": "integer", "minimum": 0,
+                            "description": "observers connected (they take no seat and are invisible to media participants); 0 once ended"
+                        }
                     }
                 },
                 "Status": {

@@ -104,11 +104,16 @@ async fn whole_flow() {
         );
     }
 
-    // Status: the signal service keeps call:{id}:peers; simulate two seats.
+    // Status: the signal service keeps call:{id}:peers; simulate two seats (one away) and an
+    // observer, which is counted apart.
+    let later = hermes_service::unix_now_ms() + 60_000;
     api.redis
         .raw_command(&format!(
-            "HSET call:{}:peers {} x {} y",
-            created.call_id, offerer.pid, answerer.pid
+            "HSET call:{}:peers {} offerer|L|{later}|c1 {} answerer|A|{later}|c2 {} observer|L|{later}|c3",
+            created.call_id,
+            offerer.pid,
+            answerer.pid,
+            hermes_proto::ParticipantId::random(&mut rand::rng()),
         ))
         .expect("raw");
     let status = api
@@ -117,6 +122,7 @@ async fn whole_flow() {
     assert_eq!(status.status, 200, "{:?}", status.body);
     assert_eq!(status.body["status"], "created");
     assert_eq!(status.body["participants"], 2);
+    assert_eq!(status.body["observers"], 1);
     assert!(status.body.get("endedAt").is_none());
 
     // End: the call channel gets CallControl::EndCall for the signal replicas.

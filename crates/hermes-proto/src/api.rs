@@ -105,7 +105,10 @@ pub struct CallStatusResponse {
     /// Unix seconds, once ended.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ended_at: Option<u64>,
+    /// Media participants (offerer, answerer) holding a seat, live or away; 0 once ended.
     pub participants: u32,
+    /// Observers connected (they take no seat); 0 once ended.
+    pub observers: u32,
 }
 
 /// Body of every 4xx/5xx answer: `{"error":{"code":"…","message":"…"}}`.

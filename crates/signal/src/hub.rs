@@ -4,7 +4,8 @@
 //! Every state change that needs atomicity is one Lua script (Redis runs it alone):
 //! - `JOIN`: admit or refuse a seat (at most two media participants, see
 //!   [`crate::room::admits`]), write the lease, drop the old inbox on a fresh join, and publish
-//!   `peer-joined` / `peer-resumed` / `replaced`.
+//!   `peer-joined` / `peer-resumed` / `replaced`. Observers are nobody's peer: no script
+//!   publishes a presence event about an observer, and snapshots list media participants only.
 //! - `RELAY`: check the sender still holds its seat, take the next per-call `seq` (never below
 //!   what the sender has seen, so a Redis that lost its data does not reuse numbers), append the
 //!   message to every other participant's capped inbox stream (entry id `seq-1`), PUBLISH it.
@@ -153,6 +154,8 @@ local function presence(v, now, grace)
   return role, 'gone'
 end
 local function conn_of(v) return string.match(v, '^%a+|%a|%d+|(.*)$') or '' end
+-- Observers take no seat and are invisible: no presence event is ever published about one.
+local function is_observer(v) return string.sub(v, 1, 9) == 'observer|' end
 "#;
 
 /// KEYS: call, peers, channel, seq, own inbox.
@@ -174,18 +177,23 @@ for i = 1, #entries, 2 do
   if p == ARGV[1] then
     prev, prevconn = pres, conn_of(v)
   elseif pres == 'gone' then
-    gone[#gone + 1] = p
-  else
-    if role ~= 'observer' then media = media + 1 end
+    gone[#gone + 1] = {p, role}
+  elseif role ~= 'observer' then
+    -- Observers take no seat and are nobody's peer: the snapshot lists media participants.
+    media = media + 1
     out[#out + 1] = p .. '|' .. role .. '|' .. pres
   end
 end
 if ARGV[2] ~= 'observer' and media >= tonumber(ARGV[8]) then return {'full'} end
-for _, p in ipairs(gone) do
+for _, g in ipairs(gone) do
+  local p = g[1]
   redis.call('HDEL', KEYS[2], p)
   redis.call('DEL', ARGV[10] .. p)
-  redis.call('PUBLISH', KEYS[3], '{"type":"peer-left","participantId":"' .. p .. '","reason":"timeout"}')
+  if g[2] ~= 'observer' then
+    redis.call('PUBLISH', KEYS[3], '{"type":"peer-left","participantId":"' .. p .. '","reason":"timeout"}')
+  end
 end
+local media_self = ARGV[2] ~= 'observer'
 if not status then
   redis.call('HSET', KEYS[1], 'status', 'active', 'createdAt', string.format('%.0f', math.floor(now / 1000)))
   redis.call('EXPIRE', KEYS[1], ARGV[7])
@@ -200,12 +208,19 @@ end
 local resumed = 0
 if ARGV[9] ~= '' and (prev == 'live' or prev == 'away') then
   resumed = 1
-  if prev == 'away' then
+  if prev == 'away' and media_self then
     redis.call('PUBLISH', KEYS[3], '{"type":"peer-resumed","participantId":"' .. ARGV[1] .. '"}')
   end
 else
   redis.call('DEL', KEYS[5])
-  redis.call('PUBLISH', KEYS[3], '{"type":"peer-joined","participantId":"' .. ARGV[1] .. '","role":"' .. ARGV[2] .. '"}')
+  if media_self then
+    if prev == 'live' or prev == 'away' then
+      -- A fresh join over a seat this participant still held: the others hear one story,
+      -- the old seat left and a new one joined (renegotiate), never a second peer-joined.
+      redis.call('PUBLISH', KEYS[3], '{"type":"peer-left","participantId":"' .. ARGV[1] .. '","reason":"rejoined"}')
+    end
+    redis.call('PUBLISH', KEYS[3], '{"type":"peer-joined","participantId":"' .. ARGV[1] .. '","role":"' .. ARGV[2] .. '"}')
+  end
 end
 -- The seam: presence events a subscriber sees before this one are in the reply's snapshot.
 redis.call('PUBLISH', KEYS[3], '{"type":"seat","participantId":"' .. ARGV[1] .. '","conn":"' .. ARGV[3] .. '"}')
@@ -269,7 +284,9 @@ const DISCONNECT_LUA: &str = r#"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v or conn_of(v) ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('PUBLISH', KEYS[2], '{"type":"peer-reconnecting","participantId":"' .. ARGV[1] .. '"}')
+if not is_observer(v) then
+  redis.call('PUBLISH', KEYS[2], '{"type":"peer-reconnecting","participantId":"' .. ARGV[1] .. '"}')
+end
 return 1
 "#;
 
@@ -307,7 +324,9 @@ for i = 1, #entries, 2 do
     elseif state == 'L' and exp < now then
       if exp + grace >= now then
         redis.call('HSET', KEYS[2], p, role .. '|A|' .. string.format('%.0f', exp + grace) .. '|' .. conn_of(v))
-        redis.call('PUBLISH', KEYS[3], '{"type":"peer-reconnecting","participantId":"' .. p .. '"}')
+        if role ~= 'observer' then
+          redis.call('PUBLISH', KEYS[3], '{"type":"peer-reconnecting","participantId":"' .. p .. '"}')
+        end
       else
         left = true
       end
@@ -317,7 +336,9 @@ for i = 1, #entries, 2 do
     if left then
       redis.call('HDEL', KEYS[2], p)
       redis.call('DEL', ARGV[4] .. p)
-      redis.call('PUBLISH', KEYS[3], '{"type":"peer-left","participantId":"' .. p .. '","reason":"timeout"}')
+      if role ~= 'observer' then
+        redis.call('PUBLISH', KEYS[3], '{"type":"peer-left","participantId":"' .. p .. '","reason":"timeout"}')
+      end
     end
   end
 end
@@ -331,7 +352,9 @@ local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v or conn_of(v) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[3])
-redis.call('PUBLISH', KEYS[2], '{"type":"peer-left","participantId":"' .. ARGV[1] .. '","reason":"' .. ARGV[3] .. '"}')
+if not is_observer(v) then
+  redis.call('PUBLISH', KEYS[2], '{"type":"peer-left","participantId":"' .. ARGV[1] .. '","reason":"' .. ARGV[3] .. '"}')
+end
 return 1
 "#;
 

@@ -137,6 +137,7 @@ async fn third_media_participant_is_refused_observer_is_read_only() {
         pa,
         mut a,
         mut b,
+        tb,
         ..
     } = TwoParty::join_one(&redis, &r.url()).await;
 
@@ -161,16 +162,10 @@ async fn third_media_participant_is_refused_observer_is_read_only() {
         }
         _ => unreachable!(),
     }
-    // Both media participants see the observer arrive.
-    for x in [&mut a, &mut b] {
-        assert_eq!(
-            x.recv().await,
-            ServerMessage::PeerJoined {
-                participant_id: po.clone(),
-                role: Role::Observer
-            }
-        );
-    }
+    // Observers are invisible to media participants: no peer-joined for them.
+    let _ = po;
+    assert_eq!(a.try_recv(Duration::from_millis(300)).await, None);
+    assert_eq!(b.try_recv(Duration::from_millis(1)).await, None);
     // The observer cannot send SDP, ICE or hangup, and stays connected.
     for m in [
         ClientMessage::Offer { sdp: "x".into() },
@@ -188,6 +183,29 @@ async fn third_media_participant_is_refused_observer_is_read_only() {
     a.send(&ClientMessage::Offer { sdp: "o".into() }).await;
     assert!(matches!(b.recv().await, ServerMessage::Offer { ref from, .. } if *from == pa));
     assert!(matches!(o.recv().await, ServerMessage::Offer { ref from, .. } if *from == pa));
+    // A second observer: neither media participant nor the first observer lists it, and the
+    // media participants never hear of either observer leaving.
+    let (_po2, to2) = call.token(Role::Observer);
+    let (o2, joined) = Client::join(&r.url(), &to2, None).await;
+    match joined {
+        ServerMessage::Joined { peers, .. } => {
+            assert_eq!(peers.len(), 2, "media participants only: {peers:?}");
+            assert!(peers.iter().all(|p| p.role.is_media()));
+        }
+        _ => unreachable!(),
+    }
+    o.close().await;
+    o2.drop_abruptly();
+    // A media participant who rejoins lists only the other media participant.
+    let (_b2, joined) = Client::join(&r.url(), &tb, Some(0)).await;
+    match joined {
+        ServerMessage::Joined { peers, .. } => {
+            assert_eq!(peers.len(), 1, "{peers:?}");
+            assert_eq!(peers[0].participant_id, pa);
+        }
+        _ => unreachable!(),
+    }
+    assert_eq!(a.try_recv(Duration::from_millis(2500)).await, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -734,4 +752,61 @@ async fn simultaneous_joins_hear_of_each_other_exactly_once() {
             assert_eq!(heard, 1, "round {round}: heard of {other:?} {heard} times");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_join_over_a_held_seat_tells_the_peer_left_then_joined() {
+    let redis = RedisServer::start();
+    let r1 = Replica::start(&redis.url(), &[]).await;
+    let r2 = Replica::start(&redis.url(), &[]).await;
+    let call = Call::create(&redis);
+    let (_pa, ta) = call.token(Role::Offerer);
+    let (pb, tb) = call.token(Role::Answerer);
+    let (mut a, _) = Client::join(&r1.url(), &ta, None).await;
+    let (b1, _) = Client::join(&r1.url(), &tb, None).await;
+    a.recv().await; // peer-joined b
+    let left_then_joined = |a: Vec<ServerMessage>| {
+        assert_eq!(
+            a,
+            vec![
+                ServerMessage::PeerLeft {
+                    participant_id: pb.clone(),
+                    reason: "rejoined".into()
+                },
+                ServerMessage::PeerJoined {
+                    participant_id: pb.clone(),
+                    role: Role::Answerer
+                },
+            ]
+        );
+    };
+
+    // While the first connection is live, on another replica, without lastSeq.
+    let (b2, joined) = Client::join(&r2.url(), &tb, None).await;
+    assert!(matches!(
+        joined,
+        ServerMessage::Joined { resumed: false, .. }
+    ));
+    let mut b1 = b1;
+    let (_, closed) = b1.closed().await;
+    assert_eq!(closed, Closed::Code(CLOSE_REPLACED));
+    left_then_joined(vec![a.recv().await, a.recv().await]);
+    assert_eq!(a.try_recv(Duration::from_millis(300)).await, None);
+
+    // While the seat is away (connection dropped), without lastSeq.
+    b2.drop_abruptly();
+    assert_eq!(
+        a.recv().await,
+        ServerMessage::PeerReconnecting {
+            participant_id: pb.clone()
+        }
+    );
+    let (mut b3, _) = Client::join(&r1.url(), &tb, None).await;
+    left_then_joined(vec![a.recv().await, a.recv().await]);
+    assert_eq!(a.try_recv(Duration::from_millis(300)).await, None);
+    a.send(&ClientMessage::Offer {
+        sdp: "again".into(),
+    })
+    .await;
+    assert!(matches!(b3.recv().await, ServerMessage::Offer { ref sdp, .. } if sdp == "again"));
 }

@@ -184,7 +184,7 @@ pub async fn resolve(
     }))
 }
 
-/// Read `call:{id}` and the participant count.
+/// Read `call:{id}` and count its media participants and observers apart.
 async fn load_status(state: &Inner, call: &CallId) -> Result<CallStatusResponse, ApiError> {
     let redis = state.redis()?;
     let pipeline = redis.pipeline();
@@ -193,10 +193,10 @@ async fn load_status(state: &Inner, call: &CallId) -> Result<CallStatusResponse,
         .await
         .map_err(|e| state.redis_err(e))?;
     let _: () = pipeline
-        .hlen(keys::call_peers(call))
+        .hvals(keys::call_peers(call))
         .await
         .map_err(|e| state.redis_err(e))?;
-    let (fields, peers): (HashMap<String, String>, u64) =
+    let (fields, peers): (HashMap<String, String>, Vec<String>) =
         pipeline.all().await.map_err(|e| state.redis_err(e))?;
     if fields.is_empty() {
         return Err(ApiError::CallNotFound);
@@ -211,16 +211,23 @@ async fn load_status(state: &Inner, call: &CallId) -> Result<CallStatusResponse,
         }
     };
     let num = |name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
+    let (mut media, mut observers) = (0u32, 0u32);
+    if status != CallStatus::Ended {
+        for role in peers.iter().filter_map(|v| keys::peer_entry_role(v)) {
+            if role.is_media() {
+                media = media.saturating_add(1);
+            } else {
+                observers = observers.saturating_add(1);
+            }
+        }
+    }
     Ok(CallStatusResponse {
         call_id: call.clone(),
         status,
         created_at: num("createdAt").unwrap_or(0),
         ended_at: num("endedAt"),
-        participants: if status == CallStatus::Ended {
-            0
-        } else {
-            u32::try_from(peers).unwrap_or(u32::MAX)
-        },
+        participants: media,
+        observers,
     })
 }
 
