@@ -22,9 +22,13 @@ Steps (each timed; the table is printed at the end):
 
   1. images: base (debootstrap, once per machine), stand-ins, binaries, then
      `podman-compose build` of our five targets;
-  2. `up -d` with a generated .env (production mode, random secrets, SERVER_NAME=localhost so
-     Caddy serves HTTPS from its local CA, published on 127.0.0.1 test ports); every
-     healthcheck must pass, else the containers' logs are printed;
+  2. `up -d` with a generated .env (production mode, random secrets, published on 127.0.0.1
+     test ports); every healthcheck must pass, else the containers' logs are printed.
+     TLS: SERVER_NAME=localhost, for which caddy/Caddyfile (unchanged) gets its certificate from
+     Caddy's own local CA instead of ACME (which cannot be reached here), so the production
+     Caddyfile's HTTPS, HSTS and CSP are what the browsers get; plain HTTP would need another
+     Caddyfile, and the web client's CSP (upgrade-insecure-requests, wss:) expects HTTPS. The
+     browsers skip certificate verification; curl checks the chain against Caddy's root;
   3. a two-browser call (tests/e2e/driver/call.mjs) through the published HTTPS port with
      ICE policy relay: media through the hermes-turn container; the call's events are read
      from the hermes-logger container (its output, and `hermes-logger --call`);
@@ -574,6 +578,39 @@ def check_logger(dep: Deployment, call_id: str) -> None:
           f"({[e.get('event') or e.get('message') for e in events]})", p.stdout[-800:] + p.stderr[-800:])
 
 
+def check_k8s_probes(dep: Deployment) -> None:
+    """Every HTTP probe of deploy/k8s/base is answered 200 by the same binary running here (the
+    static drift check reads the routes from the source; this asks the running services)."""
+    service_of = {"api": "api", "signal": "signal", "logger": "logger", "turn": "turn-relay"}
+    running = dep.by_service()
+    asked = 0
+    for f in sorted((ROOT / "deploy/k8s/base").glob("*.yaml")):
+        for doc in yaml.safe_load_all(f.read_text()):
+            if not doc or doc.get("kind") not in ("Deployment", "DaemonSet"):
+                continue
+            for c in doc["spec"]["template"]["spec"]["containers"]:
+                svc = service_of.get(c["name"])
+                if not svc:
+                    continue
+                ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+                for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
+                    http = (c.get(kind) or {}).get("httpGet")
+                    if not http:
+                        continue
+                    port = ports.get(http["port"], http["port"])
+                    if svc == "turn-relay":  # host network: the test's metrics port stands for 9641
+                        cmd = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+                               f"http://127.0.0.1:{dep.metrics_port}{http['path']}"]
+                        code = run(cmd, check_rc=False, quiet=True).stdout
+                    else:
+                        pid = dep.inspect(running[svc][0])["State"]["Pid"]
+                        code = in_netns(pid, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+                                        f"http://127.0.0.1:{port}{http['path']}").stdout
+                    asked += 1
+                    check(code == "200", f"k8s {c['name']} {kind} GET :{port}{http['path']} answered by {svc}", code)
+    check(asked >= 8, f"asked every k8s HTTP probe ({asked})")
+
+
 CAP_NET_BIND_SERVICE = 1 << 10
 
 
@@ -669,9 +706,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     try:
-        with Step("base image (debootstrap, cached)"):
+        with Step("base image (debootstrap; once per machine)"):
             base_image()
-        with Step("stand-in images (redis, caddy base, coturn; cached)"):
+        with Step("stand-in images (redis, caddy base, coturn; once per machine)"):
             stand = stand_in_images()
         with Step(f"binaries image ({PROFILE} binaries of this host)"):
             bins = binaries_image(work)
@@ -746,8 +783,9 @@ def main() -> int:
                   "the media went through the hermes-turn container (its metrics)", (before, after))
             check_logger(dep, done["callId"])
 
-        with Step("hardening"):
+        with Step("hardening; the k8s probes against the running binaries"):
             check_hardening(dep)
+            check_k8s_probes(dep)
 
         with Step("COMPOSE_PROFILES=coturn: call through coturn"):
             dep.env["COMPOSE_PROFILES"] = "coturn"
