@@ -61,7 +61,8 @@ t "$V/hadolint" --failure-threshold info deploy/docker/Dockerfile
 echo "ok -- hadolint deploy/docker/Dockerfile"
 
 echo "== shellcheck $SHELLCHECK_VERSION (deploy scripts)"
-t "$V/shellcheck" scripts/checks/50-deploy-static.sh scripts/checks/60-prodlike.sh scripts/deploy/compose-test.sh
+t "$V/shellcheck" scripts/checks/50-deploy-static.sh scripts/checks/60-prodlike.sh \
+  scripts/checks/70-compose.sh scripts/deploy/compose-test.sh
 echo "ok -- shellcheck"
 
 echo "== health probe"

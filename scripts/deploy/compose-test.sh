@@ -15,6 +15,7 @@ cd "$(dirname "$0")/../.."
 export PYTHONDONTWRITEBYTECODE=1 # keep scripts/deploy free of __pycache__
 
 PODMAN_COMPOSE_VERSION=1.6.0
+SECONDS=0
 
 missing=()
 for pkg in podman runc debootstrap; do
@@ -33,6 +34,8 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 have=$(.venv/bin/python -m pip show podman-compose 2>/dev/null | awk '/^Version:/{print $2}' || true)
 [ "$have" = "$PODMAN_COMPOSE_VERSION" ] || timeout 600 .venv/bin/python -m pip install -q "podman-compose==$PODMAN_COMPOSE_VERSION"
+
+echo "-- tools (podman, runc, debootstrap, podman-compose) present: ${SECONDS}s"
 
 # `make test` builds the workspace before the checks; run alone, build what is missing.
 profile=${DEPLOY_TEST_PROFILE:-debug}
