@@ -77,3 +77,11 @@ test('ended wins over everything; every state has words', () => {
   for (const [k, w] of Object.entries(VIEW_WORDS)) assert.ok(w.length > 0, k);
   assert.equal(qualityView('fair', 'good').text, 'Your connection is unstable');
 });
+
+test('blocked by the network replaces connecting, never a live or ended call', () => {
+  const v = callView({ signaling: 'open', media: 'connecting', peer: 'present', blocked: true });
+  assert.deepEqual([v.state, v.text, v.quality], ['blocked', 'Blocked by the network', null]);
+  assert.equal(callView({ ...base, blocked: true }).state, 'connected');
+  assert.equal(callView({ ...base, ended: true, blocked: true }).state, 'ended');
+  assert.equal(callView({ ...base, peer: 'left', blocked: true }).state, 'alone');
+});

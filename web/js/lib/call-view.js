@@ -13,6 +13,7 @@ export const VIEW_WORDS = Object.freeze({
   'peer-away': 'The other person is reconnecting…',
   alone: 'The other person left',
   failed: 'Connection failed',
+  blocked: 'Blocked by the network',
   ended: 'Call ended',
 });
 
@@ -43,11 +44,21 @@ export function qualityView(mine = 'unknown', theirs = 'unknown') {
  * @param {boolean} [f.ended]
  * @param {string} [f.mine]       our quality level
  * @param {string} [f.theirs]     the other person's quality level (sent over the data channel)
+ * @param {boolean} [f.blocked]   no media path came up in time (MediaSession's `blocked`)
  * @returns {{state: string, text: string, timer: 'hidden'|'running'|'stopped',
  *           quality: null|{level,text,whose}, stage: 'invite'|'peer-away'|'alone'|'media'|'none',
  *           mediaExpected: boolean}}
  */
 export function callView(f) {
+  const view = viewOf(f);
+  // No media path ever came up (a firewall drops UDP and TURN alike): say so, not "connecting".
+  if (f.blocked && !['connected', 'ended', 'alone'].includes(view.state)) {
+    return { ...view, state: 'blocked', text: VIEW_WORDS.blocked, quality: null };
+  }
+  return view;
+}
+
+function viewOf(f) {
   const ever = f.connectedOnce === true;
   const timerAfter = ever ? 'stopped' : 'hidden';
   if (f.ended || f.signaling === 'closed') {
