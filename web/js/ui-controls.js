@@ -301,7 +301,10 @@ export class Ui {
     e['remote-muted'].hidden = mic !== false;
     e['remote-name'].hidden = !name;
     e['remote-name'].textContent = name || '';
-    e['peer-avatar'].textContent = (name || '?').trim().charAt(0).toUpperCase() || '?';
+    // Their initial when they gave a name, else a person outline.
+    const initial = (name || '').trim().charAt(0).toUpperCase();
+    $('peer-initial').textContent = initial;
+    e['peer-avatar'].dataset.initial = String(!!initial);
     e.stage.dataset.remoteCam = cam === false ? 'off' : 'on';
     e.stage.dataset.remoteScreen = String(!!screen);
   }

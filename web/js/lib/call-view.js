@@ -26,7 +26,7 @@ const QUALITY_RANK = { unknown: 0, good: 1, fair: 2, poor: 3 };
 export function qualityView(mine = 'unknown', theirs = 'unknown') {
   const m = QUALITY_RANK[mine] ?? 0;
   const t = QUALITY_RANK[theirs] ?? 0;
-  if (m === 0 && t === 0) return { level: 'unknown', text: 'Measuring connection…', whose: 'both' };
+  if (m === 0 && t === 0) return { level: 'unknown', text: 'Measuring…', whose: 'both' };
   const level = m >= t ? mine : theirs;
   if (level === 'good') return { level, text: 'Good connection', whose: 'both' };
   const adjective = level === 'poor' ? 'poor' : 'unstable';
