@@ -25,8 +25,10 @@ bin="$root/target/$profile"
 
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/hermes-run.XXXXXX")
 pids=()
+stopping=0
 cleanup() {
   trap - INT TERM EXIT
+  stopping=1
   echo
   echo "stopping Hermes..."
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
@@ -140,4 +142,10 @@ LOGGER_FILE="$run_dir/observer.log" LOGGER_HEALTH_LISTEN="127.0.0.1:$logger_heal
   LOGGER_INCLUDE_DETAIL=true "$bin/hermes-logger" --color auto &
 pids+=($!)
 wait -n "${pids[@]}" || true
-echo "a Hermes process exited; see $run_dir/logs/" >&2
+# Ctrl-C ran cleanup already (logs gone with the run dir): nothing to point at. A process that
+# exited by itself: keep its logs somewhere that outlives the cleanup, and say where.
+if [ "$stopping" = 0 ]; then
+  kept=$(mktemp -d "${TMPDIR:-/tmp}/hermes-logs.XXXXXX")
+  cp -r "$run_dir/logs/." "$kept/" 2>/dev/null || true
+  echo "a Hermes process exited; its logs are kept in $kept/" >&2
+fi

@@ -1,4 +1,5 @@
-// The REST API (hermes_proto::api): create a call, resolve a code, join with a token. Tokens
+// The REST API (hermes_proto::api): create a call, resolve a code, join with a token, a fresh
+// code for one's own call, the call's status. Tokens
 // travel only in the Authorization header or in bodies, never in URLs. Every failure becomes an
 // ApiError with words for people (see lib/messages.js apiErrorMessage).
 
@@ -13,14 +14,14 @@ export class ApiError extends Error {
   }
 }
 
-async function request(op, path, { body, token } = {}) {
+async function request(op, path, { body, token, method = 'POST' } = {}) {
   const headers = { Accept: 'application/json' };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   if (token) headers.Authorization = `Bearer ${token}`;
   let res;
   try {
     res = await fetch(path, {
-      method: 'POST',
+      method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
       credentials: 'omit',
@@ -52,4 +53,14 @@ export function resolveCode(code) {
 /** `POST /api/join` → `{callId, participantId, role, signalUrl, iceServers, iceTransportPolicy}`. */
 export function joinCall(token) {
   return request('join', '/api/join', { token });
+}
+
+/** `POST /api/call/code` → `{callId, code, codeExpiresAt}`: a fresh code for the token's call. */
+export function newCode(token) {
+  return request('code', '/api/call/code', { token });
+}
+
+/** `GET /api/call/{callId}` → `{callId, status, createdAt, endedAt?, participants}`. */
+export function callStatus(token, callId) {
+  return request('status', `/api/call/${encodeURIComponent(callId)}`, { token, method: 'GET' });
 }

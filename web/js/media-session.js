@@ -1,8 +1,10 @@
 // The RTCPeerConnection of one call: ICE servers and transport policy from /api/join only,
 // perfect negotiation (the offerer is impolite, the answerer polite), ICE restart when the
 // connection fails or stays disconnected, a fresh peer connection when the restart does not
-// help, a periodic stats summary, the security code from both DTLS fingerprints, and chat over
-// an RTCDataChannel (peer to peer, never through the server).
+// help, a periodic stats summary, the security code from both DTLS fingerprints, chat over an
+// RTCDataChannel, and a second channel `meta` that carries each side's state (mic, camera,
+// screen share, display name, link quality) as small JSON objects: all peer to peer, never
+// through the server.
 
 import { answerMessage, candidateMessage, offerMessage, statsMessage } from './lib/messages.js';
 import { securityCode } from './lib/security-code.js';
@@ -10,6 +12,8 @@ import { sdpSessionId } from './lib/sdp.js';
 import { summariseStats } from './lib/stats.js';
 
 const MAX_CHAT_CHARS = 2000;
+/** A meta message is a small JSON object; anything longer is not ours. */
+const MAX_META_CHARS = 1000;
 
 export class MediaSession {
   /**
@@ -43,6 +47,7 @@ export class MediaSession {
 
     this.pc = null;
     this.dc = null;
+    this.meta = null;
     this.makingOffer = false;
     this.ignoreOffer = false;
     this.remoteSession = null;
@@ -129,7 +134,8 @@ export class MediaSession {
     };
     pc.ondatachannel = ({ channel }) => {
       if (pc !== this.pc) return;
-      this.attachChannel(channel);
+      if (channel.label === 'meta') this.attachMeta(channel);
+      else this.attachChannel(channel);
     };
 
     if (!this.polite) {
@@ -137,6 +143,7 @@ export class MediaSession {
       // transceivers for kinds we cannot send) then negotiationneeded fires.
       this.addLocalMedia(pc);
       this.attachChannel(pc.createDataChannel('chat', { ordered: true }));
+      this.attachMeta(pc.createDataChannel('meta', { ordered: true }));
     }
     this.startStats();
     return pc;
@@ -174,6 +181,29 @@ export class MediaSession {
       if (typeof ev.data !== 'string') return;
       this.on.chat?.(ev.data.slice(0, MAX_CHAT_CHARS));
     };
+  }
+
+  attachMeta(dc) {
+    this.meta = dc;
+    dc.onopen = () => dc === this.meta && this.on.metaOpen?.();
+    dc.onmessage = (ev) => {
+      if (typeof ev.data !== 'string' || ev.data.length > MAX_META_CHARS) return;
+      let m;
+      try {
+        m = JSON.parse(ev.data);
+      } catch {
+        return;
+      }
+      if (m && typeof m === 'object' && !Array.isArray(m)) this.on.meta?.(m);
+    };
+  }
+
+  /** Send a state object to the other side. False when the channel is not open. */
+  sendMeta(obj) {
+    const text = JSON.stringify(obj);
+    if (!this.meta || this.meta.readyState !== 'open' || text.length > MAX_META_CHARS) return false;
+    this.meta.send(text);
+    return true;
   }
 
   /** Send a chat line over the data channel. False when the channel is not open. */
@@ -366,6 +396,24 @@ export class MediaSession {
     }
   }
 
+  /**
+   * Send `track` as our video without touching the local stream (screen sharing: the camera
+   * track stays ready to come back). Same DTLS session, so the security code stays valid.
+   */
+  async sendVideoTrack(track) {
+    const pc = this.pc;
+    if (!pc) return;
+    const tr = pc
+      .getTransceivers()
+      .find((t) => (t.sender.track?.kind ?? t.receiver.track?.kind) === 'video' && !t.stopped);
+    if (tr) {
+      await tr.sender.replaceTrack(track);
+      if (track && tr.direction === 'recvonly') tr.direction = 'sendrecv';
+    } else if (track) {
+      pc.addTrack(track, this.localStream ?? new MediaStream([track]));
+    }
+  }
+
   teardownPc() {
     this.clearRecoveryTimers();
     if (this.dc) {
@@ -376,6 +424,14 @@ export class MediaSession {
       }
     }
     this.dc = null;
+    if (this.meta) {
+      try {
+        this.meta.close();
+      } catch {
+        // closed already
+      }
+    }
+    this.meta = null;
     if (this.pc) {
       try {
         this.pc.close();

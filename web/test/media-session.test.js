@@ -325,3 +325,26 @@ test('a repeated offer or candidate (at-least-once relaying) is applied once', a
   assert.equal(sent.filter((x) => x.type === 'answer').length, 2);
   m.close();
 });
+
+test('state travels on its own channel as small JSON objects; junk is dropped', async () => {
+  const { m } = session('offerer');
+  const got = [];
+  let opened = 0;
+  m.on.meta = (x) => got.push(x);
+  m.on.metaOpen = () => (opened += 1);
+  m.peerPresent();
+  await tick();
+  const meta = FakePC.all[0].channels.find((c) => c.label === 'meta');
+  assert.ok(meta, 'the offerer creates the meta channel next to chat');
+  assert.equal(m.sendMeta({ type: 'state', mic: false }), false, 'not open yet');
+  meta.readyState = 'open';
+  meta.onopen();
+  assert.equal(opened, 1);
+  assert.equal(m.sendMeta({ type: 'state', mic: false, cam: true }), true);
+  assert.deepEqual(JSON.parse(meta.sent[0]), { type: 'state', mic: false, cam: true });
+  assert.equal(m.sendMeta({ type: 'state', name: 'x'.repeat(2000) }), false, 'too long to be ours');
+  for (const data of ['{bad', '[1,2]', 'null', '"text"', 'z'.repeat(1001), new ArrayBuffer(2)]) meta.onmessage({ data });
+  meta.onmessage({ data: '{"type":"state","cam":false}' });
+  assert.deepEqual(got, [{ type: 'state', cam: false }]);
+  m.close();
+});

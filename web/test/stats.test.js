@@ -70,3 +70,32 @@ test('quality levels', () => {
   assert.equal(qualityLevel({ rttMs: 20, packetLoss: 0.1 }), 'poor');
   assert.equal(qualityLevel({ rttMs: 20, packetLoss: 0, bitrateInKbps: 0 }), 'poor');
 });
+
+test('connection details: path, transport, RTT, loss, bitrates, picture and codec', async () => {
+  const { connectionDetails } = await import('../js/lib/stats.js');
+  const reports = [
+    { id: 'T', type: 'transport', selectedCandidatePairId: 'P' },
+    { id: 'P', type: 'candidate-pair', localCandidateId: 'L', remoteCandidateId: 'R' },
+    { id: 'L', type: 'local-candidate', candidateType: 'relay', relayProtocol: 'tls', protocol: 'udp' },
+    { id: 'R', type: 'remote-candidate', candidateType: 'host' },
+    { id: 'V', type: 'inbound-rtp', kind: 'video', frameWidth: 640, frameHeight: 480, framesPerSecond: 29.7, codecId: 'C' },
+    { id: 'C', type: 'codec', mimeType: 'video/VP8' },
+  ];
+  const rows = Object.fromEntries(connectionDetails(reports, { rttMs: 42.4, packetLoss: 0.012, bitrateInKbps: 812.3, bitrateOutKbps: 640 }));
+  assert.deepEqual(rows, {
+    Path: 'Relay over TLS',
+    'Round trip': '42 ms',
+    Loss: '1.2 %',
+    Receiving: '812 kbit/s',
+    Sending: '640 kbit/s',
+    Picture: '640×480 at 30 fps',
+    Codec: 'VP8',
+  });
+  const direct = [
+    { id: 'P', type: 'candidate-pair', nominated: true, state: 'succeeded', localCandidateId: 'L', remoteCandidateId: 'R' },
+    { id: 'L', type: 'local-candidate', candidateType: 'host', protocol: 'udp' },
+    { id: 'R', type: 'remote-candidate', candidateType: 'srflx' },
+  ];
+  assert.deepEqual(connectionDetails(direct), [['Path', 'Direct (UDP)']]);
+  assert.deepEqual(connectionDetails([]), []);
+});

@@ -16,7 +16,8 @@
 // replica that holds a participant of the call (scripts/deploy/compose_test.py).
 // The last line is `{"event":"done","ok":true|false,...}`; exit code 0 only when ok.
 
-import { mkdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
 import { chromium } from 'playwright-core';
@@ -29,6 +30,8 @@ const POLICY = args.policy ?? 'all';
 const RUNS = Number(args.runs ?? 5);
 const OUT = args.out ?? 'test-output';
 const SCENARIOS = new Set((args.scenarios ?? 'denied,timing,media,security,chat,screenshots,drop-ws,restart-signal,ice-restart,glare,fresh-pc,reload,hangup').split(','));
+// Scenarios of the web client as a product (tests/e2e/tests/web_client.rs): each runs alone.
+const PRODUCT_SCENARIOS = ['remote-state', 'share-screen', 'invite-again', 'rejoin', 'reload-keeps', 'lobby', 'code-expiry', 'keyboard', 'screens'];
 const CHROMIUM = process.env.HERMES_CHROMIUM ?? '/usr/bin/chromium';
 const IGNORE_HTTPS_ERRORS = args['ignore-https-errors'] === 'true';
 
@@ -206,6 +209,8 @@ async function deniedCall(A, B, mode) {
         : real(c);
   }, mode);
   await pb.goto(link);
+  // The link opens the lobby (preview, devices, join muted): B joins from there.
+  await pb.click('#lobby-join');
   await pb.waitForFunction(() => globalThis.__hermes.timing.firstFrame !== null, null, { timeout: 20_000 });
   check(true, `${mode}: B joined by the /c/CODE link and sees A`);
   const notice = await pb.textContent('#notice');
@@ -380,6 +385,419 @@ async function labChange(c, row, call) {
   }
 }
 
+// ---------------------------------------------------------------- the web client as a product
+
+/** Wait until `fn` (evaluated in the page) is truthy. */
+function until(page, fn, arg, timeout = 10_000) {
+  return page.waitForFunction(fn, arg, { timeout });
+}
+
+/** A creates a call; B pastes the whole share link into the code field (defect 5). */
+async function callByPastedLink(A, B) {
+  const pa = await openPage(A);
+  await pa.goto(BASE);
+  await pa.click('#new-call');
+  await until(pa, () => document.getElementById('invite-code').textContent.length >= 6);
+  const link = await pa.$eval('#share-link', (e) => e.value);
+  const pb = await openPage(B);
+  await pb.goto(BASE);
+  await pb.fill('#code-input', link);
+  await pb.click('#join-button');
+  await until(pb, () => globalThis.__hermes.timing.firstFrame !== null, null, 20_000);
+  await waitState(pa, 'connected');
+  await waitState(pb, 'connected');
+  return { pa, pb, link, code: link.split('/c/')[1] };
+}
+
+async function closeAll(...pages) {
+  for (const p of pages) await p.close().catch(() => {});
+}
+
+/** Text of a QR code in a screenshot of `selector`, decoded by zbarimg (an independent reader). */
+async function decodeQr(page, selector) {
+  mkdirSync(OUT, { recursive: true });
+  const file = path.join(OUT, `qr-${Date.now()}.png`);
+  await page.locator(selector).screenshot({ path: file });
+  return execFileSync('zbarimg', ['--raw', '-q', file], { encoding: 'utf8' }).trim();
+}
+
+const PRODUCT = {
+  /** Defect 1: the other person's camera off, mic off, speaking; pasted link (defect 5). */
+  async 'remote-state'(A, B) {
+    const { pa, pb } = await callByPastedLink(A, B);
+    check(true, 'pasted share link joins the call');
+    await until(pb, () => document.getElementById('stage').dataset.stage === 'media');
+    // Speaking: Chromium's fake microphone beeps; B sees the level and the ring.
+    await until(pb, () => document.getElementById('stage').dataset.speaking === 'true', null, 15_000);
+    check(true, 'speaking indicator lights up for the other person\'s voice');
+    await pa.click('#toggle-cam');
+    await until(pb, () => document.getElementById('stage').dataset.stage === 'cam-off');
+    const words = await pb.textContent('#peer-status');
+    check(/camera is off/.test(words) && (await pb.isVisible('#peer-avatar')), 'remote camera off: placeholder with words and avatar', words);
+    await pa.click('#toggle-mic');
+    await until(pb, () => !document.getElementById('remote-muted').hidden);
+    check(await pb.isVisible('#remote-muted'), 'remote mic off: muted badge');
+    check(await pb.$eval('#stage', (e) => e.dataset.speaking !== 'true'), 'no speaking ring while muted');
+    // Speaking into a muted mic: A is told.
+    await until(pa, () => !document.getElementById('muted-hint').hidden, null, 15_000);
+    check(true, 'muted hint when speaking into a muted mic');
+    if (args.shoot !== 'no') {
+      await screenshots(pb, 'call-remote-camera-off');
+      await screenshots(pa, 'call-own-camera-off');
+    }
+    await pa.click('#toggle-cam');
+    await pa.click('#toggle-mic');
+    await until(pb, () => document.getElementById('stage').dataset.stage === 'media' && document.getElementById('remote-muted').hidden);
+    check(true, 'camera and mic back: placeholder and badge gone');
+    // The name typed in the devices panel reaches the other side, never the server.
+    await pa.click('#toggle-settings');
+    await pa.fill('#my-name', 'Ada');
+    await pa.press('#my-name', 'Enter');
+    await pa.$eval('#my-name', (e) => e.dispatchEvent(new Event('change')));
+    await until(pb, () => document.getElementById('remote-name').textContent === 'Ada');
+    check(true, 'display name shown to the other person');
+    await pa.click('#toggle-settings');
+    await hangUp(pa, pb);
+    const dur = await pb.textContent('#ended-duration');
+    check(/Call length \d+:\d\d/.test(dur), 'end card shows the duration', dur);
+    check(await pb.evaluate(() => document.activeElement?.closest('#ended') !== null), 'focus moved into the end card');
+    await closeAll(pa, pb);
+  },
+
+  /** Screen sharing with Chromium's fake display source; the security code stays valid. */
+  async 'share-screen'(A, B) {
+    const { pa, pb } = await callByPastedLink(A, B);
+    await until(pa, () => document.getElementById('security-code').textContent.length > 0);
+    const before = await pa.textContent('#security-code');
+    await pa.click('#toggle-share');
+    await until(pa, () => document.getElementById('toggle-share').getAttribute('aria-pressed') === 'true');
+    await until(pb, () => globalThis.__hermes.remote.screen === true);
+    check(true, 'screen share: the other side is told');
+    const label = await pa.evaluate(() => globalThis.__hermes.media.pc.getSenders().find((s) => s.track?.kind === 'video')?.track?.label ?? '');
+    check(!/fake|camera/i.test(label) || /screen|display|window/i.test(label), 'screen share: the video sender carries the display track', label);
+    await framesRising(pb, 'B while A shares the screen');
+    check((await pa.textContent('#security-code')) === before && (await pb.textContent('#security-code')) === before, 'screen share: security code unchanged and equal');
+    await pa.click('#toggle-share');
+    await until(pb, () => globalThis.__hermes.remote.screen === false);
+    await framesRising(pb, 'B after A stopped sharing');
+    await hangUp(pa, pb);
+    await closeAll(pa, pb);
+  },
+
+  /** Defect 2: the other person closes the tab; A mints a new code from inside the call. */
+  async 'invite-again'(A, B) {
+    const { pa, pb } = await callByPastedLink(A, B);
+    await pb.close();
+    await until(pa, () => document.getElementById('conn-state').dataset.state === 'alone', null, 25_000);
+    const pill = await pa.textContent('#conn-state');
+    const timerStopped = await pa.$eval('#call-timer', (e) => e.textContent);
+    check(!(await pa.isVisible('#quality')), 'alone: no quality pill', pill);
+    await sleep(1200);
+    check((await pa.$eval('#call-timer', (e) => e.textContent)) === timerStopped, 'alone: timer stopped');
+    const states = await pa.evaluate(() => document.getElementById('conn-state').textContent + '|' + document.getElementById('peer-status').textContent);
+    check(!/Reconnecting|Poor/.test(states), 'alone: no contradicting status', states);
+    if (args.shoot !== 'no') await screenshots(pa, 'call-alone');
+    await pa.click('#new-code');
+    await until(pa, () => document.getElementById('invite').dataset.mode === 'code' && document.getElementById('invite-code').textContent.length >= 6);
+    const link = await pa.$eval('#share-link', (e) => e.value);
+    check(/\/c\/[0-9A-Z]{6}$/.test(link), 'new code from inside the call', link);
+    const decoded = await decodeQr(pa, '#invite-qr');
+    check(decoded === link, 'QR code on the page decodes to the share link (zbarimg)', { decoded, link });
+    // Someone new joins with it (B's browser, a fresh tab, typing the code).
+    const pc = await openPage(B);
+    await pc.goto(BASE);
+    await pc.fill('#code-input', link.split('/c/')[1]);
+    await pc.click('#join-button');
+    await until(pc, () => globalThis.__hermes.timing.firstFrame !== null, null, 20_000);
+    await waitState(pa, 'connected');
+    await framesRising(pa, 'A with the person invited again');
+    await hangUp(pa, pc);
+    await closeAll(pa, pc);
+  },
+
+  /** Defect 2: B closes the tab by accident and comes back by the same link. */
+  async rejoin(A, B) {
+    const { pa, pb, link } = await callByPastedLink(A, B);
+    await pb.close();
+    await until(pa, () => ['peer-away', 'alone'].includes(document.getElementById('conn-state').dataset.state), null, 15_000);
+    const again = await openPage(B);
+    await again.goto(link);
+    await again.waitForSelector('#lobby', { state: 'visible' });
+    await again.click('#lobby-join');
+    await waitState(again, 'connected', 20_000);
+    await waitState(pa, 'connected', 20_000);
+    check(true, 'rejoin after closing the tab: the same link works again');
+    await framesRising(again, 'B after rejoining');
+    await framesRising(pa, 'A after B rejoined');
+    // The home screen offers the live call too.
+    const home = await openPage(B);
+    await home.goto(BASE);
+    await home.waitForSelector('#rejoin-card', { state: 'visible' });
+    check(true, 'home offers to rejoin the call that is still on');
+    await home.close();
+    await hangUp(pa, again);
+    await closeAll(pa, again);
+  },
+
+  /** Defect 9: a reload keeps the timer, the chat and says the security code changed. */
+  async 'reload-keeps'(A, B) {
+    const { pa, pb } = await callByPastedLink(A, B);
+    await pa.click('#toggle-chat');
+    await until(pa, () => !document.getElementById('chat-input').disabled);
+    await pa.fill('#chat-input', 'before the reload');
+    await pa.press('#chat-input', 'Enter');
+    await until(pb, () => [...document.querySelectorAll('#chat-log li')].some((li) => li.textContent === 'before the reload'));
+    await sleep(2100);
+    const t0 = await pb.textContent('#call-timer');
+    await pb.reload();
+    await waitState(pb, 'connected', 20_000);
+    await until(pb, () => [...document.querySelectorAll('#chat-log li')].some((li) => li.textContent === 'before the reload'));
+    check(true, 'reload: chat history kept');
+    const t1 = await pb.textContent('#call-timer');
+    const secs = (t) => t.split(':').reduce((a, b) => a * 60 + Number(b), 0);
+    check(secs(t1) >= secs(t0), 'reload: the timer continues from the call start', [t0, t1]);
+    await until(pb, () => !document.getElementById('security-changed').hidden, null, 15_000);
+    check(true, 'reload: told to compare the security words again');
+    if (args.shoot !== 'no') {
+      await pb.click('#toggle-chat');
+      await screenshots(pb, 'call-chat-open');
+      await pb.click('#toggle-chat');
+      await pb.click('#toggle-settings');
+      await screenshots(pb, 'call-devices-open');
+      await pb.click('#toggle-settings');
+    }
+    await hangUp(pa, pb);
+    await closeAll(pa, pb);
+  },
+
+  /** Defect 6: the lobby: preview, join muted, refusal and Try again in the same page. */
+  async lobby(A, B) {
+    const pa = await openPage(A);
+    await pa.goto(BASE);
+    await pa.click('#new-call');
+    await until(pa, () => document.getElementById('invite-code').textContent.length >= 6);
+    const link = await pa.$eval('#share-link', (e) => e.value);
+    const pb = await openPage(B);
+    await pb.addInitScript(() => {
+      const md = navigator.mediaDevices;
+      const real = md.getUserMedia.bind(md);
+      md.getUserMedia = (c) => (globalThis.__allowMedia ? real(c) : Promise.reject(new DOMException('refused by the test', 'NotAllowedError')));
+    });
+    await pb.goto(link);
+    await pb.waitForSelector('#lobby', { state: 'visible' });
+    await until(pb, () => !document.getElementById('lobby-retry').hidden);
+    check(/blocked|missing/.test(await pb.textContent('#lobby-error')), 'lobby: refusal explained, Try again offered');
+    if (args.shoot !== 'no') await screenshots(pb, 'lobby-denied');
+    await pb.evaluate(() => (globalThis.__allowMedia = true));
+    await pb.click('#lobby-retry');
+    await until(pb, () => document.getElementById('lobby-video').srcObject?.getVideoTracks().length > 0);
+    check(true, 'lobby: Try again asks again and shows the preview');
+    await until(pb, () => Number((document.getElementById('lobby-meter').style.transform.match(/[\d.]+/) ?? ['0'])[0]) > 0, null, 10_000);
+    check(true, 'lobby: mic level meter moves');
+    if (args.shoot !== 'no') await screenshots(pb, 'lobby');
+    await pb.click('#lobby-mic');
+    await pb.fill('#display-name', 'Bea');
+    await pb.click('#lobby-join');
+    await waitState(pb, 'connected', 20_000);
+    await until(pa, () => !document.getElementById('remote-muted').hidden && document.getElementById('remote-name').textContent === 'Bea');
+    check(true, 'joined muted from the lobby, with a name');
+    check((await pb.getAttribute('#toggle-mic', 'aria-pressed')) === 'false', 'lobby choice carried into the call');
+    await hangUp(pa, pb);
+    await closeAll(pa, pb);
+  },
+
+  /** Defect 4: the code's remaining time, then New code (the API runs with a 4 s code life). */
+  async 'code-expiry'(A) {
+    const pa = await openPage(A);
+    await pa.goto(BASE);
+    await pa.click('#new-call');
+    await until(pa, () => /Valid for \d+:\d\d/.test(document.getElementById('code-expiry').textContent));
+    check(true, 'waiting screen shows the code\'s remaining time');
+    await until(pa, () => !document.getElementById('new-code').hidden, null, 15_000);
+    check(/expired/.test(await pa.textContent('#code-expiry')), 'expired code said so, New code offered');
+    if (args.shoot !== 'no') await screenshots(pa, 'waiting-expired');
+    const old = await pa.textContent('#invite-code');
+    await pa.click('#new-code');
+    await until(pa, (o) => document.getElementById('invite-code').textContent !== o && document.getElementById('new-code').hidden, old);
+    check(true, 'New code replaces the expired one');
+    await pa.click('#hang-up');
+    await pa.close();
+  },
+
+  /** Keyboard: shortcuts, the help dialog takes focus and gives it back, Escape closes. */
+  async keyboard(A, B) {
+    const { pa, pb } = await callByPastedLink(A, B);
+    await pa.locator('body').click({ position: { x: 5, y: 5 } }).catch(() => {});
+    await pa.keyboard.press('m');
+    check((await pa.getAttribute('#toggle-mic', 'aria-pressed')) === 'false', 'M mutes');
+    await pa.keyboard.press('m');
+    await pa.keyboard.press('v');
+    check((await pa.getAttribute('#toggle-cam', 'aria-pressed')) === 'false', 'V turns the camera off');
+    await pa.keyboard.press('v');
+    await pa.keyboard.press('c');
+    check(await pa.isVisible('#chat'), 'C opens the chat');
+    await pa.keyboard.press('Escape');
+    check(!(await pa.isVisible('#chat')), 'Escape closes it');
+    await pa.focus('#toggle-help');
+    await pa.keyboard.press('Enter');
+    await pa.waitForSelector('#help', { state: 'visible' });
+    check(await pa.evaluate(() => document.activeElement?.closest('#help') !== null), 'help dialog takes focus');
+    for (let i = 0; i < 3; i++) await pa.keyboard.press('Tab');
+    check(await pa.evaluate(() => document.activeElement?.closest('#help') !== null), 'focus stays in the dialog');
+    if (args.shoot !== 'no') await screenshots(pa, 'help');
+    await pa.keyboard.press('Escape');
+    check(await pa.evaluate(() => document.activeElement?.id === 'toggle-help'), 'focus returns to the button');
+    // Every control of the call screen is reachable with Tab.
+    const reached = new Set();
+    for (let i = 0; i < 40; i++) {
+      await pa.keyboard.press('Tab');
+      const id = await pa.evaluate(() => document.activeElement?.id);
+      if (id) reached.add(id);
+    }
+    const want = ['toggle-mic', 'toggle-cam', 'toggle-share', 'toggle-settings', 'toggle-chat', 'hang-up', 'quality'];
+    check(want.every((id) => reached.has(id)), 'every call control reachable with Tab', [...reached]);
+    await pa.keyboard.press('h');
+    await pb.waitForSelector('#ended', { state: 'visible' });
+    check(true, 'H hangs up');
+    await closeAll(pa, pb);
+  },
+
+  /** Every screen at five sizes: screenshots, layout checks, axe-core. */
+  async screens(A, B, result) {
+    result.layout = await screensCheck(A, B);
+  },
+};
+
+const SIZES = [[360, 740], [390, 844], [844, 390], [768, 1024], [1440, 900]];
+
+/** In the page: overlapping controls, overflowing text, small targets on phones. */
+function layoutProblems(phone) {
+  // The part of an element people can see: clipped by scrolling ancestors and the viewport.
+  const shownRect = (e) => {
+    let r = e.getBoundingClientRect();
+    let box = { left: r.left, top: r.top, right: r.right, bottom: r.bottom };
+    for (let p = e.parentElement; p && p !== document.documentElement; p = p.parentElement) {
+      const ps = getComputedStyle(p);
+      if (Number(ps.opacity) === 0) return null;
+      if (ps.overflowX !== 'visible' || ps.overflowY !== 'visible') {
+        r = p.getBoundingClientRect();
+        box = { left: Math.max(box.left, r.left), top: Math.max(box.top, r.top), right: Math.min(box.right, r.right), bottom: Math.min(box.bottom, r.bottom) };
+      }
+    }
+    box = { left: Math.max(box.left, 0), top: Math.max(box.top, 0), right: Math.min(box.right, innerWidth), bottom: Math.min(box.bottom, innerHeight) };
+    return box.right - box.left > 0 && box.bottom - box.top > 0 ? box : null;
+  };
+  const visible = (e) => {
+    if (e.closest('[hidden]') || e.closest('[inert]')) return false;
+    const s = getComputedStyle(e);
+    if (s.visibility === 'hidden' || s.display === 'none' || Number(s.opacity) === 0) return false;
+    return shownRect(e) !== null;
+  };
+  const topLayer = (e) => {
+    const d = e.closest('.dialog-backdrop');
+    return d ? d.id : '';
+  };
+  const controls = [...document.querySelectorAll('button, a[href], input, select')].filter(visible);
+  const problems = [];
+  const name = (e) => e.id || e.getAttribute('aria-label') || e.textContent.trim().slice(0, 20) || e.tagName;
+  const dialogOpen = [...document.querySelectorAll('.dialog-backdrop')].some((d) => !d.hidden);
+  for (let i = 0; i < controls.length; i++) {
+    const a = shownRect(controls[i]);
+    const full = controls[i].getBoundingClientRect();
+    if (phone && (full.width < 44 || full.height < 44) && controls[i].tagName !== 'A') problems.push(`small: ${name(controls[i])} ${Math.round(full.width)}×${Math.round(full.height)}`);
+    for (let j = i + 1; j < controls.length; j++) {
+      if (dialogOpen && topLayer(controls[i]) !== topLayer(controls[j])) continue;
+      if (controls[i].contains(controls[j]) || controls[j].contains(controls[i])) continue;
+      const b = shownRect(controls[j]);
+      const w = Math.min(a.right, b.right) - Math.max(a.left, b.left);
+      const h = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+      if (w > 1 && h > 1) problems.push(`overlap: ${name(controls[i])} / ${name(controls[j])}`);
+    }
+  }
+  for (const e of document.querySelectorAll('h1, h2, p, label, button, .pill, dt, dd, li, span.label')) {
+    if (!visible(e) || e.closest('.ctl, .round')) continue;
+    if (e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX !== 'auto' && getComputedStyle(e).textOverflow !== 'ellipsis') problems.push(`overflow: ${name(e)}`);
+  }
+  if (document.documentElement.scrollWidth > innerWidth + 1) problems.push('page scrolls sideways');
+  return problems;
+}
+
+async function axeCheck(page, what) {
+  const src = readFileSync(new URL('../node_modules/axe-core/axe.min.js', import.meta.url), 'utf8');
+  await page.evaluate(src);
+  const r = await page.evaluate(async () => {
+    const res = await globalThis.axe.run(document, { resultTypes: ['violations'] });
+    return res.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical').map((v) => `${v.id}: ${v.nodes.map((n) => n.target.join(' ')).slice(0, 3).join(', ')}`);
+  });
+  check(r.length === 0, `axe: no serious or critical violation on ${what}`, r);
+}
+
+/** Screenshot and check one screen at every size. */
+async function checkScreen(page, label, { axe = true } = {}) {
+  const problems = {};
+  for (const [w, h] of SIZES) {
+    await page.setViewportSize({ width: w, height: h });
+    await sleep(200);
+    mkdirSync(OUT, { recursive: true });
+    const file = path.join(OUT, `${label}-${w}x${h}.png`);
+    await page.screenshot({ path: file });
+    emit({ event: 'screenshot', file });
+    const p = await page.evaluate(layoutProblems, w < 768 || h < 500);
+    if (p.length) problems[`${w}x${h}`] = p;
+  }
+  check(Object.keys(problems).length === 0, `layout: ${label} has no overlap, overflow or small target`, problems);
+  if (axe) await axeCheck(page, label);
+  await page.setViewportSize({ width: 1440, height: 900 });
+}
+
+async function screensCheck(A, B) {
+  // The axe script is injected into the page: these contexts skip the CSP for that only.
+  const ctxA = await A.browser.newContext({ viewport: { width: 1440, height: 900 }, permissions: ['camera', 'microphone', 'clipboard-read', 'clipboard-write'], bypassCSP: true });
+  const ctxB = await B.browser.newContext({ viewport: { width: 1440, height: 900 }, permissions: ['camera', 'microphone'], bypassCSP: true });
+  const sa = { name: 'A', context: ctxA };
+  const sb = { name: 'B', context: ctxB };
+  const home = await openPage(sb);
+  await home.goto(BASE);
+  await checkScreen(home, 'screen-home');
+  await home.fill('#code-input', 'ZZZ-ZZU');
+  await home.click('#join-button');
+  await checkScreen(home, 'screen-home-error');
+  const pa = await openPage(sa);
+  await pa.goto(BASE);
+  await pa.click('#new-call');
+  await until(pa, () => document.getElementById('invite-code').textContent.length >= 6);
+  await checkScreen(pa, 'screen-waiting');
+  const link = await pa.$eval('#share-link', (e) => e.value);
+  await home.goto(link);
+  await home.waitForSelector('#lobby', { state: 'visible' });
+  await until(home, () => document.getElementById('lobby-video').srcObject !== null);
+  await checkScreen(home, 'screen-lobby');
+  await home.click('#lobby-join');
+  await waitState(home, 'connected', 20_000);
+  await waitState(pa, 'connected', 20_000);
+  await until(pa, () => document.getElementById('security-code').textContent.length > 0);
+  await checkScreen(pa, 'screen-call');
+  await pa.click('#toggle-chat');
+  await checkScreen(pa, 'screen-chat-open');
+  await pa.click('#toggle-chat');
+  await pa.click('#toggle-settings');
+  await checkScreen(pa, 'screen-devices-open');
+  await pa.click('#toggle-settings');
+  await pa.click('#toggle-cam');
+  await until(home, () => document.getElementById('stage').dataset.stage === 'cam-off');
+  await checkScreen(home, 'screen-remote-camera-off');
+  await checkScreen(pa, 'screen-own-camera-off', { axe: false });
+  await pa.click('#toggle-cam');
+  await pa.evaluate(() => globalThis.__hermes.signaling.dropConnection());
+  await until(pa, () => document.getElementById('conn-state').dataset.state === 'reconnecting', null, 5000).catch(() => {});
+  await home.click('#hang-up');
+  await pa.waitForSelector('#ended', { state: 'visible' });
+  await checkScreen(pa, 'screen-ended');
+  await closeAll(home, pa);
+  await ctxA.close();
+  await ctxB.close();
+}
+
 async function main() {
   const result = { policy: POLICY, joinMs: [], checks: 0 };
   const A = await launch('A');
@@ -400,6 +818,16 @@ async function main() {
       const text = await page.textContent('#join-error');
       check(/Too many attempts\. Please wait .+ and try again\./.test(text), 'rate limit (429): told to wait', text);
       check(await page.isEnabled('#join-button'), 'rate limit: join button usable again');
+      result.ok = true;
+      return;
+    }
+
+    if (PRODUCT_SCENARIOS.some((n) => SCENARIOS.has(n))) {
+      for (const name of PRODUCT_SCENARIOS) {
+        if (!SCENARIOS.has(name)) continue;
+        emit({ event: 'scenario', name });
+        await PRODUCT[name](A, B, result);
+      }
       result.ok = true;
       return;
     }

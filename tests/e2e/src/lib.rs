@@ -466,12 +466,12 @@ fn start_process(
     ChildGuard::spawn(name, &mut cmd).map_err(|e| format!("spawn {name}: {e}"))
 }
 
-/// `npm ci` in tests/e2e when playwright-core is not installed yet.
+/// `npm ci` in tests/e2e when a package of package.json is not installed yet.
 pub fn ensure_node_modules() -> Result<PathBuf, String> {
     let dir = workspace_root().join("tests/e2e");
-    if dir
-        .join("node_modules/playwright-core/package.json")
-        .is_file()
+    if ["playwright-core", "axe-core"]
+        .iter()
+        .all(|p| dir.join(format!("node_modules/{p}/package.json")).is_file())
     {
         return Ok(dir);
     }

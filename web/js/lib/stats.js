@@ -93,3 +93,33 @@ export const QUALITY_WORDS = Object.freeze({
   poor: 'Poor connection',
   unknown: 'Measuring connection…',
 });
+
+/**
+ * The connection details behind the quality pill, from a getStats() report (array of plain
+ * objects): the path (direct or through the relay, and over which transport), RTT, inbound
+ * loss and bitrates from `summary`, the received resolution and codec. Rows of [label, value].
+ */
+export function connectionDetails(reports, summary = {}) {
+  const byId = new Map(reports.map((r) => [r.id, r]));
+  const pair = selectedPair(reports);
+  const local = pair ? byId.get(pair.localCandidateId) : null;
+  const remote = pair ? byId.get(pair.remoteCandidateId) : null;
+  const rows = [];
+  if (local) {
+    const relayed = local.candidateType === 'relay' || remote?.candidateType === 'relay';
+    const proto = String(local.candidateType === 'relay' ? local.relayProtocol ?? local.protocol ?? 'udp' : local.protocol ?? 'udp').toLowerCase();
+    const over = proto === 'tls' ? 'TLS' : proto === 'tcp' ? 'TCP' : 'UDP';
+    rows.push(['Path', relayed ? `Relay over ${over}` : `Direct (${over})`]);
+  }
+  if (summary.rttMs !== undefined) rows.push(['Round trip', `${Math.round(summary.rttMs)} ms`]);
+  if (summary.packetLoss !== undefined) rows.push(['Loss', `${(summary.packetLoss * 100).toFixed(1)} %`]);
+  if (summary.bitrateInKbps !== undefined) rows.push(['Receiving', `${Math.round(summary.bitrateInKbps)} kbit/s`]);
+  if (summary.bitrateOutKbps !== undefined) rows.push(['Sending', `${Math.round(summary.bitrateOutKbps)} kbit/s`]);
+  const video = reports.find((r) => r.type === 'inbound-rtp' && (r.kind ?? r.mediaType) === 'video' && r.frameWidth);
+  if (video) {
+    rows.push(['Picture', `${video.frameWidth}×${video.frameHeight}${video.framesPerSecond ? ` at ${Math.round(video.framesPerSecond)} fps` : ''}`]);
+    const codec = byId.get(video.codecId);
+    if (codec?.mimeType) rows.push(['Codec', codec.mimeType.replace(/^video\//, '')]);
+  }
+  return rows;
+}

@@ -1,0 +1,120 @@
+//! The web client as a product (issue 17), in two headless Chromium instances through the
+//! whole stack on loopback: the other person's camera/mic/speaking state, a pasted share link,
+//! screen sharing with the fake display source, a new code from inside the call with its QR
+//! code decoded by zbarimg, rejoining after closing the tab, a reload keeping the timer and chat,
+//! the lobby with a refusal and Try again, keyboard operation and focus in dialogs; then every
+//! screen at five sizes with layout checks (overlap, overflow, < 44 px targets on phones) and
+//! axe-core; finally, with a 4-second code life, the code expiry and "New code".
+
+use std::time::Duration;
+
+use hermes_e2e::{DriverRun, Stack, run_driver};
+use hermes_testkit::{require_program, workspace_root};
+
+const SCENARIOS: &str =
+    "remote-state,share-screen,invite-again,rejoin,reload-keeps,lobby,keyboard,screens";
+
+fn expect_ok(run: &DriverRun, stack: &Stack, what: &str) {
+    if !(run.exit_ok && run.done["ok"] == true) {
+        panic!(
+            "{what} browser run failed: {}\n{}",
+            run.done["error"]
+                .as_str()
+                .unwrap_or("(no error text; see driver lines above)"),
+            stack.diagnostics()
+        );
+    }
+}
+
+fn assert_checks(run: &DriverRun, needles: &[&str]) {
+    let checks = run.checks();
+    for needle in needles {
+        assert!(
+            checks.iter().any(|c| c.contains(needle)),
+            "check `{needle}` did not run"
+        );
+    }
+}
+
+#[test]
+fn the_web_client_as_people_use_it() {
+    require_program("chromium", "chromium");
+    require_program("zbarimg", "zbar-tools");
+    let out = workspace_root().join("test-output/screenshots");
+    std::fs::create_dir_all(&out).expect("create test-output/screenshots");
+    let mut stack = Stack::start("all").unwrap_or_else(|e| panic!("stack did not start: {e}"));
+
+    let run = run_driver(
+        &mut stack,
+        "all",
+        1,
+        SCENARIOS,
+        &out,
+        Duration::from_secs(300),
+    )
+    .unwrap_or_else(|e| panic!("driver: {e}\n{}", stack.diagnostics()));
+    expect_ok(&run, &stack, "product scenarios");
+    assert_checks(
+        &run,
+        &[
+            "pasted share link joins the call",
+            "speaking indicator lights up",
+            "remote camera off: placeholder with words and avatar",
+            "remote mic off: muted badge",
+            "muted hint when speaking into a muted mic",
+            "display name shown to the other person",
+            "end card shows the duration",
+            "focus moved into the end card",
+            "screen share: the other side is told",
+            "screen share: security code unchanged and equal",
+            "B while A shares the screen: framesDecoded rising",
+            "alone: no contradicting status",
+            "alone: timer stopped",
+            "new code from inside the call",
+            "QR code on the page decodes to the share link",
+            "A with the person invited again: framesDecoded rising",
+            "rejoin after closing the tab: the same link works again",
+            "B after rejoining: framesDecoded rising",
+            "home offers to rejoin the call that is still on",
+            "reload: chat history kept",
+            "reload: the timer continues from the call start",
+            "reload: told to compare the security words again",
+            "lobby: refusal explained, Try again offered",
+            "lobby: Try again asks again and shows the preview",
+            "lobby: mic level meter moves",
+            "joined muted from the lobby, with a name",
+            "help dialog takes focus",
+            "focus stays in the dialog",
+            "focus returns to the button",
+            "every call control reachable with Tab",
+            "layout: screen-home has no overlap",
+            "layout: screen-call has no overlap",
+            "layout: screen-ended has no overlap",
+            "axe: no serious or critical violation on screen-call",
+            "axe: no serious or critical violation on screen-lobby",
+        ],
+    );
+
+    // The code's life is cut to 4 s: the waiting screen counts down, then offers a new code.
+    stack
+        .restart_with_env("api", &[("API_CODE_TTL_SECS", "4".to_owned())])
+        .unwrap_or_else(|e| panic!("restart api with a short code life: {e}"));
+    let expiry = run_driver(
+        &mut stack,
+        "all",
+        1,
+        "code-expiry",
+        &out,
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("driver (code-expiry): {e}\n{}", stack.diagnostics()));
+    expect_ok(&expiry, &stack, "code expiry");
+    assert_checks(
+        &expiry,
+        &[
+            "waiting screen shows the code's remaining time",
+            "expired code said so, New code offered",
+            "New code replaces the expired one",
+        ],
+    );
+}
