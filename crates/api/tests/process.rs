@@ -119,8 +119,16 @@ async fn full_flow_logs_no_secrets_and_exits_cleanly_on_sigterm() {
         .await
         .expect("end");
     assert_eq!(ended.status(), 200);
-    // Let the publisher flush the last event.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The publisher sends in the background: wait until the last event is in the history.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !redis
+        .raw_command("XRANGE logs-history - +")
+        .expect("XRANGE")
+        .contains("call.ended")
+    {
+        assert!(Instant::now() < deadline, "call.ended never published");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let exit = tokio::task::block_in_place(|| child.terminate(Duration::from_secs(10)));
     assert_eq!(

@@ -27,8 +27,14 @@ fn random_id(rng: &mut impl RngCore) -> String {
     out.iter().map(|&b| b as char).collect()
 }
 
+/// True for a byte of the id alphabet (digits and lowercase letters except i, l, o, u), for
+/// callers that check id-shaped text byte by byte (the logger's filters and decoder).
+pub fn is_id_byte(b: u8) -> bool {
+    matches!(b, b'0'..=b'9' | b'a'..=b'z') && !matches!(b, b'i' | b'l' | b'o' | b'u')
+}
+
 fn validate_id(s: &str) -> Result<(), ProtoError> {
-    if s.len() == ID_LEN && s.bytes().all(|b| ID_ALPHABET.contains(&b)) {
+    if s.len() == ID_LEN && s.bytes().all(is_id_byte) {
         Ok(())
     } else {
         Err(ProtoError::BadId(format!(
@@ -107,6 +113,13 @@ id_type!(
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn is_id_byte_is_exactly_the_alphabet() {
+        for b in 0u8..=255 {
+            assert_eq!(is_id_byte(b), ID_ALPHABET.contains(&b), "byte {b:#x}");
+        }
+    }
 
     #[test]
     fn random_ids_are_valid_and_distinct() {

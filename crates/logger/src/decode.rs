@@ -15,7 +15,7 @@ use hermes_proto::ids::ID_LEN;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use crate::config::is_id_byte;
+use hermes_proto::ids::is_id_byte;
 
 /// A decoded log event borrowing from its payload.
 #[derive(Debug, Clone, PartialEq)]

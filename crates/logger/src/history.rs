@@ -6,14 +6,24 @@
 //! 2. PSUBSCRIBE: from now on every published event also arrives live (fred buffers it);
 //! 3. XRANGE from `now - since` to the end, in pages, until a short page: print each entry
 //!    and remember the ones with an id after `L0` in [`SeamDedup`];
-//! 4. follow live: a live event whose exact payload was remembered was already printed from
+//! 4. PUBLISH a marker on the logger's private seam channel (SUBSCRIBEd on the same
+//!    connection before step 3);
+//! 5. follow live: a live event whose exact payload was remembered was already printed from
 //!    history, so it is skipped once (a count per payload, so identical events are not
-//!    merged).
+//!    merged), until the marker arrives.
 //!
 //! No gap: anything published after step 2 arrives live; anything XADDed before step 3's last
 //! page is replayed. No duplicate: an event that arrives live was published after step 2, so
 //! its XADD came after `L0` and, if it was replayed, it was remembered. Payloads are compared
 //! by a 64-bit hash, the JSON as published (it carries the ms timestamp and the content).
+//!
+//! When the dedup ends: a replayed event was PUBLISHed before its XADD, which came before the
+//! XRANGE that read it, which came before the marker's PUBLISH. Redis writes a connection's
+//! messages in the order it executed the PUBLISHes, so once the marker arrives every live copy
+//! of a replayed event has arrived too, however far behind the reader is. (Ending it a fixed
+//! time after the live queue first ran empty, as before, let a reader lagging by more than
+//! that print a late copy twice under heavy load; that time window remains only as the
+//! fallback when the marker cannot be sent, e.g. an ACL without rights on the channel.)
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;

@@ -33,7 +33,7 @@ pub mod subscriber;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use fred::interfaces::ClientLike;
+use fred::interfaces::{ClientLike, PubsubInterface};
 use hermes_proto::LogLevel;
 use hermes_proto::keys::LOG_CHANNEL_PATTERN;
 use hermes_service::shutdown::Shutdown;
@@ -47,14 +47,15 @@ pub use error::LoggerError;
 
 use crate::decode::channel_service;
 use crate::history::{SeamDedup, StreamId};
-use crate::pipeline::{Flow, Pipeline, Source};
+use crate::pipeline::{Flow, Pipeline, SeamEnd, Source};
 use crate::subscriber::{Item, Link, Subscriber};
 
 /// Messages handled per wake-up before signals and reconnects get a look in.
 const BURST: usize = 4096;
-/// How long, after the live backlog queued during the history replay was first drained, live
-/// events are still checked against the replay. Live copies of replayed events were published
-/// before the replay ended, so by then they have arrived; this is slack for network delay.
+/// Fallback when the seam marker cannot be used (see [`history`]): how long, after the live
+/// backlog queued during the history replay was first drained, live events are still checked
+/// against the replay. Under heavy load a backlog still in transit can outlast it; the marker
+/// has no such limit.
 const SEAM_WINDOW: Duration = Duration::from_secs(5);
 /// Upper bound of replayed entries (twice the stream's cap: the stream may grow meanwhile).
 const MAX_REPLAY: usize = 2 * hermes_proto::keys::LOG_HISTORY_MAXLEN as usize;
@@ -156,6 +157,7 @@ pub async fn run_with(
     if let Some(since) = settings.since {
         let flow = replay(
             &mut pipeline,
+            &sub,
             &commands,
             since,
             last_before_subscribe,
@@ -287,6 +289,11 @@ async fn finish(pipeline: &mut Pipeline, sub: &Subscriber) -> Result<(), LoggerE
 
 fn live_item(pipeline: &mut Pipeline, sub: &Subscriber, item: Item) -> Result<Flow, LoggerError> {
     match item {
+        Item::Message(msg) if sub.is_seam_marker(&msg) => {
+            pipeline.end_seam();
+            sub.queue.done(&msg);
+            Ok(Flow::Continue)
+        }
         Item::Message(msg) => {
             let payload = msg.value.as_bytes().unwrap_or_default();
             let flow = pipeline.handle(
@@ -322,6 +329,8 @@ async fn resubscribe(
     link: &mut Link,
 ) -> Result<Flow, LoggerError> {
     let pending = link.on_reconnect();
+    // A seam marker not yet received may have been lost with the connection.
+    pipeline.seam_marker_lost();
     tracing::debug!(lost_at = ?pending.lost_at, "Redis reconnected; resubscribing");
     match sub.subscribe(commands).await {
         Ok(()) => {
@@ -396,6 +405,7 @@ async fn startup(
 /// Print the history since `now - since`, remembering what a live copy may duplicate.
 async fn replay(
     pipeline: &mut Pipeline,
+    sub: &Subscriber,
     client: &fred::clients::Client,
     since: Duration,
     last_before_subscribe: StreamId,
@@ -404,6 +414,14 @@ async fn replay(
     let from_ms =
         unix_now_ms().saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
     let mut start = from_ms.to_string();
+    // Subscribed before the replay, so the marker published after it cannot be missed.
+    let marker_subscribed = match sub.subscribe_seam().await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "no seam channel; the seam dedup ends by time");
+            false
+        }
+    };
     let mut dedup = SeamDedup::default();
     let mut replayed = 0usize;
     let shown_before = pipeline.shown();
@@ -453,7 +471,24 @@ async fn replay(
             String::from_utf8_lossy(&since_text)
         ),
     )?;
-    pipeline.set_dedup(dedup);
+    // The marker goes out after the last XRANGE: every replayed event was published before it,
+    // so its live copy (if any) arrives before the marker on the subscriber connection.
+    let end = if marker_subscribed && !dedup.is_empty() {
+        let delivered: Result<i64, _> = client.publish(sub.seam_channel.as_str(), "seam").await;
+        match delivered {
+            Ok(n) if n > 0 => SeamEnd::Marker,
+            other => {
+                tracing::debug!(
+                    ?other,
+                    "seam marker not delivered; the seam dedup ends by time"
+                );
+                SeamEnd::Window
+            }
+        }
+    } else {
+        SeamEnd::Window
+    };
+    pipeline.set_dedup(dedup, end);
     if flow == Flow::Done {
         return Ok(flow);
     }

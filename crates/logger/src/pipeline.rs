@@ -39,6 +39,24 @@ pub enum Flow {
     Done,
 }
 
+/// How the dedup at the history/live seam ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeamEnd {
+    /// When the logger's own seam marker, published after the replay, arrives live: Redis
+    /// delivers a connection's messages in publish order, so every live copy of a replayed
+    /// event is in by then. Exact, whatever the load.
+    Marker,
+    /// A while after the live backlog first ran empty (the marker could not be sent).
+    Window,
+}
+
+#[derive(Debug)]
+struct Seam {
+    dedup: SeamDedup,
+    end: SeamEnd,
+    deadline: Option<Instant>,
+}
+
 pub struct Pipeline {
     filter: Filter,
     json: bool,
@@ -48,8 +66,8 @@ pub struct Pipeline {
     out: BufWriter<Box<dyn Write + Send>>,
     file: Option<(FileSink, FileFormat)>,
     line: Vec<u8>,
-    /// Seam dedup and, once the live backlog was first drained, when it expires.
-    dedup: Option<(SeamDedup, Option<Instant>)>,
+    /// Seam dedup, how it ends, and (window mode) when it expires.
+    dedup: Option<Seam>,
     shown: u64,
     max_events: u64,
     stdout_closed: bool,
@@ -89,20 +107,40 @@ impl Pipeline {
     }
 
     /// Install the seam dedup for the live events that follow a history replay.
-    pub fn set_dedup(&mut self, dedup: SeamDedup) {
-        self.dedup = (!dedup.is_empty()).then_some((dedup, None));
+    pub fn set_dedup(&mut self, dedup: SeamDedup, end: SeamEnd) {
+        self.dedup = (!dedup.is_empty()).then_some(Seam {
+            dedup,
+            end,
+            deadline: None,
+        });
     }
 
-    /// Called whenever the live queue ran empty: the live copies of replayed events were
-    /// published before the replay ended, so once the backlog queued during the replay has been
-    /// worked through they have arrived; `window` more is slack for network delay. After that
-    /// (or once every remembered copy was matched) the dedup is dropped.
+    /// The seam marker arrived live: every live copy of a replayed event arrived before it, so
+    /// the dedup has done its work.
+    pub fn end_seam(&mut self) {
+        self.dedup = None;
+    }
+
+    /// The connection dropped before the seam marker arrived (it may never come): fall back to
+    /// ending the dedup by time.
+    pub fn seam_marker_lost(&mut self) {
+        if let Some(seam) = self.dedup.as_mut() {
+            seam.end = SeamEnd::Window;
+        }
+    }
+
+    /// Called whenever the live queue ran empty. The dedup is dropped once every remembered
+    /// copy was matched; in [`SeamEnd::Window`] mode also `window` after the first call (the
+    /// backlog queued during the replay was worked through; the rest is slack for delay).
     pub fn expire_dedup(&mut self, now: Instant, window: std::time::Duration) {
-        let Some((dedup, deadline)) = self.dedup.as_mut() else {
+        let Some(seam) = self.dedup.as_mut() else {
             return;
         };
-        let deadline = *deadline.get_or_insert(now + window);
-        if dedup.is_empty() || now >= deadline {
+        let expired = match seam.end {
+            SeamEnd::Marker => false,
+            SeamEnd::Window => now >= *seam.deadline.get_or_insert(now + window),
+        };
+        if seam.dedup.is_empty() || expired {
             self.dedup = None;
         }
     }
@@ -133,8 +171,8 @@ impl Pipeline {
                     }
                     Source::History { remember: false } => {}
                     Source::Live => {
-                        if let Some((d, _)) = self.dedup.as_mut()
-                            && d.take(payload)
+                        if let Some(seam) = self.dedup.as_mut()
+                            && seam.dedup.take(payload)
                         {
                             return Ok(Flow::Continue);
                         }
@@ -374,7 +412,7 @@ mod tests {
                 Some(&mut dedup),
             )
             .unwrap();
-        p.set_dedup(dedup);
+        p.set_dedup(dedup, SeamEnd::Window);
         let _ = p.handle(b"api", EV, Source::Live, 0, None).unwrap();
         let _ = p.handle(b"api", EV, Source::Live, 0, None).unwrap();
         let _ = p.flush().unwrap();
@@ -385,6 +423,69 @@ mod tests {
             text(&out)
         );
         assert_eq!(p.shown(), 2);
+    }
+
+    /// Two replayed copies remembered; returns the pipeline with the dedup installed.
+    fn pipeline_with_seam(end: SeamEnd) -> (Pipeline, Shared) {
+        let (mut p, out) = pipeline(&[]);
+        let mut dedup = SeamDedup::default();
+        for _ in 0..2 {
+            let _ = p
+                .handle(
+                    b"history",
+                    EV,
+                    Source::History { remember: true },
+                    0,
+                    Some(&mut dedup),
+                )
+                .unwrap();
+        }
+        p.set_dedup(dedup, end);
+        (p, out)
+    }
+
+    #[test]
+    fn marker_mode_keeps_the_dedup_past_any_window_until_the_marker() {
+        let (mut p, _) = pipeline_with_seam(SeamEnd::Marker);
+        let start = Instant::now();
+        let window = std::time::Duration::from_secs(5);
+        p.expire_dedup(start, window);
+        p.expire_dedup(start + window * 100, window);
+        assert!(p.has_dedup(), "a late live copy is still recognised");
+        let _ = p.handle(b"api", EV, Source::Live, 0, None).unwrap();
+        assert_eq!(p.shown(), 2, "the live copy was skipped");
+        p.end_seam();
+        assert!(!p.has_dedup());
+        let _ = p.handle(b"api", EV, Source::Live, 0, None).unwrap();
+        assert_eq!(p.shown(), 3, "after the marker, live events are all new");
+    }
+
+    #[test]
+    fn window_mode_and_a_lost_marker_end_by_time() {
+        let window = std::time::Duration::from_secs(5);
+        let (mut p, _) = pipeline_with_seam(SeamEnd::Window);
+        let start = Instant::now();
+        p.expire_dedup(start, window);
+        assert!(p.has_dedup());
+        p.expire_dedup(start + window, window);
+        assert!(!p.has_dedup());
+
+        let (mut p, _) = pipeline_with_seam(SeamEnd::Marker);
+        p.seam_marker_lost();
+        p.expire_dedup(start, window);
+        p.expire_dedup(start + window, window);
+        assert!(!p.has_dedup());
+    }
+
+    #[test]
+    fn the_dedup_ends_once_every_remembered_copy_was_matched() {
+        let (mut p, _) = pipeline_with_seam(SeamEnd::Marker);
+        for _ in 0..2 {
+            let _ = p.handle(b"api", EV, Source::Live, 0, None).unwrap();
+        }
+        p.expire_dedup(Instant::now(), std::time::Duration::from_secs(5));
+        assert!(!p.has_dedup());
+        assert_eq!(p.shown(), 2, "only the two replayed copies were shown");
     }
 
     #[test]

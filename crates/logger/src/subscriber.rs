@@ -15,6 +15,9 @@ use fred::types::Message;
 use hermes_proto::keys::LOG_CHANNEL_PATTERN;
 use tokio::sync::{broadcast, mpsc};
 
+/// Prefix of each logger's private seam-marker channel (outside `logs:*`, so no other logger
+/// sees the marker); the subscriber client's id follows.
+pub const SEAM_CHANNEL_PREFIX: &str = "hermes-logger:seam:";
 /// Capacity of fred's message broadcast. fred has no backpressure: its reader pushes every
 /// received message into this ring and a receiver that falls a whole ring behind loses
 /// messages. The relay thread below empties it as fast as fred fills it; 64 Ki slots give it
@@ -71,6 +74,8 @@ pub fn command_client(url: &str) -> Result<Client, Error> {
 /// The subscriber client and its notification streams.
 pub struct Subscriber {
     pub client: SubscriberClient,
+    /// This logger's private channel for the `--since` seam marker (see [`crate::history`]).
+    pub seam_channel: String,
     pub queue: Queue,
     pub reconnects: broadcast::Receiver<Server>,
     pub errors: broadcast::Receiver<(Error, Option<Server>)>,
@@ -80,12 +85,14 @@ impl Subscriber {
     /// Build the client and start connecting in the background (retrying until Redis is up).
     pub fn start(url: &str) -> Result<Self, Error> {
         let client = builder(url)?.build_subscriber_client()?;
+        let seam_channel = format!("{SEAM_CHANNEL_PREFIX}{}", client.id());
         let queue = Queue::relay(client.message_rx(), QUEUE_BYTES);
         let reconnects = client.reconnect_rx();
         let errors = client.error_rx();
         client.connect();
         Ok(Self {
             client,
+            seam_channel,
             queue,
             reconnects,
             errors,
@@ -120,6 +127,16 @@ impl Subscriber {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// SUBSCRIBE the private seam channel, before the `--since` replay.
+    pub async fn subscribe_seam(&self) -> Result<(), Error> {
+        self.client.subscribe(self.seam_channel.as_str()).await
+    }
+
+    /// True for the seam marker (the only message on the private channel).
+    pub fn is_seam_marker(&self, msg: &Message) -> bool {
+        msg.channel.as_bytes() == self.seam_channel.as_bytes()
     }
 
     /// Close the connection (bounded: a dead Redis must not delay exit).

@@ -5,7 +5,6 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
 use common::*;
 use fred::prelude::*;
@@ -16,10 +15,14 @@ use hermes_testkit::RedisServer;
 /// Events in the history before the logger starts: many XRANGE pages, so the replay takes a
 /// while and live events pile up in both the replayed pages and the live buffer.
 const PRE: u64 = 20_000;
+/// XADDs per pipeline when loading the history: each round trip stays small.
+const LOAD_BATCH: u64 = 1_000;
 /// Concurrent live publishers, each numbering its own events.
 const PUBLISHERS: usize = 3;
 /// Bound of each live publisher.
 const MAX_LIVE: u64 = 20_000;
+/// Events each publisher sends after the seam banner before they are stopped.
+const LIVE_AFTER_SEAM: u64 = 300;
 
 /// `seq.{publisher}.{n}` → (publisher, n)
 fn numbered(line: &str) -> Option<(usize, u64)> {
@@ -33,16 +36,18 @@ async fn replay_then_live_without_duplicate_or_gap() {
     let redis = RedisServer::start();
     let client = client(&redis.url()).await;
     // Before the logger starts: publisher 0's events exist only in the history.
-    let pipeline = client.pipeline();
-    for i in 0..PRE {
-        let ev = event("api", LogLevel::Info, &format!("seq.0.{i}"), Some(CALL_A));
-        let json = serde_json::to_string(&ev).expect("json");
-        let _: () = pipeline
-            .xadd(LOG_HISTORY_STREAM, false, None, "*", vec![("event", json)])
-            .await
-            .expect("queue XADD");
+    for batch in (0..PRE).step_by(LOAD_BATCH as usize) {
+        let pipeline = client.pipeline();
+        for i in batch..(batch + LOAD_BATCH).min(PRE) {
+            let ev = event("api", LogLevel::Info, &format!("seq.0.{i}"), Some(CALL_A));
+            let json = serde_json::to_string(&ev).expect("json");
+            let _: () = pipeline
+                .xadd(LOG_HISTORY_STREAM, false, None, "*", vec![("event", json)])
+                .await
+                .expect("queue XADD");
+        }
+        let _: Vec<Value> = pipeline.all().await.expect("XADD pipeline");
     }
-    let _: Vec<Value> = pipeline.all().await.expect("XADD pipeline");
 
     // Live publishers that keep going while the logger subscribes and replays.
     let stop = Arc::new(AtomicBool::new(false));
@@ -64,11 +69,29 @@ async fn replay_then_live_without_duplicate_or_gap() {
             }),
         ));
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let counts = |publishers: &[(Arc<AtomicU64>, _)]| -> Vec<u64> {
+        publishers
+            .iter()
+            .map(|(sent, _)| sent.load(Ordering::SeqCst))
+            .collect()
+    };
+    // Every publisher is running before the logger starts.
+    eventually("every publisher sent an event", || {
+        counts(&publishers).iter().all(|&n| n > 0)
+    })
+    .await;
     let logger = LibLogger::start(&redis.url(), &["--since", "10m"]).await;
-    // Let live events flow past the seam for a while, then stop publishing.
+    // Let live events flow past the seam (each publisher sends LIVE_AFTER_SEAM more after the
+    // banner, or reaches its bound), then stop publishing.
     logger.line_with(&["following live"]).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at_seam = counts(&publishers);
+    eventually("live events past the seam", || {
+        counts(&publishers)
+            .iter()
+            .zip(&at_seam)
+            .all(|(&now, &then)| now >= (then + LIVE_AFTER_SEAM).min(MAX_LIVE))
+    })
+    .await;
     stop.store(true, Ordering::SeqCst);
     let mut totals = vec![PRE];
     for (sent, task) in publishers {
@@ -81,7 +104,8 @@ async fn replay_then_live_without_duplicate_or_gap() {
             .line_with(&[&format!("seq.{k}.{} ", total - 1)])
             .await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await; // a late duplicate would show now
+    // No wait for a late duplicate is needed: a publisher's events arrive in order, and a
+    // duplicate is the live copy of a replayed event, so it would have come before the last one.
 
     let lines = logger.out.lines();
     let mut seen: Vec<Vec<u64>> = vec![Vec::new(); PUBLISHERS + 1];

@@ -65,7 +65,16 @@ async fn sigterm_while_redis_is_down_still_exits_cleanly() {
     let mut logger = BinLogger::spawn(&redis.url(), &["--no-file", "--health-listen", "off"], &[]);
     logger.wait_following().await;
     redis.kill();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // SIGTERM once the logger knows Redis is gone (it is reconnecting then).
+    let stderr = logger.stderr.clone();
+    eventually("`connection lost` on stderr", || {
+        stderr
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|l| l.contains("Redis connection lost"))
+    })
+    .await;
     signal(&logger.child, "TERM");
     assert_eq!(wait_exit(&mut logger.child).code(), Some(0));
 }

@@ -3,33 +3,24 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 use hermes_proto::Role;
 use hermes_proto::signal::{ClientMessage, ServerMessage, SignalErrorCode};
-use hermes_testkit::{ChildGuard, RedisServer, free_tcp_port};
+use hermes_testkit::RedisServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_replica_clients_resume_on_the_other_with_zero_loss() {
     let redis = RedisServer::start();
     let r1 = Replica::start(&redis.url(), &[]).await;
-    let port = free_tcp_port();
-    let mut child = ChildGuard::spawn(
-        "hermes-signal",
-        Command::new(env!("CARGO_BIN_EXE_hermes-signal"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--redis-url", &redis.url()])
-            .args(["--jwt-secret", SECRET])
-            .args(FAST)
-            .env("RUST_LOG", "warn")
+    let (mut child, addr2) = spawn_replica_process(&redis.url(), |cmd| {
+        cmd.env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    )
-    .unwrap();
-    let addr2 = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    wait_ready(addr2).await;
+            .stderr(Stdio::null());
+    })
+    .await;
     let url2 = format!("ws://{addr2}/ws");
 
     let TwoParty {
@@ -154,21 +145,13 @@ async fn redis_restart_mid_call_loses_nothing_silently() {
 async fn binary_logs_listening_and_exits_zero_on_sigterm_after_closing_1012() {
     use std::io::Read;
     let redis = RedisServer::start();
-    let port = free_tcp_port();
-    let mut child = ChildGuard::spawn(
-        "hermes-signal",
-        Command::new(env!("CARGO_BIN_EXE_hermes-signal"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--redis-url", &redis.url()])
-            .args(["--jwt-secret", SECRET])
-            .args(FAST)
-            .env("RUST_LOG", "info")
+    let (mut child, addr) = spawn_replica_process(&redis.url(), |cmd| {
+        cmd.env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
-    )
-    .unwrap();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    wait_ready(addr).await;
+            .stderr(Stdio::piped());
+    })
+    .await;
+    let port = addr.port();
     let call = Call::create(&redis);
     let (_pa, ta) = call.token(Role::Offerer);
     let (mut a, _) = Client::join(&format!("ws://{addr}/ws"), &ta, None).await;

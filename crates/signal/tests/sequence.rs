@@ -49,12 +49,13 @@ async fn until_candidate(c: &mut Client, index: usize, max_old: u64) -> u64 {
 async fn last_seq_over_its_whole_range_never_breaks_the_call() {
     let redis = RedisServer::start();
     let r = Replica::start(&redis.url(), &["--idle-timeout-ms", "60000"]).await;
-    let call = Call::create(&redis);
-    let (_pa, ta) = call.token(Role::Offerer);
-    let (_pb, tb) = call.token(Role::Answerer);
-    let (mut a, _) = Client::join(&r.url(), &ta, None).await;
-    let (mut b, _) = Client::join(&r.url(), &tb, None).await;
-    a.recv().await; // peer-joined
+    let TwoParty {
+        call,
+        mut a,
+        tb,
+        mut b,
+        ..
+    } = TwoParty::join_one(&redis, &r.url()).await;
     a.send(&candidate(0)).await;
     let mut cur = until_candidate(&mut b, 0, 0).await;
 
@@ -147,12 +148,14 @@ async fn last_seq_over_its_whole_range_never_breaks_the_call() {
 async fn a_relay_whose_inbox_write_fails_is_not_reported_sent() {
     let redis = RedisServer::start();
     let r = Replica::start(&redis.url(), &["--idle-timeout-ms", "60000"]).await;
-    let call = Call::create(&redis);
-    let (pa, ta) = call.token(Role::Offerer);
-    let (pb, tb) = call.token(Role::Answerer);
-    let (mut a, _) = Client::join(&r.url(), &ta, None).await;
-    let (mut b, _) = Client::join(&r.url(), &tb, None).await;
-    a.recv().await;
+    let TwoParty {
+        call,
+        pa,
+        mut a,
+        pb,
+        mut b,
+        ..
+    } = TwoParty::join_one(&redis, &r.url()).await;
     a.send(&candidate(0)).await;
     until_candidate(&mut b, 0, 0).await;
     // b's inbox already holds an entry numbered above the call's counter (a partial data

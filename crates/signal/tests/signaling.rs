@@ -399,6 +399,7 @@ async fn resume_replays_exactly_the_missed_messages_in_order() {
     let redis = RedisServer::start();
     let r = Replica::start(&redis.url(), &[]).await;
     let TwoParty {
+        call,
         pa,
         mut a,
         pb,
@@ -425,8 +426,21 @@ async fn resume_replays_exactly_the_missed_messages_in_order() {
     for i in 1..=6 {
         a.send(&candidate(i)).await;
     }
-    // Let the relays land, then reconnect with the same token.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Once the last one is in b's inbox (all relayed while b was away), reconnect with the
+    // same token.
+    let inbox = hermes_proto::keys::call_inbox(&call.id, &pb);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !redis
+        .raw_command(&format!("XREVRANGE {inbox} + - COUNT 1"))
+        .unwrap()
+        .contains("candidate:6 ")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "candidate 6 never relayed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (mut b2, joined) = Client::join(&r.url(), &tb, Some(last_seen)).await;
     match joined {
         ServerMessage::Joined { resumed, peers, .. } => {

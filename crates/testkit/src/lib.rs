@@ -4,12 +4,18 @@
 //!   which a test can kill, restart on the same port, and which dies with the test.
 //! - [`ChildGuard`]: any child process killed (SIGKILL) when dropped, so a failing test leaves
 //!   nothing behind.
-//! - free ports, waiting for a TCP listener, and locating workspace binaries.
+//! - free ports, waiting for a TCP listener, and locating workspace binaries;
+//! - [`port_owner`]: whether a given child process itself holds a port, so a probe is never
+//!   answered by another test's server that took a "free" port first.
+
+pub mod port_owner;
 
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub use port_owner::{NotListening, Transport, wait_until_child_holds};
 
 /// A free TCP port on 127.0.0.1 (bound then released; good enough for tests).
 pub fn free_tcp_port() -> u16 {
@@ -171,7 +177,18 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Ports tried by [`RedisServer::start`] before giving up (each lost only to a bind race).
+const REDIS_PORT_ATTEMPTS: usize = 20;
+/// How long a starting redis-server may take to listen and to answer PING.
+const REDIS_START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long [`RedisServer::restart`] keeps trying while another process holds the port.
+const REDIS_RESTART_PATIENCE: Duration = Duration::from_secs(10);
+
 /// A private, real `redis-server` on 127.0.0.1 and a free port, data in a temp dir.
+///
+/// Race-free start: the server counts as up only once the kernel shows that this very child
+/// listens on the port (a PONG alone could come from another test's server that took the
+/// port after it was chosen); a child that lost the port exits, and another port is tried.
 pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
@@ -179,40 +196,43 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Start a fresh redis-server and wait until it answers PING.
+    /// Start a fresh redis-server and wait until it listens and answers PING.
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir for redis");
-        let port = free_tcp_port();
-        let process = Self::spawn(port, dir.path());
-        Self { port, dir, process }
+        let mut last_err = String::new();
+        for _ in 0..REDIS_PORT_ATTEMPTS {
+            let port = free_tcp_port();
+            match Self::try_spawn(port, dir.path()) {
+                Ok(process) => return Self { port, dir, process },
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("no redis-server after {REDIS_PORT_ATTEMPTS} ports; last: {last_err}");
     }
 
-    fn spawn(port: u16, dir: &Path) -> ChildGuard {
+    /// One redis-server on `port`: `Err` when it could not take the port (it exits) or did not
+    /// come up in time.
+    fn try_spawn(port: u16, dir: &Path) -> Result<ChildGuard, String> {
         let bin = require_program("redis-server", "redis-server");
-        let mut last_err = String::new();
-        for _ in 0..50 {
-            let mut guard = ChildGuard::spawn(
-                "redis-server",
-                Command::new(&bin)
-                    .args(["--port", &port.to_string()])
-                    .args(["--bind", "127.0.0.1"])
-                    .args(["--save", ""])
-                    .args(["--appendonly", "no"])
-                    .args(["--protected-mode", "yes"])
-                    .arg("--dir")
-                    .arg(dir)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null()),
-            )
-            .expect("spawn redis-server");
-            if wait_for_ping(port, Duration::from_secs(5)).is_ok() {
-                return guard;
-            }
-            guard.kill();
-            last_err = format!("redis-server on port {port} did not answer PING");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("{last_err}");
+        let mut guard = ChildGuard::spawn(
+            "redis-server",
+            Command::new(&bin)
+                .args(["--port", &port.to_string()])
+                .args(["--bind", "127.0.0.1"])
+                .args(["--save", ""])
+                .args(["--appendonly", "no"])
+                .args(["--protected-mode", "yes"])
+                .arg("--dir")
+                .arg(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .expect("spawn redis-server");
+        wait_until_child_holds(&mut guard, Transport::Tcp, port, REDIS_START_TIMEOUT)
+            .map_err(|e| format!("redis-server did not listen on {port}: {e:?}"))?;
+        // The listener is this child's, so the PONG is too.
+        wait_for_ping(port, REDIS_START_TIMEOUT)?;
+        Ok(guard)
     }
 
     pub fn port(&self) -> u16 {
@@ -233,10 +253,25 @@ impl RedisServer {
         self.process.kill();
     }
 
-    /// Start the server again on the same port (after [`Self::kill`]); data is not kept.
+    /// Start the server again on the same port (after [`Self::kill`]); data is not kept. While
+    /// another process holds the port (a test elsewhere that picked it as "free" meanwhile),
+    /// retry for a bounded time.
     pub fn restart(&mut self) {
         self.process.kill();
-        self.process = Self::spawn(self.port, self.dir.path());
+        let deadline = Instant::now() + REDIS_RESTART_PATIENCE;
+        loop {
+            match Self::try_spawn(self.port, self.dir.path()) {
+                Ok(process) => {
+                    self.process = process;
+                    return;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("restarting redis-server: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("cannot restart redis-server on its port: {e}"),
+            }
+        }
     }
 
     /// Send one raw command (RESP inline) and return the raw reply; for harness-level checks
@@ -322,6 +357,45 @@ mod tests {
             "$-1\r\n",
             "fresh data after restart"
         );
+    }
+
+    /// The race the harness closes: a second server on a port that is already taken is not
+    /// "up", although a PING there gets a PONG (from the first server).
+    #[test]
+    fn a_pong_from_another_server_on_the_port_does_not_count() {
+        let first = RedisServer::start();
+        assert!(wait_for_ping(first.port(), Duration::from_secs(1)).is_ok());
+        let dir = tempfile::tempdir().expect("dir");
+        let second = RedisServer::try_spawn(first.port(), dir.path());
+        assert!(second.is_err(), "the second server cannot own the port");
+        let pid = first.process.id().expect("running");
+        assert!(port_owner::process_holds_port(
+            pid,
+            Transport::Tcp,
+            first.port()
+        ));
+        assert!(!port_owner::process_holds_port(
+            std::process::id(),
+            Transport::Tcp,
+            first.port()
+        ));
+    }
+
+    #[test]
+    fn port_ownership_is_seen_for_udp_and_tcp() {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let me = std::process::id();
+        let tcp_port = tcp.local_addr().expect("addr").port();
+        let udp_port = udp.local_addr().expect("addr").port();
+        assert!(port_owner::process_holds_port(me, Transport::Tcp, tcp_port));
+        assert!(port_owner::process_holds_port(me, Transport::Udp, udp_port));
+        drop(tcp);
+        assert!(!port_owner::process_holds_port(
+            me,
+            Transport::Tcp,
+            tcp_port
+        ));
     }
 
     #[test]

@@ -14,8 +14,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hermes_testkit::{
-    ChildGuard, RedisServer, free_tcp_port, free_tcp_udp_port, require_program, workspace_bin,
-    workspace_root,
+    ChildGuard, RedisServer, Transport, free_tcp_port, free_tcp_udp_port, require_program,
+    wait_until_child_holds, workspace_bin, workspace_root,
 };
 use serde_json::Value;
 
@@ -293,6 +293,31 @@ impl Stack {
     /// Every service answers its health check, and Caddy routes to api and signal.
     pub fn wait_ready(&mut self) -> Result<(), String> {
         let t = Duration::from_secs(20);
+        // Each port is held by its own process: a health check alone could be answered by
+        // another test's server that took the "free" port first (ours then exits).
+        let owners = [
+            ("api", self.api_port),
+            ("signal", self.signal_port),
+            ("turn", self.turn_port),
+            ("turn", self.turn_metrics_port),
+            ("logger", self.logger_health_port),
+            ("caddy", self.http_port),
+        ];
+        for (name, port) in owners {
+            let held = match self.services.get_mut(name) {
+                Some(service) => {
+                    wait_until_child_holds(&mut service.guard, Transport::Tcp, port, t)
+                        .map_err(|e| format!("{e:?}"))
+                }
+                None => Err("not started".to_owned()),
+            };
+            if let Err(e) = held {
+                return Err(format!(
+                    "{name} does not hold port {port}: {e}\n{}",
+                    self.log_tail(name)
+                ));
+            }
+        }
         let checks = [
             ("api", loopback(self.api_port), "/healthz"),
             ("signal", loopback(self.signal_port), "/healthz"),

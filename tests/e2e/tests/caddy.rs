@@ -8,7 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use hermes_e2e::wait_http;
-use hermes_testkit::{ChildGuard, free_tcp_port, require_program, workspace_root};
+use hermes_testkit::{
+    ChildGuard, Transport, free_tcp_port, require_program, wait_until_child_holds, workspace_root,
+};
 
 fn validate(file: &str, env: &[(&str, &str)]) -> (bool, String) {
     let caddy = require_program("caddy", "caddy");
@@ -179,6 +181,9 @@ fn local_caddy_serves_the_app_with_strict_headers_and_clean_logs() {
         .stderr(log)
         .stdin(Stdio::null());
     let mut guard = ChildGuard::spawn("caddy", &mut cmd).expect("start caddy");
+    // This Caddy holds the port (not another test's server that took it first).
+    wait_until_child_holds(&mut guard, Transport::Tcp, port, Duration::from_secs(10))
+        .expect("caddy listening on its port");
     wait_http(
         ([127, 0, 0, 1], port).into(),
         "/",
@@ -234,7 +239,18 @@ fn local_caddy_serves_the_app_with_strict_headers_and_clean_logs() {
         ),
     );
     assert!(r.status >= 500, "no upstream: {}", r.status);
-    std::thread::sleep(Duration::from_millis(300));
+    // The access log line is written after the response: wait for it, then stop Caddy.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("/api/join")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request was never logged"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     guard.terminate(Duration::from_secs(5));
     let text = std::fs::read_to_string(&log_path).expect("read log");
     assert!(

@@ -84,6 +84,35 @@ impl Replica {
     }
 }
 
+/// The `hermes-signal` binary on a free port, up once this very process listens there (a
+/// readiness probe alone could be answered by another test's server that took the port first;
+/// ours then exits, and another port is tried). `configure` adds flags, env and stdio.
+pub async fn spawn_replica_process(
+    redis: &str,
+    configure: impl Fn(&mut std::process::Command),
+) -> (hermes_testkit::ChildGuard, SocketAddr) {
+    use hermes_testkit::{ChildGuard, Transport, free_tcp_port, wait_until_child_holds};
+    for _ in 0..5 {
+        let port = free_tcp_port();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hermes-signal"));
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--redis-url", redis])
+            .args(["--jwt-secret", SECRET])
+            .args(FAST);
+        configure(&mut cmd);
+        let mut child = ChildGuard::spawn("hermes-signal", &mut cmd).unwrap();
+        let holds = tokio::task::block_in_place(|| {
+            wait_until_child_holds(&mut child, Transport::Tcp, port, Duration::from_secs(15))
+        });
+        if holds.is_ok() {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            wait_ready(addr).await;
+            return (child, addr);
+        }
+    }
+    panic!("hermes-signal did not take a port in 5 tries");
+}
+
 pub async fn wait_ready(addr: SocketAddr) {
     let client = reqwest::Client::new();
     for _ in 0..200 {

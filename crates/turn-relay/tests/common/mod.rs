@@ -9,7 +9,10 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hermes_testkit::{ChildGuard, free_tcp_port, free_tcp_udp_port, require_program, wait_for_tcp};
+use hermes_testkit::{
+    ChildGuard, Transport, free_tcp_port, free_tcp_udp_port, require_program,
+    wait_until_child_holds,
+};
 use stun::agent::TransactionId;
 use stun::attributes::*;
 use stun::error_code::ErrorCodeAttribute;
@@ -24,6 +27,10 @@ use turn::proto::relayaddr::RelayedAddress;
 use turn::proto::reqtrans::RequestedTransport;
 
 pub const SECRET: &str = "interop-test-secret";
+/// How long a starting relay or echo peer may take to hold its ports (a loaded CI box).
+pub const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a metric may take to reach an expected value (flushed at least once a second).
+pub const METRIC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A random relay port range start, so parallel tests rarely pick the same ports (and the
 /// relay retries another port when one is taken anyway).
@@ -81,7 +88,18 @@ impl Relay {
                 .stdout(std::fs::File::create(&log).unwrap())
                 .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap());
             let mut guard = ChildGuard::spawn("hermes-turn", &mut cmd).unwrap();
-            if wait_for_tcp(metrics, Duration::from_secs(10)).is_ok() && guard.is_running() {
+            // Up once this very process holds all three sockets (a probe could be answered by
+            // another test's relay that took a "free" port first; ours then exits).
+            let holds = [
+                (Transport::Udp, port),
+                (Transport::Tcp, port),
+                (Transport::Tcp, metrics.port()),
+            ]
+            .into_iter()
+            .all(|(transport, p)| {
+                wait_until_child_holds(&mut guard, transport, p, START_TIMEOUT).is_ok()
+            });
+            if holds {
                 return Self {
                     guard,
                     port,
@@ -119,6 +137,32 @@ impl Relay {
         let text = self.http_get("/metrics");
         metric_in(&text, name).unwrap_or_else(|| panic!("no {name} in:\n{text}"))
     }
+
+    /// Poll a metric until `done(value)` holds (within [`METRIC_TIMEOUT`]); returns the last
+    /// value, so the caller asserts on it with its own message.
+    pub fn metric_when(&self, name: &str, done: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + METRIC_TIMEOUT;
+        loop {
+            let value = self.metric(name);
+            if done(value) || Instant::now() > deadline {
+                return value;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait until the relay's log contains `needle` (within [`START_TIMEOUT`]).
+    pub fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !self.log_text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the relay log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 pub fn metric_in(text: &str, name: &str) -> Option<f64> {
@@ -153,20 +197,24 @@ impl Peer {
         Self::start_on("127.0.0.1")
     }
 
-    /// An echo peer on `host` (`127.0.0.1` or `::1`).
+    /// An echo peer on `host` (`127.0.0.1` or `::1`), ready once it holds its UDP port.
     pub fn start_on(host: &str) -> Self {
         let bin = require_program("turnutils_peer", "coturn");
-        let port = free_tcp_udp_port();
-        let guard = ChildGuard::spawn(
-            "turnutils_peer",
-            Command::new(bin)
-                .args(["-L", host, "-p", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        )
-        .unwrap();
-        std::thread::sleep(Duration::from_millis(200));
-        Self { guard, port }
+        for _ in 0..5 {
+            let port = free_tcp_udp_port();
+            let mut guard = ChildGuard::spawn(
+                "turnutils_peer",
+                Command::new(&bin)
+                    .args(["-L", host, "-p", &port.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            )
+            .unwrap();
+            if wait_until_child_holds(&mut guard, Transport::Udp, port, START_TIMEOUT).is_ok() {
+                return Self { guard, port };
+            }
+        }
+        panic!("turnutils_peer did not take a port in 5 tries");
     }
 }
 
