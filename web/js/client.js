@@ -169,7 +169,10 @@ function setPeer(status) {
     store.saveSession(session, { inviteCode: null });
   }
   if (status === 'present' && before !== 'present' && before !== 'reconnecting') announceJoin();
-  if (status === 'left') ui.setSpeaking(false);
+  if (status === 'left') {
+    ui.setSpeaking(false);
+    call.announced = false; // whoever comes next is announced again
+  }
   refreshState();
 }
 
@@ -807,7 +810,7 @@ function closeLobby() {
 async function lobbyJoin() {
   if (!lobby) return;
   debug.timing.joinClick = performance.now();
-  const name = store.saveName(local, document.getElementById('display-name').value);
+  store.saveName(local, document.getElementById('display-name').value);
   document.getElementById('lobby-join').disabled = true;
   const l = lobby;
   const mediaPromise = l.media ? Promise.resolve(l.media) : acquireMedia();

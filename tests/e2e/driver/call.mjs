@@ -503,6 +503,11 @@ const PRODUCT = {
     check(/\/c\/[0-9A-Z]{6}$/.test(link), 'new code from inside the call', link);
     const decoded = await decodeQr(pa, '#invite-qr');
     check(decoded === link, 'QR code on the page decodes to the share link (zbarimg)', { decoded, link });
+    // A is busy in another tab: when someone joins, the title changes and A is notified.
+    await pa.evaluate(() => {
+      Object.defineProperty(document, 'hidden', { value: true, configurable: true });
+      document.dispatchEvent(new Event('visibilitychange'));
+    });
     // Someone new joins with it (B's browser, a fresh tab, typing the code).
     const pc = await openPage(B);
     await pc.goto(BASE);
@@ -510,6 +515,13 @@ const PRODUCT = {
     await pc.click('#join-button');
     await until(pc, () => globalThis.__hermes.timing.firstFrame !== null, null, 20_000);
     await waitState(pa, 'connected');
+    const title = await pa.title();
+    check(/^● .*joined/.test(title) && (await pa.evaluate(() => globalThis.__hermes.notifications.length)) >= 1, 'join while in another tab: title changes, chime and notification', title);
+    await pa.evaluate(() => {
+      Object.defineProperty(document, 'hidden', { value: false, configurable: true });
+      document.dispatchEvent(new Event('visibilitychange'));
+    });
+    check(!(await pa.title()).startsWith('●'), 'title back when the tab is looked at');
     await framesRising(pa, 'A with the person invited again');
     await hangUp(pa, pc);
     await closeAll(pa, pc);
@@ -634,6 +646,11 @@ const PRODUCT = {
     await pa.keyboard.press('v');
     check((await pa.getAttribute('#toggle-cam', 'aria-pressed')) === 'false', 'V turns the camera off');
     await pa.keyboard.press('v');
+    await pa.keyboard.press('f');
+    await until(pa, () => document.fullscreenElement !== null && document.getElementById('toggle-full').getAttribute('aria-pressed') === 'true', null, 5000);
+    await pa.keyboard.press('f');
+    await until(pa, () => document.fullscreenElement === null, null, 5000);
+    check(true, 'F enters and leaves full screen');
     await pa.keyboard.press('c');
     check(await pa.isVisible('#chat'), 'C opens the chat');
     await pa.keyboard.press('Escape');
