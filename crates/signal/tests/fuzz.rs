@@ -10,8 +10,9 @@
 //!   `bad-message` / `too-large` to the invalid frames); every resume within grace resumes.
 //!
 //! Seeded and bounded: `HERMES_SIGNAL_FUZZ_SECS` (default 20) and `HERMES_SIGNAL_FUZZ_SEED`
-//! (default 16). A long run: `HERMES_SIGNAL_FUZZ_SECS=600 cargo nextest run -p hermes-signal
-//! --test fuzz --no-capture`; the numbers are printed at the end.
+//! (default 16). A long run (beyond nextest's slow-test limit, so through `cargo test`):
+//! `HERMES_SIGNAL_FUZZ_SECS=600 cargo test -p hermes-signal --test fuzz -- --nocapture`; the
+//! numbers are printed at the end.
 #![allow(clippy::unwrap_used)]
 
 mod common;
