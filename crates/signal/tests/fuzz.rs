@@ -10,8 +10,9 @@
 //!   `bad-message` / `too-large` to the invalid frames); every resume within grace resumes.
 //!
 //! Seeded and bounded: `HERMES_SIGNAL_FUZZ_SECS` (default 20) and `HERMES_SIGNAL_FUZZ_SEED`
-//! (default 16). A long run: `HERMES_SIGNAL_FUZZ_SECS=600 cargo nextest run -p hermes-signal
-//! --test fuzz --no-capture`; the numbers are printed at the end.
+//! (default 16). A long run (beyond nextest's slow-test limit, so through `cargo test`):
+//! `HERMES_SIGNAL_FUZZ_SECS=600 cargo test -p hermes-signal --test fuzz -- --nocapture`; the
+//! numbers are printed at the end.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -178,13 +179,15 @@ impl Participant {
         }
     }
 
-    async fn send(&mut self, m: &ClientMessage) {
-        self.send_text(serde_json::to_string(m).unwrap()).await;
+    async fn send(&mut self, m: &ClientMessage) -> bool {
+        self.send_text(serde_json::to_string(m).unwrap()).await
     }
 
-    async fn send_text(&mut self, text: String) {
-        if let Some(c) = &mut self.conn {
-            c.sink.send(Message::text(text)).await.unwrap();
+    /// False when the connection is gone (the server closed it: the reason is in its events).
+    async fn send_text(&mut self, text: String) -> bool {
+        match &mut self.conn {
+            Some(c) => c.sink.send(Message::text(text)).await.is_ok(),
+            None => false,
         }
     }
 
@@ -246,7 +249,12 @@ impl Participant {
 
     /// Ping and wait for its pong: everything sent before is processed by the server.
     async fn barrier(&mut self, token: u64, t: &mut Totals) {
-        self.send(&ClientMessage::Ping { ts: Some(token) }).await;
+        if !self.send(&ClientMessage::Ping { ts: Some(token) }).await {
+            self.poll(t);
+            t.violations
+                .push(format!("{}: connection gone at a barrier", self.name));
+            return;
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.pong != Some(token) {
             if !self.next_event(deadline, t).await {
@@ -323,13 +331,16 @@ async fn protocol_fuzz_two_participants_with_reconnects() {
             match rng.random_range(0..100) {
                 0..55 => {
                     next_id += 1;
-                    p.send(&payload(next_id, rng.random_range(0..4))).await;
-                    p.pending.push(next_id);
-                    t.relayed += 1;
+                    if p.send(&payload(next_id, rng.random_range(0..4))).await {
+                        p.pending.push(next_id);
+                        t.relayed += 1;
+                    } else {
+                        t.violations.push(format!("{}: connection gone", p.name));
+                    }
                 }
                 55..72 => {
                     let text = INVALID[rng.random_range(0..INVALID.len())];
-                    p.send_text(text.to_owned()).await;
+                    let _ = p.send_text(text.to_owned()).await;
                     t.invalid += 1;
                 }
                 72..78 => {
@@ -338,7 +349,7 @@ async fn protocol_fuzz_two_participants_with_reconnects() {
                     } else {
                         rng.random::<u64>() >> rng.random_range(0..64u32)
                     };
-                    p.send(&ClientMessage::Ack { seq }).await;
+                    let _ = p.send(&ClientMessage::Ack { seq }).await;
                 }
                 78..84 => {
                     ping += 1;
