@@ -769,7 +769,10 @@ def main() -> int:
         dep.write_override([])
         with Step("podman-compose build (our Dockerfile's targets)"):
             dep.compose("build", timeout=1200)
-            podman("image", "prune", "-f", "--filter", "label=org.opencontainers.image.source", check_rc=False)
+            # Drop the previous run's images that the new ones replaced (dangling, of this test only:
+            # the Hermes stages carry the OCI source label, the caddy target the stand-in's label).
+            for label in ("org.opencontainers.image.source", "hermes.deploy-test"):
+                podman("image", "prune", "-f", "--filter", f"label={label}", check_rc=False)
 
         with Step("up -d, all healthy"):
             # The relays bind the compose network's gateway address, which exists once the
