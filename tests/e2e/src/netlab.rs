@@ -505,6 +505,29 @@ impl Lab {
         Ok(())
     }
 
+    /// Make every site's browser trust another CA too (e.g. the local CA of Caddy's
+    /// `tls internal` in `make run`).
+    pub fn trust(&self, ca_pem: &Path, name: &str) -> Result<(), String> {
+        for site in [Site::Lan1, Site::Lan2, Site::A, Site::B] {
+            let nssdb = self
+                .dir
+                .path()
+                .join(format!("home-{}/.pki/nssdb", site.ns()));
+            let db = format!("sql:{}", nssdb.display());
+            let ca = ca_pem.display().to_string();
+            run(
+                "certutil",
+                &["-A", "-d", &db, "-t", "C,,", "-n", name, "-i", &ca],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Run a program inside a site's namespace (e.g. curl as a client there).
+    pub fn exec(&self, site: Site, program: &str, args: &[&str]) -> Result<String, String> {
+        exec_in(site.ns(), program, args)
+    }
+
     /// The executable that starts Chromium in `site` (Playwright's `executablePath`).
     pub fn browser(&self, site: Site) -> PathBuf {
         self.dir.path().join(format!("chromium-{}", site.ns()))
