@@ -307,7 +307,8 @@ async function labRow(A, B, row, result) {
       // ICE may nominate a relayed pair first and switch once a direct one succeeds: the
       // direct path must be the one in use within 10 s.
       const deadline = Date.now() + 10_000;
-      const relayed = async () => (await Promise.all([c.pa, c.pb].map(pathStats))).some((s) => s?.local?.type === 'relay');
+      const relayed = async () =>
+        (await Promise.all([c.pa, c.pb].map(pathStats))).some((s) => s?.local?.type === 'relay' || s?.remote?.type === 'relay');
       while ((await relayed()) && Date.now() < deadline) await sleep(250);
     }
     const call = { event: 'lab-call', row: row.name, run, joinMs: Math.round(c.joinMs), A: await pathStats(c.pa), B: await pathStats(c.pb) };
