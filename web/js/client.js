@@ -52,11 +52,23 @@ let lobby = null; // the lobby's preview, before joining
 
 // ---------------------------------------------------------------- media
 
-/** Camera and microphone, degrading to audio-only, video-only, then receive-only. */
+/**
+ * Camera and microphone, degrading to audio-only, video-only, then receive-only. The notice
+ * says why in words that hold whatever the other side has: a page that is not a secure context
+ * (plain HTTP from another address) gets no devices at all; a refusal and missing devices are
+ * told apart. It never claims we see or hear the other person: we cannot know that here.
+ */
 async function acquireMedia(devices = {}) {
   const md = navigator.mediaDevices;
+  if (!globalThis.isSecureContext) {
+    const https = location.href.replace(/^http:/, 'https:');
+    return {
+      stream: new MediaStream(),
+      notice: `This page is not secure (plain HTTP from another computer), so the browser gives it no camera or microphone: the other person cannot see or hear you. Open it over HTTPS instead: ${https}`,
+    };
+  }
   if (!md?.getUserMedia) {
-    return { stream: new MediaStream(), notice: 'This browser cannot use a camera or microphone here: you can see and hear the other person, but they cannot see or hear you.', denied: true };
+    return { stream: new MediaStream(), notice: 'This browser cannot use a camera or microphone here: the other person cannot see or hear you.', denied: true };
   }
   const audio = devices.audio ? { deviceId: { exact: devices.audio } } : true;
   const video = devices.video ? { deviceId: { exact: devices.video } } : true;
@@ -65,16 +77,20 @@ async function acquireMedia(devices = {}) {
     [{ audio }, 'Camera not available: you are in the call with audio only.'],
     [{ video }, 'Microphone not available: the other person cannot hear you.'],
   ];
+  let denied = false;
   for (const [constraints, notice] of attempts) {
     try {
       return { stream: await md.getUserMedia(constraints), notice, denied: notice !== '' };
-    } catch {
+    } catch (e) {
       // try the next, smaller set
+      if (e?.name === 'NotAllowedError' || e?.name === 'SecurityError') denied = true;
     }
   }
   return {
     stream: new MediaStream(),
-    notice: 'Camera and microphone are blocked or missing: you can see and hear the other person, but they cannot see or hear you. Allow access in the browser (the icon in the address bar), then press Try again.',
+    notice: denied
+      ? 'Camera and microphone access was refused: the other person cannot see or hear you. Allow access in the browser (the icon in the address bar), then press Try again.'
+      : 'No camera or microphone could be used (none found, or in use by another app): the other person cannot see or hear you. Connect one, then press Try again.',
     denied: true,
   };
 }

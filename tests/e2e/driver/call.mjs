@@ -214,7 +214,7 @@ async function deniedCall(A, B, mode) {
   await pb.waitForFunction(() => globalThis.__hermes.timing.firstFrame !== null, null, { timeout: 20_000 });
   check(true, `${mode}: B joined by the /c/CODE link and sees A`);
   const notice = await pb.textContent('#notice');
-  const want = mode === 'audio-only' ? /audio only/ : /cannot see or hear you/;
+  const want = mode === 'audio-only' ? /audio only/ : /refused: the other person cannot see or hear you/;
   check(want.test(notice) && !(await pb.$eval('#notice', (e) => e.hidden)), `${mode}: B is told`, notice);
   check((await pb.textContent('#toggle-cam')) === 'No camera', `${mode}: camera button says no camera`);
   await waitState(pa, 'connected');
@@ -312,10 +312,20 @@ async function labRow(A, B, row, result) {
       // ICE may nominate a relayed pair first and switch once a direct one succeeds: the
       // direct path must be the one in use within 10 s.
       const deadline = Date.now() + 10_000;
-      const relayed = async () => (await Promise.all([c.pa, c.pb].map(pathStats))).some((s) => s?.local?.type === 'relay');
+      const relayed = async () =>
+        (await Promise.all([c.pa, c.pb].map(pathStats))).some((s) => s?.local?.type === 'relay' || s?.remote?.type === 'relay');
       while ((await relayed()) && Date.now() < deadline) await sleep(250);
     }
     const call = { event: 'lab-call', row: row.name, run, joinMs: Math.round(c.joinMs), A: await pathStats(c.pa), B: await pathStats(c.pb) };
+    // What each page got from getUserMedia, and what it told its person about it.
+    call.devices = {};
+    for (const [name, p] of [['A', c.pa], ['B', c.pb]]) {
+      call.devices[name] = await p.evaluate(() => ({
+        secure: globalThis.isSecureContext,
+        tracks: (globalThis.__hermes.media.localStream?.getTracks() ?? []).map((t) => t.kind).sort(),
+        notice: document.getElementById('notice').hidden ? '' : document.getElementById('notice').textContent,
+      }));
+    }
     if (row.quality) {
       // The stats summary runs every 5 s; B's lossy, slow uplink shows on A's side (and B's RTT).
       await c.pa.waitForFunction(() => ['fair', 'poor'].includes(document.getElementById('quality').dataset.level), null, { timeout: 30_000 });
@@ -598,7 +608,7 @@ const PRODUCT = {
     await pb.goto(link);
     await pb.waitForSelector('#lobby', { state: 'visible' });
     await until(pb, () => !document.getElementById('lobby-retry').hidden);
-    check(/blocked|missing/.test(await pb.textContent('#lobby-error')), 'lobby: refusal explained, Try again offered');
+    check(/refused: the other person cannot see or hear you/.test(await pb.textContent('#lobby-error')), 'lobby: refusal explained, Try again offered');
     if (args.shoot !== 'no') await screenshots(pb, 'lobby-denied');
     await pb.evaluate(() => (globalThis.__allowMedia = true));
     await pb.click('#lobby-retry');

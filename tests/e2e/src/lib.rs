@@ -586,11 +586,25 @@ pub fn run_driver_with(
     timeout: Duration,
     mut on_request: impl FnMut(&mut Stack, &str) -> Result<Duration, String>,
 ) -> Result<DriverRun, String> {
+    let base = stack.base_url();
+    run_driver_at(&base, label, args, timeout, |action| {
+        on_request(stack, action)
+    })
+}
+
+/// [`run_driver_with`] against any base URL (e.g. a stack started by `make run`).
+pub fn run_driver_at(
+    base: &str,
+    label: &str,
+    args: &[String],
+    timeout: Duration,
+    mut on_request: impl FnMut(&str) -> Result<Duration, String>,
+) -> Result<DriverRun, String> {
     let dir = ensure_node_modules()?;
     let node = require_program("node", "nodejs");
     let mut cmd = Command::new(node);
     cmd.arg(dir.join("driver/call.mjs"))
-        .args(["--base", &stack.base_url()])
+        .args(["--base", base])
         .args(args)
         .current_dir(&dir)
         .stdin(Stdio::piped())
@@ -633,7 +647,7 @@ pub fn run_driver_with(
         };
         if v["event"] == "request" {
             let action = v["action"].as_str().unwrap_or_default();
-            let answer = match on_request(stack, action) {
+            let answer = match on_request(action) {
                 Ok(took) => {
                     eprintln!("[e2e] {action} done in {took:?}");
                     "restarted".to_owned()

@@ -1,25 +1,26 @@
 //! A small internet built from Linux network namespaces, for calls across NATs and firewalls.
 //!
 //! ```text
-//!                      hlab-pub: bridge hlab-br, 198.18.0.0/24 ("the internet")
+//!                      pub: bridge hlab-br, 198.18.0.0/24 ("the internet")
 //!                      .10 Caddy (HTTPS, lab CA)   .11 TURN (3478 udp/tcp, TLS on 443)
 //!         ┌────────────┬────────────┬───────────────┬────────────────┐
-//!     hlab-lan1 .21  hlab-lan2 .22  hlab-nat-a .101     hlab-nat-b .102 (.112 after a move)
+//!       lan1 .21      lan2 .22       nat-a .101          nat-b .102 (.112 after a move)
 //!     (same LAN, no NAT)            │ NAT + firewall    │ NAT + firewall
-//!                                   hlab-a 10.0.1.2     hlab-b 10.0.2.2
+//!                                   a 10.0.1.2          b 10.0.2.2
 //! ```
 //!
 //! Every interface is created inside a namespace of the lab (never in the host's), no
 //! namespace has a route to the host, and the public range 198.18.0.0/24 is a special-purpose
 //! (benchmarking) range that hermes-turn refuses unless `TURN_ALLOWED_PEER_IPS` names it.
-//! The Hermes stack runs in `hlab-pub` (the test thread enters it with `setns`, so the stack's
+//! The Hermes stack runs in `pub` (the test thread enters it with `setns`, so the stack's
 //! own harness and every process it starts live there); each browser runs in its site through
 //! a wrapper (`ip netns exec`) that Playwright launches, talking to it over a pipe.
 //!
-//! Clean-up: [`Lab`]'s `Drop` kills whatever still runs in the lab's namespaces and deletes
-//! them (their veths, bridge and iptables rules go with them); [`Lab::build`] first sweeps
-//! leftovers of a killed run (namespaces named `hlab-…`), under a lock file so two labs never
-//! run at once.
+//! Every namespace is named `hlab-<pid>x<n>-<role>` (the process and its n-th lab), so labs of
+//! several test processes run side by side. Clean-up: [`Lab`]'s `Drop` kills whatever still
+//! runs in the lab's namespaces and deletes them (their veths, bridge and iptables rules go
+//! with them); [`Lab::build`] first sweeps the namespaces of labs whose process is gone (a
+//! killed run).
 
 use std::fs::File;
 use std::io::Write;
@@ -36,6 +37,10 @@ pub const PUBLIC_NET: &str = "198.18.0.0/24";
 pub const WEB_IP: &str = "198.18.0.10";
 /// hermes-turn's (or coturn's) own address: 3478 UDP/TCP, TLS on 443.
 pub const TURN_IP: &str = "198.18.0.11";
+static LABS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// Held shared by every running lab: labs of this kind coexist, while anything that removes
+/// `hlab-` namespaces it cannot tell are orphans (the first version of this lab swept every
+/// one) must hold it exclusively, so it never sweeps a running lab.
 const LOCK_FILE: &str = "/run/hermes-netlab.lock";
 
 /// Where a browser runs.
@@ -50,19 +55,20 @@ pub enum Site {
 }
 
 impl Site {
-    pub fn ns(self) -> &'static str {
+    /// The site's role in its namespace's name.
+    pub fn role(self) -> &'static str {
         match self {
-            Site::Lan1 => "hlab-lan1",
-            Site::Lan2 => "hlab-lan2",
-            Site::A => "hlab-a",
-            Site::B => "hlab-b",
+            Site::Lan1 => "lan1",
+            Site::Lan2 => "lan2",
+            Site::A => "a",
+            Site::B => "b",
         }
     }
 
-    fn nat_ns(self) -> Option<&'static str> {
+    fn nat_role(self) -> Option<&'static str> {
         match self {
-            Site::A => Some("hlab-nat-a"),
-            Site::B => Some("hlab-nat-b"),
+            Site::A => Some("nat-a"),
+            Site::B => Some("nat-b"),
             _ => None,
         }
     }
@@ -112,6 +118,7 @@ pub enum Firewall {
 
 /// The lab: its namespaces, CA and browser wrappers. Dropping it removes everything.
 pub struct Lab {
+    prefix: String,
     dir: tempfile::TempDir,
     namespaces: Vec<String>,
     moved: [bool; 2],
@@ -192,8 +199,11 @@ impl Lab {
             .write(true)
             .open(LOCK_FILE)
             .map_err(|e| format!("{LOCK_FILE}: {e}"))?;
-        lock.lock().map_err(|e| format!("lock {LOCK_FILE}: {e}"))?;
+        lock.lock_shared()
+            .map_err(|e| format!("lock {LOCK_FILE}: {e}"))?;
         sweep();
+        let n = LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("{PREFIX}{}x{n}-", std::process::id());
         let home_ns =
             File::open("/proc/thread-self/ns/net").map_err(|e| format!("own netns: {e}"))?;
         let dir = tempfile::Builder::new()
@@ -201,6 +211,7 @@ impl Lab {
             .tempdir()
             .map_err(|e| e.to_string())?;
         let mut lab = Self {
+            prefix,
             dir,
             namespaces: Vec::new(),
             moved: [false; 2],
@@ -216,6 +227,22 @@ impl Lab {
         Ok(lab)
     }
 
+    /// The name of this lab's namespace for `role`.
+    fn ns(&self, role: &str) -> String {
+        format!("{}{role}", self.prefix)
+    }
+
+    /// The namespace a site's browser runs in.
+    pub fn site_ns(&self, site: Site) -> String {
+        self.ns(site.role())
+    }
+
+    fn nat_ns(&self, site: Site) -> Result<String, String> {
+        site.nat_role()
+            .map(|r| self.ns(r))
+            .ok_or_else(|| format!("{site:?} has no NAT"))
+    }
+
     fn add_ns(&mut self, ns: &str) -> Result<(), String> {
         ip(&["netns", "add", ns])?;
         self.namespaces.push(ns.to_owned());
@@ -224,7 +251,7 @@ impl Lab {
     }
 
     fn make_network(&mut self) -> Result<(), String> {
-        let public = "hlab-pub";
+        let public = &self.ns("pub");
         self.add_ns(public)?;
         ip(&["-n", public, "link", "add", "hlab-br", "type", "bridge"])?;
         ip(&["-n", public, "link", "set", "hlab-br", "up"])?;
@@ -241,7 +268,7 @@ impl Lab {
         }
         // Same-LAN sites: straight on the public segment.
         for (site, port) in [(Site::Lan1, "p-lan1"), (Site::Lan2, "p-lan2")] {
-            let ns = site.ns();
+            let ns = &self.site_ns(site);
             self.add_ns(ns)?;
             self.veth(public, port, ns, "eth0")?;
             ip(&["-n", public, "link", "set", port, "master", "hlab-br"])?;
@@ -250,8 +277,8 @@ impl Lab {
         }
         // NATed sites: site ── lan0 | NAT | wan0 ── bridge.
         for (site, port) in [(Site::A, "p-nat-a"), (Site::B, "p-nat-b")] {
-            let nat = site.nat_ns().expect("NATed site");
-            let ns = site.ns();
+            let nat = &self.nat_ns(site)?;
+            let ns = &self.site_ns(site);
             self.add_ns(nat)?;
             self.add_ns(ns)?;
             self.veth(public, port, nat, "wan0")?;
@@ -306,9 +333,7 @@ impl Lab {
 
     /// Replace a NATed site's router rules (atomically, `iptables-restore`).
     pub fn configure(&self, site: Site, nat: Nat, firewall: Firewall) -> Result<(), String> {
-        let ns = site
-            .nat_ns()
-            .ok_or_else(|| format!("{site:?} has no NAT"))?;
+        let ns = &self.nat_ns(site)?;
         let random = match nat {
             Nat::Cone => "",
             Nat::Symmetric => " --random-fully",
@@ -333,7 +358,7 @@ impl Lab {
              {out}COMMIT\n"
         );
         let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "iptables-restore"])
+            .args(["netns", "exec", ns.as_str(), "iptables-restore"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -360,9 +385,7 @@ impl Lab {
     /// The site's NAT gets another public address and loses the old one (a laptop moving
     /// to another network): MASQUERADE forgets every mapping of the removed address.
     pub fn move_site(&mut self, site: Site) -> Result<(), String> {
-        let ns = site
-            .nat_ns()
-            .ok_or_else(|| format!("{site:?} has no NAT"))?;
+        let ns = &self.nat_ns(site)?;
         let slot = usize::from(site.index() - 1);
         let old = format!("{}/24", site.wan_ip(self.moved[slot]));
         let new = format!("{}/24", site.wan_ip(!self.moved[slot]));
@@ -471,7 +494,7 @@ impl Lab {
     /// A Chromium profile home whose NSS database trusts the lab CA (and nothing else
     /// extra), and a wrapper that runs Chromium inside the site's namespace with it.
     fn make_browser_wrapper(&self, site: Site) -> Result<(), String> {
-        let home = self.dir.path().join(format!("home-{}", site.ns()));
+        let home = self.dir.path().join(format!("home-{}", site.role()));
         let nssdb = home.join(".pki/nssdb");
         std::fs::create_dir_all(&nssdb).map_err(|e| e.to_string())?;
         let db = format!("sql:{}", nssdb.display());
@@ -495,7 +518,7 @@ impl Lab {
         let script = format!(
             "#!/bin/sh\n# Chromium inside the lab site {ns}, trusting the lab CA.\n\
              HOME='{home}'\nexport HOME\nexec '{ip}' netns exec {ns} '{chromium}' \"$@\"\n",
-            ns = site.ns(),
+            ns = self.site_ns(site),
             home = home.display(),
             ip = ipbin.display(),
         );
@@ -505,9 +528,32 @@ impl Lab {
         Ok(())
     }
 
+    /// Make every site's browser trust another CA too (e.g. the local CA of Caddy's
+    /// `tls internal` in `make run`).
+    pub fn trust(&self, ca_pem: &Path, name: &str) -> Result<(), String> {
+        for site in [Site::Lan1, Site::Lan2, Site::A, Site::B] {
+            let nssdb = self
+                .dir
+                .path()
+                .join(format!("home-{}/.pki/nssdb", site.role()));
+            let db = format!("sql:{}", nssdb.display());
+            let ca = ca_pem.display().to_string();
+            run(
+                "certutil",
+                &["-A", "-d", &db, "-t", "C,,", "-n", name, "-i", &ca],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Run a program inside a site's namespace (e.g. curl as a client there).
+    pub fn exec(&self, site: Site, program: &str, args: &[&str]) -> Result<String, String> {
+        exec_in(&self.site_ns(site), program, args)
+    }
+
     /// The executable that starts Chromium in `site` (Playwright's `executablePath`).
     pub fn browser(&self, site: Site) -> PathBuf {
-        self.dir.path().join(format!("chromium-{}", site.ns()))
+        self.dir.path().join(format!("chromium-{}", site.role()))
     }
 
     pub fn dir(&self) -> &Path {
@@ -517,12 +563,13 @@ impl Lab {
     /// Move the calling thread (and every process it starts from now on) into the public
     /// segment, where the stack runs.
     pub fn enter_public(&self) -> Result<(), String> {
-        let ns = File::open("/run/netns/hlab-pub").map_err(|e| format!("hlab-pub: {e}"))?;
+        let name = self.ns("pub");
+        let ns = File::open(format!("/run/netns/{name}")).map_err(|e| format!("{name}: {e}"))?;
         rustix::thread::move_into_link_name_space(
             std::os::fd::AsFd::as_fd(&ns),
             Some(rustix::thread::LinkNameSpaceType::Network),
         )
-        .map_err(|e| format!("setns hlab-pub: {e}"))
+        .map_err(|e| format!("setns {name}: {e}"))
     }
 
     /// Back to the namespace the thread came from.
@@ -538,7 +585,7 @@ impl Lab {
     /// site are routed through a TUN device whose reader (tests/e2e/netlab/delayline.py)
     /// holds each one for its delay, drops some, and hands the rest back to the kernel.
     pub fn impair(&mut self, site: Site, link: Option<(u32, u32, f64)>) -> Result<(), String> {
-        let ns = site.ns();
+        let ns = &self.site_ns(site);
         let gw = format!("10.0.{}.1", site.index());
         self.delay_lines.clear();
         let _ = ip(&["-n", ns, "rule", "del", "iif", "hlab-dl", "lookup", "100"]);
@@ -550,7 +597,7 @@ impl Lab {
         let python = require_program("python3", "python3");
         let script = hermes_testkit::workspace_root().join("tests/e2e/netlab/delayline.py");
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns])
+        cmd.args(["netns", "exec", ns.as_str()])
             .arg(python)
             .arg(script)
             .args([
@@ -595,15 +642,25 @@ impl Lab {
     }
 }
 
-/// Remove what a killed run left behind: namespaces with the lab's prefix.
+/// Remove what killed runs left behind: lab namespaces whose process is gone.
 fn sweep() {
     let Ok(list) = ip(&["netns", "list"]) else {
         return;
     };
+    let orphan = |name: &str| {
+        let pid = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split(['x', '-']).next())
+            .and_then(|p| p.parse::<u32>().ok());
+        match pid {
+            Some(pid) => !Path::new(&format!("/proc/{pid}")).exists(),
+            None => false,
+        }
+    };
     for ns in list
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(PREFIX))
+        .filter(|n| orphan(n))
     {
         eprintln!("netlab: removing leftover namespace {ns}");
         remove_namespace(ns);

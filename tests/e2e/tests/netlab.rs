@@ -365,10 +365,9 @@ fn lab_options(lab: &Lab) -> StackOptions {
         caddy_env: vec![
             ("HERMES_HTTPS_ADDR", format!("{WEB_IP}:443")),
             ("HERMES_HTTPS_IP", WEB_IP.into()),
-            ("HERMES_TLS_CERT", cert),
-            ("HERMES_TLS_KEY", key),
+            ("HERMES_TLS", format!("{cert} {key}")),
         ],
-        caddyfile: Some(workspace_root().join("caddy/Caddyfile.lab")),
+        caddyfile: Some(workspace_root().join("caddy/Caddyfile.https")),
         public_base: Some(origin),
     }
 }
@@ -640,4 +639,170 @@ fn calls_across_nats_firewalls_and_network_changes() {
     }
     drop(stack);
     drop(state);
+}
+
+/// `make run` with a LAN address (issue 21), in the lab: `scripts/run.sh` with
+/// `HERMES_BIND=198.18.0.10` inside the public namespace; two browsers on that LAN (no
+/// insecure-origin flag, Caddy's local CA trusted as the banner says) get camera and
+/// microphone and see each other; plain HTTP redirects to HTTPS; a resolve flood from one
+/// client address is limited for that address only, not for the other client.
+#[test]
+fn make_run_on_a_lan_address() {
+    if let Some(why) = netlab::unavailable() {
+        eprintln!("{why}");
+        return;
+    }
+    require_program("chromium", "chromium");
+    let lab = Lab::build().unwrap_or_else(|e| panic!("lab: {e}"));
+    lab.enter_public()
+        .unwrap_or_else(|e| panic!("enter the lab: {e}"));
+    let log_path = lab.dir().join("make-run.log");
+    let log = std::fs::File::create(&log_path).expect("make run log");
+    let mut cmd = std::process::Command::new("setsid");
+    cmd.arg(workspace_root().join("scripts/run.sh"))
+        .env("HERMES_BIND", WEB_IP)
+        .env("HERMES_HTTP_PORT", "8443")
+        // Built already (`make test` builds with --all-targets, whose features differ).
+        .env("HERMES_NO_BUILD", "1")
+        // A small per-address resolve budget, so the flood below is short.
+        .env("API_RESOLVE_IP_LIMIT", "5")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
+    let mut run = ChildGuard::spawn("make run", &mut cmd).expect("spawn scripts/run.sh");
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let banner = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("local CA:") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline && run.is_running(),
+            "make run did not come up:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(!banner.contains("with warnings"), "{banner}");
+    let url = format!("https://{WEB_IP}:8443/");
+    assert!(banner.contains(&url), "the banner prints {url}:\n{banner}");
+    let ca = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("local CA: "))
+        .map(PathBuf::from)
+        .expect("CA path in the banner");
+    lab.trust(&ca, "Caddy local CA (make run)")
+        .unwrap_or_else(|e| panic!("trust {}: {e}", ca.display()));
+    let ca_arg = ca.display().to_string();
+
+    // Plain HTTP to the printed port is redirected to the HTTPS URL.
+    let redirect = lab
+        .exec(
+            Site::Lan1,
+            "curl",
+            &[
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{redirect_url}",
+                &format!("http://{WEB_IP}:8443/c/ABC123"),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("curl http: {e}"));
+    assert!(
+        redirect.starts_with("30") && redirect.contains(&format!("https://{WEB_IP}:8443/")),
+        "HTTP must redirect to HTTPS: {redirect}"
+    );
+
+    // A call between the two LAN sites.
+    let row = Row {
+        name: "lan-make-run",
+        a: (Nat::Cone, Firewall::Open),
+        b: (Nat::Cone, Firewall::Open),
+        expect: Expect::Host,
+        runs: 1,
+        change: false,
+        link: None,
+        turn: Turn::Hermes,
+        open: "",
+    };
+    let out = workspace_root().join("test-output/netlab");
+    std::fs::create_dir_all(&out).expect("create test-output/netlab");
+    let args = driver_args(&lab, Site::Lan1, Site::Lan2, &[&row], &out);
+    let call =
+        hermes_e2e::run_driver_at(&url, "make run lan", &args, Duration::from_secs(90), |_| {
+            Ok(Duration::ZERO)
+        })
+        .unwrap_or_else(|e| panic!("driver: {e}"));
+    assert!(
+        call.exit_ok && call.done["ok"] == true,
+        "LAN call failed: {}\n{}",
+        call.done["error"],
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    let made = call
+        .events
+        .iter()
+        .find(|e| e["event"] == "lab-call")
+        .expect("a call was made");
+    check_path(&row, made);
+    for side in ["A", "B"] {
+        let d = &made["devices"][side];
+        assert_eq!(d["secure"], true, "{side}: not a secure context: {d}");
+        assert_eq!(d["tracks"], json!(["audio", "video"]), "{side}: {d}");
+        assert_eq!(d["notice"], "", "{side} was told something: {d}");
+    }
+
+    // Resolve flood from Lan1 (5 per address): Lan1 is limited, Lan2 is not.
+    let resolve = format!("{url}api/call/resolve");
+    let resolve_from = |site: Site, i: u32| -> String {
+        let body = format!("{{\"code\":\"{i:06}\"}}");
+        lab.exec(
+            site,
+            "curl",
+            &[
+                "-sS",
+                "--cacert",
+                &ca_arg,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                &body,
+                &resolve,
+            ],
+        )
+        .unwrap_or_else(|e| panic!("resolve from {site:?}: {e}"))
+    };
+    let statuses: Vec<String> = (0..8).map(|i| resolve_from(Site::Lan1, i)).collect();
+    assert!(
+        statuses.iter().any(|s| s == "429"),
+        "Lan1 must be limited: {statuses:?}"
+    );
+    let other = resolve_from(Site::Lan2, 8);
+    assert_ne!(
+        other, "429",
+        "Lan2 was limited by Lan1's flood: the API sees one address for all clients"
+    );
+    eprintln!(
+        "make run on {WEB_IP}: join→first frame {} ms; Lan1 flood {statuses:?}; Lan2 {other}",
+        made["joinMs"]
+    );
+
+    // Ctrl-C stops everything.
+    let pgid = run.id().expect("running");
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", "--", &format!("-{pgid}")])
+        .status();
+    let stop = Instant::now() + Duration::from_secs(20);
+    while run.is_running() {
+        assert!(Instant::now() < stop, "make run did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(lab);
 }
