@@ -410,6 +410,11 @@ struct Local {
     resync: Arc<AtomicBool>,
     /// Set once the join script admitted it: only seated sessions have leases to renew.
     seated: bool,
+    /// Its own join's `seat` marker came through the channel: a `replaced` routed from here
+    /// on was published by a newer join. One routed before it is older than this connection
+    /// (a stale takeover of an earlier connection of the same participant) and must not
+    /// close it.
+    seam: bool,
 }
 
 struct CallLocal {
@@ -653,6 +658,7 @@ impl Hub {
             tx,
             resync,
             seated: false,
+            seam: false,
         };
         self.cmd_tx
             .send(Cmd::Register {
@@ -1366,8 +1372,9 @@ fn route(entry: &mut CallLocal, text: Utf8Bytes, hub: &std::sync::Weak<Hub>, rep
             let (Some(subject), Some(conn)) = (head.participant, head.conn) else {
                 return;
             };
-            for l in &entry.locals {
+            for l in &mut entry.locals {
                 if l.participant.as_str() == subject && &*l.conn == conn {
+                    l.seam = true;
                     offer(l, Delivery::Seam);
                 }
             }
@@ -1377,7 +1384,7 @@ fn route(entry: &mut CallLocal, text: Utf8Bytes, hub: &std::sync::Weak<Hub>, rep
                 return;
             };
             for l in &entry.locals {
-                if l.participant.as_str() == subject && &*l.conn != conn {
+                if l.participant.as_str() == subject && &*l.conn != conn && l.seam {
                     offer(l, Delivery::Replaced);
                 }
             }
