@@ -25,9 +25,12 @@ const TCP_LISTEN: &str = "0A";
 
 /// Inodes of the sockets bound to local `port` (TCP: listening ones only), IPv4 and IPv6.
 pub fn socket_inodes(transport: Transport, port: u16) -> Vec<u64> {
+    // `thread-self`, not `/proc/net` (the process's first thread): a test thread may have
+    // entered another network namespace (the network lab, tests/e2e/src/netlab.rs), and the
+    // ports it asks about are that namespace's.
     let tables: [&str; 2] = match transport {
-        Transport::Tcp => ["/proc/net/tcp", "/proc/net/tcp6"],
-        Transport::Udp => ["/proc/net/udp", "/proc/net/udp6"],
+        Transport::Tcp => ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"],
+        Transport::Udp => ["/proc/thread-self/net/udp", "/proc/thread-self/net/udp6"],
     };
     let mut inodes = Vec::new();
     for table in tables {

@@ -133,7 +133,14 @@ impl Stack {
             http_port: free_tcp_port(),
             api_port: free_tcp_port(),
             signal_port: free_tcp_port(),
-            turn_port: free_tcp_udp_port(),
+            // The STUN/TURN port: the one an override of TURN_LISTEN names (the readiness
+            // check looks for it), else a free one.
+            turn_port: options
+                .turn_env
+                .iter()
+                .find(|(k, _)| *k == "TURN_LISTEN")
+                .and_then(|(_, v)| v.rsplit(':').next()?.parse().ok())
+                .unwrap_or_else(free_tcp_udp_port),
             turn_metrics_port: free_tcp_port(),
             logger_health_port: free_tcp_port(),
             dir,
