@@ -53,53 +53,40 @@ pub async fn create(
     let code_ttl_ms = state.settings.code_ttl.as_millis().to_string();
     let call_ttl = state.settings.call_ttl.as_secs().max(1).to_string();
     // The request counts once, on the first attempt, in the same script that claims the code.
-    let mut limits = vec![state.request_limit(&ip)];
-    for _ in 0..MAX_CODE_ATTEMPTS {
-        let code = OneTimeCode::random(&mut rand::rng());
-        let reply = state
-            .limiter
-            .guarded(
-                state.redis_raw(),
-                &state.scripts.create,
-                &limits,
-                vec![keys::otc(&code), keys::call(&call)],
-                vec![
-                    call.to_string(),
-                    code_ttl_ms.clone(),
-                    now.to_string(),
-                    call_ttl.clone(),
-                ],
-                &state.metrics,
-            )
-            .await
-            .map_err(|e| state.guard_err(e, ROUTE_CREATE))?;
-        limits.clear();
-        if reply.first().and_then(Value::as_i64) != Some(1) {
-            tracing::debug!("one-time code collision, drawing another");
-            continue;
-        }
-        let offerer = ParticipantId::random(&mut rand::rng());
-        let pid_short = offerer.short().to_owned();
-        let token = sign(&state, &call, offerer, Role::Offerer, now);
-        tracing::info!(call = %call.short(), participant = %pid_short, "call created");
-        state.events.event(
-            LogLevel::Info,
-            "call.created",
-            Some(&call),
-            json!({ "participantId": pid_short, "role": "offerer" }),
-        );
-        return Ok((
-            StatusCode::CREATED,
-            Json(CreateCallResponse {
-                call_id: call,
-                code: code.as_str().to_owned(),
-                token,
-                code_expires_at: now + state.settings.code_ttl.as_secs(),
-            }),
-        ));
+    let args = [call.to_string(), code_ttl_ms, now.to_string(), call_ttl];
+    let limits = vec![state.request_limit(&ip)];
+    let (code, reply) = claim_code(
+        &state,
+        &state.scripts.create,
+        limits,
+        &call,
+        &args,
+        ROUTE_CREATE,
+    )
+    .await?;
+    if reply != Some(1) {
+        tracing::error!("unexpected reply from the create script");
+        return Err(ApiError::Internal);
     }
-    tracing::error!("no free one-time code after {MAX_CODE_ATTEMPTS} attempts");
-    Err(ApiError::Internal)
+    let offerer = ParticipantId::random(&mut rand::rng());
+    let pid_short = offerer.short().to_owned();
+    let token = sign(&state, &call, offerer, Role::Offerer, now);
+    tracing::info!(call = %call.short(), participant = %pid_short, "call created");
+    state.events.event(
+        LogLevel::Info,
+        "call.created",
+        Some(&call),
+        json!({ "participantId": pid_short, "role": "offerer" }),
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(CreateCallResponse {
+            call_id: call,
+            code: code.as_str().to_owned(),
+            token,
+            code_expires_at: now + state.settings.code_ttl.as_secs(),
+        }),
+    ))
 }
 
 pub async fn resolve(
@@ -297,56 +284,79 @@ pub async fn new_code(
     };
     let value = format!("{call}{seat}");
     let code_ttl_ms = state.settings.code_ttl.as_millis().to_string();
-    let mut limits = vec![
+    let limits = vec![
         state.request_limit(&ip),
         (
             keys::rl_call(&call, "newcode"),
             state.settings.new_code_limit,
         ),
     ];
+    let args = [value, code_ttl_ms];
+    let (code, reply) = claim_code(
+        &state,
+        &state.scripts.new_code,
+        limits,
+        &call,
+        &args,
+        ROUTE_NEW_CODE,
+    )
+    .await?;
+    match reply {
+        Some(1) => {}
+        Some(-2) => return Err(ApiError::CallEnded),
+        Some(-1) => return Err(ApiError::CallNotFound),
+        _ => {
+            tracing::error!("unexpected reply from the new-code script");
+            return Err(ApiError::Internal);
+        }
+    }
+    tracing::info!(call = %call.short(), by = %claims.pid.short(), "new code");
+    state.events.event(
+        LogLevel::Info,
+        "code.minted",
+        Some(&call),
+        json!({ "participantId": claims.pid.short(), "role": claims.role.as_str() }),
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(NewCodeResponse {
+            call_id: call,
+            code: code.as_str().to_owned(),
+            code_expires_at: unix_now() + state.settings.code_ttl.as_secs(),
+        }),
+    ))
+}
+
+/// Stores a fresh random one-time code with `script` (KEYS: `otc:{code}`, the call; ARGV:
+/// `args` after the limits), drawing another while the script answers 0 (the code is taken).
+/// The limits count once, on the first attempt. Returns the code and the script's answer.
+async fn claim_code(
+    state: &Inner,
+    script: &crate::redis_script::Script,
+    mut limits: Vec<(String, crate::ratelimit::Limit)>,
+    call: &CallId,
+    args: &[String],
+    route: &'static str,
+) -> Result<(OneTimeCode, Option<i64>), ApiError> {
     for _ in 0..MAX_CODE_ATTEMPTS {
         let code = OneTimeCode::random(&mut rand::rng());
         let reply = state
             .limiter
             .guarded(
                 state.redis_raw(),
-                &state.scripts.new_code,
+                script,
                 &limits,
-                vec![keys::otc(&code), keys::call(&call)],
-                vec![value.clone(), code_ttl_ms.clone()],
+                vec![keys::otc(&code), keys::call(call)],
+                args.to_vec(),
                 &state.metrics,
             )
             .await
-            .map_err(|e| state.guard_err(e, ROUTE_NEW_CODE))?;
+            .map_err(|e| state.guard_err(e, route))?;
         limits.clear();
         match reply.first().and_then(Value::as_i64) {
-            Some(1) => {}
-            Some(0) => {
-                tracing::debug!("one-time code collision, drawing another");
-                continue;
-            }
-            Some(-2) => return Err(ApiError::CallEnded),
-            Some(-1) => return Err(ApiError::CallNotFound),
-            _ => {
-                tracing::error!("unexpected reply from the new-code script");
-                return Err(ApiError::Internal);
-            }
+            Some(0) => tracing::debug!("one-time code collision, drawing another"),
+            answer => return Ok((code, answer)),
         }
-        tracing::info!(call = %call.short(), by = %claims.pid.short(), "new code");
-        state.events.event(
-            LogLevel::Info,
-            "code.minted",
-            Some(&call),
-            json!({ "participantId": claims.pid.short(), "role": claims.role.as_str() }),
-        );
-        return Ok((
-            StatusCode::CREATED,
-            Json(NewCodeResponse {
-                call_id: call,
-                code: code.as_str().to_owned(),
-                code_expires_at: unix_now() + state.settings.code_ttl.as_secs(),
-            }),
-        ));
     }
     tracing::error!("no free one-time code after {MAX_CODE_ATTEMPTS} attempts");
     Err(ApiError::Internal)
