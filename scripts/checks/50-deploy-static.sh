@@ -135,10 +135,23 @@ echo "== caddy"
 if command -v caddy >/dev/null; then
   SERVER_NAME=call.example.com HERMES_WEB_ROOT=/srv t caddy adapt --config deploy/k8s/base/Caddyfile --adapter caddyfile >/dev/null
   echo "ok -- caddy adapt deploy/k8s/base/Caddyfile"
-  # The production Caddyfile with the environment docker-compose.yml gives the caddy service.
-  SERVER_NAME=call.example.com HERMES_WEB_ROOT=/srv API_UPSTREAMS=api:8080 SIGNAL_UPSTREAMS=signal:8081 \
-    t caddy adapt --config caddy/Caddyfile --adapter caddyfile >/dev/null
-  echo "ok -- caddy adapt caddy/Caddyfile (compose environment)"
+  # The production Caddyfile with the environment docker-compose.yml gives the caddy service
+  # (upstreams from DNS: one dynamic A lookup per service, not one fixed address) ...
+  adapted=$(SERVER_NAME=call.example.com HERMES_WEB_ROOT=/srv UPSTREAMS_FROM=dns API_SERVICE=api API_PORT=8080 \
+    SIGNAL_SERVICE=signal SIGNAL_PORT=8081 t caddy adapt --config caddy/Caddyfile --adapter caddyfile)
+  for want in '"name":"api","port":"8080"' '"name":"signal","port":"8081"'; do
+    grep -q "$want" <<<"$adapted" || { echo "FAIL caddy/Caddyfile with UPSTREAMS_FROM=dns has no dynamic upstream $want"; exit 1; }
+  done
+  ! grep -q '"upstreams":' <<<"$adapted" || { echo "FAIL caddy/Caddyfile with UPSTREAMS_FROM=dns still has fixed upstreams"; exit 1; }
+  echo "ok -- caddy adapt caddy/Caddyfile (compose environment: upstreams from DNS)"
+  # ... and with fixed lists (a host install), actively health-checked.
+  adapted=$(SERVER_NAME=call.example.com HERMES_WEB_ROOT=/srv API_UPSTREAMS="10.0.0.1:8080 10.0.0.2:8080" \
+    SIGNAL_UPSTREAMS=10.0.0.1:8081 t caddy adapt --config caddy/Caddyfile --adapter caddyfile)
+  if ! grep -q '"upstreams":\[{"dial":"10.0.0.1:8080"},{"dial":"10.0.0.2:8080"}\]' <<<"$adapted" \
+    || ! grep -q '"active":{' <<<"$adapted"; then
+    echo "FAIL caddy/Caddyfile with UPSTREAMS_FROM=list: no fixed, health-checked upstreams"; exit 1
+  fi
+  echo "ok -- caddy adapt caddy/Caddyfile (fixed upstream lists)"
 else
   echo "FAIL caddy is not installed (scripts/apt-packages.txt lists it)"; exit 1
 fi

@@ -15,6 +15,7 @@ cd "$(dirname "$0")/../.."
 export PYTHONDONTWRITEBYTECODE=1 # keep scripts/deploy free of __pycache__
 
 PODMAN_COMPOSE_VERSION=1.6.0
+WEBSOCKETS_VERSION=17.4  # the same as scripts/checks/60-prodlike.sh (one .venv)
 SECONDS=0
 
 missing=()
@@ -34,6 +35,9 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 have=$(.venv/bin/python -m pip show podman-compose 2>/dev/null | awk '/^Version:/{print $2}' || true)
 [ "$have" = "$PODMAN_COMPOSE_VERSION" ] || timeout 600 .venv/bin/python -m pip install -q "podman-compose==$PODMAN_COMPOSE_VERSION"
+# websockets: the test seats participants through Caddy to see them spread over the replicas.
+have=$(.venv/bin/python -m pip show websockets 2>/dev/null | awk '/^Version:/{print $2}' || true)
+[ "$have" = "$WEBSOCKETS_VERSION" ] || timeout 600 .venv/bin/python -m pip install -q "websockets==$WEBSOCKETS_VERSION"
 
 echo "-- tools (podman, runc, debootstrap, podman-compose) present: ${SECONDS}s"
 

@@ -90,7 +90,8 @@ HTTP_LISTEN = {
     "hermes-logger": "LOGGER_HEALTH_LISTEN",
 }
 # Environment of the non-Hermes containers in compose (checked separately, not against binaries).
-CADDY_ENV = {"SERVER_NAME", "HERMES_WEB_ROOT", "API_UPSTREAMS", "SIGNAL_UPSTREAMS"}
+CADDY_ENV = {"SERVER_NAME", "HERMES_WEB_ROOT", "API_UPSTREAMS", "SIGNAL_UPSTREAMS", "UPSTREAMS_FROM",
+             "API_SERVICE", "API_PORT", "SIGNAL_SERVICE", "SIGNAL_PORT"}
 
 errors: list[str] = []
 
