@@ -15,7 +15,6 @@ pub mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
-pub mod redis_script;
 pub mod routes;
 pub mod state;
 
@@ -172,8 +171,7 @@ pub async fn serve(
 
 /// Connect to Redis, bind `settings.listen`, serve until `shutdown`.
 pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), RunError> {
-    let redis =
-        hermes_service::redis::connect_retrying(&settings.redis_url, REDIS_FIRST_CONNECT).await?;
+    let redis = hermes_service::redis::connect(&settings.redis_url, REDIS_FIRST_CONNECT).await?;
     let listener = TcpListener::bind(settings.listen).await?;
     let state = state::Inner::new(settings, redis);
     serve(listener, state, shutdown).await

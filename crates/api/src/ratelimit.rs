@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use fred::prelude::*;
 
 use crate::metrics::Metrics;
-use crate::redis_script::Script;
+use hermes_service::redis::Script;
 
 /// One limit: at most `max` hits per `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

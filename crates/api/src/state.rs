@@ -11,7 +11,7 @@ use crate::config::Settings;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::ratelimit::{GUARD_PRELUDE, GuardError, Limiter, Rejected};
-use crate::redis_script::Script;
+use hermes_service::redis::Script;
 
 /// Name under which this service publishes log events (`logs:api`).
 pub const SERVICE: &str = "api";

@@ -1,18 +1,42 @@
-//! Redis clients with bounded waits: commands fail fast while Redis is unreachable (so
-//! callers answer 503 instead of hanging) and the client reconnects forever in the
-//! background with capped exponential backoff, so service resumes without a restart.
+//! The one place Hermes builds Redis clients and runs Lua scripts.
+//!
+//! Clients have bounded waits: commands fail fast while Redis is unreachable (so callers
+//! answer 503 instead of hanging) and every client reconnects forever in the background
+//! with capped exponential backoff — the *first* connection too, so a process started
+//! before Redis simply waits for it — and service resumes without a restart.
+//!
+//! [`Script`] runs a Lua script by SHA (EVALSHA) and loads it (SCRIPT LOAD) only when Redis
+//! answers NOSCRIPT: on first use, or after a Redis restart emptied the script cache.
 
 use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
+use fred::types::FromValue;
+use sha1::{Digest, Sha1};
 
 /// How long one command may take before the caller gets an error.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a TCP connect to Redis may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reconnect backoff: from 50 ms doubling up to 2 s, forever (0 = unlimited attempts).
+const RECONNECT_MIN_MS: u32 = 50;
+const RECONNECT_MAX_MS: u32 = 2_000;
 
-fn builder(url: &str) -> Result<Builder, Error> {
+/// What a client needs beyond the defaults every service shares.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientOptions {
+    /// Capacity of fred's pub/sub message broadcast (fred's default when `None`). fred has
+    /// no backpressure: a receiver that falls a whole ring behind loses messages, so a
+    /// subscriber that takes bursts asks for a larger ring.
+    pub broadcast_capacity: Option<usize>,
+    /// Name every connection after the client id (CLIENT SETNAME), so `CLIENT LIST` can tell
+    /// which connection is this client's.
+    pub name_connections: bool,
+}
+
+/// The client builder every Hermes client comes from.
+pub fn builder(url: &str, options: &ClientOptions) -> Result<Builder, Error> {
     let mut config = Config::from_url(url)?;
     // fred's `fail_fast` governs the *first* connection: with it set, a service started before
     // Redis would never connect. Commands still fail after COMMAND_TIMEOUT while disconnected.
@@ -23,44 +47,57 @@ fn builder(url: &str) -> Result<Builder, Error> {
             c.connection_timeout = CONNECT_TIMEOUT;
             c.internal_command_timeout = COMMAND_TIMEOUT;
             c.max_command_attempts = 2;
+            c.auto_client_setname = options.name_connections;
         })
         .with_performance_config(|p| {
             p.default_command_timeout = COMMAND_TIMEOUT;
+            if let Some(capacity) = options.broadcast_capacity {
+                p.broadcast_channel_capacity = capacity;
+            }
         })
-        // Retry forever: 0 = unlimited attempts, 50 ms .. 2 s.
-        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+        .set_policy(ReconnectPolicy::new_exponential(
+            0,
+            RECONNECT_MIN_MS,
+            RECONNECT_MAX_MS,
+            2,
+        ));
     Ok(builder)
 }
 
-/// A command client, connecting in the background. Waits up to `wait` for the first
-/// connection and returns either way (check readiness with PING).
-pub async fn connect(url: &str, wait: Duration) -> Result<Client, Error> {
-    let client = builder(url)?.build()?;
-    client.connect();
+/// Wait up to `wait` for a client's first connection; either way the client keeps trying.
+async fn wait_for_first_connect(client: &impl ClientLike, wait: Duration) {
     if tokio::time::timeout(wait, client.wait_for_connect())
         .await
         .is_err()
     {
         tracing::warn!("Redis not reachable yet; retrying in the background");
     }
+}
+
+/// A command client, connecting in the background. Waits up to `wait` for the first
+/// connection and returns either way (check readiness with [`is_ready`]).
+pub async fn connect(url: &str, wait: Duration) -> Result<Client, Error> {
+    let client = builder(url, &ClientOptions::default())?.build()?;
+    client.connect();
+    wait_for_first_connect(&client, wait).await;
     Ok(client)
 }
 
-/// Same as [`connect`]: every client retries its first connection in the background too.
-pub async fn connect_retrying(url: &str, wait: Duration) -> Result<Client, Error> {
-    connect(url, wait).await
+/// A subscriber client with default options (see [`connect_subscriber_with`]).
+pub async fn connect_subscriber(url: &str, wait: Duration) -> Result<SubscriberClient, Error> {
+    connect_subscriber_with(url, wait, &ClientOptions::default()).await
 }
 
-/// A subscriber client (it re-subscribes to its channels after reconnecting).
-pub async fn connect_subscriber(url: &str, wait: Duration) -> Result<SubscriberClient, Error> {
-    let client = builder(url)?.build_subscriber_client()?;
+/// A subscriber client that re-subscribes to its channels after reconnecting. Waits up to
+/// `wait` for the first connection and returns either way.
+pub async fn connect_subscriber_with(
+    url: &str,
+    wait: Duration,
+    options: &ClientOptions,
+) -> Result<SubscriberClient, Error> {
+    let client = builder(url, options)?.build_subscriber_client()?;
     client.connect();
-    if tokio::time::timeout(wait, client.wait_for_connect())
-        .await
-        .is_err()
-    {
-        tracing::warn!("Redis not reachable yet; retrying in the background");
-    }
+    wait_for_first_connect(&client, wait).await;
     client.manage_subscriptions();
     Ok(client)
 }
@@ -71,4 +108,66 @@ pub async fn is_ready(client: &Client) -> bool {
         tokio::time::timeout(COMMAND_TIMEOUT, client.ping::<String>(None)).await,
         Ok(Ok(_))
     )
+}
+
+/// A Lua script run by SHA. Build it once (it hashes the source) and keep it.
+#[derive(Debug, Clone)]
+pub struct Script {
+    lua: &'static str,
+    sha: String,
+}
+
+impl Script {
+    pub fn new(lua: &'static str) -> Self {
+        let sha = Sha1::digest(lua.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Self { lua, sha }
+    }
+
+    /// The script's SHA-1, as Redis names it.
+    pub fn sha(&self) -> &str {
+        &self.sha
+    }
+
+    /// EVALSHA; on NOSCRIPT, SCRIPT LOAD and EVALSHA again. Loading (rather than EVAL) keeps
+    /// the script in the cache for good: scripts cached by EVAL may be evicted (Redis 7.4+).
+    pub async fn run<R: FromValue>(
+        &self,
+        client: &Client,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<R, Error> {
+        // Keys and values share their bytes (`Bytes`) with the Strings they come from, so
+        // keeping a copy for the NOSCRIPT retry copies no argument text.
+        let keys: Vec<Key> = keys.into_iter().map(Key::from).collect();
+        let args: Vec<Value> = args.into_iter().map(Value::from).collect();
+        match client
+            .evalsha::<R, _, _, _>(self.sha.as_str(), keys.clone(), args.clone())
+            .await
+        {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                let _: String = client.script_load(self.lua).await?;
+                client
+                    .evalsha::<R, _, _, _>(self.sha.as_str(), keys, args)
+                    .await
+            }
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_sha_is_redis_sha1_of_the_source() {
+        // `redis-cli SCRIPT LOAD "return 1"` answers this SHA.
+        assert_eq!(
+            Script::new("return 1").sha(),
+            "e0e1f9fabfc9d4800c877a703b823ac0578ff8db"
+        );
+    }
 }

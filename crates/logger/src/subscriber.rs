@@ -7,12 +7,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::Message;
 use hermes_proto::keys::LOG_CHANNEL_PATTERN;
+use hermes_service::redis::ClientOptions;
 use tokio::sync::{broadcast, mpsc};
 
 /// Prefix of each logger's private seam-marker channel (outside `logs:*`, so no other logger
@@ -29,39 +29,19 @@ pub const MESSAGE_BUFFER: usize = 1 << 16;
 pub const QUEUE_BYTES: usize = 256 << 20;
 /// Bookkeeping bytes counted per queued message besides its payload.
 const MESSAGE_OVERHEAD: usize = 128;
-/// Reconnect backoff: from 100 ms doubling up to 2 s, forever (the console outlives Redis).
-const RECONNECT_MIN_MS: u32 = 100;
-const RECONNECT_MAX_MS: u32 = 2_000;
-/// Timeout of one TCP connect and of each command (PSUBSCRIBE) we wait for.
-const TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Client settings shared by the subscriber and the history reader. Unlike the services'
-/// clients (`hermes_service::redis`, fail-fast), the logger's keep retrying the *first*
-/// connection too, so a console started before Redis simply waits for it; each command still
-/// gives up after [`TIMEOUT`].
+/// Client settings shared by the subscriber and the history reader: the services' shared
+/// builder (reconnecting forever, first connection included, so a console started before
+/// Redis simply waits for it), with connections named after the client id so `CLIENT LIST`
+/// can show whether the subscriber connection really is subscribed (see `subscribe`), and
+/// fred's broadcast ring as large as [`MESSAGE_BUFFER`].
 fn builder(url: &str) -> Result<Builder, Error> {
-    let mut config = Config::from_url(url)?;
-    config.fail_fast = false;
-    let mut builder = Builder::from_config(config);
-    builder
-        .with_connection_config(|c| {
-            c.connection_timeout = TIMEOUT;
-            c.internal_command_timeout = TIMEOUT;
-            // Name every connection after the client id, so `CLIENT LIST` can show whether
-            // the subscriber connection really is subscribed (see `verify_subscribed`).
-            c.auto_client_setname = true;
-        })
-        .with_performance_config(|p| {
-            p.default_command_timeout = TIMEOUT;
-            p.broadcast_channel_capacity = MESSAGE_BUFFER;
-        })
-        .set_policy(ReconnectPolicy::new_exponential(
-            0,
-            RECONNECT_MIN_MS,
-            RECONNECT_MAX_MS,
-            2,
-        ));
-    Ok(builder)
+    hermes_service::redis::builder(
+        url,
+        &ClientOptions {
+            broadcast_capacity: Some(MESSAGE_BUFFER),
+            name_connections: true,
+        },
+    )
 }
 
 /// A command client (history reads, subscription checks), connecting in the background.
@@ -141,7 +121,8 @@ impl Subscriber {
 
     /// Close the connection (bounded: a dead Redis must not delay exit).
     pub async fn quit(&self) {
-        let _ = tokio::time::timeout(TIMEOUT, self.client.quit()).await;
+        let _ =
+            tokio::time::timeout(hermes_service::redis::COMMAND_TIMEOUT, self.client.quit()).await;
     }
 }
 
@@ -317,6 +298,7 @@ impl Link {
 mod tests {
     use super::*;
     use fred::types::MessageKind;
+    use std::time::Duration;
 
     fn message(i: usize) -> Message {
         Message {

@@ -22,7 +22,7 @@ async fn restart_mid_stream_prints_one_gap_line_and_keeps_going() {
     logger.line_with(&["before.restart"]).await;
 
     redis.kill();
-    // Down long enough for several failed reconnect attempts (backoff starts at 100 ms).
+    // Down long enough for several failed reconnect attempts (backoff starts at 50 ms).
     tokio::time::sleep(Duration::from_millis(800)).await;
     redis.restart();
 

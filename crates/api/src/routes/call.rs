@@ -332,7 +332,7 @@ pub async fn new_code(
 /// The limits count once, on the first attempt. Returns the code and the script's answer.
 async fn claim_code(
     state: &Inner,
-    script: &crate::redis_script::Script,
+    script: &hermes_service::redis::Script,
     mut limits: Vec<(String, crate::ratelimit::Limit)>,
     call: &CallId,
     args: &[String],

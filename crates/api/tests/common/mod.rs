@@ -69,7 +69,7 @@ impl Api {
             .expect("test flags parse")
             .validate()
             .expect("test config valid");
-        let client = hermes_service::redis::connect_retrying(&url, Duration::from_secs(1))
+        let client = hermes_service::redis::connect(&url, Duration::from_secs(1))
             .await
             .expect("redis client");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
