@@ -769,9 +769,14 @@ async function lobbyPreview(devices = {}) {
   lobby.stream?.getTracks().forEach((t) => t.stop());
   lobby.meter?.stop();
   ui.setLobbyMessage({ text: 'Asking your browser for the camera and microphone…' });
-  const got = await acquireMedia(devices);
-  if (!lobby) {
-    got.stream.getTracks().forEach((t) => t.stop());
+  const mine = lobby;
+  const pending = acquireMedia(devices);
+  mine.pending = pending;
+  const got = await pending;
+  if (mine.pending === pending) mine.pending = null;
+  // Join was pressed meanwhile (it took this media into the call), or the lobby was left.
+  if (lobby !== mine || mine.taken === pending) {
+    if (mine.taken !== pending) got.stream.getTracks().forEach((t) => t.stop());
     return;
   }
   lobby.media = got;
@@ -829,7 +834,9 @@ async function lobbyJoin() {
   store.saveName(local, document.getElementById('display-name').value);
   document.getElementById('lobby-join').disabled = true;
   const l = lobby;
-  const mediaPromise = l.media ? Promise.resolve(l.media) : acquireMedia();
+  // The preview's media, or the preview still being asked for, or (no preview yet) ask now.
+  if (!l.media && l.pending) l.taken = l.pending;
+  const mediaPromise = l.media ? Promise.resolve(l.media) : (l.pending ?? acquireMedia());
   if (l.recent) {
     closeLobby();
     startCall({ ...l.recent, inviteCode: null, media: await mediaPromise, prefs: l.prefs });
@@ -864,26 +871,29 @@ function lobbyToggle(kind) {
 
 // ---------------------------------------------------------------- home
 
+/**
+ * A typed (or pasted) code: resolved here, so a typo or a spent code is told on the home screen
+ * at once, then the same lobby as a link (preview, devices, meter, join muted) with the token in
+ * hand. The code is spent from here on, so the call is remembered at once: the link, or the home
+ * screen's rejoin card, brings the person back even if they leave the lobby.
+ */
 async function joinWithCode(typed) {
   const n = codeFromInput(typed);
   if (!n.ok) {
     ui.setJoinError(n.message);
     return;
   }
-  debug.timing.joinClick = performance.now();
   ui.setBusy(true);
-  const mediaPromise = acquireMedia();
   try {
     const r = await resolveCode(n.code);
     const path = `/c/${n.code}`;
-    if (location.pathname !== path) history.replaceState(null, '', path);
-    await startCall({ token: r.token, callId: r.callId, path, media: await mediaPromise });
-    remember({ token: r.token, callId: r.callId, code: n.code, path });
+    const entry = { token: r.token, callId: r.callId, code: n.code, path };
+    remember(entry);
+    ui.setJoinError('');
+    if (location.pathname !== path) history.pushState(null, '', path);
+    openLobby({ code: n.code, recent: entry });
   } catch (e) {
-    (await mediaPromise).stream.getTracks().forEach((t) => t.stop());
-    ui.showHome({ code: typed });
     ui.setJoinError(e instanceof ApiError ? e.message : 'Could not join. Try again.');
-    if (location.pathname !== '/') history.replaceState(null, '', '/');
   } finally {
     ui.setBusy(false);
   }
@@ -1069,6 +1079,8 @@ document.getElementById('my-name').addEventListener('change', (ev) => {
 
 window.addEventListener('online', () => call?.signaling?.reconnectNow());
 window.addEventListener('popstate', () => {
+  // Back from the lobby: its preview stops before the home screen shows.
+  closeLobby()?.stream?.getTracks().forEach((t) => t.stop());
   if (!call) route();
 });
 navigator.mediaDevices?.addEventListener?.('devicechange', () => fillDevices());

@@ -31,7 +31,7 @@ const RUNS = Number(args.runs ?? 5);
 const OUT = args.out ?? 'test-output';
 const SCENARIOS = new Set((args.scenarios ?? 'denied,timing,media,security,chat,screenshots,drop-ws,restart-signal,ice-restart,glare,fresh-pc,reload,hangup').split(','));
 // Scenarios of the web client as a product (tests/e2e/tests/web_client.rs): each runs alone.
-const PRODUCT_SCENARIOS = ['remote-state', 'share-screen', 'invite-again', 'rejoin', 'reload-keeps', 'lobby', 'code-expiry', 'keyboard', 'screens'];
+const PRODUCT_SCENARIOS = ['typed-lobby', 'remote-state', 'share-screen', 'invite-again', 'rejoin', 'reload-keeps', 'lobby', 'code-expiry', 'keyboard', 'screens'];
 const CHROMIUM = process.env.HERMES_CHROMIUM ?? '/usr/bin/chromium';
 const IGNORE_HTTPS_ERRORS = args['ignore-https-errors'] === 'true';
 
@@ -163,7 +163,17 @@ async function waitState(page, state, timeout = 15_000) {
   await page.waitForFunction((s) => document.getElementById('conn-state').dataset.state === s, state, { timeout });
 }
 
-/** A creates a call through the UI, B joins with the code through the UI. */
+/**
+ * The lobby a typed code or a link opens: once the preview is up (or a refusal is shown), as a
+ * person would wait for it, press Join now.
+ */
+async function joinFromLobby(page) {
+  await page.waitForSelector('#lobby', { state: 'visible', timeout: 15_000 });
+  await page.waitForFunction(() => document.getElementById('lobby-video').srcObject !== null || !document.getElementById('lobby-error').hidden, null, { timeout: 15_000 });
+  await page.click('#lobby-join');
+}
+
+/** A creates a call through the UI, B joins with the code through the UI (and the lobby). */
 async function startCall(A, B, { typed, shoot, waitFrame = true } = {}) {
   const pa = await openPage(A);
   await pa.goto(BASE);
@@ -183,6 +193,7 @@ async function startCall(A, B, { typed, shoot, waitFrame = true } = {}) {
   await pb.goto(BASE);
   await pb.fill('#code-input', typed ? typed(code) : code);
   await pb.click('#join-button');
+  await joinFromLobby(pb);
   if (!waitFrame) return { pa, pb, code, shown, link };
   await pb.waitForFunction(() => globalThis.__hermes.timing.firstFrame !== null, null, { timeout: 20_000 });
   const { joinMs, joinedMs } = await pb.evaluate(() => {
@@ -413,6 +424,7 @@ async function callByPastedLink(A, B) {
   await pb.goto(BASE);
   await pb.fill('#code-input', link);
   await pb.click('#join-button');
+  await joinFromLobby(pb);
   await until(pb, () => globalThis.__hermes.timing.firstFrame !== null, null, 20_000);
   await waitState(pa, 'connected');
   await waitState(pb, 'connected');
@@ -523,6 +535,7 @@ const PRODUCT = {
     await pc.goto(BASE);
     await pc.fill('#code-input', link.split('/c/')[1]);
     await pc.click('#join-button');
+    await joinFromLobby(pc);
     await until(pc, () => globalThis.__hermes.timing.firstFrame !== null, null, 20_000);
     await waitState(pa, 'connected');
     const title = await pa.title();
@@ -624,6 +637,49 @@ const PRODUCT = {
     await until(pa, () => !document.getElementById('remote-muted').hidden && document.getElementById('remote-name').textContent === 'Bea');
     check(true, 'joined muted from the lobby, with a name');
     check((await pb.getAttribute('#toggle-mic', 'aria-pressed')) === 'false', 'lobby choice carried into the call');
+    await hangUp(pa, pb);
+    await closeAll(pa, pb);
+  },
+
+  /**
+   * A typed code opens the same lobby as a link: preview, device lists, the mic meter, join
+   * muted with the camera off. A wrong code is told on the home screen without a lobby.
+   */
+  async 'typed-lobby'(A, B) {
+    const pa = await openPage(A);
+    await pa.goto(BASE);
+    await pa.click('#new-call');
+    await until(pa, () => document.getElementById('invite-code').textContent.length >= 6);
+    const code = (await pa.textContent('#invite-code')).replace('-', '');
+    const pb = await openPage(B);
+    await pb.goto(BASE);
+    await pb.fill('#code-input', 'zzz-zz0');
+    await pb.click('#join-button');
+    await until(pb, () => !document.getElementById('join-error').hidden);
+    check(!(await pb.isVisible('#lobby')) && (await pb.isVisible('#home')), 'typed: a wrong code is told on the home screen, no lobby');
+    await pb.fill('#code-input', `${code.slice(0, 3).toLowerCase()} ${code.slice(3)}`);
+    await pb.click('#join-button');
+    await pb.waitForSelector('#lobby', { state: 'visible' });
+    check(!(await pb.isVisible('#call')) && new URL(pb.url()).pathname === `/c/${code}`, 'typed: the code opens the lobby at /c/CODE, not the call');
+    await until(pb, () => document.getElementById('lobby-video').srcObject?.getVideoTracks().length > 0);
+    check(true, 'typed lobby: self-preview');
+    const lists = await pb.evaluate(() => ({
+      mics: document.querySelectorAll('#lobby-mic-select option').length,
+      cams: document.querySelectorAll('#lobby-cam-select option').length,
+    }));
+    check(lists.mics >= 1 && lists.cams >= 1, 'typed lobby: device choice filled', lists);
+    await until(pb, () => Number((document.getElementById('lobby-meter').style.transform.match(/[\d.]+/) ?? ['0'])[0]) > 0, null, 10_000);
+    check(true, 'typed lobby: mic level meter moves');
+    // Nothing is sent before Join: A still waits, the code already belongs to B.
+    check((await connState(pa)) === 'waiting', 'typed lobby: A still waiting before Join');
+    await pb.click('#lobby-mic');
+    await pb.click('#lobby-cam');
+    check((await pb.getAttribute('#lobby-mic', 'aria-pressed')) === 'false' && (await pb.getAttribute('#lobby-cam', 'aria-pressed')) === 'false', 'typed lobby: mic and camera off before joining');
+    await pb.click('#lobby-join');
+    await waitState(pb, 'connected', 20_000);
+    await until(pa, () => !document.getElementById('remote-muted').hidden && document.getElementById('stage').dataset.stage === 'cam-off', null, 15_000);
+    check(true, 'typed lobby: joined muted with the camera off, the other side sees it');
+    check((await pb.getAttribute('#toggle-mic', 'aria-pressed')) === 'false' && (await pb.getAttribute('#toggle-cam', 'aria-pressed')) === 'false', 'typed lobby: choices carried into the call');
     await hangUp(pa, pb);
     await closeAll(pa, pb);
   },

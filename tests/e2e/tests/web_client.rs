@@ -12,7 +12,7 @@ use hermes_e2e::{DriverRun, Stack, run_driver};
 use hermes_testkit::{require_program, workspace_root};
 
 const SCENARIOS: &str =
-    "remote-state,share-screen,invite-again,rejoin,reload-keeps,lobby,keyboard,screens";
+    "typed-lobby,remote-state,share-screen,invite-again,rejoin,reload-keeps,lobby,keyboard,screens";
 
 fn expect_ok(run: &DriverRun, stack: &Stack, what: &str) {
     if !(run.exit_ok && run.done["ok"] == true) {
@@ -44,6 +44,14 @@ fn the_web_client_as_people_use_it() {
     std::fs::create_dir_all(&out).expect("create test-output/screenshots");
     let mut stack = Stack::start("all").unwrap_or_else(|e| panic!("stack did not start: {e}"));
 
+    // `HERMES_WEB_SCENARIOS=typed-lobby,leave` runs only those (while working on one of them).
+    if let Ok(only) = std::env::var("HERMES_WEB_SCENARIOS") {
+        let run = run_driver(&mut stack, "all", 1, &only, &out, Duration::from_secs(300))
+            .unwrap_or_else(|e| panic!("driver: {e}\n{}", stack.diagnostics()));
+        expect_ok(&run, &stack, &only);
+        return;
+    }
+
     let run = run_driver(
         &mut stack,
         "all",
@@ -57,6 +65,14 @@ fn the_web_client_as_people_use_it() {
     assert_checks(
         &run,
         &[
+            "typed: a wrong code is told on the home screen, no lobby",
+            "typed: the code opens the lobby at /c/CODE, not the call",
+            "typed lobby: self-preview",
+            "typed lobby: device choice filled",
+            "typed lobby: mic level meter moves",
+            "typed lobby: A still waiting before Join",
+            "typed lobby: joined muted with the camera off, the other side sees it",
+            "typed lobby: choices carried into the call",
             "pasted share link joins the call",
             "speaking indicator lights up",
             "remote camera off: placeholder with words and avatar",
