@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make run` works as the README promises, twice in a row: it prints the URL, the URL serves the
 # app through Caddy, the API answers through Caddy, and Ctrl-C (SIGINT to the process group, as
-# a terminal sends it) stops every process it started and frees every port.
+# a terminal sends it) stops every process it started and frees every port, without reporting
+# the stop as a crashed process.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -42,6 +43,8 @@ attempt() {
     sleep 0.2
   done
   grep -q "stopped." "$log" || { echo "no clean stop message"; cat "$log"; exit 1; }
+  # Ctrl-C is not a crash: no "a Hermes process exited" pointing at logs (issue 17, defect 10).
+  if grep -q "a Hermes process exited" "$log"; then echo "Ctrl-C reported as a crash:"; cat "$log"; exit 1; fi
   local port=${url##*:}; port=${port%/}
   if ss -ltn "sport = :$port" | grep -q LISTEN; then echo "port $port still listening"; exit 1; fi
   pgid=""

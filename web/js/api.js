@@ -60,6 +60,11 @@ export function newCode(token) {
   return request('code', '/api/call/code', { token });
 }
 
+/** `POST /api/call/end` → the ended call's status: ends the token's call for everyone in it. */
+export function endCallForAll(token) {
+  return request('end', '/api/call/end', { token });
+}
+
 /** `GET /api/call/{callId}` → `{callId, status, createdAt, endedAt?, participants}`. */
 export function callStatus(token, callId) {
   return request('status', `/api/call/${encodeURIComponent(callId)}`, { token, method: 'GET' });

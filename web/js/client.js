@@ -3,7 +3,7 @@
 // API, the signaling session, the media session and the UI together; every status word comes
 // from the one state machine in lib/call-view.js.
 
-import { ApiError, callStatus, createCall, joinCall, newCode, resolveCode } from './api.js';
+import { ApiError, callStatus, createCall, endCallForAll, joinCall, newCode, resolveCode } from './api.js';
 import { callView } from './lib/call-view.js';
 import { codeFromPath, formatCode, normaliseCode, shareLink } from './lib/code.js';
 import { codeFromInput } from './lib/code-input.js';
@@ -27,6 +27,8 @@ const SPEAKING_LEVEL = 0.02;
 const SPEAKING_HOLD_MS = 1200;
 /** How long a muted mic must pick up speech (within a few seconds) before the hint shows. */
 const MUTED_SPEECH_MS = 300;
+/** After Leave, "You left the call · Rejoin" stays this long before the end card (undo). */
+const UNDO_MS = 5000;
 /** Controls hide after this long without pointer, touch or key activity during a call. */
 const IDLE_MS = 4000;
 
@@ -151,6 +153,8 @@ function refreshState() {
     blocked: s.blocked,
   });
   if (view.state !== s.overall) debug.stateLog.push({ state: view.state, t: performance.now() });
+  // The call came up: the controls' idle countdown starts now, not at the last click before.
+  if (view.state === 'connected' && s.overall !== 'connected') wake();
   s.overall = view.state;
   call.view = view;
   // The other person's camera is off: their initial instead of a black picture.
@@ -269,28 +273,124 @@ function remember(entry) {
   store.saveRecent(local, entry, Date.now());
 }
 
-function endCall(reason, { notify = false, callOver = true } = {}) {
-  if (!call || call.ended) return;
+/**
+ * Stop everything of this page's call: media, devices, the socket (after `lingerMs`, so a last
+ * message leaves first). `callOver` forgets the call in this browser (no rejoin card).
+ * Returns what a later Rejoin needs and the call's length so far.
+ */
+function stopCall({ lingerMs = 0, callOver = true } = {}) {
   call.ended = true;
-  if (notify) call.signaling?.send(hangupMessage());
-  call.media?.close();
-  // Give the hang-up a moment to leave before closing the socket.
-  const sig = call.signaling;
-  setTimeout(() => sig?.close(), notify ? 300 : 0);
+  const { media, signaling: sig } = call;
+  setTimeout(() => {
+    media?.close();
+    sig?.close();
+  }, lingerMs);
   for (const t of call.localStream?.getTracks() ?? []) t.stop();
   call.screenTrack?.stop();
   call.meter?.stop();
   clearInterval(call.ticker);
   store.forgetSession(session);
   if (callOver) store.forgetRecent(local);
+  const entry = { token: call.token, callId: call.callId, code: call.code, inviteCode: call.inviteCode, path: call.path, codeExpiresAt: call.codeExpiresAt };
+  const durationMs = call.connectedOnce && call.startedAt ? Date.now() - call.startedAt : null;
+  return { entry, durationMs };
+}
+
+function endCall(reason, { notify = false, callOver = true } = {}) {
+  if (!call || call.ended) return;
+  if (notify) call.signaling?.send(hangupMessage());
+  // Give the hang-up a moment to leave before closing the socket.
+  const { entry, durationMs } = stopCall({ lingerMs: notify ? 300 : 0, callOver });
   debug.state.overall = 'ended';
   debug.stateLog.push({ state: 'ended', t: performance.now() });
-  const entry = { token: call.token, callId: call.callId, code: call.code, inviteCode: call.inviteCode, path: call.path, codeExpiresAt: call.codeExpiresAt };
   ui.showEnded(reason, {
-    durationMs: call.connectedOnce && call.startedAt ? Date.now() - call.startedAt : null,
+    durationMs,
     canRejoin: !callOver,
     onRejoin: () => rejoin(entry),
   });
+}
+
+/**
+ * Leave: we go, the call stays on for the other person and for our Rejoin (same tab, same
+ * token, while the call lives). The signal protocol has no "leave": `hangup` ends the call for
+ * both, and closing our socket marks our seat away for its grace window (the other side would
+ * see "reconnecting" for 30 s). So the other person is told at once over the data channel
+ * (`bye`), and "End call for both" is a separate, explicit action (`POST /api/call/end`).
+ */
+function leaveCall() {
+  if (!call || call.ended) return;
+  const left = call;
+  left.media?.sendMeta({ type: 'bye' });
+  const { entry, durationMs } = stopCall({ lingerMs: 300, callOver: false });
+  const view = callView({ ...debug.state, connectedOnce: left.connectedOnce, left: true });
+  debug.state.overall = view.state;
+  debug.stateLog.push({ state: view.state, t: performance.now() });
+  ui.hideInvite();
+  ui.renderView(view, { peerStatus: debug.state.peer, peerWords: '' });
+  const endForBoth = async () => {
+    clearTimeout(left.undoTimer);
+    left.finished = true;
+    try {
+      await endCallForAll(entry.token);
+      store.forgetRecent(local);
+      debug.state.overall = 'ended';
+      ui.showEnded('You ended the call for both of you.', { durationMs });
+    } catch (e) {
+      ui.showEnded(e instanceof ApiError ? e.message : 'Could not end the call.', { title: 'You left the call', durationMs, canRejoin: true, onRejoin: () => rejoin(entry), onEndForBoth: endForBoth });
+    }
+  };
+  ui.showLeft({
+    text: 'You left the call. It goes on without you.',
+    onUndo: () => {
+      clearTimeout(left.undoTimer);
+      left.finished = true;
+      rejoin(entry);
+    },
+    onEndForBoth: endForBoth,
+  });
+  // The undo window: then the end card, with Rejoin while the call is still on. It waits
+  // while the pointer rests on the bar (someone reading or reaching for Rejoin).
+  let remaining = UNDO_MS;
+  let armedAt = 0;
+  let paused = false;
+  const arm = () => {
+    clearTimeout(left.undoTimer);
+    armedAt = Date.now();
+    left.undoTimer = setTimeout(undoOver, remaining);
+  };
+  const bar = document.getElementById('left-bar');
+  bar.onpointerenter = () => {
+    if (paused || left.finished) return;
+    paused = true;
+    clearTimeout(left.undoTimer);
+    remaining = Math.max(0, remaining - (Date.now() - armedAt));
+  };
+  bar.onpointerleave = () => {
+    if (!paused || left.finished) return;
+    paused = false;
+    arm();
+  };
+  const undoOver = async () => {
+    if (call !== left || left.finished) return;
+    let on = true;
+    try {
+      on = (await callStatus(entry.token, entry.callId)).status !== 'ended';
+    } catch {
+      // unknown: offer Rejoin, which says so if the call is over
+    }
+    if (call !== left || left.finished) return;
+    left.finished = true;
+    if (!on) store.forgetRecent(local);
+    debug.state.overall = 'ended';
+    ui.showEnded(on ? 'The call goes on without you until it ends.' : 'The call has ended.', {
+      title: 'You left the call',
+      durationMs,
+      canRejoin: on,
+      onRejoin: () => rejoin(entry),
+      onEndForBoth: on ? endForBoth : null,
+    });
+  };
+  arm();
 }
 
 function rejoin(entry) {
@@ -360,6 +460,9 @@ async function startCall({ token, callId, code, inviteCode, path, codeExpiresAt,
   call.meter = levelMeter(stream.getAudioTracks()[0]);
   fillDevices();
 
+  // Events of this call's sessions only: after Leave and a quick Rejoin the old socket and
+  // peer connection still close in the background and must not touch the new call.
+  const me = call;
   const media = new MediaSession({
     role: join.role,
     iceServers: join.iceServers,
@@ -372,12 +475,14 @@ async function startCall({ token, callId, code, inviteCode, path, codeExpiresAt,
         s.onaddtrack = () => refreshState();
       },
       state: (st) => {
+        if (call !== me) return;
         // Media lost its path: the network may have changed, and the signaling socket with it.
         if (st === 'disconnected' || st === 'failed') call.signaling?.checkAlive();
         debug.state.media = st;
         refreshState();
       },
       blocked: (blocked) => {
+        if (call !== me) return;
         debug.state.blocked = blocked;
         ui.setBlocked(blocked ? BLOCKED_WORDS : '');
         refreshState();
@@ -400,6 +505,7 @@ async function startCall({ token, callId, code, inviteCode, path, codeExpiresAt,
     token,
     callId: join.callId,
     onStateChange: (st, info) => {
+      if (call !== me) return;
       debug.state.signaling = st;
       if (st === 'closed' && !call.ended) {
         // 4002 (joined elsewhere) and plain loss leave the call alive: offer Rejoin.
@@ -409,7 +515,7 @@ async function startCall({ token, callId, code, inviteCode, path, codeExpiresAt,
       }
       refreshState();
     },
-    onMessage: (m) => onSignal(m, media),
+    onMessage: (m) => call === me && onSignal(m, media),
   });
   call.media = media;
   call.signaling = signaling;
@@ -501,6 +607,13 @@ function sendState() {
 }
 
 function onMeta(m) {
+  if (m.type === 'bye') {
+    // They pressed Leave: gone now, though their seat waits out the server's grace window
+    // (its peer-reconnecting is not news); they may still rejoin (peer-joined again).
+    call.peerSaidBye = true;
+    setPeer('left');
+    return;
+  }
   if (m.type !== 'state') return;
   call.remote = {
     mic: m.mic !== false,
@@ -552,12 +665,13 @@ function onSignal(m, media) {
     }
     case 'peer-joined':
       if (m.role === 'observer') break;
+      call.peerSaidBye = false;
       setPeer('present');
       media.peerPresent({ fresh: call.peerSeen === true });
       call.peerSeen = true;
       break;
     case 'peer-reconnecting':
-      setPeer('reconnecting');
+      if (!call.peerSaidBye) setPeer('reconnecting');
       break;
     case 'peer-resumed':
       setPeer('present');
@@ -565,7 +679,10 @@ function onSignal(m, media) {
     case 'peer-left':
       if (m.reason === 'hangup') endCall(`${call.remote?.name || 'The other person'} hung up.`);
       // Their new connection replaced the old seat: peer-joined follows at once (renegotiate).
-      else if (m.reason === 'rejoined') setPeer('reconnecting');
+      else if (m.reason === 'rejoined') {
+        call.peerSaidBye = false;
+        setPeer('reconnecting');
+      }
       else setPeer('left');
       break;
     case 'offer':
@@ -579,7 +696,9 @@ function onSignal(m, media) {
       endCall(`${call.remote?.name || 'The other person'} hung up.`);
       break;
     case 'call-ended':
-      endCall(m.reason === 'hangup' ? 'The other person hung up.' : 'The call has ended.');
+      if (m.reason === 'hangup') endCall('The other person hung up.');
+      else if (call.peerSaidBye) endCall(`${call.remote?.name || 'The other person'} ended the call.`);
+      else endCall('The call has ended.');
       break;
     case 'error':
       if (m.code === 'call-full') endCall('This call already has two people in it.');
@@ -999,7 +1118,7 @@ ui.onRetry(() => {
   call?.media?.retry();
 });
 ui.onNewCode(mintCode);
-ui.onHangUp(() => endCall('You hung up.', { notify: true }));
+ui.onHangUp(leaveCall);
 ui.onChatSend((text) => {
   if (!call?.media?.sendChat(text)) return false;
   debug.chat.push({ who: 'mine', text });
@@ -1044,7 +1163,7 @@ document.addEventListener('keydown', (ev) => {
     devices: () => ui.togglePanel('settings'),
     fullscreen: toggleFullscreen,
     pip: togglePip,
-    hangup: () => endCall('You hung up.', { notify: true }),
+    hangup: leaveCall,
     help: () => ui.openHelp(),
     close: () => ui.closeTopmost(),
   };

@@ -45,6 +45,7 @@ export class Ui {
       'toggle-help', 'hang-up', 'settings', 'mic-select', 'cam-select', 'speaker-select', 'speaker-label',
       'chat', 'chat-badge', 'chat-log', 'chat-form', 'chat-input', 'chat-send',
       'help', 'help-close', 'ended', 'ended-title', 'ended-reason', 'ended-duration', 'rejoin', 'new-call-ended', 'back-home',
+      'left-bar', 'left-text', 'undo-leave', 'end-for-both', 'end-ended',
     ]) {
       this.el[id] = $(id);
     }
@@ -159,6 +160,7 @@ export class Ui {
 
   showCall() {
     this.show('call');
+    this.hideLeft();
     this.el.ended.hidden = true;
     for (const child of this.el.call.children) child.inert = false;
     this.el['hang-up'].disabled = false;
@@ -570,7 +572,42 @@ export class Ui {
   }
 
   /** The end card: a modal with the reason, the duration, Rejoin where possible, New call. */
-  showEnded(reason, { durationMs = null, canRejoin = false, onRejoin = null } = {}) {
+  /**
+   * We left (the call goes on): the controls give way to "You left the call" with Rejoin and
+   * End call for both, for the undo window; Rejoin takes the focus (Enter undoes at once).
+   */
+  showLeft({ text, onUndo, onEndForBoth }) {
+    this.stopTimer();
+    this.el['conn-state'].dataset.state = 'left';
+    this.el['conn-state'].textContent = 'You left';
+    this.el.quality.hidden = true;
+    this.el['conn-details'].hidden = true;
+    this.el['muted-hint'].hidden = true;
+    this.setBlocked('');
+    this.setChatOpen(false);
+    this.closeTopmost();
+    document.querySelector('nav.controls').hidden = true;
+    this.el['left-text'].textContent = text;
+    this.el['undo-leave'].onclick = onUndo;
+    this.el['end-for-both'].onclick = onEndForBoth;
+    this.el['end-for-both'].disabled = false;
+    this.el['left-bar'].hidden = false;
+    this.el['undo-leave'].focus();
+    document.title = 'You left — Hermes';
+  }
+
+  setLeftText(text) {
+    this.el['left-text'].textContent = text;
+  }
+
+  hideLeft() {
+    this.el['left-bar'].hidden = true;
+    document.querySelector('nav.controls').hidden = false;
+  }
+
+  showEnded(reason, { title = 'Call ended', durationMs = null, canRejoin = false, onRejoin = null, onEndForBoth = null } = {}) {
+    this.hideLeft();
+    this.el['ended-title'].textContent = title;
     this.stopTimer();
     this.el['conn-state'].dataset.state = 'ended';
     this.el['conn-state'].textContent = 'Call ended';
@@ -583,6 +620,9 @@ export class Ui {
     this.el['ended-duration'].textContent = durationMs === null ? '' : `Call length ${formatDuration(durationMs)}`;
     this.el.rejoin.hidden = !canRejoin;
     this.el.rejoin.onclick = onRejoin;
+    this.el['end-ended'].hidden = !onEndForBoth;
+    this.el['end-ended'].disabled = false;
+    this.el['end-ended'].onclick = onEndForBoth;
     this.el['hang-up'].disabled = true;
     this.setChatOpen(false);
     this.closeTopmost();

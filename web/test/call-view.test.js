@@ -85,3 +85,20 @@ test('blocked by the network replaces connecting, never a live or ended call', (
   assert.equal(callView({ ...base, ended: true, blocked: true }).state, 'ended');
   assert.equal(callView({ ...base, peer: 'left', blocked: true }).state, 'alone');
 });
+
+test('we left (Leave): one "You left" state whatever else is true, never reconnecting or blocked', () => {
+  for (const f of [
+    {},
+    { signaling: 'closed' },
+    { signaling: 'reconnecting' },
+    { media: 'failed' },
+    { peer: 'left' },
+    { peer: 'reconnecting' },
+    { blocked: true, media: 'connecting' },
+  ]) {
+    const v = callView({ ...base, ...f, left: true });
+    assert.deepEqual([v.state, v.text, v.quality, v.stage, v.mediaExpected], ['left', VIEW_WORDS.left, null, 'none', false], JSON.stringify(f));
+    assert.equal(v.timer, 'stopped');
+  }
+  assert.equal(callView({ ...base, left: true, connectedOnce: false, peer: 'waiting' }).timer, 'hidden');
+});

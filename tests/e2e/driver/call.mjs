@@ -31,7 +31,7 @@ const RUNS = Number(args.runs ?? 5);
 const OUT = args.out ?? 'test-output';
 const SCENARIOS = new Set((args.scenarios ?? 'denied,timing,media,security,chat,screenshots,drop-ws,restart-signal,ice-restart,glare,fresh-pc,reload,hangup').split(','));
 // Scenarios of the web client as a product (tests/e2e/tests/web_client.rs): each runs alone.
-const PRODUCT_SCENARIOS = ['typed-lobby', 'remote-state', 'share-screen', 'invite-again', 'rejoin', 'reload-keeps', 'lobby', 'code-expiry', 'keyboard', 'screens'];
+const PRODUCT_SCENARIOS = ['typed-lobby', 'remote-state', 'share-screen', 'invite-again', 'rejoin', 'leave', 'devices', 'view', 'reload-keeps', 'lobby', 'code-expiry', 'keyboard', 'screens'];
 const CHROMIUM = process.env.HERMES_CHROMIUM ?? '/usr/bin/chromium';
 const IGNORE_HTTPS_ERRORS = args['ignore-https-errors'] === 'true';
 
@@ -237,13 +237,16 @@ async function deniedCall(A, B, mode) {
     check(true, 'audio-only: A receives B\'s audio');
   }
   await pa.click('#hang-up');
+  await pa.click('#end-for-both');
   await pb.waitForSelector('#ended', { state: 'visible', timeout: 10_000 });
   await pa.close();
   await pb.close();
 }
 
+/** B leaves and ends the call for both (Leave, then End call for both): both see the end card. */
 async function hangUp(pa, pb) {
   await pb.click('#hang-up');
+  await pb.click('#end-for-both');
   await pb.waitForSelector('#ended', { state: 'visible', timeout: 10_000 });
   await pa.waitForSelector('#ended', { state: 'visible', timeout: 10_000 });
 }
@@ -574,6 +577,194 @@ const PRODUCT = {
     await closeAll(pa, again);
   },
 
+  /**
+   * Leave is not final: the other person is told at once (not after the server's grace), Rejoin
+   * in the undo window or from the end card brings the call back with media; End call for both
+   * ends it for the other person too.
+   */
+  async leave(A, B) {
+    const { pa, pb } = await callByPastedLink(A, B);
+    const leftAt = await pa.evaluate(() => performance.now());
+    await pb.click('#hang-up');
+    await pb.waitForSelector('#left-bar', { state: 'visible' });
+    check((await connState(pb)) === 'left' && (await pb.evaluate(() => document.activeElement?.id)) === 'undo-leave', 'leave: "You left" with Rejoin focused');
+    check(!(await pb.isVisible('#ended')), 'leave: no end card during the undo window');
+    await waitState(pa, 'alone', 5000);
+    const seen = await pa.evaluate((t) => globalThis.__hermes.stateLog.filter((e) => e.t >= t).map((e) => e.state), leftAt);
+    check(!seen.includes('peer-away') && /left the call/.test(await pa.textContent('#peer-status')), 'leave: the other person is told at once, not "reconnecting"', seen);
+    await pb.click('#undo-leave');
+    await waitState(pb, 'connected', 20_000);
+    await waitState(pa, 'connected', 20_000);
+    check(true, 'leave: Rejoin in the undo window brings the call back');
+    await framesRising(pb, 'B after undoing Leave');
+    await framesRising(pa, 'A after B undid Leave');
+    // H leaves too; after the undo window the end card offers Rejoin and End call for both.
+    await pb.locator('body').click({ position: { x: 5, y: 5 } }).catch(() => {});
+    await pb.keyboard.press('h');
+    await pb.waitForSelector('#left-bar', { state: 'visible' });
+    await pb.waitForSelector('#ended', { state: 'visible', timeout: 10_000 });
+    const card = { title: await pb.textContent('#ended-title'), rejoin: await pb.isVisible('#rejoin'), end: await pb.isVisible('#end-ended') };
+    check(card.title === 'You left the call' && card.rejoin && card.end, 'leave: after the undo window, the end card offers Rejoin and End call for both', card);
+    await pb.click('#rejoin');
+    await waitState(pb, 'connected', 20_000);
+    await waitState(pa, 'connected', 20_000);
+    await framesRising(pa, 'A after B rejoined from the end card');
+    await pb.click('#hang-up');
+    await pb.click('#end-for-both');
+    await pb.waitForSelector('#ended', { state: 'visible', timeout: 10_000 });
+    await pa.waitForSelector('#ended', { state: 'visible', timeout: 10_000 });
+    const words = { b: await pb.textContent('#ended-reason'), a: await pa.textContent('#ended-reason'), rejoin: await pb.isVisible('#rejoin') };
+    check(/ended the call for both/.test(words.b) && /ended the call/.test(words.a) && !words.rejoin, 'leave: End call for both ends it for the other person', words);
+    await closeAll(pa, pb);
+  },
+
+  /**
+   * Devices in a call: the speaker (output) list where the browser can route sound, hot-plug
+   * (a device appears; the camera in use goes away and the next one takes over), and Try again
+   * after camera and microphone were refused, without leaving the call.
+   */
+  async devices(A, B) {
+    const pa = await openPage(A);
+    await pa.goto(BASE);
+    await pa.click('#new-call');
+    await until(pa, () => document.getElementById('invite-code').textContent.length >= 6);
+    const link = await pa.$eval('#share-link', (e) => e.value);
+    const pb = await openPage(B);
+    await pb.addInitScript(() => {
+      const md = navigator.mediaDevices;
+      const real = md.getUserMedia.bind(md);
+      md.getUserMedia = (c) => (globalThis.__allowMedia ? real(c) : Promise.reject(new DOMException('refused by the test', 'NotAllowedError')));
+    });
+    await pb.goto(link);
+    await pb.waitForSelector('#lobby', { state: 'visible' });
+    await until(pb, () => !document.getElementById('lobby-retry').hidden);
+    await pb.click('#lobby-join');
+    await waitState(pb, 'connected', 20_000);
+    await waitState(pa, 'connected', 20_000);
+    await until(pb, () => !document.getElementById('retry-media').hidden);
+    check(/refused/.test(await pb.textContent('#notice-text')), 'in call after a refusal: told, Try again offered');
+    await pb.evaluate(() => (globalThis.__allowMedia = true));
+    await pb.click('#retry-media');
+    await until(pb, () => globalThis.__hermes.media.localStream.getVideoTracks().some((t) => t.readyState === 'live') && document.getElementById('notice').hidden, null, 10_000);
+    check((await pb.getAttribute('#toggle-cam', 'aria-pressed')) === 'true', 'in-call Try again: camera and microphone on, notice gone');
+    await framesRising(pa, 'A sees B after B\'s in-call Try again');
+
+    // Speaker: listed and switchable where the browser routes sound (setSinkId).
+    const out = await pa.evaluate(async () => ({
+      sinkable: 'setSinkId' in HTMLMediaElement.prototype,
+      outputs: (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === 'audiooutput').map((d) => d.deviceId),
+    }));
+    emit({ event: 'info', what: 'audio outputs', ...out });
+    await pa.click('#toggle-settings');
+    if (out.sinkable && out.outputs.length > 0) {
+      const listed = await pa.$$eval('#speaker-select option', (os) => os.map((o) => o.value));
+      check(await pa.isVisible('#speaker-select') && out.outputs.every((id) => listed.includes(id)), 'speaker list shows every audio output', listed);
+      const target = out.outputs[out.outputs.length - 1];
+      await pa.selectOption('#speaker-select', target);
+      await until(pa, (id) => document.getElementById('remote-video').sinkId === id, target, 5000);
+      check(true, 'choosing a speaker routes the other person\'s sound there');
+    } else {
+      check(!(await pa.isVisible('#speaker-select')), 'no audio output to choose: speaker list hidden', out);
+    }
+
+    // Hot-plug: a camera appears (the list follows the devicechange event) …
+    await pa.evaluate(() => {
+      const md = navigator.mediaDevices;
+      const real = md.enumerateDevices.bind(md);
+      md.enumerateDevices = async () => [...(await real()), { deviceId: 'hotplug-cam', groupId: 'hotplug', kind: 'videoinput', label: 'USB camera (plugged in)', toJSON() { return this; } }];
+      md.dispatchEvent(new Event('devicechange'));
+    });
+    await until(pa, () => [...document.querySelectorAll('#cam-select option')].some((o) => o.textContent === 'USB camera (plugged in)'), null, 5000);
+    check(true, 'hot-plug: a new camera shows in the list');
+    // … and the camera in use goes away: the call falls back to a camera that is there.
+    await pa.evaluate(() => {
+      const md = navigator.mediaDevices;
+      delete md.enumerateDevices; // the real one again (own property removed)
+      globalThis.__hermes.media.localStream.getVideoTracks()[0].stop();
+      md.dispatchEvent(new Event('devicechange'));
+    });
+    await until(pa, () => globalThis.__hermes.media.localStream.getVideoTracks().some((t) => t.readyState === 'live'), null, 10_000);
+    check(![...(await pa.$$eval('#cam-select option', (os) => os.map((o) => o.textContent)))].includes('USB camera (plugged in)'), 'hot-plug: an unplugged camera leaves the list');
+    await framesRising(pb, 'B after A\'s camera went away and another took over');
+    await pa.click('#toggle-settings');
+    await hangUp(pa, pb);
+    await closeAll(pa, pb);
+
+    // Where the browser cannot route sound or float a video, those controls are not offered.
+    const pc = await openPage(A);
+    await pc.addInitScript(() => {
+      delete HTMLMediaElement.prototype.setSinkId;
+      Object.defineProperty(Document.prototype, 'pictureInPictureEnabled', { get: () => false, configurable: true });
+    });
+    await pc.goto(BASE);
+    await pc.click('#new-call');
+    await until(pc, () => document.getElementById('invite-code').textContent.length >= 6);
+    await pc.click('#toggle-settings');
+    check(!(await pc.isVisible('#speaker-select')) && !(await pc.isVisible('#toggle-pip')), 'no setSinkId / no picture in picture: speaker list and PiP button hidden');
+    await pc.close();
+  },
+
+  /**
+   * The picture: picture in picture, controls that hide when idle and come back on pointer or
+   * key, the self-view dragged, hidden and swapped with the other person.
+   */
+  async view(A, B) {
+    const { pa, pb } = await callByPastedLink(A, B);
+    // Picture in picture (where this Chromium offers it).
+    if (await pa.evaluate(() => document.pictureInPictureEnabled === true)) {
+      await until(pa, () => document.getElementById('remote-video').readyState >= 1);
+      await pa.click('#toggle-pip');
+      await until(pa, () => document.pictureInPictureElement?.id === 'remote-video' && document.getElementById('toggle-pip').getAttribute('aria-pressed') === 'true', null, 5000);
+      check(true, 'picture in picture: the other person floats, button pressed');
+      await pa.click('#toggle-pip');
+      await until(pa, () => document.pictureInPictureElement === null && document.getElementById('toggle-pip').getAttribute('aria-pressed') === 'false', null, 5000);
+      check(true, 'picture in picture: back in the page');
+    } else {
+      check(!(await pa.isVisible('#toggle-pip')), 'picture in picture unsupported here: button hidden');
+    }
+    // Controls hide after a few idle seconds and come back on a pointer move, then on a key.
+    const controlsShown = () => pa.$eval('nav.controls', (e) => getComputedStyle(e).opacity);
+    // (Focus on a control keeps them shown for keyboard users: a click on the picture moves it away.)
+    await pa.locator('#stage').click({ position: { x: 20, y: 200 } });
+    check(await pa.evaluate(() => document.getElementById('call').dataset.idle === 'false'), 'controls shown after a click');
+    await until(pa, () => document.getElementById('call').dataset.idle === 'true', null, 10_000);
+    await until(pa, () => getComputedStyle(document.querySelector('nav.controls')).opacity === '0', null, 2000);
+    check(true, 'controls hide after a few idle seconds');
+    await pa.mouse.move(300, 300);
+    await until(pa, () => document.getElementById('call').dataset.idle === 'false', null, 2000);
+    await until(pa, () => getComputedStyle(document.querySelector('nav.controls')).opacity === '1', null, 2000);
+    check(true, 'controls back on a pointer move', await controlsShown());
+    await until(pa, () => document.getElementById('call').dataset.idle === 'true', null, 10_000);
+    await pa.keyboard.press('Shift');
+    await until(pa, () => document.getElementById('call').dataset.idle === 'false', null, 2000);
+    check(true, 'controls back on a key press');
+    // The self-view: dragged to the other corner, kept inside the picture.
+    const before = await pa.$eval('#self', (e) => e.getBoundingClientRect().toJSON());
+    const stage = await pa.$eval('#stage', (e) => e.getBoundingClientRect().toJSON());
+    await pa.mouse.move(before.x + 10, before.y + 10);
+    await pa.mouse.down();
+    await pa.mouse.move(stage.x + 30, stage.y + 80, { steps: 8 });
+    await pa.mouse.move(stage.x - 200, stage.y + 80, { steps: 4 });
+    await pa.mouse.up();
+    const after = await pa.$eval('#self', (e) => e.getBoundingClientRect().toJSON());
+    check(Math.abs(after.x - stage.x) <= 1 && after.y < before.y - 100 && after.x + after.width <= stage.x + stage.width, 'self-view dragged to the other corner, kept inside the picture', { before, after, stage });
+    // Hide and show again.
+    await pa.click('#self-hide');
+    check((await pa.$eval('#self', (e) => e.dataset.hidden)) === 'true' && (await pa.getAttribute('#self-hide', 'aria-pressed')) === 'true' && !(await pa.isVisible('#local-video')), 'self-view hidden');
+    await pa.click('#self-hide');
+    check((await pa.$eval('#self', (e) => e.dataset.hidden)) === 'false' && (await pa.isVisible('#local-video')), 'self-view shown again');
+    // Swap: our picture large, theirs small; and back.
+    const own = await pa.evaluate(() => globalThis.__hermes.media.localStream.id);
+    await pa.click('#self-swap');
+    const swapped = await pa.evaluate(() => ({ big: document.getElementById('remote-video').srcObject?.id, small: document.getElementById('local-video').srcObject?.id, flag: document.getElementById('stage').dataset.swapped }));
+    check(swapped.big === own && swapped.small !== own && swapped.flag === 'true', 'swap: own picture large, the other person small', swapped);
+    await pa.click('#self-swap');
+    check((await pa.evaluate(() => document.getElementById('local-video').srcObject?.id)) === own, 'swap back');
+    await framesRising(pa, 'A after the view changes');
+    await hangUp(pa, pb);
+    await closeAll(pa, pb);
+  },
+
   /** Defect 9: a reload keeps the timer, the chat and says the security code changed. */
   async 'reload-keeps'(A, B) {
     const { pa, pb } = await callByPastedLink(A, B);
@@ -740,8 +931,11 @@ const PRODUCT = {
     const want = ['toggle-mic', 'toggle-cam', 'toggle-share', 'toggle-settings', 'toggle-chat', 'hang-up', 'quality'];
     check(want.every((id) => reached.has(id)), 'every call control reachable with Tab', [...reached]);
     await pa.keyboard.press('h');
+    await pa.waitForSelector('#left-bar', { state: 'visible' });
+    await waitState(pb, 'alone', 5000);
+    check(true, 'H leaves the call; the other person is told');
+    await pa.click('#end-for-both');
     await pb.waitForSelector('#ended', { state: 'visible' });
-    check(true, 'H hangs up');
     await closeAll(pa, pb);
   },
 
@@ -846,6 +1040,10 @@ async function screensCheck(A, B) {
   await home.click('#join-button');
   await checkScreen(home, 'screen-home-error');
   const pa = await openPage(sa);
+  // A's WebSockets pass through Playwright's router (set before the page captures the
+  // WebSocket constructor), so the signal service can be made unreachable for A alone.
+  let signalDown = false;
+  await pa.routeWebSocket(/\/ws$/, (ws) => (signalDown ? ws.close({ code: 1013, reason: 'test: signal unreachable' }) : ws.connectToServer()));
   await pa.goto(BASE);
   await pa.click('#new-call');
   await until(pa, () => document.getElementById('invite-code').textContent.length >= 6);
@@ -871,12 +1069,73 @@ async function screensCheck(A, B) {
   await checkScreen(home, 'screen-remote-camera-off');
   await checkScreen(pa, 'screen-own-camera-off', { axe: false });
   await pa.click('#toggle-cam');
+  // Reconnecting: A's link to the signal service drops and every new WebSocket is refused
+  // (the service unreachable) until the screens are checked; then A resumes.
+  signalDown = true;
   await pa.evaluate(() => globalThis.__hermes.signaling.dropConnection());
-  await until(pa, () => document.getElementById('conn-state').dataset.state === 'reconnecting', null, 5000).catch(() => {});
+  await waitState(pa, 'reconnecting', 10_000);
+  await checkScreen(pa, 'screen-reconnecting');
+  check((await connState(pa)) === 'reconnecting', 'reconnecting held while the signal service was unreachable', await pa.evaluate(() => ({ state: globalThis.__hermes.state, log: globalThis.__hermes.stateLog.slice(-6).map((e) => e.state), connects: globalThis.__hermes.signaling.connects })));
+  signalDown = false;
+  await waitState(pa, 'connected', 30_000);
+  check(true, 'A back to connected once the signal service answers');
+  // B leaves: the undo bar (held while the pointer rests on it), then the "You left" card.
   await home.click('#hang-up');
+  await home.$eval('#left-bar', (e) => e.dispatchEvent(new PointerEvent('pointerenter')));
+  await checkScreen(home, 'screen-left');
+  check((await home.isVisible('#left-bar')) && !(await home.isVisible('#ended')), 'undo window waits while the pointer rests on it');
+  await home.$eval('#left-bar', (e) => e.dispatchEvent(new PointerEvent('pointerleave')));
+  await home.waitForSelector('#ended', { state: 'visible', timeout: 10_000 });
+  await checkScreen(home, 'screen-left-ended');
+  await home.click('#end-ended');
   await pa.waitForSelector('#ended', { state: 'visible' });
   await checkScreen(pa, 'screen-ended');
   await closeAll(home, pa);
+
+  // Blocked by the network: B's browser gathers no candidate at all (as behind a firewall that
+  // drops UDP and TURN alike), so no media path comes up; both are told after the timeout.
+  const pa2 = await openPage(sa);
+  await pa2.goto(BASE);
+  await pa2.click('#new-call');
+  await until(pa2, () => document.getElementById('invite-code').textContent.length >= 6);
+  const link2 = await pa2.$eval('#share-link', (e) => e.value);
+  const pb2 = await openPage(sb);
+  await pb2.addInitScript(() => {
+    const Real = globalThis.RTCPeerConnection;
+    globalThis.RTCPeerConnection = class extends Real {
+      constructor(cfg) {
+        super({ ...cfg, iceServers: [], iceTransportPolicy: 'relay' });
+      }
+    };
+  });
+  await pb2.goto(link2);
+  await joinFromLobby(pb2);
+  await waitState(pb2, 'blocked', 30_000);
+  await checkScreen(pb2, 'screen-blocked');
+  check((await pb2.isVisible('#blocked-retry')) && /network|firewall/i.test(await pb2.textContent('#blocked-text')), 'blocked: said so, with Try again');
+  await hangUp(pa2, pb2);
+  await closeAll(pa2, pb2);
+
+  // Camera and microphone refused: the lobby says so, and so does the call joined anyway.
+  const pa3 = await openPage(sa);
+  await pa3.goto(BASE);
+  await pa3.click('#new-call');
+  await until(pa3, () => document.getElementById('invite-code').textContent.length >= 6);
+  const link3 = await pa3.$eval('#share-link', (e) => e.value);
+  const pb3 = await openPage(sb);
+  await pb3.addInitScript(() => {
+    navigator.mediaDevices.getUserMedia = () => Promise.reject(new DOMException('refused by the test', 'NotAllowedError'));
+  });
+  await pb3.goto(link3);
+  await pb3.waitForSelector('#lobby', { state: 'visible' });
+  await until(pb3, () => !document.getElementById('lobby-retry').hidden);
+  await checkScreen(pb3, 'screen-lobby-denied');
+  await pb3.click('#lobby-join');
+  await waitState(pb3, 'connected', 20_000);
+  await until(pb3, () => !document.getElementById('retry-media').hidden);
+  await checkScreen(pb3, 'screen-call-denied');
+  await hangUp(pa3, pb3);
+  await closeAll(pa3, pb3);
   await ctxA.close();
   await ctxB.close();
 }
@@ -941,6 +1200,7 @@ async function main() {
       await c.pa.waitForFunction(() => document.getElementById('peer-status').dataset.status === 'left', null, { timeout: 25_000 });
       check(await c.pa.isVisible('#peer-status'), 'peer left: A is told the other person left', await c.pa.textContent('#peer-status'));
       await c.pa.click('#hang-up');
+      await c.pa.click('#end-for-both');
       await c.pa.waitForSelector('#ended', { state: 'visible', timeout: 5000 });
       await c.pa.close();
     }
@@ -1241,7 +1501,7 @@ async function main() {
     if (SCENARIOS.has('hangup')) {
       await hangUp(pa, pb);
       const ra = await pa.textContent('#ended-reason');
-      check(/other person hung up/.test(ra), 'A told the other person hung up', ra);
+      check(/other person (hung up|ended the call)/.test(ra), 'A told the other person hung up', ra);
       check((await connState(pa)) === 'ended' && (await connState(pb)) === 'ended', 'both show ended');
       const t1 = await pa.textContent('#call-timer');
       await sleep(1200);

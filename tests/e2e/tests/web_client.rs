@@ -2,8 +2,11 @@
 //! whole stack on loopback: the other person's camera/mic/speaking state, a pasted share link,
 //! screen sharing with the fake display source, a new code from inside the call with its QR
 //! code decoded by zbarimg, rejoining after closing the tab, a reload keeping the timer and chat,
-//! the lobby with a refusal and Try again, keyboard operation and focus in dialogs; then every
-//! screen at five sizes with layout checks (overlap, overflow, < 44 px targets on phones) and
+//! the lobby with a refusal and Try again, a typed code through the same lobby, Leave with its
+//! undo window and End call for both, devices (speaker list, hot-plug, Try again in the call),
+//! the picture (picture in picture, controls hiding when idle, self-view drag/hide/swap),
+//! keyboard operation and focus in dialogs; then every
+//! screen (reconnecting, blocked, refused devices and "You left" included) at five sizes with layout checks (overlap, overflow, < 44 px targets on phones) and
 //! axe-core; finally, with a 4-second code life, the code expiry and "New code".
 
 use std::time::Duration;
@@ -11,8 +14,7 @@ use std::time::Duration;
 use hermes_e2e::{DriverRun, Stack, run_driver};
 use hermes_testkit::{require_program, workspace_root};
 
-const SCENARIOS: &str =
-    "typed-lobby,remote-state,share-screen,invite-again,rejoin,reload-keeps,lobby,keyboard,screens";
+const SCENARIOS: &str = "typed-lobby,remote-state,share-screen,invite-again,rejoin,leave,devices,view,reload-keeps,lobby,keyboard,screens";
 
 fn expect_ok(run: &DriverRun, stack: &Stack, what: &str) {
     if !(run.exit_ok && run.done["ok"] == true) {
@@ -62,6 +64,27 @@ fn the_web_client_as_people_use_it() {
     )
     .unwrap_or_else(|e| panic!("driver: {e}\n{}", stack.diagnostics()));
     expect_ok(&run, &stack, "product scenarios");
+    // Where headless Chromium has them, picture in picture and output devices are driven for
+    // real; where it does not, the test asserts that the control is not offered.
+    let checks = run.checks();
+    assert!(
+        checks
+            .iter()
+            .any(|c| c.starts_with("picture in picture: back in the page"))
+            || checks
+                .iter()
+                .any(|c| c.starts_with("picture in picture unsupported here")),
+        "no picture-in-picture check ran"
+    );
+    assert!(
+        checks
+            .iter()
+            .any(|c| c.starts_with("choosing a speaker routes the other person's sound there"))
+            || checks
+                .iter()
+                .any(|c| c.starts_with("no audio output to choose")),
+        "no speaker check ran"
+    );
     assert_checks(
         &run,
         &[
@@ -95,6 +118,30 @@ fn the_web_client_as_people_use_it() {
             "rejoin after closing the tab: the same link works again",
             "B after rejoining: framesDecoded rising",
             "home offers to rejoin the call that is still on",
+            "leave: \"You left\" with Rejoin focused",
+            "leave: no end card during the undo window",
+            "leave: the other person is told at once, not \"reconnecting\"",
+            "leave: Rejoin in the undo window brings the call back",
+            "B after undoing Leave: framesDecoded rising",
+            "leave: after the undo window, the end card offers Rejoin and End call for both",
+            "A after B rejoined from the end card: framesDecoded rising",
+            "leave: End call for both ends it for the other person",
+            "in call after a refusal: told, Try again offered",
+            "in-call Try again: camera and microphone on, notice gone",
+            "A sees B after B's in-call Try again: framesDecoded rising",
+            "hot-plug: a new camera shows in the list",
+            "hot-plug: an unplugged camera leaves the list",
+            "B after A's camera went away and another took over: framesDecoded rising",
+            "no setSinkId / no picture in picture: speaker list and PiP button hidden",
+            "controls hide after a few idle seconds",
+            "controls back on a pointer move",
+            "controls back on a key press",
+            "self-view dragged to the other corner, kept inside the picture",
+            "self-view hidden",
+            "self-view shown again",
+            "swap: own picture large, the other person small",
+            "swap back",
+            "H leaves the call; the other person is told",
             "reload: chat history kept",
             "reload: the timer continues from the call start",
             "reload: told to compare the security words again",
@@ -109,6 +156,17 @@ fn the_web_client_as_people_use_it() {
             "layout: screen-home has no overlap",
             "layout: screen-call has no overlap",
             "layout: screen-ended has no overlap",
+            "layout: screen-reconnecting has no overlap",
+            "reconnecting held while the signal service was unreachable",
+            "A back to connected once the signal service answers",
+            "layout: screen-left has no overlap",
+            "undo window waits while the pointer rests on it",
+            "layout: screen-left-ended has no overlap",
+            "layout: screen-blocked has no overlap",
+            "axe: no serious or critical violation on screen-blocked",
+            "blocked: said so, with Try again",
+            "layout: screen-lobby-denied has no overlap",
+            "layout: screen-call-denied has no overlap",
             "axe: no serious or critical violation on screen-call",
             "axe: no serious or critical violation on screen-lobby",
         ],

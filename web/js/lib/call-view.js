@@ -14,6 +14,7 @@ export const VIEW_WORDS = Object.freeze({
   alone: 'The other person left',
   failed: 'Connection failed',
   blocked: 'Blocked by the network',
+  left: 'You left',
   ended: 'Call ended',
 });
 
@@ -45,6 +46,7 @@ export function qualityView(mine = 'unknown', theirs = 'unknown') {
  * @param {string} [f.mine]       our quality level
  * @param {string} [f.theirs]     the other person's quality level (sent over the data channel)
  * @param {boolean} [f.blocked]   no media path came up in time (MediaSession's `blocked`)
+ * @param {boolean} [f.left]      we pressed Leave: the call goes on without us (Rejoin possible)
  * @returns {{state: string, text: string, timer: 'hidden'|'running'|'stopped',
  *           quality: null|{level,text,whose}, stage: 'invite'|'peer-away'|'alone'|'media'|'none',
  *           mediaExpected: boolean}}
@@ -52,7 +54,7 @@ export function qualityView(mine = 'unknown', theirs = 'unknown') {
 export function callView(f) {
   const view = viewOf(f);
   // No media path ever came up (a firewall drops UDP and TURN alike): say so, not "connecting".
-  if (f.blocked && !['connected', 'ended', 'alone'].includes(view.state)) {
+  if (f.blocked && !['connected', 'ended', 'alone', 'left'].includes(view.state)) {
     return { ...view, state: 'blocked', text: VIEW_WORDS.blocked, quality: null };
   }
   return view;
@@ -61,6 +63,9 @@ export function callView(f) {
 function viewOf(f) {
   const ever = f.connectedOnce === true;
   const timerAfter = ever ? 'stopped' : 'hidden';
+  if (f.left) {
+    return { state: 'left', text: VIEW_WORDS.left, timer: timerAfter, quality: null, stage: 'none', mediaExpected: false };
+  }
   if (f.ended || f.signaling === 'closed') {
     return { state: 'ended', text: VIEW_WORDS.ended, timer: timerAfter, quality: null, stage: 'none', mediaExpected: false };
   }
