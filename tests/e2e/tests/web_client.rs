@@ -46,11 +46,30 @@ fn the_web_client_as_people_use_it() {
     std::fs::create_dir_all(&out).expect("create test-output/screenshots");
     let mut stack = Stack::start("all").unwrap_or_else(|e| panic!("stack did not start: {e}"));
 
-    // `HERMES_WEB_SCENARIOS=typed-lobby,leave` runs only those (while working on one of them).
+    // `HERMES_WEB_SCENARIOS=typed-lobby,leave` runs only those (while working on one of them);
+    // `HERMES_WEB_SCENARIOS=timing HERMES_WEB_RUNS=5 HERMES_WEB_POLICY=relay` times joins.
     if let Ok(only) = std::env::var("HERMES_WEB_SCENARIOS") {
-        let run = run_driver(&mut stack, "all", 1, &only, &out, Duration::from_secs(300))
-            .unwrap_or_else(|e| panic!("driver: {e}\n{}", stack.diagnostics()));
+        let runs = std::env::var("HERMES_WEB_RUNS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(1);
+        let policy = std::env::var("HERMES_WEB_POLICY").unwrap_or_else(|_| "all".to_owned());
+        if policy == "relay" {
+            stack
+                .restart_api_with_policy("relay")
+                .unwrap_or_else(|e| panic!("restart api with relay policy: {e}"));
+        }
+        let run = run_driver(
+            &mut stack,
+            &policy,
+            runs,
+            &only,
+            &out,
+            Duration::from_secs(300),
+        )
+        .unwrap_or_else(|e| panic!("driver: {e}\n{}", stack.diagnostics()));
         expect_ok(&run, &stack, &only);
+        println!("join ms ({policy}): {:?}", run.join_ms());
         return;
     }
 
