@@ -201,6 +201,12 @@ LOGGER_FILE="$run_dir/observer.log" LOGGER_HEALTH_LISTEN="127.0.0.1:$logger_heal
   LOGGER_INCLUDE_DETAIL=true "$bin/hermes-logger" --color auto &
 pids+=($!)
 wait -n "${pids[@]}" || true
+# Ctrl-C reaches the whole process group at once: a service may exit on it before this shell
+# has run its INT trap, and `wait -n` then returns for that exit. A short interruptible wait
+# lets a pending trap run first (a trapped signal ends `wait` at once), so a Ctrl-C is never
+# taken for a crash.
+sleep 0.5 &
+wait $! 2>/dev/null || true
 # Ctrl-C ran cleanup already (logs gone with the run dir): nothing to point at. A process that
 # exited by itself: keep its logs somewhere that outlives the cleanup, and say where.
 if [ "$stopping" = 0 ]; then

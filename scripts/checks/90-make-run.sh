@@ -13,7 +13,9 @@ trap on_exit EXIT
 attempt() {
   local n=$1 log url deadline page
   log=$(mktemp)
-  HERMES_HTTP_PORT=0 setsid scripts/run.sh >"$log" 2>&1 < /dev/null &
+  # A background job of a script starts with SIGINT ignored (and a shell cannot trap a signal
+  # ignored at its start): restore the default, so run.sh gets Ctrl-C as from a terminal.
+  HERMES_HTTP_PORT=0 setsid env --default-signal=INT scripts/run.sh >"$log" 2>&1 < /dev/null &
   pgid=$!
   deadline=$((SECONDS + 180))
   until grep -q "Hermes is running" "$log"; do
