@@ -8,7 +8,7 @@ import { callView } from './lib/call-view.js';
 import { codeFromPath, formatCode, normaliseCode, shareLink } from './lib/code.js';
 import { codeFromInput } from './lib/code-input.js';
 import { BLOCKED_WORDS, PEER_WORDS, formatDuration } from './lib/format.js';
-import { hangupMessage, resolveSignalUrl } from './lib/messages.js';
+import { resolveSignalUrl } from './lib/messages.js';
 import { shortcutFor } from './lib/shortcuts.js';
 import { connectionDetails, qualityLevel } from './lib/stats.js';
 import * as store from './lib/store.js';
@@ -296,11 +296,10 @@ function stopCall({ lingerMs = 0, callOver = true } = {}) {
   return { entry, durationMs };
 }
 
-function endCall(reason, { notify = false, callOver = true } = {}) {
+/** The call is over for this page (the other person hung up, the call ended, access lost). */
+function endCall(reason, { callOver = true } = {}) {
   if (!call || call.ended) return;
-  if (notify) call.signaling?.send(hangupMessage());
-  // Give the hang-up a moment to leave before closing the socket.
-  const { entry, durationMs } = stopCall({ lingerMs: notify ? 300 : 0, callOver });
+  const { entry, durationMs } = stopCall({ callOver });
   debug.state.overall = 'ended';
   debug.stateLog.push({ state: 'ended', t: performance.now() });
   ui.showEnded(reason, {
