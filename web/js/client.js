@@ -335,7 +335,7 @@ function leaveCall() {
       debug.state.overall = 'ended';
       ui.showEnded('You ended the call for both of you.', { durationMs });
     } catch (e) {
-      ui.showEnded(e instanceof ApiError ? e.message : 'Could not end the call.', { title: 'You left the call', durationMs, canRejoin: true, onRejoin: () => rejoin(entry), onEndForBoth: endForBoth });
+      ui.showEnded(e instanceof ApiError ? e.message : 'Could not end the call.', { left: true, durationMs, canRejoin: true, onRejoin: () => rejoin(entry), onEndForBoth: endForBoth });
     }
   };
   ui.showLeft({
@@ -380,9 +380,9 @@ function leaveCall() {
     if (call !== left || left.finished) return;
     left.finished = true;
     if (!on) store.forgetRecent(local);
-    debug.state.overall = 'ended';
+    debug.state.overall = on ? 'left' : 'ended';
     ui.showEnded(on ? 'The call goes on without you until it ends.' : 'The call has ended.', {
-      title: 'You left the call',
+      left: on,
       durationMs,
       canRejoin: on,
       onRejoin: () => rejoin(entry),

@@ -605,12 +605,13 @@ export class Ui {
     document.querySelector('nav.controls').hidden = false;
   }
 
-  showEnded(reason, { title = 'Call ended', durationMs = null, canRejoin = false, onRejoin = null, onEndForBoth = null } = {}) {
+  /** The end card; `left`: we left a call that goes on (the pill keeps saying so). */
+  showEnded(reason, { left = false, durationMs = null, canRejoin = false, onRejoin = null, onEndForBoth = null } = {}) {
     this.hideLeft();
-    this.el['ended-title'].textContent = title;
+    this.el['ended-title'].textContent = left ? 'You left the call' : 'Call ended';
     this.stopTimer();
-    this.el['conn-state'].dataset.state = 'ended';
-    this.el['conn-state'].textContent = 'Call ended';
+    this.el['conn-state'].dataset.state = left ? 'left' : 'ended';
+    this.el['conn-state'].textContent = left ? 'You left' : 'Call ended';
     this.el.quality.hidden = true;
     this.el['conn-details'].hidden = true;
     this.el['muted-hint'].hidden = true;
