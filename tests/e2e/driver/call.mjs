@@ -699,6 +699,9 @@ const PRODUCT = {
     await pc.goto(BASE);
     await pc.click('#new-call');
     await until(pc, () => document.getElementById('invite-code').textContent.length >= 6);
+    // The device lists are filled in the same step that decides on the speaker list (after the
+    // PiP button's): once they are, both decisions are made.
+    await until(pc, () => document.querySelectorAll('#mic-select option').length > 0);
     await pc.click('#toggle-settings');
     check(!(await pc.isVisible('#speaker-select')) && !(await pc.isVisible('#toggle-pip')), 'no setSinkId / no picture in picture: speaker list and PiP button hidden');
     await pc.close();
@@ -854,11 +857,9 @@ const PRODUCT = {
     check(!(await pb.isVisible('#call')) && new URL(pb.url()).pathname === `/c/${code}`, 'typed: the code opens the lobby at /c/CODE, not the call');
     await until(pb, () => document.getElementById('lobby-video').srcObject?.getVideoTracks().length > 0);
     check(true, 'typed lobby: self-preview');
-    const lists = await pb.evaluate(() => ({
-      mics: document.querySelectorAll('#lobby-mic-select option').length,
-      cams: document.querySelectorAll('#lobby-cam-select option').length,
-    }));
-    check(lists.mics >= 1 && lists.cams >= 1, 'typed lobby: device choice filled', lists);
+    // The lists are filled once the browser names the devices (just after the preview starts).
+    await until(pb, () => document.querySelectorAll('#lobby-mic-select option').length > 0 && document.querySelectorAll('#lobby-cam-select option').length > 0, null, 5000);
+    check(true, 'typed lobby: device choice filled');
     await until(pb, () => Number((document.getElementById('lobby-meter').style.transform.match(/[\d.]+/) ?? ['0'])[0]) > 0, null, 10_000);
     check(true, 'typed lobby: mic level meter moves');
     // Nothing is sent before Join: A still waits, the code already belongs to B.
