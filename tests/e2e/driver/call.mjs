@@ -616,6 +616,21 @@ const PRODUCT = {
     const words = { b: await pb.textContent('#ended-reason'), a: await pa.textContent('#ended-reason'), rejoin: await pb.isVisible('#rejoin') };
     check(/ended the call for both/.test(words.b) && /ended the call/.test(words.a) && !words.rejoin, 'leave: End call for both ends it for the other person', words);
     await closeAll(pa, pb);
+    // The creator leaves the waiting screen by accident: Rejoin brings back the same invitation.
+    const pc = await openPage(A);
+    await pc.goto(BASE);
+    await pc.click('#new-call');
+    await waitState(pc, 'waiting');
+    const code = await pc.textContent('#invite-code');
+    await pc.click('#hang-up');
+    await pc.waitForSelector('#left-bar', { state: 'visible' });
+    await pc.click('#undo-leave');
+    await waitState(pc, 'waiting', 10_000);
+    check((await pc.textContent('#invite-code')) === code && (await pc.isVisible('#invite')), 'leave while waiting: Rejoin shows the same code again', code);
+    await pc.click('#hang-up');
+    await pc.click('#end-for-both');
+    await pc.waitForSelector('#ended', { state: 'visible' });
+    await pc.close();
   },
 
   /**

@@ -145,6 +145,7 @@ fn the_web_client_as_people_use_it() {
             "leave: after the undo window, the end card offers Rejoin and End call for both",
             "A after B rejoined from the end card: framesDecoded rising",
             "leave: End call for both ends it for the other person",
+            "leave while waiting: Rejoin shows the same code again",
             "in call after a refusal: told, Try again offered",
             "in-call Try again: camera and microphone on, notice gone",
             "A sees B after B's in-call Try again: framesDecoded rising",
