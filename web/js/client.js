@@ -41,6 +41,8 @@ const debug = {
   /** Every overall state shown, in order, with performance.now() timestamps. */
   stateLog: [],
   joins: [],
+  /** Presence events from the server (`peer-*`), with their reason and performance.now(). */
+  peerEvents: [],
   securityCode: null,
   securityCodeChanged: false,
   chat: [],
@@ -278,12 +280,13 @@ function remember(entry) {
  * message leaves first). `callOver` forgets the call in this browser (no rejoin card).
  * Returns what a later Rejoin needs and the call's length so far.
  */
-function stopCall({ lingerMs = 0, callOver = true } = {}) {
+function stopCall({ lingerMs = 0, callOver = true, leave = false } = {}) {
   call.ended = true;
   const { media, signaling: sig } = call;
   setTimeout(() => {
     media?.close();
-    sig?.close();
+    if (leave) sig?.leave();
+    else sig?.close();
   }, lingerMs);
   for (const t of call.localStream?.getTracks() ?? []) t.stop();
   call.screenTrack?.stop();
@@ -311,16 +314,16 @@ function endCall(reason, { callOver = true } = {}) {
 
 /**
  * Leave: we go, the call stays on for the other person and for our Rejoin (same tab, same
- * token, while the call lives). The signal protocol has no "leave": `hangup` ends the call for
- * both, and closing our socket marks our seat away for its grace window (the other side would
- * see "reconnecting" for 30 s). So the other person is told at once over the data channel
- * (`bye`), and "End call for both" is a separate, explicit action (`POST /api/call/end`).
+ * token, while the call lives). Signaling `leave` frees our seat at once (the other side hears
+ * `peer-left {left}`, and a new invite is not refused as full); the data channel's `bye` tells
+ * the other page a moment sooner. "End call for both" is a separate, explicit action
+ * (`POST /api/call/end`).
  */
 function leaveCall() {
   if (!call || call.ended) return;
   const left = call;
   left.media?.sendMeta({ type: 'bye' });
-  const { entry, durationMs } = stopCall({ lingerMs: 300, callOver: false });
+  const { entry, durationMs } = stopCall({ lingerMs: 300, callOver: false, leave: true });
   const view = callView({ ...debug.state, connectedOnce: left.connectedOnce, left: true });
   debug.state.overall = view.state;
   debug.stateLog.push({ state: view.state, t: performance.now() });
@@ -645,6 +648,7 @@ async function onStats(summary) {
 }
 
 function onSignal(m, media) {
+  if (m.type.startsWith('peer-')) debug.peerEvents.push({ type: m.type, reason: m.reason, t: performance.now() });
   switch (m.type) {
     case 'joined': {
       debug.timing.joined ??= performance.now();

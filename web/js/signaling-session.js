@@ -13,6 +13,7 @@ import {
   isRelayed,
   isTerminalClose,
   joinMessage,
+  leaveMessage,
   parseServerMessage,
   pingMessage,
 } from './lib/messages.js';
@@ -260,6 +261,15 @@ export class SignalingSession {
     if (this.reconnectTimer) this.timers.clearTimeout(this.reconnectTimer);
     if (this.aliveTimer) this.timers.clearTimeout(this.aliveTimer);
     this.pingTimer = this.joinTimer = this.reconnectTimer = this.aliveTimer = null;
+  }
+
+  /**
+   * Leave without ending the call: tell the server first (it frees our seat at once and the
+   * other side hears `peer-left {reason: "left"}` instead of "reconnecting"), then close.
+   */
+  leave() {
+    if (this.state === 'open') this.rawSend(leaveMessage());
+    this.close();
   }
 
   /** Leave for good (after hang-up or when the page goes away). */

@@ -8,6 +8,7 @@ import {
   candidateMessage,
   closeMessage,
   hangupMessage,
+  leaveMessage,
   isRelayed,
   isTerminalClose,
   joinMessage,
@@ -30,6 +31,7 @@ test('client builders produce exactly the golden fixtures', () => {
   assert.deepEqual(answerMessage(fixture('client.answer').sdp), fixture('client.answer'));
   assert.deepEqual(candidateMessage(fixture('client.ice-candidate').candidate), fixture('client.ice-candidate'));
   assert.deepEqual(hangupMessage(), fixture('client.hangup'));
+  assert.deepEqual(leaveMessage(), fixture('client.leave'));
   assert.deepEqual(ackMessage(42), fixture('client.ack'));
   assert.deepEqual(pingMessage(1800000000123), fixture('client.ping'));
   const s = fixture('client.stats');

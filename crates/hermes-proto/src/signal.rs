@@ -90,6 +90,9 @@ pub enum ClientMessage {
     },
     /// End the call for both participants.
     Hangup,
+    /// Leave without ending the call: the seat is freed at once and the others hear
+    /// `peer-left {reason: "left"}`; the same token may join again while the call lasts.
+    Leave,
     /// Acknowledge every relayed message up to and including `seq`.
     Ack {
         seq: u64,
@@ -277,6 +280,10 @@ mod tests {
         assert_eq!(
             decode_client(r#"{"type":"hangup"}"#),
             Ok(ClientMessage::Hangup)
+        );
+        assert_eq!(
+            decode_client(r#"{"type":"leave"}"#),
+            Ok(ClientMessage::Leave)
         );
     }
 

@@ -109,6 +109,8 @@ pub enum Decision {
     Relay(Relay),
     /// The client processed every relayed message up to `seq`.
     Ack(u64),
+    /// The client leaves without ending the call: free its seat, close normally.
+    Leave,
     Pong(Option<u64>),
     Stats(CallStats),
     /// Answer with an error; the connection stays open.
@@ -265,6 +267,7 @@ impl Conn {
             }
             ClientMessage::Ping { ts } => return Decision::Pong(ts),
             ClientMessage::Stats(stats) => return Decision::Stats(stats),
+            ClientMessage::Leave => return Decision::Leave,
             ClientMessage::Join { .. } => {
                 return self.violation(
                     SignalErrorCode::BadMessage,
@@ -688,7 +691,7 @@ mod tests {
 
         #[test]
         fn json_like_frames_never_panic(
-            t in proptest::sample::select(vec!["join","offer","answer","ice-candidate","hangup","ack","ping","stats","x"]),
+            t in proptest::sample::select(vec!["join","offer","answer","ice-candidate","hangup","leave","ack","ping","stats","x"]),
             body in "[a-zA-Z0-9\":,{}\\[\\] ]{0,80}")
         {
             let mut fresh = Conn::new(Limits::default(), T0);

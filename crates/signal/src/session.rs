@@ -29,6 +29,8 @@ use crate::{AppState, SessionGuard};
 
 /// Close code when Redis is unavailable at join (RFC 6455 1013, try again later).
 const CLOSE_TRY_AGAIN: u16 = 1013;
+/// Close code after the client's `leave` (RFC 6455 1000, normal closure).
+const CLOSE_NORMAL: u16 = 1000;
 /// Close code for an internal failure (RFC 6455 1011).
 const CLOSE_INTERNAL: u16 = 1011;
 /// Close code for a message above [`crate::HARD_MESSAGE_LIMIT`] (RFC 6455 1009).
@@ -46,8 +48,8 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 enum Exit {
     /// The client went away or was closed: its seat waits for a resume.
     Away,
-    /// Closed for good by us (1008 abuse, 1009 too big): the seat is freed at once and the
-    /// others hear `peer-left` with this reason.
+    /// Closed for good (the client's `leave`, 1008 abuse, 1009 too big): the seat is freed
+    /// at once and the others hear `peer-left` with this reason.
     Left(&'static str),
     /// The call ended or another connection took the seat: nothing to mark.
     Final,
@@ -56,6 +58,8 @@ enum Exit {
 /// `peer-left` reasons of terminal closes.
 const LEFT_POLICY_VIOLATION: &str = "policy-violation";
 const LEFT_MESSAGE_TOO_BIG: &str = "message-too-big";
+/// The client sent `leave`.
+const LEFT_BY_CLIENT: &str = "left";
 
 struct Joined {
     seat: Seat,
@@ -235,6 +239,10 @@ impl Session {
             } => self.join(&token, last_seq, call_id, now).await,
             Decision::Relay(relay) => self.relay(relay, now).await,
             Decision::Ack(_) => None,
+            Decision::Leave => {
+                self.close(CLOSE_NORMAL, "left").await;
+                Some(Exit::Left(LEFT_BY_CLIENT))
+            }
             Decision::Pong(ts) => {
                 self.send(&ServerMessage::Pong { ts }).await;
                 None

@@ -592,6 +592,10 @@ const PRODUCT = {
     await waitState(pa, 'alone', 5000);
     const seen = await pa.evaluate((t) => globalThis.__hermes.stateLog.filter((e) => e.t >= t).map((e) => e.state), leftAt);
     check(!seen.includes('peer-away') && /left the call/.test(await pa.textContent('#peer-status')), 'leave: the other person is told at once, not "reconnecting"', seen);
+    // Signaling `leave` freed B's seat at once: A's server says peer-left {left}, not reconnecting.
+    await pa.waitForFunction((t) => globalThis.__hermes.peerEvents.some((e) => e.t >= t && e.type === 'peer-left'), leftAt, { timeout: 5000 });
+    const presence = await pa.evaluate((t) => globalThis.__hermes.peerEvents.filter((e) => e.t >= t), leftAt);
+    check(presence.some((e) => e.type === 'peer-left' && e.reason === 'left') && !presence.some((e) => e.type === 'peer-reconnecting'), 'leave: the server freed the seat at once (peer-left {left})', presence);
     await pb.click('#undo-leave');
     await waitState(pb, 'connected', 20_000);
     await waitState(pa, 'connected', 20_000);

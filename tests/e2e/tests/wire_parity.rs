@@ -64,6 +64,7 @@ fn every_browser_message_decodes_in_rust() {
           M.candidateMessage(c),
           M.candidateMessage({ toJSON: () => ({ candidate: '', sdpMid: null, sdpMLineIndex: null }) }),
           M.hangupMessage(),
+          M.leaveMessage(),
           M.ackMessage(9007199254740991),
           M.pingMessage(Date.now()),
           M.statsMessage({}),
@@ -75,7 +76,7 @@ fn every_browser_message_decodes_in_rust() {
         &serde_json::json!({"token": "eyJhbGciOiJIUzI1NiJ9.e30.sig", "callId": "c0ffee0c0ffee0c0ffee0c0ffe"}),
     );
     let frames = built.as_array().expect("array");
-    assert_eq!(frames.len(), 13);
+    assert_eq!(frames.len(), 14);
     for f in frames {
         let text = f.as_str().expect("frame string");
         let msg = decode_client(text).unwrap_or_else(|e| panic!("{text}: {e:?}"));

@@ -71,6 +71,11 @@ export function hangupMessage() {
   return { type: 'hangup' };
 }
 
+/** Leave without ending the call: the server frees the seat at once and closes with 1000. */
+export function leaveMessage() {
+  return { type: 'leave' };
+}
+
 export function ackMessage(seq) {
   return { type: 'ack', seq };
 }
