@@ -7,8 +7,11 @@
 //! - free ports, waiting for a TCP listener, and locating workspace binaries;
 //! - [`port_owner`]: whether a given child process itself holds a port, so a probe is never
 //!   answered by another test's server that took a "free" port first.
+//! - [`SentinelSet`]: a real Sentinel set-up (primary, replica, three sentinels) whose primary
+//!   a test can SIGKILL and watch the replica be promoted.
 
 pub mod port_owner;
+pub mod sentinel;
 
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -16,6 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub use port_owner::{NotListening, Transport, wait_until_child_holds};
+pub use sentinel::SentinelSet;
 
 /// A free TCP port on 127.0.0.1 (bound then released; good enough for tests).
 pub fn free_tcp_port() -> u16 {
