@@ -1,0 +1,407 @@
+//! Redis Sentinel failover mid-call: a real primary, replica and three sentinels
+//! ([`hermes_testkit::SentinelSet`]), two signal replicas connected with `redis-sentinel://`,
+//! two signaling clients in a call across them exchanging a steady stream of relayed
+//! messages both ways. The primary is SIGKILLed mid-call; the sentinels promote the replica;
+//! the replicas follow by themselves (fred asks the sentinels again on reconnect and
+//! re-subscribes). Measured and asserted, as the clients see it: the time without service,
+//! and relayed messages lost, delivered twice or out of order.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Call, candidate, candidate_index, wait_ready};
+use futures_util::{SinkExt, StreamExt};
+use hermes_proto::signal::{ClientMessage, ServerMessage, SignalErrorCode};
+use hermes_proto::{CallId, JoinTokenKeys, Role};
+use hermes_testkit::SentinelSet;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Messages each side sends, one every [`PACE`]: a steady, bounded stream (about 17 a
+/// second each way, with a ping and an ack per message well inside the 50/s rate limit).
+const MESSAGES: usize = 220;
+const PACE: Duration = Duration::from_millis(60);
+/// When the primary is killed, counted in messages sent by the offerer.
+const KILL_AT: usize = 60;
+/// Bound on the whole exchange (the failover included).
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Signal flags for these tests: a lease and grace long enough to ride out a failover (the
+/// seat of a client that reconnects must still be there).
+const FLAGS: &[&str] = &["--lease-ms", "3000", "--grace-ms", "30000"];
+
+/// What one client saw.
+#[derive(Default, Debug)]
+struct Seen {
+    /// Relayed messages received: (seq, the peer's message index, when).
+    received: Vec<(u64, usize, Instant)>,
+    /// Own message indices answered `unavailable` at least once (then resent).
+    unavailable: BTreeSet<usize>,
+    /// When each own message was known relayed (its ping answered with no error before).
+    relayed_at: BTreeMap<usize, Instant>,
+    /// Reconnections (join with lastSeq) after the connection closed.
+    resumes: usize,
+    /// `joined.resumed` of each of those.
+    resumed_flags: Vec<bool>,
+}
+
+enum Event {
+    Message(ServerMessage),
+    Closed,
+}
+
+async fn next_event(ws: &mut common::Ws, wait: Duration) -> Option<Event> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return None,
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
+                return Some(Event::Closed);
+            }
+            Ok(Some(Ok(Message::Text(t)))) => {
+                return Some(Event::Message(serde_json::from_str(&t).unwrap()));
+            }
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+/// Join (or resume with `last_seq`), retrying while Redis is unavailable (the server answers
+/// `error unavailable` and closes 1013), as a client does with backoff.
+async fn join_until_admitted(
+    url: &str,
+    token: &str,
+    last_seq: Option<u64>,
+    deadline: Instant,
+) -> (common::Ws, bool) {
+    loop {
+        assert!(Instant::now() < deadline, "never admitted again");
+        if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await {
+            let join = ClientMessage::Join {
+                token: token.to_owned(),
+                last_seq,
+                call_id: None,
+            };
+            let text = serde_json::to_string(&join).unwrap();
+            if ws.send(Message::text(text)).await.is_ok() {
+                match next_event(&mut ws, Duration::from_secs(10)).await {
+                    Some(Event::Message(ServerMessage::Joined { resumed, .. })) => {
+                        return (ws, resumed);
+                    }
+                    Some(Event::Message(ServerMessage::Error {
+                        code: SignalErrorCode::Unavailable,
+                        ..
+                    }))
+                    | Some(Event::Closed)
+                    | None => {}
+                    Some(Event::Message(other)) => panic!("unexpected answer to join: {other:?}"),
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One client: sends `MESSAGES` candidates, each followed by a ping whose pong tells that the
+/// relay before it was done (frames are handled in order, so an `unavailable` before the pong
+/// belongs to that message: resend it); acks what it receives; resumes with `lastSeq` when its
+/// connection closes. Then reads until it has every message of the peer or time runs out.
+async fn run_party(
+    url: String,
+    token: String,
+    mut ws: common::Ws,
+    sent_counter: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    drop_now: Arc<AtomicBool>,
+) -> Seen {
+    let deadline = Instant::now() + EXCHANGE_TIMEOUT;
+    let mut seen = Seen::default();
+    let mut last_seq: Option<u64> = None;
+    let mut acked = 0;
+    let mut i = 0;
+    let mut got: BTreeSet<usize> = BTreeSet::new();
+    while got.len() < MESSAGES || i < MESSAGES {
+        assert!(
+            Instant::now() < deadline,
+            "exchange not done in {EXCHANGE_TIMEOUT:?}: sent {i}, received {}",
+            got.len()
+        );
+        if drop_now.swap(false, Ordering::SeqCst) {
+            // A network loss at the worst time: the client must resume from lastSeq.
+            drop(ws.into_inner());
+            let (fresh, resumed) = join_until_admitted(&url, &token, last_seq, deadline).await;
+            ws = fresh;
+            seen.resumes += 1;
+            seen.resumed_flags.push(resumed);
+        }
+        let sending = i < MESSAGES;
+        if sending {
+            let frames = [candidate(i), ClientMessage::Ping { ts: Some(i as u64) }];
+            for frame in frames {
+                let _ = ws
+                    .send(Message::text(serde_json::to_string(&frame).unwrap()))
+                    .await;
+            }
+        }
+        let mut failed = false;
+        let mut closed = false;
+        let wait = if sending {
+            Duration::from_secs(10)
+        } else {
+            PACE
+        };
+        loop {
+            match next_event(&mut ws, wait).await {
+                Some(Event::Message(m)) => match m {
+                    ServerMessage::IceCandidate { seq, .. } => {
+                        let idx = candidate_index(&m);
+                        seen.received.push((seq, idx, Instant::now()));
+                        got.insert(idx);
+                        last_seq = Some(last_seq.map_or(seq, |l| l.max(seq)));
+                    }
+                    ServerMessage::Pong { ts: Some(t) } if sending && t == i as u64 => break,
+                    ServerMessage::Error {
+                        code: SignalErrorCode::Unavailable,
+                        ..
+                    } => failed = true,
+                    ServerMessage::Error { code, message } => {
+                        panic!("unexpected error {code:?}: {message}")
+                    }
+                    _ => {}
+                },
+                Some(Event::Closed) => {
+                    closed = true;
+                    break;
+                }
+                None => {
+                    assert!(!sending, "no pong within 10 s for message {i}");
+                    break;
+                }
+            }
+        }
+        if closed {
+            let (fresh, resumed) = join_until_admitted(&url, &token, last_seq, deadline).await;
+            ws = fresh;
+            seen.resumes += 1;
+            seen.resumed_flags.push(resumed);
+            continue; // resend message i: its fate is unknown
+        }
+        if let Some(l) = last_seq.filter(|&l| l > acked) {
+            acked = l;
+            let ack = ClientMessage::Ack { seq: l };
+            let _ = ws
+                .send(Message::text(serde_json::to_string(&ack).unwrap()))
+                .await;
+        }
+        if sending {
+            if failed {
+                seen.unavailable.insert(i);
+            } else {
+                seen.relayed_at.insert(i, Instant::now());
+                i += 1;
+                if let Some(c) = &sent_counter {
+                    c.store(i, Ordering::SeqCst);
+                }
+            }
+            tokio::time::sleep(if failed {
+                Duration::from_millis(50)
+            } else {
+                PACE
+            })
+            .await;
+        }
+    }
+    seen
+}
+
+/// Lost, duplicated and reordered relayed messages as one receiver saw them.
+#[derive(Debug, PartialEq, Eq)]
+struct Tally {
+    lost: Vec<usize>,
+    /// Indices received more than once.
+    duplicated: Vec<usize>,
+    /// Messages received after one the peer sent later (by index), or with a `seq` not above
+    /// the one before.
+    out_of_order: usize,
+}
+
+fn tally(seen: &Seen) -> Tally {
+    let mut count = BTreeMap::new();
+    let mut out_of_order = 0;
+    let mut prev: Option<(u64, usize)> = None;
+    for &(seq, idx, _) in &seen.received {
+        *count.entry(idx).or_insert(0) += 1;
+        if let Some((pseq, pidx)) = prev
+            && (seq <= pseq || idx < pidx)
+        {
+            out_of_order += 1;
+        }
+        prev = Some((seq, idx));
+    }
+    Tally {
+        lost: (0..MESSAGES).filter(|i| !count.contains_key(i)).collect(),
+        duplicated: count
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(i, _)| *i)
+            .collect(),
+        out_of_order,
+    }
+}
+
+/// Longest time between two consecutive messages received.
+fn longest_gap(seen: &Seen) -> Duration {
+    seen.received
+        .windows(2)
+        .map(|w| w[1].2.duration_since(w[0].2))
+        .max()
+        .unwrap_or_default()
+}
+
+/// Longest time between two consecutive messages known relayed by the sender.
+fn longest_send_gap(seen: &Seen) -> Duration {
+    let times: Vec<Instant> = seen.relayed_at.values().copied().collect();
+    times
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]))
+        .max()
+        .unwrap_or_default()
+}
+
+fn call_on(set: &SentinelSet) -> Call {
+    let id = CallId::random(&mut rand::rng());
+    let now = hermes_service::unix_now();
+    let reply = set
+        .raw_primary(&format!("HSET call:{id} status created createdAt {now}"))
+        .unwrap();
+    assert_eq!(reply, ":2\r\n");
+    Call {
+        id,
+        keys: JoinTokenKeys::new(common::SECRET.as_bytes()),
+    }
+}
+
+/// Poll a replica's `/readyz` until told to stop: when it first answered 503 and when it
+/// answered 200 again after that.
+async fn watch_readiness(
+    addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> (Option<Instant>, Option<Instant>) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let (mut down, mut up) = (None, None);
+    while !stop.load(Ordering::SeqCst) {
+        let ok = client
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        let now = Instant::now();
+        if !ok && down.is_none() {
+            down = Some(now);
+        }
+        if ok && down.is_some() && up.is_none() {
+            up = Some(now);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (down, up)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_rides_out_a_sentinel_failover_with_nothing_lost_or_reordered() {
+    let mut set = tokio::task::block_in_place(SentinelSet::start);
+    let url = set.url();
+    let r1 = common::Replica::start(&url, FLAGS).await;
+    let r2 = common::Replica::start(&url, FLAGS).await;
+    let call = call_on(&set);
+    let (_, ta) = call.token(Role::Offerer);
+    let (_, tb) = call.token(Role::Answerer);
+    let far = Instant::now() + Duration::from_secs(30);
+    let (mut wa, _) = join_until_admitted(&r1.url(), &ta, None, far).await;
+    let (wb, _) = join_until_admitted(&r2.url(), &tb, None, far).await;
+    match next_event(&mut wa, Duration::from_secs(5)).await {
+        Some(Event::Message(ServerMessage::PeerJoined { .. })) => {}
+        _ => panic!("the offerer must hear peer-joined"),
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready1 = tokio::spawn(watch_readiness(r1.addr, stop.clone()));
+    let ready2 = tokio::spawn(watch_readiness(r2.addr, stop.clone()));
+    let sent_a = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let no_drop = Arc::new(AtomicBool::new(false));
+    // The answerer loses its connection at the kill and resumes with lastSeq.
+    let drop_b = Arc::new(AtomicBool::new(false));
+    let a = tokio::spawn(run_party(r1.url(), ta, wa, Some(sent_a.clone()), no_drop));
+    let b = tokio::spawn(run_party(r2.url(), tb, wb, None, drop_b.clone()));
+
+    while sent_a.load(Ordering::SeqCst) < KILL_AT {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let killed_at = set.kill_primary();
+    drop_b.store(true, Ordering::SeqCst);
+    let failover =
+        tokio::task::block_in_place(|| set.wait_for_promotion(killed_at, Duration::from_secs(30)));
+    let seen_a = a.await.unwrap();
+    let seen_b = b.await.unwrap();
+    // Both replicas are ready again (the clients got through, so they must be).
+    wait_ready(r1.addr).await;
+    wait_ready(r2.addr).await;
+    stop.store(true, Ordering::SeqCst);
+    let (down1, up1) = ready1.await.unwrap();
+    let (down2, up2) = ready2.await.unwrap();
+
+    let (ta_, tb_) = (tally(&seen_a), tally(&seen_b));
+    eprintln!(
+        "failover: promoted {:?} after the kill; readyz r1 down {:?} up {:?}, r2 down {:?} up {:?} (after the kill)",
+        failover.promoted_after,
+        down1.map(|t| t.saturating_duration_since(killed_at)),
+        up1.map(|t| t.saturating_duration_since(killed_at)),
+        down2.map(|t| t.saturating_duration_since(killed_at)),
+        up2.map(|t| t.saturating_duration_since(killed_at)),
+    );
+    for (name, seen, t) in [("offerer", &seen_a, &ta_), ("answerer", &seen_b, &tb_)] {
+        eprintln!(
+            "{name}: received {} ({} distinct), longest gap received {:?}, longest gap between own relayed messages {:?}, \
+             unavailable (resent) {:?}, resumes {} {:?}, lost {:?}, duplicated {:?}, out of order {}",
+            seen.received.len(),
+            MESSAGES - t.lost.len(),
+            longest_gap(seen),
+            longest_send_gap(seen),
+            seen.unavailable,
+            seen.resumes,
+            seen.resumed_flags,
+            t.lost,
+            t.duplicated,
+            t.out_of_order,
+        );
+    }
+    // Readiness followed the outage on both replicas.
+    for (down, up) in [(down1, up1), (down2, up2)] {
+        let down = down.expect("/readyz answered 503 during the outage");
+        let up = up.expect("/readyz answered 200 again after the promotion");
+        assert!(down >= killed_at && up > down);
+    }
+    // The answerer resumed (its seat kept within grace).
+    assert!(seen_b.resumes >= 1);
+    assert!(seen_b.resumed_flags.iter().all(|r| *r), "{seen_b:?}");
+    // The targets: nothing lost, nothing out of order. A message delivered twice is one its
+    // sender was told `unavailable` for and resent (at-least-once across `unavailable`).
+    for (t, sender) in [(&ta_, &seen_b), (&tb_, &seen_a)] {
+        assert!(t.lost.is_empty(), "lost {:?}", t.lost);
+        assert_eq!(t.out_of_order, 0);
+        for d in &t.duplicated {
+            assert!(
+                sender.unavailable.contains(d),
+                "message {d} delivered twice although its sender was never told unavailable"
+            );
+        }
+    }
+    r1.trigger.trigger();
+    r2.trigger.trigger();
+}
