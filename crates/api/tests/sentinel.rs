@@ -1,0 +1,202 @@
+//! hermes-api on `redis-sentinel://` ([`hermes_testkit::SentinelSet`]: real primary, replica
+//! and three sentinels): a SIGKILL of the primary makes `/readyz` answer 503 until the
+//! sentinels have promoted the replica and the client followed by itself; a call created
+//! (and replicated) before the failover can still be resolved and joined after it.
+//!
+//! Also the trap a failover sets (`#[ignore]`d, see docs/operations.md): a one-time code
+//! resolved on the old primary, but not yet replicated when it died, comes back to life.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hermes_api::Config;
+use hermes_proto::api::{CreateCallResponse, ResolveResponse};
+use hermes_service::shutdown::{self, ShutdownTrigger};
+use hermes_testkit::SentinelSet;
+use serde_json::json;
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+    _trigger: ShutdownTrigger,
+}
+
+impl Api {
+    async fn start(redis_url: &str) -> Self {
+        let settings = Config::try_parse_from([
+            "hermes-api",
+            "--redis-url",
+            redis_url,
+            "--server-name",
+            "call.example.test",
+            "--jwt-secret",
+            "test-jwt-secret-0123456789abcdef0123456789",
+            "--turn-secret",
+            "test-turn-secret-0123456789abcdef012345678",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .unwrap()
+        .validate()
+        .unwrap();
+        let client = hermes_service::redis::connect(redis_url, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = hermes_api::state::Inner::new(settings, client);
+        let (trigger, shutdown) = shutdown::channel();
+        tokio::spawn(hermes_api::serve(listener, state, shutdown));
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .no_proxy()
+            .build()
+            .unwrap();
+        let api = Self {
+            base,
+            http,
+            _trigger: trigger,
+        };
+        assert!(
+            api.wait_ready(true, Duration::from_secs(15))
+                .await
+                .is_some()
+        );
+        api
+    }
+
+    async fn ready(&self) -> bool {
+        self.http
+            .get(format!("{}/readyz", self.base))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+
+    /// Poll `/readyz` until it says `ready`; when it first did.
+    async fn wait_ready(&self, ready: bool, within: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.ready().await == ready {
+                return Some(Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    async fn create(&self) -> CreateCallResponse {
+        let r = self
+            .http
+            .post(format!("{}/api/call/create", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json().await.unwrap()
+    }
+
+    async fn resolve(&self, code: &str) -> (u16, Option<ResolveResponse>) {
+        let r = self
+            .http
+            .post(format!("{}/api/call/resolve", self.base))
+            .json(&json!({ "code": code }))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.ok())
+    }
+
+    async fn join(&self, token: &str) -> u16 {
+        self.http
+            .post(format!("{}/api/join", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}
+
+/// Wait until the replica has applied everything the primary wrote (the writes so far are
+/// safe from the failover).
+fn wait_replicated(set: &SentinelSet) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (replica, primary) = set.replication_offsets();
+        if replica.is_some() && replica == primary {
+            return;
+        }
+        assert!(Instant::now() < deadline, "replica never caught up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_a_sentinel_failover_and_calls_survive_it() {
+    let mut set = tokio::task::block_in_place(SentinelSet::start);
+    let api = Api::start(&set.url()).await;
+    let before = api.create().await;
+    tokio::task::block_in_place(|| wait_replicated(&set));
+
+    let killed_at = set.kill_primary();
+    let down = api
+        .wait_ready(false, Duration::from_secs(10))
+        .await
+        .expect("/readyz answers 503 while there is no primary");
+    let failover =
+        tokio::task::block_in_place(|| set.wait_for_promotion(killed_at, Duration::from_secs(30)));
+    let up = api
+        .wait_ready(true, Duration::from_secs(15))
+        .await
+        .expect("/readyz answers 200 once the replica is promoted");
+    eprintln!(
+        "api: /readyz 503 from {:?}, replica promoted at {:?}, /readyz 200 at {:?} after the kill",
+        down - killed_at,
+        failover.promoted_after,
+        up - killed_at
+    );
+    assert!(down < up);
+
+    // The call created before the failover: its code resolves once, its tokens join.
+    let (status, resolved) = api.resolve(&before.code).await;
+    assert_eq!(status, 200);
+    let resolved = resolved.unwrap();
+    assert_eq!(resolved.call_id, before.call_id);
+    assert_eq!(api.join(&before.token).await, 200);
+    assert_eq!(api.join(&resolved.token).await, 200);
+    assert_eq!(api.resolve(&before.code).await.0, 404, "still single use");
+    // And new calls work on the new primary.
+    let after = api.create().await;
+    assert_eq!(api.resolve(&after.code).await.0, 200);
+}
+
+/// The trap: `resolve` deletes the code on the primary and answers 200 before the delete is
+/// replicated; if the primary dies then, the promoted replica still holds the code and a
+/// second `resolve` succeeds. Forced deterministically by cutting replication first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known failover trap, not fixed yet: resolve must WAIT for a replica before answering \
+            (design in docs/operations.md); run with --ignored to see it"]
+async fn a_resolved_code_stays_used_across_a_failover() {
+    let mut set = tokio::task::block_in_place(SentinelSet::start);
+    let api = Api::start(&set.url()).await;
+    let call = api.create().await;
+    tokio::task::block_in_place(|| wait_replicated(&set));
+
+    set.cut_replication();
+    let (status, _) = api.resolve(&call.code).await;
+    assert_eq!(status, 200, "resolved on the old primary");
+    let killed_at = set.kill_primary();
+    set.resume_replica();
+    tokio::task::block_in_place(|| set.wait_for_promotion(killed_at, Duration::from_secs(30)));
+    api.wait_ready(true, Duration::from_secs(15)).await.unwrap();
+
+    let (again, _) = api.resolve(&call.code).await;
+    assert_eq!(
+        again, 404,
+        "a used one-time code came back after the failover"
+    );
+}
