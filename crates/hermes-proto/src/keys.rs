@@ -47,6 +47,13 @@ pub fn call_seq(call: &CallId) -> String {
     format!("call:{call}:seq")
 }
 
+/// Replication id of the Redis primary that issued the call's last `seq`: a relay on another
+/// primary (after a failover) lifts the counter past numbers the old one may have issued
+/// without replicating them.
+pub fn call_seq_epoch(call: &CallId) -> String {
+    format!("call:{call}:seq-epoch")
+}
+
 pub fn call_inbox(call: &CallId, participant: &ParticipantId) -> String {
     format!("call:{call}:inbox:{participant}")
 }

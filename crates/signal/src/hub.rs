@@ -50,6 +50,13 @@ use crate::room::PeerEntry;
 pub const MAX_MEDIA: usize = 2;
 /// Lifetime of the call keys this service may (re)create: the call TTL of the spec.
 pub const CALL_TTL_SECS: u64 = 24 * 60 * 60;
+/// How far a call's `seq` jumps at its first relay on a new primary (after a failover): more
+/// than the numbers the old primary can have issued without replicating them. Sentinel does not
+/// promote a replica whose link was down for longer than ten times its down-after period plus
+/// the time since, and a call relays at most about 100 messages a second (two media seats, 50/s
+/// each, plus their bursts): a million covers hours of that, and 2^53 leaves room for billions
+/// of failovers. Written out in `RELAY_LUA` (a unit test pins the two together).
+pub const SEQ_EPOCH_JUMP: u64 = 1_000_000;
 /// Depth of each session's delivery queue. A session this far behind is dropped (closed with
 /// 1013) and resumes from its inbox, rather than making the router wait.
 pub const DELIVERY_QUEUE: usize = 1024;
@@ -232,7 +239,7 @@ for _, o in ipairs(out) do reply[#reply + 1] = o end
 return reply
 "#;
 
-/// KEYS: peers, seq, channel, call.
+/// KEYS: peers, seq, channel, call, and under Sentinel the seq epoch.
 /// ARGV: from, conn, head, tail, floor, inbox prefix, maxlen, inbox ttl ms, ttl s, own live
 /// entry, then the participant ids the sender knows are in the call.
 const RELAY_LUA: &str = r#"
@@ -244,6 +251,17 @@ else
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[10])
 end
 local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
+-- Failover (KEYS[5] given under Sentinel): a primary that died may have issued (and
+-- delivered) numbers it never replicated. When the primary changed since this call's last
+-- relay (another replication id), jump past any of them, so no receiver ever sees a number
+-- twice (docs/operations.md).
+if KEYS[5] then
+  local epoch = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or ''
+  if redis.call('GET', KEYS[5]) ~= epoch then
+    if cur > 0 then cur = redis.call('INCRBY', KEYS[2], 1000000) end
+    redis.call('SET', KEYS[5], epoch, 'EX', ARGV[9])
+  end
+end
 if cur < tonumber(ARGV[5]) then redis.call('SET', KEYS[2], ARGV[5]) end
 local seq = redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[9])
@@ -527,6 +545,9 @@ pub struct Hub {
     /// Random id of this replica, to recognise its own subscription probes.
     replica: Arc<str>,
     scripts: Scripts,
+    /// Redis is behind Sentinel, so its primary can change: relays check the call's `seq`
+    /// epoch (see [`SEQ_EPOCH_JUMP`]; it costs Redis about 6 µs per relay, so only then).
+    failover_epochs: bool,
     times: HubTimes,
     metrics: Arc<Metrics>,
 }
@@ -578,6 +599,7 @@ impl Hub {
             cmd_tx: cmd_tx.clone(),
             replica: replica.clone(),
             scripts: Scripts::new(),
+            failover_epochs: Config::from_url(redis_url)?.server.is_sentinel(),
             times,
             metrics,
         });
@@ -804,12 +826,15 @@ impl Hub {
             .relay
             .run(
                 &self.client,
-                vec![
+                [
                     keys::call_peers(call),
                     keys::call_seq(call),
                     keys::call_channel(call),
                     keys::call(call),
-                ],
+                ]
+                .into_iter()
+                .chain(self.failover_epochs.then(|| keys::call_seq_epoch(call)))
+                .collect(),
                 vec![
                     participant.to_string(),
                     conn.to_owned(),
@@ -1407,6 +1432,11 @@ mod tests {
     use super::*;
     use hermes_proto::signal::IceCandidate;
     use rand::SeedableRng;
+
+    #[test]
+    fn the_relay_script_jumps_by_seq_epoch_jump() {
+        assert!(RELAY_LUA.contains(&format!("'INCRBY', KEYS[2], {SEQ_EPOCH_JUMP})")));
+    }
 
     #[test]
     fn seq_splice_matches_serde() {

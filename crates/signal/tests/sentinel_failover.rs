@@ -405,3 +405,122 @@ async fn a_call_rides_out_a_sentinel_failover_with_nothing_lost_or_reordered() {
     r1.trigger.trigger();
     r2.trigger.trigger();
 }
+
+/// Send one candidate and wait for the pong of the ping after it: `true` when relayed (no
+/// `unavailable` before the pong).
+async fn send_confirmed(ws: &mut common::Ws, i: usize) -> bool {
+    for frame in [candidate(i), ClientMessage::Ping { ts: Some(i as u64) }] {
+        ws.send(Message::text(serde_json::to_string(&frame).unwrap()))
+            .await
+            .unwrap();
+    }
+    let mut relayed = true;
+    loop {
+        match next_event(ws, Duration::from_secs(10)).await {
+            Some(Event::Message(ServerMessage::Pong { ts: Some(t) })) if t == i as u64 => {
+                return relayed;
+            }
+            Some(Event::Message(ServerMessage::Error {
+                code: SignalErrorCode::Unavailable,
+                ..
+            })) => relayed = false,
+            Some(Event::Message(_)) => {}
+            Some(Event::Closed) | None => panic!("no pong for message {i}"),
+        }
+    }
+}
+
+/// The next relayed candidate within `wait`: (seq, index), skipping presence events.
+async fn next_candidate(ws: &mut common::Ws, wait: Duration) -> Option<(u64, usize)> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match next_event(ws, left).await? {
+            Event::Message(m @ ServerMessage::IceCandidate { .. }) => {
+                return Some((m.seq().unwrap(), candidate_index(&m)));
+            }
+            Event::Message(_) => {}
+            Event::Closed => panic!("connection closed"),
+        }
+    }
+}
+
+fn wait_replicated(set: &SentinelSet) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (replica, primary) = set.replication_offsets();
+        if replica.is_some() && replica == primary {
+            return;
+        }
+        assert!(Instant::now() < deadline, "replica never caught up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The trap: a `seq` the old primary issued and delivered, but had not replicated when it
+/// died, is issued again by the promoted replica. Here the answerer relays message 1 (its
+/// `seq` reaches the offerer), loses its connection, the primary dies before replicating,
+/// and the answerer resumes on the promoted replica with a fresh session (whose floor knows
+/// nothing of message 1). Its next message must still reach the offerer, with a `seq` above
+/// message 1's: were the number reused, the offerer's session would drop it as a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_seq_issued_but_not_replicated_is_never_reused_after_a_failover() {
+    let mut set = tokio::task::block_in_place(SentinelSet::start);
+    let url = set.url();
+    let r1 = common::Replica::start(&url, FLAGS).await;
+    let r2 = common::Replica::start(&url, FLAGS).await;
+    let call = call_on(&set);
+    let (_, ta) = call.token(Role::Offerer);
+    let (_, tb) = call.token(Role::Answerer);
+    let far = Instant::now() + Duration::from_secs(60);
+    let (mut wa, _) = join_until_admitted(&r1.url(), &ta, None, far).await;
+    let (mut wb, _) = join_until_admitted(&r2.url(), &tb, None, far).await;
+
+    assert!(send_confirmed(&mut wb, 0).await);
+    let (seq0, idx) = next_candidate(&mut wa, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(idx, 0);
+    tokio::task::block_in_place(|| wait_replicated(&set));
+
+    set.cut_replication();
+    assert!(
+        send_confirmed(&mut wb, 1).await,
+        "relayed by the old primary"
+    );
+    let (seq1, idx) = next_candidate(&mut wa, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!((idx, seq1), (1, seq0 + 1));
+    drop(wb.into_inner()); // the answerer's connection is lost too
+    let killed_at = set.kill_primary();
+    set.resume_replica();
+    let failover =
+        tokio::task::block_in_place(|| set.wait_for_promotion(killed_at, Duration::from_secs(30)));
+    assert_eq!(
+        set.raw_primary(&format!("GET call:{}:seq", call.id))
+            .unwrap(),
+        format!("${}\r\n{seq0}\r\n", seq0.to_string().len()),
+        "the promoted replica's counter went back: the trap is set"
+    );
+    wait_ready(r1.addr).await;
+    wait_ready(r2.addr).await;
+
+    let (mut wb, resumed) = join_until_admitted(&r2.url(), &tb, Some(0), far).await;
+    assert!(resumed);
+    let mut i = 2;
+    while !send_confirmed(&mut wb, i).await {
+        i += 1;
+    }
+    let (seq, idx) = next_candidate(&mut wa, Duration::from_secs(10))
+        .await
+        .expect("the answerer's message after the failover reaches the offerer");
+    eprintln!(
+        "failover after {:?}: seq before {seq1}, after {seq}",
+        failover.promoted_after
+    );
+    assert_eq!(idx, i);
+    assert!(seq > seq1);
+    r1.trigger.trigger();
+    r2.trigger.trigger();
+}
