@@ -524,3 +524,118 @@ async fn a_seq_issued_but_not_replicated_is_never_reused_after_a_failover() {
     r1.trigger.trigger();
     r2.trigger.trigger();
 }
+
+/// The trap not closed (yet): a message relayed to a participant who is away lives only in its
+/// inbox; if the primary dies before replicating it, the resume on the promoted replica has
+/// nothing to replay, and the sender was never told (it got no `unavailable`). Closing it needs
+/// the relay to wait for a replica before reporting success (`WAIT 1`; design and measured cost
+/// in docs/operations.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "known failover trap, not fixed yet: a relay is not acknowledged by a replica before \
+            it counts as sent (design in docs/operations.md); run with --ignored to see it"]
+async fn a_message_for_an_away_participant_survives_a_failover() {
+    let mut set = tokio::task::block_in_place(SentinelSet::start);
+    let url = set.url();
+    let r1 = common::Replica::start(&url, FLAGS).await;
+    let r2 = common::Replica::start(&url, FLAGS).await;
+    let call = call_on(&set);
+    let (_, ta) = call.token(Role::Offerer);
+    let (_, tb) = call.token(Role::Answerer);
+    let far = Instant::now() + Duration::from_secs(60);
+    let (mut wa, _) = join_until_admitted(&r1.url(), &ta, None, far).await;
+    let (mut wb, _) = join_until_admitted(&r2.url(), &tb, None, far).await;
+    assert!(send_confirmed(&mut wa, 0).await);
+    let (seq0, _) = next_candidate(&mut wb, Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    // The answerer goes away (clean close: its seat turns away at once).
+    wb.close(None).await.unwrap();
+    loop {
+        match next_event(&mut wa, Duration::from_secs(10)).await {
+            Some(Event::Message(ServerMessage::PeerReconnecting { .. })) => break,
+            Some(Event::Message(_)) => {}
+            _ => panic!("the offerer must hear peer-reconnecting"),
+        }
+    }
+    tokio::task::block_in_place(|| wait_replicated(&set));
+    set.cut_replication();
+    assert!(send_confirmed(&mut wa, 1).await, "relayed: no unavailable");
+    let killed_at = set.kill_primary();
+    set.resume_replica();
+    tokio::task::block_in_place(|| set.wait_for_promotion(killed_at, Duration::from_secs(30)));
+    wait_ready(r2.addr).await;
+
+    let (mut wb, resumed) = join_until_admitted(&r2.url(), &tb, Some(seq0), far).await;
+    assert!(resumed);
+    let replayed = next_candidate(&mut wb, Duration::from_secs(5)).await;
+    assert_eq!(
+        replayed.map(|(_, idx)| idx),
+        Some(1),
+        "the message relayed before the failover was lost without a word to its sender"
+    );
+    r1.trigger.trigger();
+    r2.trigger.trigger();
+}
+
+/// A seat taken on the old primary but not replicated is written again after the failover
+/// (the replica holding the connection rewrites its leases on reconnect), and messages flow
+/// both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_seat_taken_but_not_replicated_is_rewritten_after_a_failover() {
+    let mut set = tokio::task::block_in_place(SentinelSet::start);
+    let url = set.url();
+    let r1 = common::Replica::start(&url, FLAGS).await;
+    let r2 = common::Replica::start(&url, FLAGS).await;
+    let call = call_on(&set);
+    let (_, ta) = call.token(Role::Offerer);
+    let (pb, tb) = call.token(Role::Answerer);
+    let far = Instant::now() + Duration::from_secs(60);
+    let (mut wa, _) = join_until_admitted(&r1.url(), &ta, None, far).await;
+    tokio::task::block_in_place(|| wait_replicated(&set));
+
+    set.cut_replication();
+    let (mut wb, _) = join_until_admitted(&r2.url(), &tb, None, far).await;
+    let killed_at = set.kill_primary();
+    set.resume_replica();
+    tokio::task::block_in_place(|| set.wait_for_promotion(killed_at, Duration::from_secs(30)));
+    wait_ready(r1.addr).await;
+    wait_ready(r2.addr).await;
+
+    // The seat comes back (rewritten by the answerer's replica) ...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !set
+        .raw_primary(&format!("HEXISTS call:{}:peers {pb}", call.id))
+        .unwrap()
+        .starts_with(":1")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the lost seat was never rewritten"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ... and messages flow both ways.
+    let mut i = 0;
+    while !send_confirmed(&mut wa, i).await {
+        i += 1;
+    }
+    assert_eq!(
+        next_candidate(&mut wb, Duration::from_secs(10))
+            .await
+            .map(|c| c.1),
+        Some(i)
+    );
+    let mut j = 100;
+    while !send_confirmed(&mut wb, j).await {
+        j += 1;
+    }
+    assert_eq!(
+        next_candidate(&mut wa, Duration::from_secs(10))
+            .await
+            .map(|c| c.1),
+        Some(j)
+    );
+    r1.trigger.trigger();
+    r2.trigger.trigger();
+}

@@ -390,6 +390,50 @@ mod tests {
         assert_eq!(set.raw_primary("GET lost").expect("GET"), "$-1\r\n");
     }
 
+    /// What `WAIT 1` (a write acknowledged by the replica before it counts) costs a write, side
+    /// by side with the same write alone, on one connection, in the same run.
+    #[test]
+    fn wait_for_one_replica_cost_is_measured() {
+        use std::io::{BufRead, BufReader, Write};
+        const WRITES: usize = 2_000;
+        let set = SentinelSet::start();
+        let stream =
+            std::net::TcpStream::connect(("127.0.0.1", set.primary_port())).expect("connect");
+        let mut writer = stream.try_clone().expect("clone");
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        let mut round = |command: &str, replies: usize| {
+            writer.write_all(command.as_bytes()).expect("write");
+            let mut last = String::new();
+            for _ in 0..replies {
+                line.clear();
+                reader.read_line(&mut line).expect("read");
+                last.clone_from(&line);
+            }
+            last
+        };
+        let (mut plain, mut waited) = (Duration::ZERO, Duration::ZERO);
+        for i in 0..WRITES {
+            let started = Instant::now();
+            assert_eq!(
+                round(&format!("INCR plain{}\r\n", i % 10), 1).as_bytes()[0],
+                b':'
+            );
+            plain += started.elapsed();
+            let started = Instant::now();
+            let acked = round(&format!("INCR waited{}\r\nWAIT 1 1000\r\n", i % 10), 2);
+            waited += started.elapsed();
+            assert_eq!(acked, ":1\r\n", "the replica acknowledged write {i}");
+        }
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / WRITES as f64;
+        eprintln!(
+            "write alone {:.1} us, write + WAIT 1 {:.1} us per write ({WRITES} each, loopback): {:.2}x",
+            per(plain),
+            per(waited),
+            waited.as_secs_f64() / plain.as_secs_f64()
+        );
+    }
+
     #[test]
     fn resp_fields_are_read_from_flat_arrays() {
         let reply = "*4\r\n$4\r\nname\r\n$6\r\nhermes\r\n$4\r\nport\r\n$4\r\n6379\r\n";
