@@ -214,6 +214,13 @@ async fn run_party(
             .await;
         }
     }
+    // A late second copy would come within moments: keep reading a little to count it.
+    while let Some(Event::Message(m)) = next_event(&mut ws, Duration::from_millis(500)).await {
+        if let ServerMessage::IceCandidate { seq, .. } = m {
+            seen.received
+                .push((seq, candidate_index(&m), Instant::now()));
+        }
+    }
     seen
 }
 

@@ -222,7 +222,7 @@ impl SentinelSet {
 
     fn wait_for_agreement_on_new(&self, primary: u16, timeout: Duration) {
         wait_until(timeout, "the replica's promotion", || {
-            raw_command(primary, "ROLE").is_ok_and(|r| r.contains("master"))
+            raw_command(primary, "ROLE").is_ok_and(|r| r.starts_with("*3\r\n$6\r\nmaster\r\n"))
                 && self.sentinels.iter().all(|s| {
                     raw_command(
                         s.port,
