@@ -16,6 +16,9 @@ use hermes_service::shutdown::{self, ShutdownTrigger};
 use hermes_testkit::SentinelSet;
 use serde_json::json;
 
+/// Requests per IP per window, low enough for the test to reach it.
+const RATE_LIMIT: u64 = 20;
+
 struct Api {
     base: String,
     http: reqwest::Client,
@@ -26,6 +29,8 @@ impl Api {
     async fn start(redis_url: &str) -> Self {
         let settings = Config::try_parse_from([
             "hermes-api",
+            "--rate-limit",
+            &RATE_LIMIT.to_string(),
             "--redis-url",
             redis_url,
             "--server-name",
@@ -93,7 +98,7 @@ impl Api {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 201);
+        assert_eq!(r.status(), 201, "create");
         r.json().await.unwrap()
     }
 
@@ -172,6 +177,24 @@ async fn readyz_follows_a_sentinel_failover_and_calls_survive_it() {
     // And new calls work on the new primary.
     let after = api.create().await;
     assert_eq!(api.resolve(&after.code).await.0, 200);
+    // Rate limits keep working (their window may restart in a failover: at most one more
+    // window's worth gets through).
+    let mut allowed = 0;
+    loop {
+        let r = api
+            .http
+            .post(format!("{}/api/call/create", api.base))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            break;
+        }
+        assert_eq!(r.status(), 201);
+        allowed += 1;
+        assert!(allowed <= RATE_LIMIT, "the rate limit no longer holds");
+    }
+    eprintln!("api: {allowed} more creates allowed after the failover before 429");
 }
 
 /// The trap: `resolve` deletes the code on the primary and answers 200 before the delete is

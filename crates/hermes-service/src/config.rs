@@ -25,8 +25,9 @@ pub struct CommonArgs {
     #[arg(long, env = "HERMES_ENV", value_enum, default_value_t = HermesEnv::Development)]
     pub hermes_env: HermesEnv,
 
-    /// Redis URL (redis://, rediss:// for TLS, redis-sentinel:// for Sentinel; Redis Cluster is not
-    /// supported because a call's keys are used together in Lua scripts).
+    /// Redis URL (redis://, rediss:// for TLS, redis-sentinel:// for Sentinel, e.g.
+    /// `redis-sentinel://s1:26379?sentinelServiceName=hermes&node=s2:26379&node=s3:26379`; Redis
+    /// Cluster is not supported because a call's keys are used together in Lua scripts).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 
