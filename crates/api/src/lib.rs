@@ -26,7 +26,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hermes_service::shutdown::Shutdown;
+use hermes_service::shutdown::CancellationToken;
 use http::{HeaderValue, Method, header};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -155,7 +155,7 @@ async fn api_guard(State(state): State<AppState>, mut req: Request, next: Next) 
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
-    mut shutdown: Shutdown,
+    shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let addr = listener.local_addr()?;
     tracing::info!("listening on {addr}");
@@ -163,14 +163,14 @@ pub async fn serve(
         listener,
         app(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(async move { shutdown.wait().await })
+    .with_graceful_shutdown(shutdown.cancelled_owned())
     .await?;
     tracing::info!("drained, exiting");
     Ok(())
 }
 
 /// Connect to Redis, bind `settings.listen`, serve until `shutdown`.
-pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), RunError> {
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), RunError> {
     let redis = hermes_service::redis::connect(&settings.redis_url, REDIS_FIRST_CONNECT).await?;
     let listener = TcpListener::bind(settings.listen).await?;
     let state = state::Inner::new(settings, redis);

@@ -130,8 +130,7 @@ impl Session {
         // message).
         let timer = tokio::time::sleep(Duration::from_millis(limits.join_timeout_ms));
         tokio::pin!(timer);
-        let mut shutdown = self.state.shutdown.clone();
-        let stop = shutdown.wait();
+        let stop = self.state.shutdown.clone().cancelled_owned();
         tokio::pin!(stop);
         loop {
             let rx = self.joined.as_mut().map(|j| &mut j.rx);
