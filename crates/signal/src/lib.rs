@@ -88,14 +88,14 @@ pub async fn state(
     shutdown: CancellationToken,
 ) -> Result<Arc<AppState>, SignalError> {
     let client = hermes_service::redis::connect(&config.redis_url, Duration::from_secs(5)).await?;
-    let metrics = Arc::new(Metrics::default());
+    let events = EventPublisher::spawn(client.clone(), "signal");
+    let metrics = Arc::new(Metrics::new(events.dropped_counter()));
     let times = HubTimes {
         lease_ms: config.lease.as_millis() as u64,
         grace_ms: config.grace.as_millis() as u64,
         inbox_maxlen: config.inbox_maxlen,
     };
     let hub = Hub::start(&config.redis_url, client.clone(), times, metrics.clone()).await?;
-    let events = EventPublisher::spawn(client, "signal");
     let keys = JoinTokenKeys::new(config.jwt_secret.expose());
     Ok(Arc::new(AppState {
         config,
@@ -160,21 +160,11 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
-    let mut out = String::with_capacity(2048);
-    state.metrics.render(&mut out);
-    hermes_service::metrics::header(
-        &mut out,
-        "hermes_signal_events_dropped_total",
-        "counter",
-        "Log events dropped because the queue was full",
-    );
-    hermes_service::metrics::sample(
-        &mut out,
-        "hermes_signal_events_dropped_total",
-        &[],
-        state.events.dropped() as f64,
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    (
+        [(header::CONTENT_TYPE, hermes_service::metrics::CONTENT_TYPE)],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 /// Serve on a bound listener until `shutdown`, then drain: refuse new connections, close every
