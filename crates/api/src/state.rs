@@ -165,11 +165,12 @@ impl Inner {
     pub fn rate_limited(&self, rejected: Rejected, route: &str) -> ApiError {
         self.metrics.rate_limited(rejected.limit);
         tracing::info!(limit = rejected.limit, route, "rate limit hit");
-        self.events.event(
-            hermes_proto::LogLevel::Warn,
-            "ratelimit.hit",
+        self.events.publish(
             None,
-            serde_json::json!({ "limit": rejected.limit, "route": route }),
+            hermes_proto::CallEvent::RateLimitHit {
+                limit: rejected.limit.to_owned(),
+                route: route.to_owned(),
+            },
         );
         ApiError::RateLimited {
             retry_after_secs: rejected.retry_after_secs,

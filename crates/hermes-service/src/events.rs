@@ -8,7 +8,7 @@
 use fred::prelude::*;
 use fred::types::streams::XCapKind;
 use hermes_proto::keys::{LOG_HISTORY_MAXLEN, LOG_HISTORY_STREAM};
-use hermes_proto::{CallId, LogEvent, LogLevel};
+use hermes_proto::{CallEvent, CallId, LogEvent, LogLevel};
 use tokio::sync::mpsc;
 
 use crate::metrics::Counter;
@@ -68,7 +68,12 @@ impl EventPublisher {
         }
     }
 
-    /// Build and queue an event of this service.
+    /// Queue a typed event of this service (the one way every event is spelled alike).
+    pub fn publish(&self, call: Option<&CallId>, event: CallEvent) {
+        self.emit(event.into_log_event(crate::unix_now_ms(), self.service, call));
+    }
+
+    /// Build and queue an untyped event of this service (prefer [`EventPublisher::publish`]).
     pub fn event(
         &self,
         level: LogLevel,

@@ -11,10 +11,9 @@ use hermes_proto::api::{
     ResolveResponse,
 };
 use hermes_proto::signal::CallControl;
-use hermes_proto::{CallId, JoinClaims, LogLevel, OneTimeCode, ParticipantId, Role, keys};
+use hermes_proto::{CallEvent, CallId, JoinClaims, OneTimeCode, ParticipantId, Role, keys};
 use hermes_service::unix_now;
 use http::StatusCode;
-use serde_json::json;
 
 use crate::error::ApiError;
 use crate::extract::{Bearer, ClientIp, JsonBody};
@@ -69,15 +68,15 @@ pub async fn create(
         return Err(ApiError::Internal);
     }
     let offerer = ParticipantId::random(&mut rand::rng());
-    let pid_short = offerer.short().to_owned();
-    let token = sign(&state, &call, offerer, Role::Offerer, now);
-    tracing::info!(call = %call.short(), participant = %pid_short, "call created");
-    state.events.event(
-        LogLevel::Info,
-        "call.created",
+    tracing::info!(call = %call.short(), participant = %offerer.short(), "call created");
+    state.events.publish(
         Some(&call),
-        json!({ "participantId": pid_short, "role": "offerer" }),
+        CallEvent::CallCreated {
+            participant_id: offerer.clone(),
+            role: Role::Offerer,
+        },
     );
+    let token = sign(&state, &call, offerer, Role::Offerer, now);
     Ok((
         StatusCode::CREATED,
         Json(CreateCallResponse {
@@ -135,9 +134,7 @@ pub async fn resolve(
     let found: Vec<String> = found.iter().filter_map(Value::as_string).collect();
     let [call_id, status, seat] = found.as_slice() else {
         tracing::info!("resolve of an unknown or used code");
-        state
-            .events
-            .event(LogLevel::Info, "code.not-found", None, json!({}));
+        state.events.publish(None, CallEvent::CodeNotFound {});
         return Err(ApiError::CodeNotFound);
     };
     let call = CallId::parse(call_id).map_err(|_| {
@@ -156,15 +153,15 @@ pub async fn resolve(
     };
     let now = unix_now();
     let joiner = ParticipantId::random(&mut rand::rng());
-    let pid_short = joiner.short().to_owned();
-    let token = sign(&state, &call, joiner, role, now);
-    tracing::info!(call = %call.short(), participant = %pid_short, "code resolved");
-    state.events.event(
-        LogLevel::Info,
-        "call.resolved",
+    tracing::info!(call = %call.short(), participant = %joiner.short(), "code resolved");
+    state.events.publish(
         Some(&call),
-        json!({ "participantId": pid_short, "role": role.as_str() }),
+        CallEvent::CallResolved {
+            participant_id: joiner.clone(),
+            role,
+        },
     );
+    let token = sign(&state, &call, joiner, role, now);
     Ok(Json(ResolveResponse {
         call_id: call,
         token,
@@ -254,11 +251,13 @@ pub async fn end(
         -1 => return Err(ApiError::CallNotFound),
         1 => {
             tracing::info!(call = %call.short(), by = %claims.pid.short(), "call ended");
-            state.events.event(
-                LogLevel::Info,
-                "call.ended",
+            state.events.publish(
                 Some(&call),
-                json!({ "participantId": claims.pid.short(), "role": claims.role.as_str(), "reason": "api" }),
+                CallEvent::CallEnded {
+                    participant_id: Some(claims.pid.clone()),
+                    role: Some(claims.role),
+                    reason: "api".to_owned(),
+                },
             );
         }
         _ => {}
@@ -311,11 +310,12 @@ pub async fn new_code(
         }
     }
     tracing::info!(call = %call.short(), by = %claims.pid.short(), "new code");
-    state.events.event(
-        LogLevel::Info,
-        "code.minted",
+    state.events.publish(
         Some(&call),
-        json!({ "participantId": claims.pid.short(), "role": claims.role.as_str() }),
+        CallEvent::CodeMinted {
+            participant_id: claims.pid.clone(),
+            role: claims.role,
+        },
     );
     Ok((
         StatusCode::CREATED,

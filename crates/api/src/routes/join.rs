@@ -5,9 +5,8 @@ use axum::Json;
 use axum::extract::State;
 use fred::prelude::*;
 use hermes_proto::api::{IceServer, JoinResponse};
-use hermes_proto::{LogLevel, TurnCredentials, keys};
+use hermes_proto::{CallEvent, TurnCredentials, keys};
 use hermes_service::unix_now;
-use serde_json::json;
 
 use crate::config::Settings;
 use crate::error::ApiError;
@@ -96,11 +95,12 @@ pub async fn join(
         settings.turn_ttl_secs,
     );
     tracing::info!(call = %claims.cid.short(), participant = %claims.pid.short(), role = %claims.role, "participant joined");
-    state.events.event(
-        LogLevel::Info,
-        "call.joined",
+    state.events.publish(
         Some(&claims.cid),
-        json!({ "participantId": claims.pid.short(), "role": claims.role.as_str() }),
+        CallEvent::CallJoined {
+            participant_id: claims.pid.clone(),
+            role: claims.role,
+        },
     );
     Ok(Json(JoinResponse {
         call_id: claims.cid,
