@@ -1,7 +1,7 @@
 //! hermes-api: the REST API of Hermes (calls, one-time codes, join tokens, TURN credentials),
 //! with all state in Redis so any number of replicas can run behind the proxy.
 //!
-//! Map: [`config`] (flags/env → [`config::Settings`]), [`state`] (shared state, Lua scripts),
+//! Map: [`config`] (flags/env → [`config::Settings`]), [`state`] (shared state), [`store`] (the typed call store and its Lua scripts),
 //! [`routes`] (thin handlers), [`extract`] (JSON body, bearer token, client IP),
 //! [`error`] (the one error type and its HTTP mapping), [`ratelimit`] (pure window rule, Redis
 //! script, in-process fallback), [`client_ip`] (trusted-proxy rule), [`metrics`], [`openapi`].
@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod routes;
 pub mod state;
+pub mod store;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
