@@ -62,9 +62,9 @@ async fn bare(args: &[String]) {
         .with_state(redis);
     let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
     eprintln!("listening on {}", listener.local_addr().expect("addr"));
-    let mut shutdown = hermes_service::shutdown::on_signal();
+    let shutdown = hermes_service::shutdown::on_signal();
     axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .expect("serve");
 }

@@ -1,7 +1,7 @@
 //! hermes-api: the REST API of Hermes (calls, one-time codes, join tokens, TURN credentials),
 //! with all state in Redis so any number of replicas can run behind the proxy.
 //!
-//! Map: [`config`] (flags/env → [`config::Settings`]), [`state`] (shared state, Lua scripts),
+//! Map: [`config`] (flags/env → [`config::Settings`]), [`state`] (shared state), [`store`] (the typed call store and its Lua scripts),
 //! [`routes`] (thin handlers), [`extract`] (JSON body, bearer token, client IP),
 //! [`error`] (the one error type and its HTTP mapping), [`ratelimit`] (pure window rule, Redis
 //! script, in-process fallback), [`client_ip`] (trusted-proxy rule), [`metrics`], [`openapi`].
@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod routes;
 pub mod state;
+pub mod store;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -26,7 +27,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hermes_service::shutdown::Shutdown;
+use hermes_service::shutdown::CancellationToken;
 use http::{HeaderValue, Method, header};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -155,7 +156,7 @@ async fn api_guard(State(state): State<AppState>, mut req: Request, next: Next) 
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
-    mut shutdown: Shutdown,
+    shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let addr = listener.local_addr()?;
     tracing::info!("listening on {addr}");
@@ -163,14 +164,14 @@ pub async fn serve(
         listener,
         app(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(async move { shutdown.wait().await })
+    .with_graceful_shutdown(shutdown.cancelled_owned())
     .await?;
     tracing::info!("drained, exiting");
     Ok(())
 }
 
 /// Connect to Redis, bind `settings.listen`, serve until `shutdown`.
-pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), RunError> {
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), RunError> {
     let redis = hermes_service::redis::connect(&settings.redis_url, REDIS_FIRST_CONNECT).await?;
     let listener = TcpListener::bind(settings.listen).await?;
     let state = state::Inner::new(settings, redis);

@@ -4,7 +4,7 @@
 //! Routes and statuses come from fixed lists, so every counter is a preallocated atomic and
 //! recording a request takes no lock and no allocation.
 
-use hermes_service::metrics::{self as prom, Counter, Gauge, Histogram};
+use hermes_service::metrics::{self as prom, Counter, Gauge, Histogram, Labeled, Registry};
 
 /// Route templates we label by; anything else is `other`.
 pub const ROUTES: [&str; 11] = [
@@ -33,16 +33,69 @@ const STATUS_LABELS: [&str; 16] = [
 /// Rate limits by name, for the rejection counter.
 pub const LIMITS: [&str; 4] = ["req", "resolve", "code", "newcode"];
 
-#[derive(Debug, Default)]
+/// The metrics and the registry that exposes them (each registered once, with its help text).
+#[derive(Debug)]
 pub struct Metrics {
-    requests: [[Counter; STATUSES.len()]; ROUTES.len()],
-    latency: [Histogram; ROUTES.len()],
-    rate_limited: [Counter; LIMITS.len()],
+    requests: Labeled<Counter>,
+    latency: Labeled<Histogram>,
+    rate_limited: Labeled<Counter>,
     pub redis_errors: Counter,
-    /// 1 while rate limits run in-process because Redis is unreachable.
     pub limiter_degraded: Gauge,
-    /// Decisions taken by the in-process fallback limiter.
     pub limiter_fallback: Counter,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let requests = Labeled::hiding_unused(ROUTES.iter().flat_map(|route| {
+            STATUS_LABELS
+                .iter()
+                .map(move |status| vec![("route", *route), ("status", *status)])
+        }));
+        let latency = Labeled::hiding_unused(ROUTES.iter().map(|route| vec![("route", *route)]));
+        let rate_limited = Labeled::new(LIMITS.iter().map(|limit| vec![("limit", *limit)]));
+        let mut registry = Registry::default();
+        registry.register(
+            "hermes_api_requests",
+            "HTTP requests by route template and status",
+            Labeled::clone(&requests),
+        );
+        registry.register(
+            "hermes_api_request_duration_seconds",
+            "Request latency by route template",
+            Labeled::clone(&latency),
+        );
+        registry.register(
+            "hermes_api_rate_limited",
+            "Requests rejected with 429, by limit (req = per IP, resolve = resolve per IP, \
+             code = resolve per code, newcode = new codes per call)",
+            Labeled::clone(&rate_limited),
+        );
+        let redis_errors = Counter::registered(
+            &mut registry,
+            "hermes_api_redis_errors",
+            "Redis commands that failed or timed out",
+        );
+        let limiter_degraded = Gauge::registered(
+            &mut registry,
+            "hermes_api_ratelimit_degraded",
+            "1 while rate limits are enforced per process because Redis is unreachable",
+        );
+        let limiter_fallback = Counter::registered(
+            &mut registry,
+            "hermes_api_ratelimit_fallback",
+            "Rate-limit decisions taken in-process while Redis was unreachable",
+        );
+        Self {
+            requests,
+            latency,
+            rate_limited,
+            redis_errors,
+            limiter_degraded,
+            limiter_fallback,
+            registry,
+        }
+    }
 }
 
 pub fn route_index(template: &str) -> usize {
@@ -62,104 +115,21 @@ fn status_index(status: u16) -> usize {
 impl Metrics {
     pub fn record(&self, route: usize, status: u16, seconds: f64) {
         let route = route.min(ROUTES.len() - 1);
-        self.requests[route][status_index(status)].inc();
-        self.latency[route].observe(seconds);
+        self.requests
+            .get(route * STATUSES.len() + status_index(status))
+            .inc();
+        self.latency.get(route).observe(seconds);
     }
 
     pub fn rate_limited(&self, limit: &str) {
         if let Some(i) = LIMITS.iter().position(|l| *l == limit) {
-            self.rate_limited[i].inc();
+            self.rate_limited.get(i).inc();
         }
     }
 
+    /// The OpenMetrics text of `/metrics`.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(16 * 1024);
-        prom::header(
-            &mut out,
-            "hermes_api_requests_total",
-            "counter",
-            "HTTP requests by route template and status.",
-        );
-        for (r, route) in ROUTES.iter().enumerate() {
-            for (s, status) in STATUS_LABELS.iter().enumerate() {
-                let n = self.requests[r][s].get();
-                if n > 0 {
-                    prom::sample(
-                        &mut out,
-                        "hermes_api_requests_total",
-                        &[("route", route), ("status", status)],
-                        n as f64,
-                    );
-                }
-            }
-        }
-        prom::header(
-            &mut out,
-            "hermes_api_request_duration_seconds",
-            "histogram",
-            "Request latency by route template.",
-        );
-        for (r, route) in ROUTES.iter().enumerate() {
-            if self.latency[r].count() > 0 {
-                prom::histogram(
-                    &mut out,
-                    "hermes_api_request_duration_seconds",
-                    &[("route", route)],
-                    &self.latency[r],
-                );
-            }
-        }
-        prom::header(
-            &mut out,
-            "hermes_api_rate_limited_total",
-            "counter",
-            "Requests rejected with 429, by limit (req = per IP, resolve = resolve per IP, code = resolve per code).",
-        );
-        for (i, limit) in LIMITS.iter().enumerate() {
-            prom::sample(
-                &mut out,
-                "hermes_api_rate_limited_total",
-                &[("limit", limit)],
-                self.rate_limited[i].get() as f64,
-            );
-        }
-        prom::header(
-            &mut out,
-            "hermes_api_redis_errors_total",
-            "counter",
-            "Redis commands that failed or timed out.",
-        );
-        prom::sample(
-            &mut out,
-            "hermes_api_redis_errors_total",
-            &[],
-            self.redis_errors.get() as f64,
-        );
-        prom::header(
-            &mut out,
-            "hermes_api_ratelimit_degraded",
-            "gauge",
-            "1 while rate limits are enforced per process because Redis is unreachable.",
-        );
-        prom::sample(
-            &mut out,
-            "hermes_api_ratelimit_degraded",
-            &[],
-            self.limiter_degraded.get() as f64,
-        );
-        prom::header(
-            &mut out,
-            "hermes_api_ratelimit_fallback_total",
-            "counter",
-            "Rate-limit decisions taken in-process while Redis was unreachable.",
-        );
-        prom::sample(
-            &mut out,
-            "hermes_api_ratelimit_fallback_total",
-            &[],
-            self.limiter_fallback.get() as f64,
-        );
-        out
+        prom::render(&self.registry)
     }
 }
 
@@ -180,5 +150,9 @@ mod tests {
         assert!(text.contains(r#"hermes_api_requests_total{route="other",status="other"} 1"#));
         assert!(text.contains(r#"hermes_api_rate_limited_total{limit="code"} 1"#));
         assert!(text.contains("hermes_api_request_duration_seconds_bucket"));
+        assert!(
+            !text.contains(r#"route="/healthz""#),
+            "unused routes are left out"
+        );
     }
 }

@@ -160,9 +160,9 @@ pub fn document() -> Value {
             "/metrics": {
                 "get": {
                     "operationId": "metrics",
-                    "summary": "Prometheus text exposition",
+                    "summary": "Metrics in the OpenMetrics text format (Prometheus scrapes it)",
                     "responses": {
-                        "200": { "description": "Metrics", "content": { "text/plain": { "schema": { "type": "string" } } } }
+                        "200": { "description": "Metrics", "content": { "application/openmetrics-text": { "schema": { "type": "string" } } } }
                     }
                 }
             }

@@ -181,9 +181,9 @@ async fn whole_flow() {
         ),
         2.0
     );
-    assert!(
-        text.contains(r#"hermes_api_request_duration_seconds_bucket{route="/api/call/resolve""#)
-    );
+    assert!(text.contains(
+        r#"hermes_api_request_duration_seconds_bucket{le="+Inf",route="/api/call/resolve"}"#
+    ));
     api.stop().await;
 }
 

@@ -278,7 +278,12 @@ async fn openapi_and_metrics_are_served() {
         m.headers
             .get("content-type")
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/plain"))
+            .is_some_and(|v| v.starts_with("application/openmetrics-text"))
+    );
+    let text = api.metrics().await;
+    assert!(
+        text.ends_with("# EOF\n"),
+        "a complete OpenMetrics exposition: {text}"
     );
     api.stop().await;
 }

@@ -18,6 +18,6 @@ pub mod turn_credentials;
 pub use code::OneTimeCode;
 pub use error::ProtoError;
 pub use ids::{CallId, ParticipantId};
-pub use log_event::{LogEvent, LogLevel};
+pub use log_event::{CallEvent, LogEvent, LogLevel};
 pub use token::{JoinClaims, JoinTokenKeys, Role};
 pub use turn_credentials::TurnCredentials;

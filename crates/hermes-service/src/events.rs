@@ -5,14 +5,13 @@
 //! a slow or absent Redis cannot stall request handling. When the queue is full the event is
 //! dropped and counted.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use fred::prelude::*;
 use fred::types::streams::XCapKind;
 use hermes_proto::keys::{LOG_HISTORY_MAXLEN, LOG_HISTORY_STREAM};
-use hermes_proto::{CallId, LogEvent, LogLevel};
+use hermes_proto::{CallEvent, CallId, LogEvent, LogLevel};
 use tokio::sync::mpsc;
+
+use crate::metrics::Counter;
 
 /// Queue depth between emitters and the publishing task.
 const QUEUE: usize = 8192;
@@ -21,14 +20,14 @@ const QUEUE: usize = 8192;
 pub struct EventPublisher {
     service: &'static str,
     tx: mpsc::Sender<LogEvent>,
-    dropped: Arc<AtomicU64>,
+    dropped: Counter,
 }
 
 impl EventPublisher {
     /// Start the publishing task on `client`.
     pub fn spawn(client: Client, service: &'static str) -> Self {
         let (tx, mut rx) = mpsc::channel::<LogEvent>(QUEUE);
-        let dropped = Arc::new(AtomicU64::new(0));
+        let dropped = Counter::default();
         tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
                 let Ok(json) = serde_json::to_string(&event) else {
@@ -65,11 +64,16 @@ impl EventPublisher {
     /// Queue an event; never blocks.
     pub fn emit(&self, event: LogEvent) {
         if self.tx.try_send(event).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.inc();
         }
     }
 
-    /// Build and queue an event of this service.
+    /// Queue a typed event of this service (the one way every event is spelled alike).
+    pub fn publish(&self, call: Option<&CallId>, event: CallEvent) {
+        self.emit(event.into_log_event(crate::unix_now_ms(), self.service, call));
+    }
+
+    /// Build and queue an untyped event of this service (prefer [`EventPublisher::publish`]).
     pub fn event(
         &self,
         level: LogLevel,
@@ -87,7 +91,12 @@ impl EventPublisher {
 
     /// Events dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.dropped.get()
+    }
+
+    /// The dropped-events counter itself, to register in a service's metrics.
+    pub fn dropped_counter(&self) -> Counter {
+        self.dropped.clone()
     }
 
     pub fn service(&self) -> &'static str {

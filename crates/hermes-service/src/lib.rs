@@ -1,8 +1,9 @@
 //! Plumbing every Hermes service shares, so that each service's `main.rs` stays short and
 //! they all behave alike: common config ([`config`]), secrets that refuse to start in
-//! production when weak ([`secret`]), logging setup ([`telemetry`]), SIGINT/SIGTERM
-//! ([`shutdown`]), Prometheus text output ([`metrics`]), the Redis client with bounded
-//! timeouts ([`redis`]) and the log-event publisher ([`events`]).
+//! production when weak ([`secret`]), logging setup ([`telemetry`]), SIGINT/SIGTERM and
+//! drains ([`shutdown`]: a cancellation token and a task tracker), Prometheus text output
+//! ([`metrics`]), the Redis client builder and Lua script runner ([`redis`]) and the
+//! log-event publisher ([`events`]).
 
 pub mod config;
 pub mod events;

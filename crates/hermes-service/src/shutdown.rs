@@ -1,7 +1,10 @@
-//! Shutdown signalling: a future that resolves on SIGINT or SIGTERM, and a cloneable token
-//! that services and tests use to ask `run()` to drain and return.
+//! Shutdown and drain, with tokio-util's primitives: a [`CancellationToken`] that services
+//! and tests cancel to ask `run()` to drain and return, and a [`TaskTracker`] that a service
+//! closes and waits on to drain its in-flight work. This module adds only the signal side:
+//! a future for SIGINT/SIGTERM and a token cancelled by it.
 
-use tokio::sync::watch;
+pub use tokio_util::sync::CancellationToken;
+pub use tokio_util::task::TaskTracker;
 
 /// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
 pub async fn signal() {
@@ -25,53 +28,13 @@ pub async fn signal() {
     }
 }
 
-/// Sending half: call [`ShutdownTrigger::trigger`] to start a drain.
-#[derive(Clone, Debug)]
-pub struct ShutdownTrigger(watch::Sender<bool>);
-
-/// Receiving half: `wait().await` resolves once shutdown was triggered.
-#[derive(Clone, Debug)]
-pub struct Shutdown(watch::Receiver<bool>);
-
-pub fn channel() -> (ShutdownTrigger, Shutdown) {
-    let (tx, rx) = watch::channel(false);
-    (ShutdownTrigger(tx), Shutdown(rx))
-}
-
-impl ShutdownTrigger {
-    pub fn trigger(&self) {
-        let _ = self.0.send(true);
-    }
-}
-
-impl Shutdown {
-    /// A shutdown that never fires (for tests that stop by dropping the runtime).
-    pub fn never() -> Self {
-        let (tx, rx) = watch::channel(false);
-        std::mem::forget(tx);
-        Self(rx)
-    }
-
-    pub fn is_triggered(&self) -> bool {
-        *self.0.borrow()
-    }
-
-    pub async fn wait(&mut self) {
-        while !*self.0.borrow_and_update() {
-            if self.0.changed().await.is_err() {
-                // Trigger dropped without firing: treat as never.
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-}
-
-/// A shutdown fired by SIGINT/SIGTERM, for `main.rs`.
-pub fn on_signal() -> Shutdown {
-    let (trigger, shutdown) = channel();
+/// A token cancelled by SIGINT/SIGTERM, for `main.rs`.
+pub fn on_signal() -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    let cancel = shutdown.clone();
     tokio::spawn(async move {
         signal().await;
-        trigger.trigger();
+        cancel.cancel();
     });
     shutdown
 }

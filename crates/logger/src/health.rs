@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::routing::get;
-use hermes_service::shutdown::Shutdown;
+use hermes_service::shutdown::CancellationToken;
 
 use crate::config::HealthListen;
 use crate::error::LoggerError;
@@ -14,7 +14,7 @@ use crate::error::LoggerError;
 /// when the default address is taken).
 pub async fn start(
     listen: &HealthListen,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
 ) -> Result<Option<SocketAddr>, LoggerError> {
     let (addr, explicit) = match listen {
         HealthListen::Off => return Ok(None),
@@ -44,9 +44,8 @@ pub async fn start(
     tracing::info!("listening on {local}");
     let app = Router::new().route("/healthz", get(|| async { "ok\n" }));
     tokio::spawn(async move {
-        let mut shutdown = shutdown;
         let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.wait().await })
+            .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;
         if let Err(e) = served {
             tracing::warn!(error = %e, "/healthz server stopped");

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use fred::interfaces::{ClientLike, PubsubInterface};
 use hermes_proto::LogLevel;
 use hermes_proto::keys::LOG_CHANNEL_PATTERN;
-use hermes_service::shutdown::Shutdown;
+use hermes_service::shutdown::CancellationToken;
 use hermes_service::unix_now_ms;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc::error::TryRecvError;
@@ -113,7 +113,7 @@ impl Console {
 }
 
 /// Run on stdout until `shutdown` fires, stdout closes or `--max-events` is reached.
-pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), LoggerError> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), LoggerError> {
     let settings = config.validate()?;
     run_with(settings, shutdown, Console::stdout()).await
 }
@@ -121,7 +121,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), LoggerError> 
 /// Run with an explicit console (tests capture the lines this way).
 pub async fn run_with(
     settings: Settings,
-    mut shutdown: Shutdown,
+    shutdown: CancellationToken,
     console: Console,
 ) -> Result<(), LoggerError> {
     let color = config::color_enabled(
@@ -143,7 +143,7 @@ pub async fn run_with(
     let mut link = Link::default();
 
     let Some(last_before_subscribe) =
-        startup(&sub, &commands, settings.since.is_some(), &mut shutdown).await
+        startup(&sub, &commands, settings.since.is_some(), &shutdown).await
     else {
         return finish(&mut pipeline, &sub).await;
     };
@@ -164,7 +164,7 @@ pub async fn run_with(
             &shutdown,
         )
         .await?;
-        if flow == Flow::Done || shutdown.is_triggered() {
+        if flow == Flow::Done || shutdown.is_cancelled() {
             return finish(&mut pipeline, &sub).await;
         }
     }
@@ -212,7 +212,7 @@ pub async fn run_with(
 
         tokio::select! {
             biased;
-            () = shutdown.wait() => {
+            () = shutdown.cancelled() => {
                 drain_on_shutdown(&mut pipeline, &mut sub)?;
                 break;
             }
@@ -365,7 +365,7 @@ async fn startup(
     sub: &Subscriber,
     commands: &fred::clients::Client,
     with_history: bool,
-    shutdown: &mut Shutdown,
+    shutdown: &CancellationToken,
 ) -> Option<StreamId> {
     let mut warned = false;
     loop {
@@ -380,7 +380,7 @@ async fn startup(
             Ok::<_, fred::error::Error>(last)
         };
         let result = tokio::select! {
-            () = shutdown.wait() => return None,
+            () = shutdown.cancelled() => return None,
             r = tokio::time::timeout(STARTUP_ATTEMPT, attempt) => r,
         };
         match result {
@@ -396,7 +396,7 @@ async fn startup(
             _ => {}
         }
         tokio::select! {
-            () = shutdown.wait() => return None,
+            () = shutdown.cancelled() => return None,
             () = tokio::time::sleep(STARTUP_RETRY) => {}
         }
     }
@@ -409,7 +409,7 @@ async fn replay(
     client: &fred::clients::Client,
     since: Duration,
     last_before_subscribe: StreamId,
-    shutdown: &Shutdown,
+    shutdown: &CancellationToken,
 ) -> Result<Flow, LoggerError> {
     let from_ms =
         unix_now_ms().saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
@@ -454,7 +454,7 @@ async fn replay(
         replayed += page.len();
         let short = page.len() < history::PAGE as usize;
         match page.last() {
-            Some((last, _)) if !short && replayed < MAX_REPLAY && !shutdown.is_triggered() => {
+            Some((last, _)) if !short && replayed < MAX_REPLAY && !shutdown.is_cancelled() => {
                 start = history::after(*last);
             }
             _ => break,

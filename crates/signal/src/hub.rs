@@ -558,27 +558,15 @@ impl std::fmt::Debug for Hub {
     }
 }
 
-/// The subscriber connection, built here (not by hermes-service) for its larger broadcast queue.
+/// The subscriber connection, with a broadcast ring of [`BROADCAST_CAPACITY`] (a replica's
+/// fan-out takes bursts). Like every Hermes client it retries the first connection too: a
+/// replica started before Redis must still become ready.
 async fn connect_subscriber(url: &str) -> Result<SubscriberClient, Error> {
-    let mut config = Config::from_url(url)?;
-    // Retry the first connection too: a replica started before Redis must still become ready.
-    config.fail_fast = false;
-    let client = Builder::from_config(config)
-        .with_connection_config(|c| {
-            c.connection_timeout = hermes_service::redis::CONNECT_TIMEOUT;
-            c.internal_command_timeout = hermes_service::redis::COMMAND_TIMEOUT;
-            c.max_command_attempts = 2;
-        })
-        .with_performance_config(|p| {
-            p.default_command_timeout = hermes_service::redis::COMMAND_TIMEOUT;
-            p.broadcast_channel_capacity = BROADCAST_CAPACITY;
-        })
-        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
-        .build_subscriber_client()?;
-    client.connect();
-    let _ = tokio::time::timeout(Duration::from_secs(5), client.wait_for_connect()).await;
-    client.manage_subscriptions();
-    Ok(client)
+    let options = hermes_service::redis::ClientOptions {
+        broadcast_capacity: Some(BROADCAST_CAPACITY),
+        ..Default::default()
+    };
+    hermes_service::redis::connect_subscriber_with(url, Duration::from_secs(5), &options).await
 }
 
 impl Hub {

@@ -18,7 +18,7 @@ pub mod room;
 pub mod session;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -28,9 +28,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hermes_proto::JoinTokenKeys;
 use hermes_service::EventPublisher;
-use hermes_service::shutdown::Shutdown;
+use hermes_service::shutdown::{CancellationToken, TaskTracker};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 
 pub use config::{Cli, Config};
 pub use error::SignalError;
@@ -50,25 +49,28 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub events: EventPublisher,
     pub metrics: Arc<Metrics>,
-    pub shutdown: Shutdown,
-    draining: AtomicBool,
+    pub shutdown: CancellationToken,
+    /// Every WebSocket session; closed when the drain starts (then new ones are refused), and
+    /// the drain waits for it to empty.
+    sessions: TaskTracker,
     next_id: AtomicU64,
-    active: AtomicUsize,
-    idle: Notify,
 }
 
 impl AppState {
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
+
+    fn draining(&self) -> bool {
+        self.sessions.is_closed()
+    }
 }
 
-/// Counts a live session; the drain waits for all of them.
+/// Counts a live session in the connections gauge (the drain tracks the session task itself).
 pub struct SessionGuard(Arc<AppState>);
 
 impl SessionGuard {
     pub fn new(state: Arc<AppState>) -> Self {
-        state.active.fetch_add(1, Ordering::SeqCst);
         state.metrics.connections.inc();
         Self(state)
     }
@@ -77,23 +79,23 @@ impl SessionGuard {
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.0.metrics.connections.dec();
-        if self.0.active.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.idle.notify_waiters();
-        }
     }
 }
 
 /// Connect to Redis and build the shared state.
-pub async fn state(config: Config, shutdown: Shutdown) -> Result<Arc<AppState>, SignalError> {
+pub async fn state(
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<Arc<AppState>, SignalError> {
     let client = hermes_service::redis::connect(&config.redis_url, Duration::from_secs(5)).await?;
-    let metrics = Arc::new(Metrics::default());
+    let events = EventPublisher::spawn(client.clone(), "signal");
+    let metrics = Arc::new(Metrics::new(events.dropped_counter()));
     let times = HubTimes {
         lease_ms: config.lease.as_millis() as u64,
         grace_ms: config.grace.as_millis() as u64,
         inbox_maxlen: config.inbox_maxlen,
     };
     let hub = Hub::start(&config.redis_url, client.clone(), times, metrics.clone()).await?;
-    let events = EventPublisher::spawn(client, "signal");
     let keys = JoinTokenKeys::new(config.jwt_secret.expose());
     Ok(Arc::new(AppState {
         config,
@@ -102,10 +104,8 @@ pub async fn state(config: Config, shutdown: Shutdown) -> Result<Arc<AppState>, 
         events,
         metrics,
         shutdown,
-        draining: AtomicBool::new(false),
+        sessions: TaskTracker::new(),
         next_id: AtomicU64::new(1),
-        active: AtomicUsize::new(0),
-        idle: Notify::new(),
     }))
 }
 
@@ -124,7 +124,7 @@ async fn ws(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if state.draining.load(Ordering::SeqCst) {
+    if state.draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "restarting; reconnect").into_response();
     }
     let origin = headers
@@ -141,11 +141,14 @@ async fn ws(
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(HARD_MESSAGE_LIMIT)
         .max_frame_size(HARD_MESSAGE_LIMIT)
-        .on_upgrade(move |socket| session::run(socket, state))
+        .on_upgrade(move |socket| {
+            let sessions = state.sessions.clone();
+            sessions.track_future(session::run(socket, state))
+        })
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.draining.load(Ordering::SeqCst) {
+    if state.draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
     }
     if hermes_service::redis::is_ready(state.hub.client()).await && state.hub.subscriber_connected()
@@ -157,21 +160,11 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
-    let mut out = String::with_capacity(2048);
-    state.metrics.render(&mut out);
-    hermes_service::metrics::header(
-        &mut out,
-        "hermes_signal_events_dropped_total",
-        "counter",
-        "Log events dropped because the queue was full",
-    );
-    hermes_service::metrics::sample(
-        &mut out,
-        "hermes_signal_events_dropped_total",
-        &[],
-        state.events.dropped() as f64,
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    (
+        [(header::CONTENT_TYPE, hermes_service::metrics::CONTENT_TYPE)],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 /// Serve on a bound listener until `shutdown`, then drain: refuse new connections, close every
@@ -179,39 +172,32 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
 pub async fn serve(
     listener: TcpListener,
     config: Config,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
 ) -> Result<(), SignalError> {
     let addr = listener.local_addr()?;
     let drain = config.drain;
     let state = state(config, shutdown.clone()).await?;
     tracing::info!("listening on {addr}");
     let app = app(state.clone());
-    let mut stop = shutdown.clone();
+
     // Signaling frames are small and latency-bound: no Nagle delay.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
     let server =
-        axum::serve(listener, app).with_graceful_shutdown(async move { stop.wait().await });
-    let mut wait = shutdown.clone();
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let drained = {
         let state = state.clone();
         async move {
-            wait.wait().await;
-            state.draining.store(true, Ordering::SeqCst);
+            shutdown.cancelled().await;
+            state.sessions.close();
             // Sessions watch the same shutdown and close themselves with 1012.
-            let all_closed = async {
-                loop {
-                    let notified = state.idle.notified();
-                    if state.active.load(Ordering::SeqCst) == 0 {
-                        break;
-                    }
-                    notified.await;
-                }
-            };
-            if tokio::time::timeout(drain, all_closed).await.is_err() {
+            if tokio::time::timeout(drain, state.sessions.wait())
+                .await
+                .is_err()
+            {
                 tracing::warn!(
-                    open = state.active.load(Ordering::SeqCst),
+                    open = state.sessions.len(),
                     "drain timeout; exiting with connections open"
                 );
             }
@@ -224,7 +210,7 @@ pub async fn serve(
 }
 
 /// Bind `SIGNAL_LISTEN` and [`serve`].
-pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), SignalError> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), SignalError> {
     let listener = TcpListener::bind(config.listen).await?;
     serve(listener, config, shutdown).await
 }

@@ -16,7 +16,7 @@ use hermes_proto::signal::{
     CLOSE_CALL_ENDED, CLOSE_CALL_FULL, CLOSE_POLICY_VIOLATION, CLOSE_REPLACED,
     CLOSE_SERVICE_RESTART, CLOSE_UNAUTHORIZED, ServerMessage, SignalErrorCode,
 };
-use hermes_proto::{CallId, LogLevel, ParticipantId};
+use hermes_proto::{CallEvent, CallId, ParticipantId};
 use hermes_service::unix_now_ms;
 use rand::RngCore;
 use serde_json::json;
@@ -130,8 +130,7 @@ impl Session {
         // message).
         let timer = tokio::time::sleep(Duration::from_millis(limits.join_timeout_ms));
         tokio::pin!(timer);
-        let mut shutdown = self.state.shutdown.clone();
-        let stop = shutdown.wait();
+        let stop = self.state.shutdown.clone().cancelled_owned();
         tokio::pin!(stop);
         loop {
             let rx = self.joined.as_mut().map(|j| &mut j.rx);
@@ -249,17 +248,15 @@ impl Session {
             }
             Decision::Stats(stats) => {
                 if let Some(j) = &self.joined {
-                    let mut detail = serde_json::to_value(&stats).unwrap_or(json!({}));
-                    if let Some(obj) = detail.as_object_mut() {
-                        obj.insert("participantId".into(), json!(j.seat.participant));
-                        obj.insert("role".into(), json!(j.seat.role));
-                    }
-                    self.state.events.event(
-                        LogLevel::Info,
-                        "call.stats",
-                        Some(&j.seat.call),
-                        detail,
-                    );
+                    let mut detail = match serde_json::to_value(&stats) {
+                        Ok(serde_json::Value::Object(fields)) => fields,
+                        _ => serde_json::Map::new(),
+                    };
+                    detail.insert("participantId".into(), json!(j.seat.participant));
+                    detail.insert("role".into(), json!(j.seat.role));
+                    self.state
+                        .events
+                        .publish(Some(&j.seat.call), CallEvent::CallStats(detail));
                 }
                 None
             }
@@ -276,11 +273,11 @@ impl Session {
                 if code == CLOSE_POLICY_VIOLATION {
                     self.state.metrics.abuse_closes.inc();
                     let call = self.joined.as_ref().map(|j| j.seat.call.clone());
-                    self.state.events.event(
-                        LogLevel::Warn,
-                        "peer.abuse",
+                    self.state.events.publish(
                         call.as_ref(),
-                        json!({ "reason": message }),
+                        CallEvent::PeerAbuse {
+                            reason: message.to_string(),
+                        },
                     );
                 }
                 self.close(code, "policy violation").await;
@@ -433,20 +430,24 @@ impl Session {
                 Err(exit) => return Some(exit),
             }
         }
-        state.events.event(
-            LogLevel::Info,
-            if resumed {
-                "peer.resumed"
-            } else {
-                "peer.joined"
-            },
+        let (participant_id, role) = (seat.participant.clone(), seat.role);
+        state.events.publish(
             Some(&seat.call),
-            json!({
-                "participantId": seat.participant,
-                "role": seat.role,
-                "resumed": resumed,
-                "replayed": replayed,
-            }),
+            if resumed {
+                CallEvent::PeerResumed {
+                    participant_id,
+                    role,
+                    resumed,
+                    replayed,
+                }
+            } else {
+                CallEvent::PeerJoined {
+                    participant_id,
+                    role,
+                    resumed,
+                    replayed,
+                }
+            },
         );
         None
     }
@@ -556,11 +557,13 @@ impl Session {
     async fn end_call(&mut self, call: &CallId) -> Option<Exit> {
         match self.state.hub.end(call, "hangup", true).await {
             Ok(_) => {
-                self.state.events.event(
-                    LogLevel::Info,
-                    "call.ended",
+                self.state.events.publish(
                     Some(call),
-                    json!({ "reason": "hangup" }),
+                    CallEvent::CallEnded {
+                        participant_id: None,
+                        role: None,
+                        reason: "hangup".to_owned(),
+                    },
                 );
                 self.send(&ServerMessage::CallEnded {
                     reason: "hangup".into(),
@@ -678,11 +681,12 @@ impl Session {
         call: Option<&CallId>,
     ) -> Exit {
         self.state.metrics.refused.inc();
-        self.state.events.event(
-            LogLevel::Warn,
-            "peer.refused",
+        self.state.events.publish(
             call,
-            json!({ "code": code, "reason": message }),
+            CallEvent::PeerRefused {
+                code,
+                reason: message.to_owned(),
+            },
         );
         self.send_error(code, message).await;
         self.close(close, message).await;
@@ -784,16 +788,14 @@ impl Session {
             tracing::debug!(error = %e, "disconnect not recorded");
         }
         self.state.hub.unregister(self.id, &seat.call);
-        self.state.events.event(
-            LogLevel::Info,
-            "peer.left",
+        self.state.events.publish(
             Some(&seat.call),
-            json!({
-                "participantId": seat.participant,
-                "relayed": j.relayed,
-                "delivered": j.delivered,
-                "final": exit != Exit::Away,
-            }),
+            CallEvent::PeerLeft {
+                participant_id: seat.participant.clone(),
+                relayed: j.relayed,
+                delivered: j.delivered,
+                final_: exit != Exit::Away,
+            },
         );
     }
 }

@@ -651,7 +651,7 @@ async fn sigterm_closes_with_1012_and_clients_resume_on_another_replica() {
     } = TwoParty::join(&redis, &r2.url(), &r1.url()).await;
     a.send(&ClientMessage::Offer { sdp: "o".into() }).await;
     let last = seq_of(&b.recv().await);
-    r1.trigger.trigger();
+    r1.trigger.cancel();
     let (_, closed) = b.closed().await;
     assert_eq!(closed, Closed::Code(CLOSE_SERVICE_RESTART));
     a.send(&candidate(1)).await;

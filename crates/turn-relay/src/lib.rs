@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hermes_service::EventPublisher;
-use hermes_service::shutdown::Shutdown;
+use hermes_service::shutdown::CancellationToken;
 use tokio::net::TcpListener;
 
 pub use config::{Config, Settings};
@@ -49,7 +49,7 @@ const REDIS_WAIT: Duration = Duration::from_millis(300);
 
 /// Run the relay until `shutdown` fires, then drain: refuse new allocations, keep relaying
 /// existing ones until they end or `TURN_DRAIN_SECS` passes, and return.
-pub async fn run(settings: Settings, mut shutdown: Shutdown) -> Result<(), TurnError> {
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), TurnError> {
     let metrics = Arc::new(Metrics::default());
 
     // One UDP listener socket per worker, all on one address (SO_REUSEPORT): the first picks
@@ -190,7 +190,7 @@ pub async fn run(settings: Settings, mut shutdown: Shutdown) -> Result<(), TurnE
     });
 
     tokio::select! {
-        () = shutdown.wait() => {}
+        () = shutdown.cancelled() => {}
         _ = done_rx.recv() => {
             // Any worker stopping on its own is a failure: stop the others too.
             engines.broadcast(|| EngineMsg::Stop);

@@ -4,9 +4,7 @@
 //! atomics at least once a second (see `Server::flush_stats`), so the data path does no atomic
 //! read-modify-write per packet while `/metrics` stays live during sessions.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use hermes_service::metrics::{Counter, Gauge, header, sample};
+use hermes_service::metrics::{Counter, Gauge, Labeled, Registry, render};
 
 /// Reasons a quota refused something, as the `kind` label of `hermes_turn_quota_hits_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +33,7 @@ impl Quota {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     pub allocations_active: Gauge,
     pub allocations_total: Counter,
@@ -46,170 +44,146 @@ pub struct Metrics {
     pub dropped: Counter,
     pub auth_failures: Counter,
     pub peers_refused: Counter,
-    pub quota_hits: [Counter; 4],
+    quota_hits: Labeled<Counter>,
     pub tls_connections: Counter,
     pub tcp_connections: Counter,
     pub stream_connections_refused: Counter,
     pub gso_sends: Counter,
     pub gso_datagrams: Counter,
-    pub draining: AtomicBool,
-    /// Threads running relay workers right now (`io/runner.rs`).
+    /// 1 while draining.
+    pub draining: Gauge,
     pub worker_threads: Gauge,
-    /// Workers handed from one thread to another since start.
     pub worker_moves: Counter,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    /// Every metric registered once with its help text.
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        // Counters are registered without `_total`: the encoder adds it.
+        let allocations_total = Counter::registered(
+            &mut registry,
+            "hermes_turn_allocations",
+            "Allocations created since start",
+        );
+        let packets_to_peer = Counter::registered(
+            &mut registry,
+            "hermes_turn_packets_to_peer",
+            "Packets relayed from clients to peers",
+        );
+        let bytes_to_peer = Counter::registered(
+            &mut registry,
+            "hermes_turn_bytes_to_peer",
+            "Payload bytes relayed from clients to peers",
+        );
+        let packets_to_client = Counter::registered(
+            &mut registry,
+            "hermes_turn_packets_to_client",
+            "Packets relayed from peers to clients",
+        );
+        let bytes_to_client = Counter::registered(
+            &mut registry,
+            "hermes_turn_bytes_to_client",
+            "Payload bytes relayed from peers to clients",
+        );
+        let dropped = Counter::registered(
+            &mut registry,
+            "hermes_turn_dropped",
+            "Data packets dropped (no allocation, permission or channel; socket full)",
+        );
+        let auth_failures = Counter::registered(
+            &mut registry,
+            "hermes_turn_auth_failures",
+            "Requests refused for bad, expired or unknown credentials",
+        );
+        let peers_refused = Counter::registered(
+            &mut registry,
+            "hermes_turn_peers_refused",
+            "Peer addresses refused by the peer filter (403 or dropped Send)",
+        );
+        let tcp_connections = Counter::registered(
+            &mut registry,
+            "hermes_turn_stream_connections",
+            "TCP and TLS client connections accepted",
+        );
+        let stream_connections_refused = Counter::registered(
+            &mut registry,
+            "hermes_turn_stream_connections_refused",
+            "TCP and TLS client connections closed at accept: TURN_MAX_STREAM_CONNECTIONS reached",
+        );
+        let gso_sends = Counter::registered(
+            &mut registry,
+            "hermes_turn_gso_sends",
+            "UDP GSO sends: several datagrams to one destination in one system call",
+        );
+        let gso_datagrams = Counter::registered(
+            &mut registry,
+            "hermes_turn_gso_datagrams",
+            "Datagrams sent inside UDP GSO sends",
+        );
+        let tls_connections = Counter::registered(
+            &mut registry,
+            "hermes_turn_tls_connections",
+            "TLS client connections accepted",
+        );
+        let worker_moves = Counter::registered(
+            &mut registry,
+            "hermes_turn_worker_moves",
+            "Relay workers handed from one thread to another",
+        );
+        let quota_hits = Labeled::new(Quota::ALL.iter().map(|q| vec![("kind", q.label())]));
+        registry.register(
+            "hermes_turn_quota_hits",
+            "Requests or packets refused by a quota",
+            quota_hits.clone(),
+        );
+        let allocations_active = Gauge::registered(
+            &mut registry,
+            "hermes_turn_allocations_active",
+            "Allocations currently active",
+        );
+        let worker_threads = Gauge::registered(
+            &mut registry,
+            "hermes_turn_worker_threads",
+            "Threads running relay workers now (adaptive: follows the load)",
+        );
+        let draining = Gauge::registered(
+            &mut registry,
+            "hermes_turn_draining",
+            "1 while draining after SIGTERM (new allocations refused)",
+        );
+        Self {
+            allocations_active,
+            allocations_total,
+            packets_to_peer,
+            bytes_to_peer,
+            packets_to_client,
+            bytes_to_client,
+            dropped,
+            auth_failures,
+            peers_refused,
+            quota_hits,
+            tls_connections,
+            tcp_connections,
+            stream_connections_refused,
+            gso_sends,
+            gso_datagrams,
+            draining,
+            worker_threads,
+            worker_moves,
+            registry,
+        }
+    }
 }
 
 impl Metrics {
     pub fn quota(&self, q: Quota) -> &Counter {
-        &self.quota_hits[q as usize]
+        self.quota_hits.get(q as usize)
     }
 
+    /// The OpenMetrics text of `/metrics`.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(2048);
-        let counters: [(&str, &str, &Counter); 12] = [
-            (
-                "hermes_turn_allocations_total",
-                "Allocations created since start.",
-                &self.allocations_total,
-            ),
-            (
-                "hermes_turn_packets_to_peer_total",
-                "Packets relayed from clients to peers.",
-                &self.packets_to_peer,
-            ),
-            (
-                "hermes_turn_bytes_to_peer_total",
-                "Payload bytes relayed from clients to peers.",
-                &self.bytes_to_peer,
-            ),
-            (
-                "hermes_turn_packets_to_client_total",
-                "Packets relayed from peers to clients.",
-                &self.packets_to_client,
-            ),
-            (
-                "hermes_turn_bytes_to_client_total",
-                "Payload bytes relayed from peers to clients.",
-                &self.bytes_to_client,
-            ),
-            (
-                "hermes_turn_dropped_total",
-                "Data packets dropped (no allocation, permission or channel; socket full).",
-                &self.dropped,
-            ),
-            (
-                "hermes_turn_auth_failures_total",
-                "Requests refused for bad, expired or unknown credentials.",
-                &self.auth_failures,
-            ),
-            (
-                "hermes_turn_peers_refused_total",
-                "Peer addresses refused by the peer filter (403 or dropped Send).",
-                &self.peers_refused,
-            ),
-            (
-                "hermes_turn_stream_connections_total",
-                "TCP and TLS client connections accepted.",
-                &self.tcp_connections,
-            ),
-            (
-                "hermes_turn_stream_connections_refused_total",
-                "TCP and TLS client connections closed at accept: TURN_MAX_STREAM_CONNECTIONS reached.",
-                &self.stream_connections_refused,
-            ),
-            (
-                "hermes_turn_gso_sends_total",
-                "UDP GSO sends: several datagrams to one destination in one system call.",
-                &self.gso_sends,
-            ),
-            (
-                "hermes_turn_gso_datagrams_total",
-                "Datagrams sent inside UDP GSO sends.",
-                &self.gso_datagrams,
-            ),
-        ];
-        header(
-            &mut out,
-            "hermes_turn_allocations_active",
-            "gauge",
-            "Allocations currently active.",
-        );
-        sample(
-            &mut out,
-            "hermes_turn_allocations_active",
-            &[],
-            self.allocations_active.get() as f64,
-        );
-        for (name, help, c) in counters {
-            header(&mut out, name, "counter", help);
-            sample(&mut out, name, &[], c.get() as f64);
-        }
-        header(
-            &mut out,
-            "hermes_turn_tls_connections_total",
-            "counter",
-            "TLS client connections accepted.",
-        );
-        sample(
-            &mut out,
-            "hermes_turn_tls_connections_total",
-            &[],
-            self.tls_connections.get() as f64,
-        );
-        header(
-            &mut out,
-            "hermes_turn_quota_hits_total",
-            "counter",
-            "Requests or packets refused by a quota.",
-        );
-        for q in Quota::ALL {
-            sample(
-                &mut out,
-                "hermes_turn_quota_hits_total",
-                &[("kind", q.label())],
-                self.quota(q).get() as f64,
-            );
-        }
-        header(
-            &mut out,
-            "hermes_turn_worker_threads",
-            "gauge",
-            "Threads running relay workers now (adaptive: follows the load).",
-        );
-        sample(
-            &mut out,
-            "hermes_turn_worker_threads",
-            &[],
-            self.worker_threads.get() as f64,
-        );
-        header(
-            &mut out,
-            "hermes_turn_worker_moves_total",
-            "counter",
-            "Relay workers handed from one thread to another.",
-        );
-        sample(
-            &mut out,
-            "hermes_turn_worker_moves_total",
-            &[],
-            self.worker_moves.get() as f64,
-        );
-        header(
-            &mut out,
-            "hermes_turn_draining",
-            "gauge",
-            "1 while draining after SIGTERM (new allocations refused).",
-        );
-        sample(
-            &mut out,
-            "hermes_turn_draining",
-            &[],
-            if self.draining.load(Ordering::Relaxed) {
-                1.0
-            } else {
-                0.0
-            },
-        );
-        out
+        render(&self.registry)
     }
 }

@@ -518,9 +518,7 @@ impl Server {
     /// Refuse new allocations from now on (SIGTERM drain); existing ones keep working.
     pub fn drain(&mut self) {
         self.draining = true;
-        self.metrics
-            .draining
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.draining.set(1);
     }
 
     /// Next command for the I/O layer.

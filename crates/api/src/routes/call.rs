@@ -1,36 +1,25 @@
 //! `POST /api/call/create`, `POST /api/call/resolve`, `GET /api/call/{callId}`,
 //! `POST /api/call/end`, `POST /api/call/code` (a participant's fresh code for its own call).
 
-use std::collections::HashMap;
-
 use axum::Json;
 use axum::extract::{Path, State};
-use fred::prelude::*;
 use hermes_proto::api::{
-    CallStatus, CallStatusResponse, CreateCallResponse, NewCodeResponse, ResolveRequest,
-    ResolveResponse,
+    CallStatusResponse, CreateCallResponse, NewCodeResponse, ResolveRequest, ResolveResponse,
 };
-use hermes_proto::signal::CallControl;
-use hermes_proto::{CallId, JoinClaims, LogLevel, OneTimeCode, ParticipantId, Role, keys};
+use hermes_proto::{CallEvent, CallId, JoinClaims, OneTimeCode, ParticipantId, Role, keys};
 use hermes_service::unix_now;
 use http::StatusCode;
-use serde_json::json;
 
 use crate::error::ApiError;
 use crate::extract::{Bearer, ClientIp, JsonBody};
 use crate::state::{AppState, Inner};
-
-/// Fresh codes tried before giving up. With 2^30 codes a collision needs millions of live
-/// codes; five misses in a row means something else is wrong.
-const MAX_CODE_ATTEMPTS: usize = 5;
+use crate::store::{Claimed, CodeFor, Ended, Resolved};
 
 const ROUTE_CREATE: &str = "/api/call/create";
 const ROUTE_RESOLVE: &str = "/api/call/resolve";
 const ROUTE_NEW_CODE: &str = "/api/call/code";
-
-/// Suffix of an `otc:{code}` value whose code hands out the offerer's seat (see
-/// [`hermes_proto::keys`]); a bare call id hands out the answerer's.
-const OFFERER_SEAT: &str = "|offerer";
+const ROUTE_STATUS: &str = "/api/call/{callId}";
+const ROUTE_END: &str = "/api/call/end";
 
 fn sign(state: &Inner, call: &CallId, participant: ParticipantId, role: Role, now: u64) -> String {
     let claims = JoinClaims::new(
@@ -50,34 +39,33 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<CreateCallResponse>), ApiError> {
     let now = unix_now();
     let call = CallId::random(&mut rand::rng());
-    let code_ttl_ms = state.settings.code_ttl.as_millis().to_string();
-    let call_ttl = state.settings.call_ttl.as_secs().max(1).to_string();
     // The request counts once, on the first attempt, in the same script that claims the code.
-    let args = [call.to_string(), code_ttl_ms, now.to_string(), call_ttl];
-    let limits = vec![state.request_limit(&ip)];
-    let (code, reply) = claim_code(
-        &state,
-        &state.scripts.create,
-        limits,
-        &call,
-        &args,
-        ROUTE_CREATE,
-    )
-    .await?;
-    if reply != Some(1) {
+    let limits = [state.request_limit(&ip)];
+    let what = CodeFor::NewCall {
+        call: &call,
+        now,
+        code_ttl: state.settings.code_ttl,
+        call_ttl: state.settings.call_ttl,
+    };
+    let (code, claimed) = state
+        .calls
+        .claim_code(state.guard(), &limits, what)
+        .await
+        .map_err(|e| state.store_err(e, ROUTE_CREATE))?;
+    if claimed != Claimed::Stored {
         tracing::error!("unexpected reply from the create script");
         return Err(ApiError::Internal);
     }
     let offerer = ParticipantId::random(&mut rand::rng());
-    let pid_short = offerer.short().to_owned();
-    let token = sign(&state, &call, offerer, Role::Offerer, now);
-    tracing::info!(call = %call.short(), participant = %pid_short, "call created");
-    state.events.event(
-        LogLevel::Info,
-        "call.created",
+    tracing::info!(call = %call.short(), participant = %offerer.short(), "call created");
+    state.events.publish(
         Some(&call),
-        json!({ "participantId": pid_short, "role": "offerer" }),
+        CallEvent::CallCreated {
+            participant_id: offerer.clone(),
+            role: Role::Offerer,
+        },
     );
+    let token = sign(&state, &call, offerer, Role::Offerer, now);
     Ok((
         StatusCode::CREATED,
         Json(CreateCallResponse {
@@ -121,101 +109,45 @@ pub async fn resolve(
         settings.resolve_code_limit,
     ));
     let found = state
-        .limiter
-        .guarded(
-            state.redis_raw(),
-            &state.scripts.resolve,
-            &limits,
-            vec![keys::otc(&code)],
-            vec![state.call_prefix.clone()],
-            &state.metrics,
-        )
+        .calls
+        .resolve(state.guard(), &limits, &code)
         .await
-        .map_err(|e| state.guard_err(e, ROUTE_RESOLVE))?;
-    let found: Vec<String> = found.iter().filter_map(Value::as_string).collect();
-    let [call_id, status, seat] = found.as_slice() else {
+        .map_err(|e| state.store_err(e, ROUTE_RESOLVE))?;
+    let Some(Resolved { call, status, role }) = found else {
         tracing::info!("resolve of an unknown or used code");
-        state
-            .events
-            .event(LogLevel::Info, "code.not-found", None, json!({}));
+        state.events.publish(None, CallEvent::CodeNotFound {});
         return Err(ApiError::CodeNotFound);
     };
-    let call = CallId::parse(call_id).map_err(|_| {
-        tracing::error!("otc entry holds a malformed call id");
-        ApiError::Internal
-    })?;
-    match status.as_str() {
-        "" => return Err(ApiError::CallNotFound),
-        "ended" => return Err(ApiError::CallEnded),
+    match status.as_deref() {
+        None => return Err(ApiError::CallNotFound),
+        Some("ended") => return Err(ApiError::CallEnded),
         _ => {}
     }
-    let role = if format!("|{seat}") == OFFERER_SEAT {
-        Role::Offerer
-    } else {
-        Role::Answerer
-    };
     let now = unix_now();
     let joiner = ParticipantId::random(&mut rand::rng());
-    let pid_short = joiner.short().to_owned();
-    let token = sign(&state, &call, joiner, role, now);
-    tracing::info!(call = %call.short(), participant = %pid_short, "code resolved");
-    state.events.event(
-        LogLevel::Info,
-        "call.resolved",
+    tracing::info!(call = %call.short(), participant = %joiner.short(), "code resolved");
+    state.events.publish(
         Some(&call),
-        json!({ "participantId": pid_short, "role": role.as_str() }),
+        CallEvent::CallResolved {
+            participant_id: joiner.clone(),
+            role,
+        },
     );
+    let token = sign(&state, &call, joiner, role, now);
     Ok(Json(ResolveResponse {
         call_id: call,
         token,
     }))
 }
 
-/// Read `call:{id}` and count its media participants and observers apart.
+/// The call's status, or 404 when its record is gone.
 async fn load_status(state: &Inner, call: &CallId) -> Result<CallStatusResponse, ApiError> {
-    let redis = state.redis()?;
-    let pipeline = redis.pipeline();
-    let _: () = pipeline
-        .hgetall(keys::call(call))
+    state
+        .calls
+        .load(state.redis()?, call)
         .await
-        .map_err(|e| state.redis_err(e))?;
-    let _: () = pipeline
-        .hvals(keys::call_peers(call))
-        .await
-        .map_err(|e| state.redis_err(e))?;
-    let (fields, peers): (HashMap<String, String>, Vec<String>) =
-        pipeline.all().await.map_err(|e| state.redis_err(e))?;
-    if fields.is_empty() {
-        return Err(ApiError::CallNotFound);
-    }
-    let status = match fields.get("status").map(String::as_str) {
-        Some("created") => CallStatus::Created,
-        Some("active") => CallStatus::Active,
-        Some("ended") => CallStatus::Ended,
-        _ => {
-            tracing::error!(call = %call.short(), "call record without a known status");
-            return Err(ApiError::Internal);
-        }
-    };
-    let num = |name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
-    let (mut media, mut observers) = (0u32, 0u32);
-    if status != CallStatus::Ended {
-        for role in peers.iter().filter_map(|v| keys::peer_entry_role(v)) {
-            if role.is_media() {
-                media = media.saturating_add(1);
-            } else {
-                observers = observers.saturating_add(1);
-            }
-        }
-    }
-    Ok(CallStatusResponse {
-        call_id: call.clone(),
-        status,
-        created_at: num("createdAt").unwrap_or(0),
-        ended_at: num("endedAt"),
-        participants: media,
-        observers,
-    })
+        .map_err(|e| state.store_err(e, ROUTE_STATUS))?
+        .ok_or(ApiError::CallNotFound)
 }
 
 pub async fn status(
@@ -235,33 +167,25 @@ pub async fn end(
     Bearer(claims): Bearer,
 ) -> Result<Json<CallStatusResponse>, ApiError> {
     let call = claims.cid;
-    let redis = state.redis()?;
-    let notice = CallControl::EndCall {
-        reason: "api".to_owned(),
-    }
-    .to_json();
-    let ended: i64 = state
-        .scripts
-        .end
-        .run(
-            redis,
-            vec![keys::call(&call), keys::call_channel(&call)],
-            vec![unix_now().to_string(), notice],
-        )
+    let ended = state
+        .calls
+        .end(state.redis()?, &call, unix_now(), "api")
         .await
-        .map_err(|e| state.redis_err(e))?;
+        .map_err(|e| state.store_err(e, ROUTE_END))?;
     match ended {
-        -1 => return Err(ApiError::CallNotFound),
-        1 => {
+        Ended::NoSuchCall => return Err(ApiError::CallNotFound),
+        Ended::Now => {
             tracing::info!(call = %call.short(), by = %claims.pid.short(), "call ended");
-            state.events.event(
-                LogLevel::Info,
-                "call.ended",
+            state.events.publish(
                 Some(&call),
-                json!({ "participantId": claims.pid.short(), "role": claims.role.as_str(), "reason": "api" }),
+                CallEvent::CallEnded {
+                    participant_id: Some(claims.pid.clone()),
+                    role: Some(claims.role),
+                    reason: "api".to_owned(),
+                },
             );
         }
-        _ => {}
+        Ended::Already => {}
     }
     load_status(&state, &call).await.map(Json)
 }
@@ -277,45 +201,40 @@ pub async fn new_code(
 ) -> Result<(StatusCode, Json<NewCodeResponse>), ApiError> {
     let call = claims.cid;
     let seat = match claims.role {
-        Role::Offerer => String::new(),
-        Role::Answerer => OFFERER_SEAT.to_owned(),
+        Role::Offerer => Role::Answerer,
+        Role::Answerer => Role::Offerer,
         // Observers watch; they do not hand out seats.
         Role::Observer => return Err(ApiError::WrongCall),
     };
-    let value = format!("{call}{seat}");
-    let code_ttl_ms = state.settings.code_ttl.as_millis().to_string();
-    let limits = vec![
+    let limits = [
         state.request_limit(&ip),
         (
             keys::rl_call(&call, "newcode"),
             state.settings.new_code_limit,
         ),
     ];
-    let args = [value, code_ttl_ms];
-    let (code, reply) = claim_code(
-        &state,
-        &state.scripts.new_code,
-        limits,
-        &call,
-        &args,
-        ROUTE_NEW_CODE,
-    )
-    .await?;
-    match reply {
-        Some(1) => {}
-        Some(-2) => return Err(ApiError::CallEnded),
-        Some(-1) => return Err(ApiError::CallNotFound),
-        _ => {
-            tracing::error!("unexpected reply from the new-code script");
-            return Err(ApiError::Internal);
-        }
+    let what = CodeFor::Invite {
+        call: &call,
+        seat,
+        code_ttl: state.settings.code_ttl,
+    };
+    let (code, claimed) = state
+        .calls
+        .claim_code(state.guard(), &limits, what)
+        .await
+        .map_err(|e| state.store_err(e, ROUTE_NEW_CODE))?;
+    match claimed {
+        Claimed::Stored => {}
+        Claimed::CallEnded => return Err(ApiError::CallEnded),
+        Claimed::CallNotFound => return Err(ApiError::CallNotFound),
     }
     tracing::info!(call = %call.short(), by = %claims.pid.short(), "new code");
-    state.events.event(
-        LogLevel::Info,
-        "code.minted",
+    state.events.publish(
         Some(&call),
-        json!({ "participantId": claims.pid.short(), "role": claims.role.as_str() }),
+        CallEvent::CodeMinted {
+            participant_id: claims.pid.clone(),
+            role: claims.role,
+        },
     );
     Ok((
         StatusCode::CREATED,
@@ -325,39 +244,4 @@ pub async fn new_code(
             code_expires_at: unix_now() + state.settings.code_ttl.as_secs(),
         }),
     ))
-}
-
-/// Stores a fresh random one-time code with `script` (KEYS: `otc:{code}`, the call; ARGV:
-/// `args` after the limits), drawing another while the script answers 0 (the code is taken).
-/// The limits count once, on the first attempt. Returns the code and the script's answer.
-async fn claim_code(
-    state: &Inner,
-    script: &hermes_service::redis::Script,
-    mut limits: Vec<(String, crate::ratelimit::Limit)>,
-    call: &CallId,
-    args: &[String],
-    route: &'static str,
-) -> Result<(OneTimeCode, Option<i64>), ApiError> {
-    for _ in 0..MAX_CODE_ATTEMPTS {
-        let code = OneTimeCode::random(&mut rand::rng());
-        let reply = state
-            .limiter
-            .guarded(
-                state.redis_raw(),
-                script,
-                &limits,
-                vec![keys::otc(&code), keys::call(call)],
-                args.to_vec(),
-                &state.metrics,
-            )
-            .await
-            .map_err(|e| state.guard_err(e, route))?;
-        limits.clear();
-        match reply.first().and_then(Value::as_i64) {
-            Some(0) => tracing::debug!("one-time code collision, drawing another"),
-            answer => return Ok((code, answer)),
-        }
-    }
-    tracing::error!("no free one-time code after {MAX_CODE_ATTEMPTS} attempts");
-    Err(ApiError::Internal)
 }

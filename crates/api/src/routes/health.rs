@@ -25,7 +25,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, hermes_service::metrics::CONTENT_TYPE)],
         state.metrics.render(),
     )
         .into_response()

@@ -3,11 +3,9 @@
 
 use axum::Json;
 use axum::extract::State;
-use fred::prelude::*;
 use hermes_proto::api::{IceServer, JoinResponse};
-use hermes_proto::{LogLevel, TurnCredentials, keys};
+use hermes_proto::{CallEvent, TurnCredentials};
 use hermes_service::unix_now;
-use serde_json::json;
 
 use crate::config::Settings;
 use crate::error::ApiError;
@@ -70,20 +68,13 @@ pub async fn join(
             return Err(e);
         }
     };
-    let reply = state
-        .limiter
-        .guarded(
-            state.redis_raw(),
-            &state.scripts.status,
-            &limits,
-            vec![keys::call(&claims.cid)],
-            Vec::new(),
-            &state.metrics,
-        )
+    let status = state
+        .calls
+        .join_status(state.guard(), &limits, &claims.cid)
         .await
-        .map_err(|e| state.guard_err(e, ROUTE))?;
-    match reply.first().and_then(Value::as_string).as_deref() {
-        None | Some("") => return Err(ApiError::CallNotFound),
+        .map_err(|e| state.store_err(e, ROUTE))?;
+    match status.as_deref() {
+        None => return Err(ApiError::CallNotFound),
         Some("ended") => return Err(ApiError::CallEnded),
         Some(_) => {}
     }
@@ -96,11 +87,12 @@ pub async fn join(
         settings.turn_ttl_secs,
     );
     tracing::info!(call = %claims.cid.short(), participant = %claims.pid.short(), role = %claims.role, "participant joined");
-    state.events.event(
-        LogLevel::Info,
-        "call.joined",
+    state.events.publish(
         Some(&claims.cid),
-        json!({ "participantId": claims.pid.short(), "role": claims.role.as_str() }),
+        CallEvent::CallJoined {
+            participant_id: claims.pid.clone(),
+            role: claims.role,
+        },
     );
     Ok(Json(JoinResponse {
         call_id: claims.cid,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use hermes_api::{AppState, Config};
-use hermes_service::shutdown::{self, ShutdownTrigger};
+use hermes_service::shutdown::CancellationToken;
 use hermes_testkit::RedisServer;
 use serde_json::Value;
 
@@ -19,7 +19,7 @@ pub struct Api {
     pub addr: SocketAddr,
     pub http: reqwest::Client,
     pub state: AppState,
-    trigger: ShutdownTrigger,
+    trigger: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -77,7 +77,8 @@ impl Api {
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let state = hermes_api::state::Inner::new(settings, client);
-        let (trigger, shutdown) = shutdown::channel();
+        let trigger = CancellationToken::new();
+        let shutdown = trigger.clone();
         let task = tokio::spawn({
             let state = state.clone();
             async move {
@@ -154,7 +155,7 @@ impl Api {
     }
 
     pub async fn stop(mut self) {
-        self.trigger.trigger();
+        self.trigger.cancel();
         if let Some(task) = self.task.take() {
             tokio::time::timeout(Duration::from_secs(5), task)
                 .await

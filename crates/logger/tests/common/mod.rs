@@ -12,7 +12,7 @@ use clap::Parser;
 use fred::prelude::*;
 use hermes_logger::{Config, Console};
 use hermes_proto::{CallId, LogEvent, LogLevel};
-use hermes_service::shutdown::{self, ShutdownTrigger};
+use hermes_service::shutdown::CancellationToken;
 use hermes_testkit::ChildGuard;
 
 pub const CALL_A: &str = "c0ffee0c0ffee0c0ffee0c0ffe";
@@ -116,7 +116,7 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 /// The logger library running in this process.
 pub struct LibLogger {
     pub out: Captured,
-    trigger: ShutdownTrigger,
+    trigger: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), hermes_logger::LoggerError>>,
 }
 
@@ -137,7 +137,8 @@ impl LibLogger {
         argv.extend_from_slice(args);
         let settings = Config::try_parse_from(argv).unwrap().validate().unwrap();
         let out = Captured::default();
-        let (trigger, shutdown) = shutdown::channel();
+        let trigger = CancellationToken::new();
+        let shutdown = trigger.clone();
         let (live_tx, live_rx) = tokio::sync::oneshot::channel();
         let console = Console::new(Box::new(out.clone()), false).on_live(live_tx);
         let task = tokio::spawn(hermes_logger::run_with(settings, shutdown, console));
@@ -165,7 +166,7 @@ impl LibLogger {
 
     /// Stop and return its result.
     pub async fn stop(self) -> Result<(), hermes_logger::LoggerError> {
-        self.trigger.trigger();
+        self.trigger.cancel();
         tokio::time::timeout(WAIT, self.task)
             .await
             .expect("logger stops within the wait")

@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use hermes_proto::signal::{ClientMessage, ServerMessage};
 use hermes_proto::token::JOIN_TOKEN_TTL_SECS;
 use hermes_proto::{CallId, JoinClaims, JoinTokenKeys, ParticipantId, Role};
-use hermes_service::shutdown::{self, ShutdownTrigger};
+use hermes_service::shutdown::CancellationToken;
 use hermes_signal::{Cli, Config};
 use hermes_testkit::RedisServer;
 use tokio::net::TcpStream;
@@ -60,7 +60,7 @@ pub fn config(redis: &str, extra: &[&str]) -> Config {
 
 pub struct Replica {
     pub addr: SocketAddr,
-    pub trigger: ShutdownTrigger,
+    pub trigger: CancellationToken,
     pub task: tokio::task::JoinHandle<Result<(), hermes_signal::SignalError>>,
 }
 
@@ -68,7 +68,8 @@ impl Replica {
     pub async fn start(redis: &str, extra: &[&str]) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (trigger, shutdown) = shutdown::channel();
+        let trigger = CancellationToken::new();
+        let shutdown = trigger.clone();
         let config = config(redis, extra);
         let task = tokio::spawn(hermes_signal::serve(listener, config, shutdown));
         wait_ready(addr).await;

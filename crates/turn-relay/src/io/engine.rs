@@ -25,11 +25,10 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::Duration;
 
-use hermes_proto::LogLevel;
+use hermes_proto::CallEvent;
 use hermes_service::EventPublisher;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
-use serde_json::json;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::io::batch::{self, RecvBatch, SendBatch};
@@ -728,7 +727,7 @@ impl Engine {
     }
 
     fn event(&self, e: Event) {
-        let (level, name, detail) = match e {
+        let event = match e {
             Event::Created {
                 user,
                 client: _,
@@ -736,11 +735,11 @@ impl Engine {
                 lifetime,
             } => {
                 tracing::info!(relay_port = relay.port(), lifetime, "allocation created");
-                (
-                    LogLevel::Info,
-                    "turn.allocation.created",
-                    json!({"participantId": user, "relayPort": relay.port(), "lifetime": lifetime}),
-                )
+                CallEvent::TurnAllocationCreated {
+                    participant_id: user,
+                    relay_port: relay.port(),
+                    lifetime,
+                }
             }
             Event::Ended {
                 user,
@@ -756,11 +755,13 @@ impl Engine {
                     bytes,
                     "allocation ended"
                 );
-                (
-                    LogLevel::Info,
-                    "turn.allocation.ended",
-                    json!({"participantId": user, "relayPort": relay.port(), "reason": reason.as_str(), "packets": packets, "bytes": bytes}),
-                )
+                CallEvent::TurnAllocationEnded {
+                    participant_id: user,
+                    relay_port: relay.port(),
+                    reason: reason.as_str().to_owned(),
+                    packets,
+                    bytes,
+                }
             }
             Event::Refused {
                 client: _,
@@ -768,15 +769,14 @@ impl Engine {
                 reason,
             } => {
                 tracing::info!(code, reason, "allocation refused");
-                (
-                    LogLevel::Warn,
-                    "turn.allocation.refused",
-                    json!({"code": code, "reason": reason}),
-                )
+                CallEvent::TurnAllocationRefused {
+                    code,
+                    reason: reason.to_owned(),
+                }
             }
         };
         if let Some(p) = &self.events {
-            p.event(level, name, None, detail);
+            p.publish(None, event);
         }
     }
 }

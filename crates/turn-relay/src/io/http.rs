@@ -14,7 +14,12 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
             "/metrics",
             get(move || {
                 let m = metrics.clone();
-                async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()) }
+                async move {
+                    (
+                        [(CONTENT_TYPE, hermes_service::metrics::CONTENT_TYPE)],
+                        m.render(),
+                    )
+                }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
