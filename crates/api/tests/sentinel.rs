@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use hermes_api::Config;
 use hermes_proto::api::{CreateCallResponse, ResolveResponse};
-use hermes_service::shutdown::{self, ShutdownTrigger};
+use hermes_service::shutdown::CancellationToken;
 use hermes_testkit::SentinelSet;
 use serde_json::json;
 
@@ -22,7 +22,14 @@ const RATE_LIMIT: u64 = 20;
 struct Api {
     base: String,
     http: reqwest::Client,
-    _trigger: ShutdownTrigger,
+    /// Cancelled when the test's `Api` goes (see `Drop`).
+    stop: CancellationToken,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 impl Api {
@@ -51,18 +58,14 @@ impl Api {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let state = hermes_api::state::Inner::new(settings, client);
-        let (trigger, shutdown) = shutdown::channel();
-        tokio::spawn(hermes_api::serve(listener, state, shutdown));
+        let stop = CancellationToken::new();
+        tokio::spawn(hermes_api::serve(listener, state, stop.clone()));
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .no_proxy()
             .build()
             .unwrap();
-        let api = Self {
-            base,
-            http,
-            _trigger: trigger,
-        };
+        let api = Self { base, http, stop };
         assert!(
             api.wait_ready(true, Duration::from_secs(15))
                 .await

@@ -409,8 +409,8 @@ async fn a_call_rides_out_a_sentinel_failover_with_nothing_lost_or_reordered() {
             );
         }
     }
-    r1.trigger.trigger();
-    r2.trigger.trigger();
+    r1.trigger.cancel();
+    r2.trigger.cancel();
 }
 
 /// Send one candidate and wait for the pong of the ping after it: `true` when relayed (no
@@ -528,8 +528,8 @@ async fn a_seq_issued_but_not_replicated_is_never_reused_after_a_failover() {
     );
     assert_eq!(idx, i);
     assert!(seq > seq1);
-    r1.trigger.trigger();
-    r2.trigger.trigger();
+    r1.trigger.cancel();
+    r2.trigger.cancel();
 }
 
 /// The trap not closed (yet): a message relayed to a participant who is away lives only in its
@@ -581,8 +581,8 @@ async fn a_message_for_an_away_participant_survives_a_failover() {
         Some(1),
         "the message relayed before the failover was lost without a word to its sender"
     );
-    r1.trigger.trigger();
-    r2.trigger.trigger();
+    r1.trigger.cancel();
+    r2.trigger.cancel();
 }
 
 /// A seat taken on the old primary but not replicated is written again after the failover
@@ -643,6 +643,6 @@ async fn a_seat_taken_but_not_replicated_is_rewritten_after_a_failover() {
             .map(|c| c.1),
         Some(j)
     );
-    r1.trigger.trigger();
-    r2.trigger.trigger();
+    r1.trigger.cancel();
+    r2.trigger.cancel();
 }
