@@ -12,7 +12,11 @@
 #   us/pkt    server CPU (utime+stime from /proc/<pid>/stat) per relayed packet, where a
 #             relayed packet is one datagram forwarded in either direction (sent + received)
 #   pkt/cpu-s relayed packets per server CPU-second; ratio = hermes / coturn (target >= 1.5)
-#   KB/alloc  (peak RSS during the first 100-allocation run - idle RSS) / 100
+#   KB/alloc  (peak RSS during the transport's first 100-allocation run - RSS before it) / 100
+# Each row is run over every transport in TURN_BENCH_TRANSPORTS (default "udp tcp tls"): UDP,
+# TCP (uclient -t) and TLS (uclient -t -S; both servers get the same self-signed P-256
+# certificate). Over TCP/TLS the servers' CPU includes the 100 connection set-ups (and TLS
+# handshakes) of each run, for both alike.
 # hermes-turn runs twice, side by side: with one data-plane worker and with its default (one
 # worker per core). Each row is run TURN_BENCH_REPEAT times (default 3) in rotating order, and
 # the median CPU cost per packet is reported, because a shared VM's noise between two runs of
@@ -26,12 +30,13 @@ REPEAT="${TURN_BENCH_REPEAT:-3}"
 ALLOCS="${TURN_BENCH_ALLOCS:-100}"
 RATES="${TURN_BENCH_RATES:-10000 25000 50000}"
 SIZES="${TURN_BENCH_SIZES:-100 1000}"
+TRANSPORTS="${TURN_BENCH_TRANSPORTS:-udp tcp tls}"
 SECRET="bench-secret-$(date +%s)"
 for p in turnserver turnutils_uclient turnutils_peer; do
   command -v "$p" >/dev/null || { echo "missing $p (apt-get install coturn)"; exit 1; }
 done
 [ -x target/release/hermes-turn ] || cargo build --release -p hermes-turn
-BIN=target/release/hermes-turn
+BIN=${TURN_BENCH_BIN:-target/release/hermes-turn}
 
 WORK="$(mktemp -d)"
 PIDS=()
@@ -50,27 +55,32 @@ TICK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 rss_kb() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+  -subj /CN=bench.local -keyout "$WORK/key.pem" -out "$WORK/cert.pem" >/dev/null 2>&1
+
 PEER_PORT=$(free_port)
 turnutils_peer -L 127.0.0.1 -p "$PEER_PORT" >/dev/null 2>&1 &
 PIDS+=($!)
 
-CT_PORT=$(free_port)
+CT_PORT=$(free_port); CT_TLS_PORT=$(free_port)
 turnserver --listening-ip=127.0.0.1 --relay-ip=127.0.0.1 --listening-port="$CT_PORT" \
+  --tls-listening-port="$CT_TLS_PORT" --cert="$WORK/cert.pem" --pkey="$WORK/key.pem" \
   --min-port=20000 --max-port=24999 --use-auth-secret --static-auth-secret="$SECRET" \
-  --realm=bench.local --allow-loopback-peers --no-tls --no-dtls --no-cli --max-bps=1250000 \
+  --realm=bench.local --allow-loopback-peers --no-dtls --no-cli --max-bps=1250000 \
   --user-quota=0 --total-quota=0 --fingerprint --no-software-attribute --log-file=stdout \
   --simple-log --pidfile="$WORK/turnserver.pid" >"$WORK/coturn.log" 2>&1 &
 CT_PID=$!; PIDS+=($CT_PID)
 
-start_hermes() { # NAME WORKERS MIN_PORT MAX_PORT -> sets HT_PORT_<NAME>, HT_PID_<NAME>
-  local port metrics; port=$(free_port); metrics=$(free_port)
+start_hermes() { # NAME WORKERS MIN_PORT MAX_PORT -> sets HT_PORT_<NAME>, HT_TLS_PORT_<NAME>, HT_PID_<NAME>
+  local port tls metrics; port=$(free_port); tls=$(free_port); metrics=$(free_port)
   HERMES_ENV=development REDIS_URL= TURN_SECRET="$SECRET" TURN_REALM=bench.local \
     TURN_LISTEN="127.0.0.1:$port" TURN_METRICS_LISTEN="127.0.0.1:$metrics" \
+    TURNS_LISTEN="127.0.0.1:$tls" TURN_TLS_CERT="$WORK/cert.pem" TURN_TLS_KEY="$WORK/key.pem" \
     TURN_MIN_PORT="$3" TURN_MAX_PORT="$4" TURN_ALLOW_LOOPBACK_PEERS=true TURN_MAX_BPS=1250000 \
     TURN_USER_QUOTA=0 TURN_TOTAL_QUOTA=0 TURN_WORKERS="$2" RUST_LOG=warn \
     TURN_RELAY_SOCKET_BUFFER=${TURN_RELAY_SOCKET_BUFFER:-262144} "$BIN" >"$WORK/$1.log" 2>&1 &
   PIDS+=($!)
-  printf -v "HT_PORT_$1" %s "$port"; printf -v "HT_PID_$1" %s "$!"
+  printf -v "HT_PORT_$1" %s "$port"; printf -v "HT_TLS_PORT_$1" %s "$tls"; printf -v "HT_PID_$1" %s "$!"
 }
 # Relay port ranges lie below the kernel's ephemeral range (32768+), where the uclient's and the
 # peer's own sockets live, so no allocation ever finds its port taken.
@@ -80,20 +90,27 @@ WORKERS_N=$(nproc)
 sleep 1
 kill -0 "$CT_PID" "$HT_PID_h1" "$HT_PID_hn"
 declare -A IDLE_RSS=([coturn]=$(rss_kb "$CT_PID") [h1]=$(rss_kb "$HT_PID_h1") [hn]=$(rss_kb "$HT_PID_hn"))
-declare -A PEAK_RSS=([coturn]=0 [h1]=0 [hn]=0)
+# Per server and transport: RSS before the transport's first run, and the peak during it.
+declare -A BASE_RSS=() PEAK_RSS=()
 
-# run NAME PID PORT SIZE RATE -> prints one result line
+# run NAME PID PORT SIZE RATE TRANSPORT -> prints one result line
 run() {
-  local name=$1 pid=$2 port=$3 size=$4 rate=$5
+  local name=$1 pid=$2 port=$3 size=$4 rate=$5 transport=$6
   local z=$(( ALLOCS * 1000 / rate )); [ "$z" -ge 1 ] || z=1
   local n=$(( SECONDS_PER_RUN * 1000 / z ))
+  local flags=()
+  case $transport in tcp) flags=(-t) ;; tls) flags=(-t -S) ;; esac
+  local key="$name:$transport" first=0
+  if [ -z "${BASE_RSS[$key]:-}" ]; then BASE_RSS[$key]=$(rss_kb "$pid"); PEAK_RSS[$key]=0; first=1; fi
   local before; before=$(cpu_ticks "$pid")
-  timeout $(( SECONDS_PER_RUN * 4 + 30 )) turnutils_uclient -p "$port" -e 127.0.0.1 -r "$PEER_PORT" \
+  timeout $(( SECONDS_PER_RUN * 4 + 30 )) turnutils_uclient "${flags[@]}" -p "$port" -e 127.0.0.1 -r "$PEER_PORT" \
     -W "$SECRET" -u bench -c -m "$ALLOCS" -n "$n" -l "$size" -z "$z" 127.0.0.1 \
     >"$WORK/uclient.out" 2>&1 &
   local up=$!
   while kill -0 "$up" 2>/dev/null; do
-    local r; r=$(rss_kb "$pid"); [ "$r" -gt "${PEAK_RSS[$name]}" ] && PEAK_RSS[$name]=$r
+    if [ "$first" = 1 ]; then
+      local r; r=$(rss_kb "$pid"); [ "$r" -gt "${PEAK_RSS[$key]}" ] && PEAK_RSS[$key]=$r
+    fi
     sleep 0.2
   done
   wait "$up" || true
@@ -105,21 +122,22 @@ run() {
   recv=$(grep -o 'tot_recv_msgs=[0-9]*' "$WORK/uclient.out" | tail -1 | cut -d= -f2 || true)
   lost=$(grep -o 'Total lost packets [0-9]* ([0-9.]*%)' "$WORK/uclient.out" | tail -1 | sed 's/.*(\(.*\)%)/\1/' || true)
   if [ -z "$sent" ]; then
-    echo "run $name ${size}B ${rate}msg/s: uclient reported nothing; its last lines:" >&2
+    echo "run $name $transport ${size}B ${rate}msg/s: uclient reported nothing; its last lines:" >&2
     tail -n 5 "$WORK/uclient.out" >&2
   fi
   rtt=$(grep -o 'Average round trip delay [0-9.]* ms; min = [0-9]* ms, max = [0-9]* ms' "$WORK/uclient.out" | tail -1 |
         awk '{printf "%.2f/%s", $5, $13}' || true)
   sent=${sent:-0}; recv=${recv:-0}; lost=${lost:-100}
-  awk -v name="$name" -v size="$size" -v rate="$rate" -v sent="$sent" -v recv="$recv" -v loss="$lost" \
+  awk -v name="$name" -v tr="$transport" -v size="$size" -v rate="$rate" -v sent="$sent" -v recv="$recv" -v loss="$lost" \
       -v rtt="${rtt:-?}" -v ticks=$(( after - before )) -v hz="$TICK" 'BEGIN{
     pk = sent + recv; cpu = ticks / hz;
     us = pk > 0 ? cpu * 1e6 / pk : 0; pps = cpu > 0 ? pk / cpu : 0;
-    printf "%s %s %s %s %.3f %s %.2f %.0f %d\n", name, size, rate, pk, loss, rtt, us, pps, sent }'
+    printf "%s %s %s %s %s %.3f %s %.2f %.0f %d\n", name, tr, size, rate, pk, loss, rtt, us, pps, sent }'
 }
 
 RESULTS="$WORK/results"
 : >"$RESULTS"
+for transport in $TRANSPORTS; do
 for size in $SIZES; do
   for rate in $RATES; do
     for r in $(seq 1 "$REPEAT"); do
@@ -129,25 +147,30 @@ for size in $SIZES; do
       esac
       for name in $order; do
         case $name in
-          coturn) run coturn "$CT_PID" "$CT_PORT" "$size" "$rate" >>"$RESULTS" ;;
-          h1) run h1 "$HT_PID_h1" "$HT_PORT_h1" "$size" "$rate" >>"$RESULTS" ;;
-          hn) run hn "$HT_PID_hn" "$HT_PORT_hn" "$size" "$rate" >>"$RESULTS" ;;
+          coturn) port=$CT_PORT; [ "$transport" = tls ] && port=$CT_TLS_PORT
+                  run coturn "$CT_PID" "$port" "$size" "$rate" "$transport" >>"$RESULTS" ;;
+          h1) port=$HT_PORT_h1; [ "$transport" = tls ] && port=$HT_TLS_PORT_h1
+              run h1 "$HT_PID_h1" "$port" "$size" "$rate" "$transport" >>"$RESULTS" ;;
+          hn) port=$HT_PORT_hn; [ "$transport" = tls ] && port=$HT_TLS_PORT_hn
+              run hn "$HT_PID_hn" "$port" "$size" "$rate" "$transport" >>"$RESULTS" ;;
         esac
       done
     done
   done
 done
+done
 
 echo
-echo "TURN relay benchmark: $ALLOCS allocations, ChannelData, ~${SECONDS_PER_RUN}s per run, loopback, $(nproc) cores, median of $REPEAT runs"
+echo "TURN relay benchmark: $ALLOCS allocations over $TRANSPORTS, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "(each row:, ChannelData, ~${SECONDS_PER_RUN}s per run, loopback, $(nproc) cores, median of $REPEAT runs)"
 echo "hermes-1w: one data-plane worker; hermes-${WORKERS_N}w: one worker per core on ${TURN_WORKER_THREADS:-adaptive} threads (the default: adaptive)"
 python3 - "$RESULTS" "$WORKERS_N" <<'PY'
 import sys, statistics
 rows = {}
 order = []
 for line in open(sys.argv[1]):
-    name, size, rate, pk, loss, rtt, us, pps, sent = line.split()
-    key = (int(size), int(rate))
+    name, tr, size, rate, pk, loss, rtt, us, pps, sent = line.split()
+    key = (tr, int(size), int(rate))
     if key not in rows:
         rows[key] = {}
         order.append(key)
@@ -164,20 +187,23 @@ def cell(runs, name, key):
     pps = 1e6 / us if us > 0 else 0
     return us, loss, ok[-1][2], pps
 n = sys.argv[2]
-print(f"{'B':<5} {'msg/s':<6} | {'coturn':<27} | {'hermes-1w':<27} | {'hermes-'+n+'w':<27} | pkt/cpu-s vs coturn")
-print(f"{'':<5} {'total':<6} | {'loss%  rtt_ms  us/pkt':<27} | {'loss%  rtt_ms  us/pkt':<27} | {'loss%  rtt_ms  us/pkt':<27} | 1w     {n}w")
+print(f"{'':<4} {'B':<5} {'msg/s':<6} | {'coturn':<27} | {'hermes-1w':<27} | {'hermes-'+n+'w':<27} | pkt/cpu-s vs coturn")
+print(f"{'':<4} {'':<5} {'total':<6} | {'loss%  rtt_ms  us/pkt':<27} | {'loss%  rtt_ms  us/pkt':<27} | {'loss%  rtt_ms  us/pkt':<27} | 1w     {n}w")
 for key in order:
     r = rows[key]
     c, h1, hn = cell(r["coturn"], "coturn", key), cell(r["h1"], "h1", key), cell(r["hn"], "hn", key)
     fmt = lambda x: f"{x[1]:<6.3f} {x[2]:<7} {x[0]:<6.2f}"
-    print(f"{key[0]:<5} {key[1]:<6} | {fmt(c):<27} | {fmt(h1):<27} | {fmt(hn):<27} | "
+    print(f"{key[0]:<4} {key[1]:<5} {key[2]:<6} | {fmt(c):<27} | {fmt(h1):<27} | {fmt(hn):<27} | "
           f"{h1[3]/max(c[3], 1e-9):.2f}x  {hn[3]/max(c[3], 1e-9):.2f}x")
 for name, key in failed:
-    print(f"failed run left out: {name} {key[0]} B {key[1]} msg/s (uclient reported no totals; see above)")
+    print(f"failed run left out: {name} {key[0]} {key[1]} B {key[2]} msg/s (uclient reported no totals; see above)")
 PY
 echo
-for name in coturn h1 hn; do
-  kb=$(( (PEAK_RSS[$name] - IDLE_RSS[$name]) * 1000 / ALLOCS ))
-  printf 'memory per allocation (peak RSS - idle RSS) / %s, %-6s: %s.%03d KB (idle RSS %s KB)\n' \
-    "$ALLOCS" "$name" $((kb/1000)) $((kb%1000)) "${IDLE_RSS[$name]}"
+for transport in $TRANSPORTS; do
+  for name in coturn h1 hn; do
+    key="$name:$transport"
+    kb=$(( (PEAK_RSS[$key] - BASE_RSS[$key]) * 1000 / ALLOCS ))
+    printf 'memory per %s allocation (peak RSS - RSS before) / %s, %-6s: %s.%03d KB (idle RSS %s KB)\n' \
+      "$transport" "$ALLOCS" "$name" $((kb/1000)) $((kb%1000)) "${IDLE_RSS[$name]}"
+  done
 done

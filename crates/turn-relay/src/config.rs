@@ -114,6 +114,13 @@ pub struct Config {
     #[arg(long, env = "TURN_MAX_STREAM_CONNECTIONS", default_value_t = 10_000)]
     pub turn_max_stream_connections: usize,
 
+    /// A TCP/TLS client that takes longer than this to finish its TLS handshake and first
+    /// frame, leaves a frame half-sent, or reads none of what is sent to it, is disconnected
+    /// (and its allocation ends). Short enough that slow or hostile clients cannot pile up,
+    /// long enough for a congested mobile link. [default: 10]
+    #[arg(long, env = "TURN_STREAM_STALL_SECS", default_value_t = 10)]
+    pub turn_stream_stall_secs: u64,
+
     /// After SIGTERM: refuse new allocations and keep relaying existing ones for up to this
     /// many seconds (less than the orchestrator's grace period).
     #[arg(long, env = "TURN_DRAIN_SECS", default_value_t = 25)]
@@ -196,6 +203,8 @@ pub struct Settings {
     pub metrics_listen: SocketAddr,
     pub drain_secs: u64,
     pub max_stream_connections: usize,
+    /// See `TURN_STREAM_STALL_SECS`.
+    pub stream_stall: std::time::Duration,
     /// Workers, resolved (at least 1).
     pub workers: usize,
     /// Adaptive thread count (see `io/runner.rs`), or one thread per worker.
@@ -472,6 +481,7 @@ impl Config {
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9641))),
             drain_secs: self.turn_drain_secs,
             max_stream_connections: self.turn_max_stream_connections,
+            stream_stall: std::time::Duration::from_secs(self.turn_stream_stall_secs.max(1)),
             workers,
             adaptive_threads: self.turn_worker_threads == "adaptive",
             split_permille: self.turn_thread_split_percent * 10,

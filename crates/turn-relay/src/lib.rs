@@ -134,6 +134,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         let (engine, handle) =
             Engine::new(core, udp, events.clone(), settings.relay_socket_buffer, gso)
                 .map_err(TurnError::io("starting a relay worker"))?;
+        let engine = engine.with_stream_stall_ms(settings.stream_stall.as_millis() as u64);
         handles.push(handle);
         if settings.adaptive_threads {
             shards.push(engine);
@@ -173,6 +174,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         metrics.clone(),
         None,
         stream_slots.clone(),
+        settings.stream_stall,
     ));
     if let Some((listener, reloader)) = tls {
         tasks.spawn(reloader.clone().watch());
@@ -182,6 +184,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             metrics.clone(),
             Some(reloader),
             stream_slots,
+            settings.stream_stall,
         ));
     }
     let router = io::http::router(metrics.clone());

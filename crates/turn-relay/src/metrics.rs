@@ -54,8 +54,13 @@ pub struct Metrics {
     pub draining: Gauge,
     pub worker_threads: Gauge,
     pub worker_moves: Counter,
+    /// Client connections closed by a worker, by [`STREAM_CLOSE_REASONS`].
+    stream_closed: Labeled<Counter>,
     registry: Registry,
 }
+
+/// The `reason` labels of `hermes_turn_stream_connections_closed_total` (`io/stream_conn.rs`).
+pub const STREAM_CLOSE_REASONS: [&str; 3] = ["gone", "garbage", "stalled"];
 
 impl Default for Metrics {
     /// Every metric registered once with its help text.
@@ -138,6 +143,12 @@ impl Default for Metrics {
             "Requests or packets refused by a quota",
             quota_hits.clone(),
         );
+        let stream_closed = Labeled::new(STREAM_CLOSE_REASONS.iter().map(|r| vec![("reason", *r)]));
+        registry.register(
+            "hermes_turn_stream_connections_closed",
+            "TCP and TLS client connections closed: gone (closed by the client or failed), garbage (bytes that are no STUN or ChannelData frame, TLS errors), stalled (a frame half-sent or output unread past TURN_STREAM_STALL_SECS, or 10 minutes silent)",
+            stream_closed.clone(),
+        );
         let allocations_active = Gauge::registered(
             &mut registry,
             "hermes_turn_allocations_active",
@@ -172,6 +183,7 @@ impl Default for Metrics {
             draining,
             worker_threads,
             worker_moves,
+            stream_closed,
             registry,
         }
     }
@@ -180,6 +192,13 @@ impl Default for Metrics {
 impl Metrics {
     pub fn quota(&self, q: Quota) -> &Counter {
         self.quota_hits.get(q as usize)
+    }
+
+    /// Count a closed client connection (`reason` one of [`STREAM_CLOSE_REASONS`]).
+    pub fn stream_closed(&self, reason: &str) {
+        if let Some(i) = STREAM_CLOSE_REASONS.iter().position(|r| *r == reason) {
+            self.stream_closed.get(i).inc();
+        }
     }
 
     /// The OpenMetrics text of `/metrics`.

@@ -12,10 +12,14 @@
 //! clients are copied into a [`SendBatch`] (which coalesces runs the same way) and leave with
 //! one `sendmmsg` per wake-up. No allocation.
 //!
-//! Stream (TCP/TLS) clients are served by tokio tasks (`io/stream.rs`) that pass whole frames
-//! in through a channel plus a mio `Waker`, and get frames back through a bounded tokio
-//! channel per connection. RFC 6062 TCP relays (`io/tcp_relay.rs`) run as tokio tasks too;
-//! the engine keeps their listeners and the peer connections that wait for ConnectionBind.
+//! Stream (TCP/TLS) clients are accepted by tokio tasks (`io/stream.rs`, which also do the
+//! TLS handshake and read the first frame) and then handed to a worker, which serves them
+//! like its UDP sockets: read when epoll says so, frames parsed in place and handed to the
+//! core, replies and relayed packets queued per connection and written once per turn
+//! (`io/stream_conn.rs`). Only RFC 6062 data connections (first frame ConnectionBind) stay
+//! on tokio tasks, which pass frames in through a channel plus a mio `Waker`; RFC 6062 TCP
+//! relays (`io/tcp_relay.rs`) run as tokio tasks too; the engine keeps their listeners and
+//! the peer connections that wait for ConnectionBind.
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -34,6 +38,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::io::batch::{self, RecvBatch, SendBatch};
 use crate::io::gso;
 use crate::io::stream::StreamOut;
+use crate::io::stream_conn::{Close, StreamConn};
 use crate::io::tcp_relay::{self, Pipe, PipeDone, TcpRelay};
 use crate::server::{Client, Command, ConnId, Event, Forward, RelayId, Server, Via};
 use crate::wire;
@@ -41,6 +46,11 @@ use crate::wire;
 const WAKER: Token = Token(0);
 const LISTENER: Token = Token(1);
 const RELAY_BASE: usize = 16;
+/// Tokens of stream connections: this plus the connection number (relay tokens stay below:
+/// relay ids are u32).
+const STREAM_BASE: usize = 1 << 40;
+/// How often stream connections are checked for stalls.
+const SWEEP_MS: u64 = 1000;
 
 /// `recvmmsg` batches read from one socket per wake-up before looking at the others, so one
 /// busy allocation cannot starve the rest (and the timer) for long.
@@ -52,6 +62,17 @@ pub enum EngineMsg {
     StreamOpened {
         conn: u64,
         tx: tokio::sync::mpsc::Sender<StreamOut>,
+    },
+    /// A TCP/TLS client connection for the worker to serve itself from now on: `early` holds
+    /// the bytes read before the hand-over (at least its first frame), `tls` the rustls state
+    /// after the handshake, `slot` its share of `TURN_MAX_STREAM_CONNECTIONS`.
+    StreamAdopt {
+        conn: u64,
+        peer: SocketAddr,
+        sock: std::net::TcpStream,
+        tls: Option<Box<tokio_rustls::rustls::ServerConnection>>,
+        early: Vec<u8>,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
     },
     StreamFrame {
         conn: u64,
@@ -162,7 +183,15 @@ pub struct Engine {
     core: Server,
     listener: UdpSocket,
     relays: Vec<Option<UdpSocket>>,
+    /// RFC 6062 data connections, served by their tokio tasks.
     streams: HashMap<u64, tokio::sync::mpsc::Sender<StreamOut>>,
+    /// TCP/TLS client connections this worker serves itself.
+    conns: HashMap<u64, StreamConn>,
+    /// Connections with output queued this turn.
+    dirty: Vec<u64>,
+    /// A stream client that leaves a frame half-sent, or its output unread, this long is cut.
+    stream_stall_ms: u64,
+    next_sweep_ms: u64,
     /// The tokio runtime RFC 6062 TCP relays run on (none in unit tests: TCP relays refused).
     rt: Option<tokio::runtime::Handle>,
     /// A handle into `tcp_rx`, for the TCP relay tasks to report back.
@@ -269,6 +298,10 @@ impl Engine {
                 listener,
                 relays: Vec::new(),
                 streams: HashMap::new(),
+                conns: HashMap::new(),
+                dirty: Vec::new(),
+                stream_stall_ms: 10_000,
+                next_sweep_ms: 0,
                 rt: tokio::runtime::Handle::try_current().ok(),
                 me: EngineHandle {
                     tx: tcp_tx,
@@ -292,6 +325,12 @@ impl Engine {
             },
             EngineHandle { tx, waker },
         ))
+    }
+
+    /// Cut stream clients that stall for `ms` (a frame half-sent, output unread).
+    pub fn with_stream_stall_ms(mut self, ms: u64) -> Self {
+        self.stream_stall_ms = ms.max(1);
+        self
     }
 
     /// The epoll descriptor of this worker: readable whenever one of its sockets or its waker
@@ -360,6 +399,8 @@ impl Engine {
         for &t in &ready {
             let drained = if t == LISTENER {
                 self.client_datagrams(now)
+            } else if t.0 >= STREAM_BASE {
+                self.stream_ready((t.0 - STREAM_BASE) as u64, now)
             } else {
                 self.peer_datagrams((t.0 - RELAY_BASE) as RelayId, now)
             };
@@ -375,6 +416,11 @@ impl Engine {
         self.fold_gso_tally();
         self.core.handle_timeout(now);
         self.commands(now);
+        if now >= self.next_sweep_ms {
+            self.next_sweep_ms = now + SWEEP_MS;
+            self.sweep_streams(now);
+        }
+        self.flush_streams(now);
         let drained = self
             .drain_deadline
             .is_some_and(|deadline| self.core.allocation_count() == 0 || now >= deadline);
@@ -392,7 +438,9 @@ impl Engine {
     pub fn finish(mut self) {
         let left = self.core.allocation_count();
         self.core.shutdown();
-        self.commands(hermes_service::unix_now_ms());
+        let now = hermes_service::unix_now_ms();
+        self.commands(now);
+        self.flush_streams(now);
         tracing::info!(allocations_cut = left, "relay stopped");
     }
 
@@ -430,6 +478,14 @@ impl Engine {
             EngineMsg::StreamOpened { conn, tx } => {
                 self.streams.insert(conn, tx);
             }
+            EngineMsg::StreamAdopt {
+                conn,
+                peer,
+                sock,
+                tls,
+                early,
+                slot,
+            } => self.adopt_stream(conn, peer, sock, tls, &early, slot, now),
             EngineMsg::StreamFrame { conn, peer, frame } => {
                 let client = Client {
                     via: Via::Stream(conn),
@@ -551,6 +607,8 @@ impl Engine {
             listener,
             relays,
             streams,
+            conns,
+            dirty,
             batch,
             out,
             ..
@@ -579,10 +637,13 @@ impl Engine {
                             }
                             true
                         }
-                        // Streams copy: the frame crosses into the connection's task.
-                        Via::Stream(conn) => streams.get(&conn).is_some_and(|tx| {
-                            tx.try_send(StreamOut::Frame(slot[range].to_vec())).is_ok()
-                        }),
+                        Via::Stream(conn) => match conns.get_mut(&conn) {
+                            Some(c) => queue_to_stream(conn, c, dirty, &slot[range], now),
+                            // An RFC 6062 data connection's task: the frame is copied over.
+                            None => streams.get(&conn).is_some_and(|tx| {
+                                tx.try_send(StreamOut::Frame(slot[range].to_vec())).is_ok()
+                            }),
+                        },
                     };
                     if !ok {
                         core.send_failed();
@@ -609,7 +670,11 @@ impl Engine {
                             let _ = self.listener.send_to(&bytes, to.addr);
                         }
                         Via::Stream(conn) => {
-                            if let Some(tx) = self.streams.get(&conn) {
+                            if let Some(c) = self.conns.get_mut(&conn) {
+                                if !queue_to_stream(conn, c, &mut self.dirty, &bytes, now) {
+                                    self.core.send_failed();
+                                }
+                            } else if let Some(tx) = self.streams.get(&conn) {
                                 let _ = tx.try_send(StreamOut::Frame(bytes));
                             }
                         }
@@ -679,6 +744,129 @@ impl Engine {
                 Command::Event(e) => self.event(e),
             }
         }
+    }
+
+    /// Take over a client connection from its accepting task and serve what it sent so far.
+    #[allow(clippy::too_many_arguments)]
+    fn adopt_stream(
+        &mut self,
+        conn: u64,
+        peer: SocketAddr,
+        sock: std::net::TcpStream,
+        tls: Option<Box<tokio_rustls::rustls::ServerConnection>>,
+        early: &[u8],
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+        now: u64,
+    ) {
+        let mut sock = mio::net::TcpStream::from_std(sock);
+        // Edge-triggered: writable is reported only after a write found the socket full.
+        if let Err(e) = self.poll.registry().register(
+            &mut sock,
+            Token(STREAM_BASE + conn as usize),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!(error = %e, "cannot watch a client connection; closed");
+            return;
+        }
+        let c = StreamConn::new(sock, peer, tls, early, slot, now);
+        self.conns.insert(conn, c);
+        // Bytes that arrived before the registration raised no event: serve them now.
+        if !self.stream_ready(conn, now) {
+            self.again.push(Token(STREAM_BASE + conn as usize));
+        }
+    }
+
+    /// Serve a readable (or writable) client connection; `true` when its socket was drained.
+    fn stream_ready(&mut self, conn: u64, now: u64) -> bool {
+        let Self {
+            core,
+            relays,
+            conns,
+            dirty,
+            ..
+        } = self;
+        let Some(c) = conns.get_mut(&conn) else {
+            return true;
+        };
+        let client = Client {
+            via: Via::Stream(conn),
+            addr: c.peer,
+        };
+        let read = c.read(now, |frame| {
+            if let Forward::ToPeer { relay, peer, range } = core.handle_client(client, frame, now) {
+                let ok = match relays.get(relay as usize) {
+                    Some(Some(s)) => s.send_to(&frame[range], peer).is_ok(),
+                    _ => false,
+                };
+                if !ok {
+                    core.send_failed();
+                }
+            }
+        });
+        // Room again after a full socket, TLS records to send (e.g. session tickets).
+        if c.wants_write() && !c.dirty {
+            c.dirty = true;
+            dirty.push(conn);
+        }
+        self.commands(now);
+        match read {
+            Ok(drained) => drained,
+            Err(why) => {
+                self.close_stream(conn, why, now);
+                true
+            }
+        }
+    }
+
+    /// Write every connection's queued output (one write each).
+    fn flush_streams(&mut self, now: u64) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        // Closing a connection runs the core's commands, which may queue output to others.
+        while !dirty.is_empty() {
+            for conn in dirty.drain(..) {
+                let Some(c) = self.conns.get_mut(&conn) else {
+                    continue;
+                };
+                c.dirty = false;
+                if let Err(why) = c.flush(now) {
+                    self.close_stream(conn, why, now);
+                }
+            }
+            std::mem::swap(&mut dirty, &mut self.dirty);
+        }
+        // Keep the list's room for the next turn.
+        self.dirty = dirty;
+    }
+
+    /// Cut the connections that stalled.
+    fn sweep_streams(&mut self, now: u64) {
+        let stall = self.stream_stall_ms;
+        let cut: Vec<(u64, Close)> = self
+            .conns
+            .iter()
+            .filter_map(|(&conn, c)| c.check(now, stall).err().map(|why| (conn, why)))
+            .collect();
+        for (conn, why) in cut {
+            self.close_stream(conn, why, now);
+        }
+    }
+
+    fn close_stream(&mut self, conn: u64, why: Close, now: u64) {
+        let Some(mut c) = self.conns.remove(&conn) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(c.socket());
+        if why == Close::Gone {
+            tracing::debug!("client connection closed");
+        } else {
+            tracing::info!(reason = why.as_str(), "client connection cut");
+        }
+        self.core.metrics().stream_closed(why.as_str());
+        self.core.client_closed(Client {
+            via: Via::Stream(conn),
+            addr: c.peer,
+        });
+        self.commands(now);
     }
 
     fn open_relay(&mut self, relay: RelayId, bind: SocketAddr) -> bool {
@@ -779,6 +967,29 @@ impl Engine {
             p.publish(None, event);
         }
     }
+}
+
+/// Queue a frame for a client connection and note it for the end-of-turn flush (written at
+/// once when the queue is long); `false` when it was dropped (queue full).
+fn queue_to_stream(
+    conn: u64,
+    c: &mut StreamConn,
+    dirty: &mut Vec<u64>,
+    bytes: &[u8],
+    now: u64,
+) -> bool {
+    if !c.queue(bytes) {
+        return false;
+    }
+    if c.queue_is_long() {
+        // A failed write shows again at the end-of-turn flush, which closes the connection.
+        let _ = c.flush(now);
+    }
+    if !c.dirty {
+        c.dirty = true;
+        dirty.push(conn);
+    }
+    true
 }
 
 /// Send the gathered run to its peer (one GSO send when it holds several datagrams) and empty

@@ -1,6 +1,6 @@
 //! The thin I/O layer around the sans-IO core: the mio data plane ([`engine`]) and the
-//! threads that run its workers ([`runner`]), stream
-//! clients ([`stream`]), RFC 6062 TCP relays ([`tcp_relay`]), TLS certificate handling
+//! threads that run its workers ([`runner`]), stream clients (accepted in [`stream`],
+//! served by the workers in [`stream_conn`]), RFC 6062 TCP relays ([`tcp_relay`]), TLS certificate handling
 //! ([`tls`]) and the metrics endpoint ([`http`]).
 
 pub mod batch;
@@ -9,5 +9,6 @@ pub mod gso;
 pub mod http;
 pub mod runner;
 pub mod stream;
+pub mod stream_conn;
 pub mod tcp_relay;
 pub mod tls;

@@ -1,12 +1,16 @@
-//! TCP and TLS clients: one tokio task per connection splits the byte stream into STUN
-//! messages and ChannelData frames (RFC 8656 §12.5 padding) and hands them to the engine;
-//! a writer task sends the engine's frames back. A connection that sends something that is
-//! neither, or stays silent past [`IDLE`], is closed; its allocation goes with it.
+//! TCP and TLS clients, accepted here: a tokio task per new connection does the TLS handshake
+//! and reads the first frame (both bounded in time). A connection whose first frame is not
+//! an RFC 6062 ConnectionBind (every control connection) is then handed to its worker, which
+//! serves it on the data plane from then on (`io/stream_conn.rs`): the task ends.
 //!
-//! A connection that sends an RFC 6062 ConnectionBind is routed to the worker named in its
-//! CONNECTION-ID (which holds the peer connection); when the bind succeeds, the engine hands
+//! A data connection (first frame ConnectionBind) keeps its task: it splits the byte stream
+//! into STUN messages and ChannelData frames (RFC 8656 §12.5 padding) and hands them to the
+//! engine, routed to the worker named in the CONNECTION-ID (which holds the peer connection);
+//! a writer task sends the engine's frames back. When the bind succeeds, the engine hands
 //! the task the peer connection ([`StreamOut::Pipe`]) and the task stops framing: from then
-//! on it only copies bytes between the two (`tcp_relay::pipe`).
+//! on it only copies bytes between the two (`tcp_relay::pipe`). A connection that sends
+//! something that is neither kind of frame, or stays silent past [`IDLE`], is closed; its
+//! allocation goes with it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::io::engine::{EngineMsg, Engines};
+use crate::io::stream_conn::Close;
 use crate::io::tcp_relay::{self, Pipe};
 use crate::io::tls::TlsReloader;
 use crate::metrics::Metrics;
@@ -53,14 +58,47 @@ const OUT_QUEUE: usize = 1024;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
+/// Read until the buffer holds a whole first frame (within `stall`); the bytes read, and
+/// whether that frame is a ConnectionBind.
+async fn first_frame<S: AsyncRead + Unpin>(
+    s: &mut S,
+    stall: Duration,
+) -> Result<(Vec<u8>, bool), Close> {
+    let mut buf = Vec::with_capacity(2048);
+    let read = async {
+        loop {
+            match wire::stream_frame_len(&buf) {
+                Some(Err(())) => return Err(Close::Garbage),
+                Some(Ok(len)) if buf.len() >= len => {
+                    let bind = connection_bind_worker(&buf[..len]).is_some();
+                    return Ok(bind);
+                }
+                _ => {}
+            }
+            match s.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return Err(Close::Gone),
+                Ok(_) => {}
+            }
+        }
+    };
+    match tokio::time::timeout(stall, read).await {
+        Ok(Ok(bind)) => Ok((buf, bind)),
+        Ok(Err(why)) => Err(why),
+        Err(_) => Err(Close::Stalled),
+    }
+}
+
 /// Accept TCP (and, with `tls`, TLS) connections until the task is aborted. Each connection
 /// holds one of `slots` while it lives; with none left, a new connection is closed at once.
+/// A connection that does not complete its TLS handshake and first frame within `stall` is
+/// closed.
 pub async fn accept_loop(
     listener: TcpListener,
     engines: Engines,
     metrics: Arc<Metrics>,
     tls: Option<Arc<TlsReloader>>,
     slots: Arc<Semaphore>,
+    stall: Duration,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -80,25 +118,69 @@ pub async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
         let engines = engines.clone();
+        let metrics = metrics.clone();
         match &tls {
             None => {
                 metrics.tcp_connections.inc();
                 tokio::spawn(async move {
-                    serve(stream, peer, conn, engines).await;
-                    drop(slot);
+                    let mut stream = stream;
+                    match first_frame(&mut stream, stall).await {
+                        Ok((early, true)) => {
+                            serve(stream, peer, conn, engines, early).await;
+                            drop(slot);
+                        }
+                        Ok((early, false)) => match stream.into_std() {
+                            Ok(sock) => engines.for_stream(conn).send(EngineMsg::StreamAdopt {
+                                conn,
+                                peer,
+                                sock,
+                                tls: None,
+                                early,
+                                slot: Some(slot),
+                            }),
+                            Err(e) => tracing::debug!(error = %e, "client connection lost"),
+                        },
+                        Err(why) => metrics.stream_closed(why.as_str()),
+                    }
                 });
             }
             Some(tls) => {
                 metrics.tls_connections.inc();
                 let acceptor = tls.acceptor();
                 tokio::spawn(async move {
-                    let _slot = slot;
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(s)) => serve(s, peer, conn, engines).await,
-                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    let mut s = match tokio::time::timeout(stall, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            metrics.stream_closed(Close::Garbage.as_str());
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            metrics.stream_closed(Close::Stalled.as_str());
+                            return;
+                        }
+                    };
+                    match first_frame(&mut s, stall).await {
+                        Ok((early, true)) => {
+                            serve(s, peer, conn, engines, early).await;
+                            drop(slot);
+                        }
+                        Ok((early, false)) => {
+                            let (io, tls) = s.into_inner();
+                            match io.into_std() {
+                                Ok(sock) => engines.for_stream(conn).send(EngineMsg::StreamAdopt {
+                                    conn,
+                                    peer,
+                                    sock,
+                                    tls: Some(Box::new(tls)),
+                                    early,
+                                    slot: Some(slot),
+                                }),
+                                Err(e) => tracing::debug!(error = %e, "client connection lost"),
+                            }
+                        }
+                        Err(why) => metrics.stream_closed(why.as_str()),
                     }
                 });
             }
@@ -106,8 +188,9 @@ pub async fn accept_loop(
     }
 }
 
-/// Serve one client connection (number `conn`) on the engine that owns it.
-pub async fn serve<S>(stream: S, peer: SocketAddr, conn: u64, engines: Engines)
+/// Serve one RFC 6062 data connection (number `conn`, which sent `early` so far) on the
+/// engine that owns it.
+pub async fn serve<S>(stream: S, peer: SocketAddr, conn: u64, engines: Engines, early: Vec<u8>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -141,20 +224,9 @@ where
         }
         let _ = w.shutdown().await;
     });
-    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut buf: Vec<u8> = early;
     let mut bound = None;
     'read: loop {
-        let read = tokio::select! {
-            got = &mut bound_rx => {
-                bound = got.ok();
-                break;
-            }
-            read = tokio::time::timeout(IDLE, r.read_buf(&mut buf)) => read,
-        };
-        match read {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(_)) => {}
-        }
         let mut start = 0;
         loop {
             match wire::stream_frame_len(&buf[start..]) {
@@ -184,6 +256,17 @@ where
         buf.drain(..start);
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
+        }
+        let read = tokio::select! {
+            got = &mut bound_rx => {
+                bound = got.ok();
+                break;
+            }
+            read = tokio::time::timeout(IDLE, r.read_buf(&mut buf)) => read,
+        };
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(_)) => {}
         }
     }
     drop(tx);

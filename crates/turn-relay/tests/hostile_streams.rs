@@ -1,0 +1,349 @@
+//! Slow and hostile TCP clients against the real `hermes-turn` binary (one worker, so they
+//! share it with the well-behaved client): one that never reads its socket while its peer
+//! floods it, one that sends a frame header and stalls, one that sends 64 KiB of garbage
+//! (after an allocation, and as its very first bytes). Each is cut off within the stall
+//! timeout (plus the once-a-second check), the relay's memory stays bounded, and meanwhile
+//! a well-behaved TCP client relaying paced ChannelData through the same worker gets every
+//! packet echoed, none of them held up for anywhere near the stall timeout.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use stun::attributes::*;
+use stun::message::*;
+use stun::textattrs::TextAttribute;
+use turn::proto::PROTO_UDP;
+use turn::proto::channum::ChannelNumber;
+use turn::proto::peeraddr::PeerAddress;
+use turn::proto::reqtrans::RequestedTransport;
+
+/// `TURN_STREAM_STALL_SECS` of the relay under test.
+const STALL: Duration = Duration::from_secs(2);
+/// The stall timeout, the check that runs once a second, and slack for a loaded machine.
+const CUT_WITHIN: Duration = Duration::from_secs(2 + 1 + 4);
+const CHANNEL: u16 = 0x4000;
+
+/// A TURN client over one TCP connection, with REST credentials.
+struct StreamTurn {
+    sock: TcpStream,
+    username: String,
+    password: String,
+    realm: String,
+    nonce: String,
+    txn: u32,
+}
+
+impl StreamTurn {
+    fn connect(server: SocketAddr, user: &str, recv_buffer: Option<usize>) -> Self {
+        let creds = hermes_proto::turn_credentials::TurnCredentials::mint(
+            SECRET.as_bytes(),
+            user,
+            hermes_service::unix_now(),
+            600,
+        );
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        if let Some(size) = recv_buffer {
+            // Before connecting, so the window the relay sees stays small.
+            sock.set_recv_buffer_size(size).unwrap();
+        }
+        sock.connect(&server.into()).unwrap();
+        let sock: TcpStream = sock.into();
+        sock.set_nodelay(true).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        Self {
+            sock,
+            username: creds.username,
+            password: creds.password,
+            realm: String::new(),
+            nonce: String::new(),
+            txn: 0,
+        }
+    }
+
+    /// The next frame: a STUN message or a ChannelData frame (with its padding).
+    fn read_frame(&mut self) -> Vec<u8> {
+        let mut head = [0u8; 4];
+        self.sock.read_exact(&mut head).unwrap();
+        let len = u16::from_be_bytes([head[2], head[3]]) as usize;
+        let total = if head[0] >> 6 == 0 {
+            20 + len
+        } else {
+            4 + len.div_ceil(4) * 4
+        };
+        let mut raw = head.to_vec();
+        raw.resize(total, 0);
+        self.sock.read_exact(&mut raw[4..]).unwrap();
+        raw
+    }
+
+    fn request(&mut self, method: Method, attrs: Vec<Box<dyn Setter>>, auth: bool) -> Message {
+        self.txn += 1;
+        let mut txid = [5u8; 12];
+        txid[..4].copy_from_slice(&self.txn.to_be_bytes());
+        let creds = auth.then_some(Credentials {
+            username: &self.username,
+            password: &self.password,
+            realm: &self.realm,
+            nonce: &self.nonce,
+        });
+        let raw = encode_request(method, txid, attrs, creds);
+        self.sock.write_all(&raw).unwrap();
+        loop {
+            let raw = self.read_frame();
+            if raw[0] >> 6 != 0 {
+                continue;
+            }
+            let mut m = Message::new();
+            m.unmarshal_binary(&raw).unwrap();
+            if m.transaction_id.0 == txid {
+                return m;
+            }
+        }
+    }
+
+    /// Allocate a UDP relay and bind [`CHANNEL`] to `peer`.
+    fn allocate_and_bind(&mut self, peer: SocketAddr) {
+        let udp = || -> Vec<Box<dyn Setter>> {
+            vec![Box::new(RequestedTransport {
+                protocol: PROTO_UDP,
+            })]
+        };
+        let r = self.request(METHOD_ALLOCATE, udp(), false);
+        assert_eq!(error_code(&r), Some(401));
+        self.realm = TextAttribute::get_from_as(&r, ATTR_REALM).unwrap().text;
+        self.nonce = TextAttribute::get_from_as(&r, ATTR_NONCE).unwrap().text;
+        let r = self.request(METHOD_ALLOCATE, udp(), true);
+        assert_eq!(error_code(&r), None, "{r:?}");
+        let r = self.request(
+            METHOD_CHANNEL_BIND,
+            vec![
+                Box::new(ChannelNumber(CHANNEL)),
+                Box::new(PeerAddress {
+                    ip: peer.ip(),
+                    port: peer.port(),
+                }),
+            ],
+            true,
+        );
+        assert_eq!(error_code(&r), None, "{r:?}");
+    }
+
+    fn channel_data(&mut self, payload: &[u8]) {
+        let mut f = CHANNEL.to_be_bytes().to_vec();
+        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        f.extend_from_slice(payload);
+        f.resize(f.len().div_ceil(4) * 4, 0);
+        self.sock.write_all(&f).unwrap();
+    }
+
+    /// How long until the relay closes this connection (reading and discarding what it
+    /// still sends); panics if it is still open after `limit`.
+    fn closed_within(&mut self, limit: Duration) -> Duration {
+        let start = Instant::now();
+        self.sock
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match self.sock.read(&mut buf) {
+                Ok(0) => return start.elapsed(),
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => return start.elapsed(),
+            }
+            assert!(
+                start.elapsed() < limit,
+                "the relay kept the connection open for {limit:?}"
+            );
+        }
+    }
+}
+
+/// A UDP echo peer in a thread, until `stop`.
+fn echo_peer(stop: Arc<AtomicBool>) -> SocketAddr {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let addr = sock.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        }
+    });
+    addr
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn hostile_stream_clients_are_cut_off_and_a_good_client_keeps_its_rate() {
+    let relay = Relay::start(Opts {
+        allow_loopback: true,
+        env: vec![
+            ("TURN_WORKERS".into(), "1".into()),
+            ("TURN_STREAM_STALL_SECS".into(), STALL.as_secs().to_string()),
+            // No per-allocation cap: the flood below must outrun the kernel's buffers.
+            ("TURN_MAX_BPS".into(), "0".into()),
+        ],
+        ..Default::default()
+    });
+    let server = relay.addr();
+    let pid = relay.guard.id().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let echo = echo_peer(stop.clone());
+
+    // The well-behaved client: one 100-byte packet every 5 ms, each waited for.
+    let good = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut c = StreamTurn::connect(server, "good", None);
+            c.allocate_and_bind(echo);
+            let (mut sent, mut worst) = (0u32, Duration::ZERO);
+            while !stop.load(Ordering::Relaxed) {
+                let mut payload = [7u8; 100];
+                payload[..4].copy_from_slice(&sent.to_be_bytes());
+                let t = Instant::now();
+                c.channel_data(&payload);
+                let back = c.read_frame();
+                worst = worst.max(t.elapsed());
+                assert_eq!(&back[4..104], &payload[..], "echo of packet {sent}");
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (sent, worst)
+        })
+    };
+    let rss_before = rss_kb(pid);
+
+    // 1. Never reads, while its peer floods it (6 MB in 1000-byte datagrams, paced: more than
+    // the kernel's largest TCP send buffer, 4 MB, plus the relay's queue); it looks
+    // at its socket only once the relay counts a stalled connection (the stalled client below
+    // counts too, so the count to wait for is two).
+    let metrics = relay.metrics;
+    let never_reads = std::thread::spawn(move || {
+        let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut c = StreamTurn::connect(server, "deaf", Some(4096));
+        c.allocate_and_bind(flood.local_addr().unwrap());
+        // The relay address: the peer learns it from the first packet the client sends.
+        c.channel_data(b"hello");
+        let mut buf = [0u8; 64];
+        flood
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let (_, relayed) = flood.recv_from(&mut buf).unwrap();
+        for i in 0..6000 {
+            let _ = flood.send_to(&[1u8; 1000], relayed);
+            if i % 50 == 49 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let flooded = Instant::now();
+        let stalled = || {
+            metric_in(
+                &http_get(metrics, "/metrics"),
+                "hermes_turn_stream_connections_closed_total{reason=\"stalled\"}",
+            )
+            .unwrap_or(0.0)
+        };
+        while stalled() < 2.0 {
+            assert!(
+                flooded.elapsed() < CUT_WITHIN,
+                "a client that reads nothing was not cut within {CUT_WITHIN:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let cut = flooded.elapsed();
+        // What the relay had queued, then the end of the stream.
+        c.closed_within(Duration::from_secs(3));
+        cut
+    });
+
+    // 2. A ChannelData header announcing 1000 bytes, and nothing more.
+    let mut stalls = StreamTurn::connect(server, "stall", None);
+    stalls.allocate_and_bind(echo);
+    stalls.sock.write_all(&[0x40, 0x00, 0x03, 0xe8]).unwrap();
+    let stalled = stalls.closed_within(CUT_WITHIN);
+    assert!(
+        stalled >= STALL - Duration::from_millis(100),
+        "cut after {stalled:?}, before the stall timeout"
+    );
+
+    // 3. 64 KiB of garbage after an allocation, and as the very first bytes.
+    let mut garbage = StreamTurn::connect(server, "garbage", None);
+    garbage.allocate_and_bind(echo);
+    let junk = vec![0xa5u8; 64 * 1024];
+    // The relay may close before it has read it all: a failed write is fine.
+    let _ = garbage.sock.write_all(&junk);
+    let cut_garbage = garbage.closed_within(Duration::from_secs(3));
+    let mut first = TcpStream::connect(server).unwrap();
+    let _ = first.write_all(&junk);
+    first
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert!(
+        matches!(first.read(&mut buf), Ok(0) | Err(_)),
+        "garbage as first bytes: no reply, connection closed"
+    );
+
+    let cut_deaf = never_reads.join();
+    let Ok(cut_deaf) = cut_deaf else {
+        panic!(
+            "the deaf client's check failed; relay log:\n{}",
+            relay.log_text()
+        );
+    };
+    let rss_peak = rss_kb(pid);
+    stop.store(true, Ordering::Relaxed);
+    let good = good.join();
+    let Ok((good_sent, worst)) = good else {
+        panic!("the good client failed; relay log:\n{}", relay.log_text());
+    };
+
+    println!(
+        "stalled header cut after {stalled:?}, garbage after {cut_garbage:?}, \
+         deaf client cut {cut_deaf:?} after its flood; \
+         good client {good_sent} round trips, worst {worst:?}; RSS {rss_before} -> {rss_peak} KB"
+    );
+    let closed = |reason: &str| {
+        relay.metric(&format!(
+            "hermes_turn_stream_connections_closed_total{{reason=\"{reason}\"}}"
+        ))
+    };
+    assert!(closed("stalled") >= 2.0, "the deaf and the stalled client");
+    assert!(closed("garbage") >= 2.0, "both garbage clients");
+    // Their allocations went with them; the good client's is left.
+    let active = relay.metric_when("hermes_turn_allocations_active", |v| v <= 1.0);
+    assert!(active <= 1.0, "allocations left: {active}");
+    // The deaf client's queue is capped (128 KiB beyond its socket buffer).
+    assert!(
+        rss_peak < rss_before + 16 * 1024,
+        "RSS grew from {rss_before} to {rss_peak} KB"
+    );
+    // The good client was served all along: its paced packets all came back (asserted in
+    // its thread), and none waited anywhere near the stall timeout on a hostile one.
+    assert!(good_sent >= 100, "only {good_sent} round trips");
+    assert!(
+        worst < Duration::from_secs(1),
+        "a round trip took {worst:?}"
+    );
+}
