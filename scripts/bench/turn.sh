@@ -8,7 +8,8 @@
 # allocations, each sending one message every Z ms (10k/25k/50k msg/s in total), 100 B and
 # 1000 B, for a bounded number of messages. Reported per run:
 #   loss      uclient's lost packets
-#   rtt       uclient's average / max round trip (it reports no percentiles)
+#   rtt       uclient's average / max round trip in ms (it reports no percentiles): the median
+#             of the runs' averages / the largest maximum
 #   us/pkt    server CPU (utime+stime from /proc/<pid>/stat) per relayed packet, where a
 #             relayed packet is one datagram forwarded in either direction (sent + received)
 #   pkt/cpu-s relayed packets per server CPU-second; ratio = hermes / coturn (target >= 1.5)
@@ -35,8 +36,8 @@ SECRET="bench-secret-$(date +%s)"
 for p in turnserver turnutils_uclient turnutils_peer; do
   command -v "$p" >/dev/null || { echo "missing $p (apt-get install coturn)"; exit 1; }
 done
-[ -x target/release/hermes-turn ] || cargo build --release -p hermes-turn
 BIN=${TURN_BENCH_BIN:-target/release/hermes-turn}
+[ -x "$BIN" ] || cargo build --release -p hermes-turn
 
 WORK="$(mktemp -d)"
 PIDS=()
@@ -162,7 +163,7 @@ done
 
 echo
 echo "TURN relay benchmark: $ALLOCS allocations over $TRANSPORTS, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "(each row:, ChannelData, ~${SECONDS_PER_RUN}s per run, loopback, $(nproc) cores, median of $REPEAT runs)"
+echo "(ChannelData, ~${SECONDS_PER_RUN}s per run, loopback, $(nproc) cores, median of $REPEAT runs)"
 echo "hermes-1w: one data-plane worker; hermes-${WORKERS_N}w: one worker per core on ${TURN_WORKER_THREADS:-adaptive} threads (the default: adaptive)"
 python3 - "$RESULTS" "$WORKERS_N" <<'PY'
 import sys, statistics
@@ -185,7 +186,11 @@ def cell(runs, name, key):
     us = statistics.median(r[0] for r in ok)
     loss = max(r[1] for r in ok)
     pps = 1e6 / us if us > 0 else 0
-    return us, loss, ok[-1][2], pps
+    # RTT: the median of the runs' averages / the largest maximum.
+    avgs = [float(r[2].split("/")[0]) for r in ok if "/" in r[2]]
+    maxs = [int(r[2].split("/")[1]) for r in ok if "/" in r[2]]
+    rtt = f"{statistics.median(avgs):.2f}/{max(maxs)}" if avgs else "?"
+    return us, loss, rtt, pps
 n = sys.argv[2]
 print(f"{'':<4} {'B':<5} {'msg/s':<6} | {'coturn':<27} | {'hermes-1w':<27} | {'hermes-'+n+'w':<27} | pkt/cpu-s vs coturn")
 print(f"{'':<4} {'':<5} {'total':<6} | {'loss%  rtt_ms  us/pkt':<27} | {'loss%  rtt_ms  us/pkt':<27} | {'loss%  rtt_ms  us/pkt':<27} | 1w     {n}w")
