@@ -133,6 +133,20 @@ impl InBuf {
     }
 }
 
+/// A socket reader that notes whether its last read returned less than asked for.
+struct ShortRead<'a> {
+    sock: &'a mut TcpStream,
+    short: bool,
+}
+
+impl Read for ShortRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.sock.read(buf)?;
+        self.short = n < buf.len();
+        Ok(n)
+    }
+}
+
 /// One client connection of a worker.
 pub struct StreamConn {
     pub peer: SocketAddr,
@@ -208,11 +222,18 @@ impl StreamConn {
         on_frame: &mut impl FnMut(&[u8]),
     ) -> Result<bool, Close> {
         for _ in 0..READS {
-            match sock.read(input.spare()) {
+            let room = input.spare();
+            let want = room.len();
+            match sock.read(room) {
                 Ok(0) => return Err(Close::Gone),
                 Ok(n) => {
                     input.filled += n;
                     input.frames(now, on_frame)?;
+                    // A short read emptied the socket's receive queue: more data raises a new
+                    // edge, so the read that would only say EAGAIN is saved.
+                    if n < want {
+                        return Ok(true);
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -233,9 +254,11 @@ impl StreamConn {
             // Plaintext rustls holds already (handed over with the connection) comes first.
             let mut eof = false;
             let mut drained = false;
-            match tls.read_tls(sock) {
+            let mut rd = ShortRead { sock, short: false };
+            match tls.read_tls(&mut rd) {
                 Ok(0) => eof = true,
-                Ok(_) => {}
+                // As for TCP: a short read emptied the receive queue.
+                Ok(_) => drained = rd.short,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => drained = true,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => return Err(Close::Gone),
