@@ -838,13 +838,17 @@ impl Engine {
         self.dirty = dirty;
     }
 
-    /// Cut the connections that stalled.
+    /// Cut the connections that stalled; free the buffers of those that are quiet.
     fn sweep_streams(&mut self, now: u64) {
         let stall = self.stream_stall_ms;
+        let quiet_since = now.saturating_sub(SWEEP_MS);
         let cut: Vec<(u64, Close)> = self
             .conns
-            .iter()
-            .filter_map(|(&conn, c)| c.check(now, stall).err().map(|why| (conn, why)))
+            .iter_mut()
+            .filter_map(|(&conn, c)| {
+                c.trim(quiet_since);
+                c.check(now, stall).err().map(|why| (conn, why))
+            })
             .collect();
         for (conn, why) in cut {
             self.close_stream(conn, why, now);

@@ -86,7 +86,10 @@ impl InBuf {
 
     /// Room to read into: grows the buffer when a frame longer than it is pending.
     fn spare(&mut self) -> &mut [u8] {
-        if self.filled == self.buf.len() {
+        if self.buf.is_empty() {
+            // Given back while the connection was quiet (`StreamConn::trim`).
+            self.buf.resize(IN_START, 0);
+        } else if self.filled == self.buf.len() {
             // Full: at least 4 bytes, so the pending frame's length is known; `frames` left
             // no complete frame, so it is longer than the buffer (and at most MAX_FRAME).
             let want = match wire::stream_frame_len(&self.buf[..self.filled]) {
@@ -389,9 +392,15 @@ impl StreamConn {
         Ok(())
     }
 
-    /// Bytes this connection holds in its own buffers (input and output queue).
-    pub fn buffered(&self) -> usize {
-        self.input.buf.len() + self.out.capacity()
+    /// Give the buffers of a connection that has been quiet since `quiet_since` back to the
+    /// allocator (a relay with thousands of idle clients holds no buffers for them); the next
+    /// read takes one again. At most one allocation per quiet spell, never one per packet.
+    pub fn trim(&mut self, quiet_since: u64) {
+        if self.last_rx_ms < quiet_since && self.input.filled == 0 && !self.wants_write() {
+            self.input.buf = Vec::new();
+            self.out = Vec::new();
+            self.sent = 0;
+        }
     }
 }
 
@@ -457,6 +466,17 @@ mod tests {
         let mut input = InBuf::new(&bytes);
         let (r, got) = collect(&mut input, 0);
         assert_eq!((r, got.len()), (Err(Close::Garbage), 1));
+    }
+
+    #[test]
+    fn a_trimmed_buffer_is_taken_again_for_the_next_read() {
+        let mut input = InBuf::new(&[]);
+        input.buf = Vec::new();
+        assert_eq!(input.spare().len(), IN_START);
+        let frame = channel_data(0x4000, &[9; 8]);
+        input.spare()[..frame.len()].copy_from_slice(&frame);
+        input.filled = frame.len();
+        assert_eq!(collect(&mut input, 0).1, vec![frame]);
     }
 
     #[test]
