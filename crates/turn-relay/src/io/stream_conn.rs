@@ -469,6 +469,13 @@ mod tests {
     }
 
     #[test]
+    fn every_close_reason_is_a_metric_label() {
+        for why in [Close::Gone, Close::Garbage, Close::Stalled] {
+            assert!(crate::metrics::STREAM_CLOSE_REASONS.contains(&why.as_str()));
+        }
+    }
+
+    #[test]
     fn a_trimmed_buffer_is_taken_again_for_the_next_read() {
         let mut input = InBuf::new(&[]);
         input.buf = Vec::new();
