@@ -49,13 +49,17 @@ fn start_replica(redis: &str) -> Replica {
     spawn_ws_server(
         "hermes-signal",
         port,
-        std::process::Command::new(env!("CARGO_BIN_EXE_hermes-signal"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--redis-url", redis])
-            .args(["--jwt-secret", SECRET])
-            // Benchmark traffic is far above a browser's; lift the per-connection limits.
-            .args(["--rate-per-sec", "100000", "--rate-burst", "100000"])
-            .env("RUST_LOG", "warn"),
+        // SIGNAL_BENCH_BIN: another build of hermes-signal (say, main's) to compare with.
+        std::process::Command::new(
+            std::env::var("SIGNAL_BENCH_BIN")
+                .unwrap_or_else(|_| env!("CARGO_BIN_EXE_hermes-signal").to_owned()),
+        )
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--redis-url", redis])
+        .args(["--jwt-secret", SECRET])
+        // Benchmark traffic is far above a browser's; lift the per-connection limits.
+        .args(["--rate-per-sec", "100000", "--rate-burst", "100000"])
+        .env("RUST_LOG", "warn"),
     )
 }
 
@@ -224,6 +228,152 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time of a process so far, in microseconds: the sum over its threads of
+/// `/proc/<pid>/task/<tid>/schedstat` (nanoseconds on a CPU), so short runs are metered
+/// precisely; `/proc/<pid>/stat` (utime + stime, in clock ticks of 10 ms) where schedstat is
+/// missing.
+fn cpu_micros(pid: u32) -> u64 {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    if !threads.is_empty() {
+        return threads.iter().sum::<u64>() / 1000;
+    }
+    stat_cpu_micros(pid)
+}
+
+/// utime + stime from `/proc/<pid>/stat`, in microseconds.
+fn stat_cpu_micros(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    ticks * 1_000_000 / clock_ticks_per_sec()
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Redis's command counters (`INFO commandstats`): calls per command.
+async fn redis_commands(admin: &Client) -> HashMap<String, u64> {
+    let info: String = admin
+        .info(Some(fred::types::InfoKind::CommandStats))
+        .await
+        .unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+async fn redis_pid(admin: &Client) -> u32 {
+    let info: String = admin
+        .info(Some(fred::types::InfoKind::Server))
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+/// What one run cost: CPU of each process and Redis commands, per delivered message.
+struct Cost {
+    /// (process, CPU µs per message)
+    cpu: Vec<(&'static str, f64)>,
+    commands: f64,
+    /// The commands Redis ran most, per message.
+    top: String,
+}
+
+/// Snapshot before a run; [`Meter::cost`] after it.
+struct Meter {
+    procs: Vec<(&'static str, u32, u64)>,
+    commands: HashMap<String, u64>,
+}
+
+impl Meter {
+    async fn start(admin: &Client, procs: &[(&'static str, u32)]) -> Self {
+        Self {
+            procs: procs
+                .iter()
+                .map(|&(name, pid)| (name, pid, cpu_micros(pid)))
+                .collect(),
+            commands: redis_commands(admin).await,
+        }
+    }
+
+    async fn cost(&self, admin: &Client, messages: usize) -> Cost {
+        let n = messages.max(1) as f64;
+        let cpu = self
+            .procs
+            .iter()
+            .map(|&(name, pid, before)| (name, cpu_micros(pid).saturating_sub(before) as f64 / n))
+            .collect();
+        let after = redis_commands(admin).await;
+        let mut deltas: Vec<(String, u64)> = after
+            .into_iter()
+            .map(|(k, v)| {
+                let d = v.saturating_sub(self.commands.get(&k).copied().unwrap_or(0));
+                (k, d)
+            })
+            // The meter's own INFO calls are not the path's.
+            .filter(|(k, d)| *d > 0 && k != "info")
+            .collect();
+        deltas.sort_by_key(|d| std::cmp::Reverse(d.1));
+        let commands = deltas.iter().map(|(_, d)| *d as f64).sum::<f64>() / n;
+        let top = deltas
+            .iter()
+            .take(8)
+            .map(|(k, d)| format!("{k} {:.2}", *d as f64 / n))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Cost { cpu, commands, top }
+    }
+
+    fn cpu_of(cost: &Cost, prefix: &str) -> f64 {
+        cost.cpu
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
 fn token(keys: &JoinTokenKeys, call: &CallId, role: Role) -> String {
     let claims = JoinClaims::new(
         call.clone(),
@@ -282,8 +432,16 @@ impl Run {
     }
 }
 
-/// Closed loop per call: A sends a candidate, waits until B has it, repeats.
-async fn relay_run(url_a: &str, url_b: &str, calls: usize, rounds: usize) -> Run {
+/// Closed loop per call: A sends a candidate, waits until B has it, repeats. The cost is
+/// metered over the loop only (not the joins before it).
+async fn relay_run(
+    url_a: &str,
+    url_b: &str,
+    calls: usize,
+    rounds: usize,
+    admin: &Client,
+    procs: &[(&'static str, u32)],
+) -> (Run, Cost) {
     let keys = JoinTokenKeys::new(SECRET.as_bytes());
     let gate = Arc::new(Semaphore::new(100));
     let mut pairs = Vec::with_capacity(calls);
@@ -308,6 +466,9 @@ async fn relay_run(url_a: &str, url_b: &str, calls: usize, rounds: usize) -> Run
     while let Some(r) = joins.join_next().await {
         pairs.push(r.unwrap());
     }
+    // Let the joins' own traffic (presence, log events, first lease writes) settle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let meter = Meter::start(admin, procs).await;
     let start = Instant::now();
     let deadline = start + Duration::from_secs(120);
     let mut tasks = tokio::task::JoinSet::new();
@@ -353,16 +514,28 @@ async fn relay_run(url_a: &str, url_b: &str, calls: usize, rounds: usize) -> Run
     while let Some(r) = tasks.join_next().await {
         samples.extend(r.unwrap());
     }
-    Run {
-        samples,
-        wall: start.elapsed(),
-    }
+    let wall = start.elapsed();
+    let cost = meter.cost(admin, samples.len()).await;
+    (Run { samples, wall }, cost)
 }
 
 /// The floor: the same closed loop over a raw PUBLISH → subscriber hop.
 async fn raw_run(redis: &str, calls: usize, rounds: usize) -> Run {
     let (publisher, subscriber) = publisher_and_subscriber(redis).await;
+    let mut probe = subscriber.message_rx();
     subscriber.subscribe("bench:raw").await.unwrap();
+    // Proven before measuring: a probe comes back (fred may leave a SUBSCRIBE unflushed).
+    'probe: for _ in 0..50 {
+        let _ = subscriber.ping::<Value>(None).await;
+        let _: i64 = publisher.publish("bench:raw", "probe").await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+        while let Ok(Ok(m)) = tokio::time::timeout_at(deadline, probe.recv()).await {
+            if &*m.channel == "bench:raw" {
+                break 'probe;
+            }
+        }
+    }
+    drop(probe);
     // Dispatch each received message to the waiting task by index.
     let waiters: Arc<Vec<tokio::sync::Notify>> =
         Arc::new((0..calls).map(|_| tokio::sync::Notify::new()).collect());
@@ -467,13 +640,16 @@ async fn paced_relay(
     let start = Instant::now();
     let deadline = Duration::from_secs(60) + interval * rounds as u32;
     let mut tasks = tokio::task::JoinSet::new();
+    // The senders and drains of the `a` sides, aborted at the end so every socket closes
+    // (a connection left open keeps costing its replica lease renewals in later phases).
+    let mut a_sides = tokio::task::JoinSet::new();
     for (i, (a, mut b)) in pairs.into_iter().enumerate() {
         let offset =
             Duration::from_micros(rand::random::<u64>() % interval.as_micros().max(1) as u64);
         let (mut a_tx, mut a_rx) = a.split();
         // a's incoming frames (peer events) are drained so its socket never backs up.
-        tokio::spawn(async move { while let Some(Ok(_)) = a_rx.next().await {} });
-        tokio::spawn(async move {
+        a_sides.spawn(async move { while let Some(Ok(_)) = a_rx.next().await {} });
+        a_sides.spawn(async move {
             tokio::time::sleep(offset).await;
             let mut tick = tokio::time::interval(interval);
             for r in 0..rounds {
@@ -525,6 +701,8 @@ async fn paced_relay(
         }
     };
     let _ = tokio::time::timeout(deadline, all).await;
+    a_sides.shutdown().await;
+    tasks.shutdown().await;
     Run {
         samples,
         wall: start.elapsed(),
@@ -578,6 +756,150 @@ async fn paced_raw(redis: &str, calls: usize, rounds: usize, interval: Duration)
         samples,
         wall: start.elapsed(),
     }
+}
+
+/// Candidates each side trickles during a call's setup in [`mix_setup`].
+const MIX_CANDIDATES: usize = 8;
+/// How often each browser sends `stats` (web/ sends every 5 s).
+const STATS_EVERY: Duration = Duration::from_secs(5);
+
+/// Read text frames until `want` relayed messages (those with a `seq`) arrived; the highest
+/// `seq` seen, or `None` on a timeout or close.
+async fn read_relayed(ws: &mut Ws, want: usize) -> Option<u64> {
+    let mut got = 0;
+    let mut last = 0;
+    while got < want {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t)
+                    && let Some(seq) = v["seq"].as_u64()
+                {
+                    got += 1;
+                    last = last.max(seq);
+                }
+            }
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+    Some(last)
+}
+
+fn candidate_text(side: usize, i: usize) -> String {
+    serde_json::to_string(&ClientMessage::IceCandidate {
+        candidate: IceCandidate {
+            candidate: format!(
+                "candidate:{i} 1 udp 2122260223 127.0.0.1 {} typ host generation 0",
+                10_000 + side * 100 + i
+            ),
+            sdp_mid: Some("0".into()),
+            sdp_m_line_index: Some(0),
+            username_fragment: Some("abcd".into()),
+        },
+    })
+    .unwrap()
+}
+
+/// The setup of real calls: both sides join (on `url_a` and `url_b`), offer and answer (SDP of
+/// a browser's size), [`MIX_CANDIDATES`] candidates each way, and an `ack` of what each side
+/// received. Returns the connected pairs.
+async fn mix_setup(url_a: &str, url_b: &str, calls: usize) -> Vec<(Ws, Ws)> {
+    let keys = JoinTokenKeys::new(SECRET.as_bytes());
+    let gate = Arc::new(Semaphore::new(100));
+    let sdp: String = "a=candidate-free line of a browser's SDP\r\n".repeat(60);
+    let mut joins = tokio::task::JoinSet::new();
+    for _ in 0..calls {
+        let (ua, ub, keys, gate, sdp) = (
+            url_a.to_owned(),
+            url_b.to_owned(),
+            keys.clone(),
+            gate.clone(),
+            sdp.clone(),
+        );
+        joins.spawn(async move {
+            let _permit = gate.acquire().await.unwrap();
+            let call = CallId::random(&mut rand::rng());
+            let mut a = join(&ua, token(&keys, &call, Role::Offerer)).await;
+            let mut b = join(&ub, token(&keys, &call, Role::Answerer)).await;
+            let send = |text: String| Message::text(text);
+            let offer = ClientMessage::Offer { sdp: sdp.clone() };
+            a.send(send(serde_json::to_string(&offer).unwrap()))
+                .await
+                .ok()?;
+            read_relayed(&mut b, 1).await?;
+            let answer = ClientMessage::Answer { sdp };
+            b.send(send(serde_json::to_string(&answer).unwrap()))
+                .await
+                .ok()?;
+            for i in 0..MIX_CANDIDATES {
+                a.send(send(candidate_text(0, i))).await.ok()?;
+                b.send(send(candidate_text(1, i))).await.ok()?;
+            }
+            let last_a = read_relayed(&mut a, 1 + MIX_CANDIDATES).await?;
+            let last_b = read_relayed(&mut b, MIX_CANDIDATES).await?;
+            for (ws, seq) in [(&mut a, last_a), (&mut b, last_b)] {
+                let ack = serde_json::to_string(&ClientMessage::Ack { seq }).unwrap();
+                ws.send(send(ack)).await.ok()?;
+            }
+            Some((a, b))
+        });
+    }
+    let mut pairs = Vec::with_capacity(calls);
+    while let Some(r) = joins.join_next().await {
+        if let Some(pair) = r.unwrap() {
+            pairs.push(pair);
+        }
+    }
+    pairs
+}
+
+/// Hold the calls for `hold`: each side sends `stats` every [`STATS_EVERY`] (offset at
+/// random) and reads everything (server pings are answered by the client library), while the
+/// replicas renew leases and flush acks. Returns the stats messages sent.
+async fn mix_hold(pairs: Vec<(Ws, Ws)>, hold: Duration) -> usize {
+    let stats = serde_json::json!({
+        "type": "stats", "rttMs": 23.5, "packetLoss": 0.001, "bitrateInKbps": 1450.0,
+        "bitrateOutKbps": 1510.0, "candidateType": "host", "framesDecoded": 9000
+    })
+    .to_string();
+    let end = tokio::time::Instant::now() + hold;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (a, b) in pairs {
+        for ws in [a, b] {
+            let (mut tx, mut rx) = ws.split();
+            let stats = stats.clone();
+            tasks.spawn(async move {
+                let reader = async { while let Some(Ok(_)) = rx.next().await {} };
+                let writer = async {
+                    let mut sent = 0;
+                    let offset = Duration::from_millis(rand::random::<u64>() % 5_000);
+                    let mut tick =
+                        tokio::time::interval_at(tokio::time::Instant::now() + offset, STATS_EVERY);
+                    loop {
+                        tokio::select! {
+                            _ = tick.tick() => {
+                                if tx.send(Message::text(stats.clone())).await.is_err() {
+                                    break;
+                                }
+                                sent += 1;
+                            }
+                            () = tokio::time::sleep_until(end) => break,
+                        }
+                    }
+                    sent
+                };
+                tokio::select! {
+                    sent = writer => sent,
+                    () = reader => 0,
+                }
+            });
+        }
+    }
+    let mut sent = 0;
+    while let Some(r) = tasks.join_next().await {
+        sent += r.unwrap_or(0);
+    }
+    sent
 }
 
 async fn idle_memory(redis: &str, conns: usize) -> (u64, u64, usize) {
@@ -637,60 +959,150 @@ fn main() {
     rt.block_on(async move {
         let redis = RedisServer::start();
         let url = redis.url();
+        let admin = Builder::from_config(Config::from_url(&url).unwrap())
+            .build()
+            .unwrap();
+        admin.init().await.unwrap();
+        let redis_pid = redis_pid(&admin).await;
+        let me = std::process::id();
+        let load_before = load_average();
+
+        eprintln!("raw Redis hop: {calls} concurrent loops × {rounds}");
+        let meter = Meter::start(&admin, &[("redis", redis_pid), ("bench clients", me)]).await;
+        let raw = raw_run(&url, calls, rounds).await;
+        let raw_cost = meter.cost(&admin, raw.samples.len()).await;
+
+        eprintln!("bare forwarder, two processes: {calls} calls × {rounds}");
+        let (f1, f2) = (start_forwarder(&url), start_forwarder(&url));
+        let procs = [
+            ("relay A", f1.guard.id().unwrap()),
+            ("relay B", f2.guard.id().unwrap()),
+            ("redis", redis_pid),
+            ("bench clients", me),
+        ];
+        let (fwd, fwd_cost) = relay_run(&f1.url, &f2.url, calls, rounds, &admin, &procs).await;
+        drop((f1, f2));
+
         let r1 = start_replica(&url);
         let r2 = start_replica(&url);
-        eprintln!("raw Redis hop: {calls} concurrent loops × {rounds}");
-        let raw = raw_run(&url, calls, rounds).await;
+        let procs = [
+            ("relay A", r1.guard.id().unwrap()),
+            ("relay B", r2.guard.id().unwrap()),
+            ("redis", redis_pid),
+            ("bench clients", me),
+        ];
         eprintln!("same replica: {calls} calls × {rounds}");
-        let same = relay_run(&r1.url, &r1.url, calls, rounds).await;
+        let (same, same_cost) = relay_run(&r1.url, &r1.url, calls, rounds, &admin, &procs).await;
         eprintln!("cross replica: {calls} calls × {rounds}");
-        let cross = relay_run(&r1.url, &r2.url, calls, rounds).await;
-        let interval = Duration::from_millis(env_usize("SIGNAL_BENCH_INTERVAL_MS", 200) as u64);
+        let (cross, cross_cost) =
+            relay_run(&r1.url, &r2.url, calls, rounds, &admin, &procs).await;
+
+        // Open loop at half of Hermes' own cross-replica capacity just measured (unless set).
+        let interval = match std::env::var("SIGNAL_BENCH_INTERVAL_MS") {
+            Ok(v) => Duration::from_millis(v.parse().unwrap()),
+            Err(_) => {
+                let offered = (cross.rate() / 2.0).max(1.0);
+                Duration::from_secs_f64(calls as f64 / offered)
+                    .clamp(Duration::from_millis(20), Duration::from_secs(2))
+            }
+        };
         let paced_rounds = env_usize("SIGNAL_BENCH_PACED_ROUNDS", 25);
         eprintln!("paced: {calls} calls, one message per {interval:?} each, {paced_rounds} rounds");
         let p_raw = paced_raw(&url, calls, paced_rounds, interval).await;
         let p_same = paced_relay(&r1.url, &r1.url, calls, paced_rounds, interval).await;
         let p_cross = paced_relay(&r1.url, &r2.url, calls, paced_rounds, interval).await;
+        let mix_calls = env_usize("SIGNAL_BENCH_MIX_CALLS", calls);
+        let hold = Duration::from_secs(env_usize("SIGNAL_BENCH_HOLD_SECS", 30) as u64);
+        eprintln!("real call mix across replicas: {mix_calls} calls set up, then held {hold:?}");
+        let meter = Meter::start(&admin, &procs).await;
+        let pairs = mix_setup(&r1.url, &r2.url, mix_calls).await;
+        let held = pairs.len();
+        let setup_cost = meter.cost(&admin, held).await;
+        let meter = Meter::start(&admin, &procs).await;
+        let stats_sent = mix_hold(pairs, hold).await;
+        // Per call per second of holding.
+        let hold_cost = meter
+            .cost(&admin, (held as f64 * hold.as_secs_f64()).round() as usize)
+            .await;
         drop((r1, r2));
         let (f1, f2) = (start_forwarder(&url), start_forwarder(&url));
         eprintln!("paced, bare forwarder across two processes (the architecture's floor)");
         let p_fwd = paced_relay(&f1.url, &f2.url, calls, paced_rounds, interval).await;
         drop((f1, f2));
-        eprintln!("idle connections: {idle}");
-        let (before, after, n) = idle_memory(&url, idle).await;
+        let load_after = load_average();
+        let memory = if idle > 0 {
+            eprintln!("idle connections: {idle}");
+            Some(idle_memory(&url, idle).await)
+        } else {
+            None
+        };
 
         println!();
-        println!("hermes-signal relay, {calls} concurrent calls, closed loop, {rounds} messages per call (ms)");
-        println!("| path | messages | p50 | p99 | msgs/s | p50 / raw | p99 / raw |");
-        println!("|---|---:|---:|---:|---:|---:|---:|");
-        for (name, r) in [
-            ("raw Redis PUBLISH→subscriber (floor)", &raw),
-            ("same replica", &same),
-            ("cross replica", &cross),
-        ] {
+        println!(
+            "hermes-signal relay, {calls} concurrent calls, closed loop, {rounds} messages per call; \
+             load average {load_before} before, {load_after} after (2 cores shared: compare ratios)"
+        );
+        println!(
+            "| path | messages | p50 ms | p99 ms | msgs/s | msgs/s / forwarder | CPU µs/msg relay A | relay B | Redis | bench clients | Redis cmds/msg |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let rows = [
+            ("raw Redis PUBLISH→subscriber (2-hop floor)", &raw, &raw_cost),
+            ("bare forwarder, two processes (4-hop floor)", &fwd, &fwd_cost),
+            ("same replica", &same, &same_cost),
+            ("cross replica", &cross, &cross_cost),
+        ];
+        for (name, r, c) in rows {
+            let relay = |p: &str| {
+                let v = Meter::cpu_of(c, p);
+                if c.cpu.iter().any(|(n, _)| *n == p) {
+                    format!("{v:.1}")
+                } else {
+                    "-".into()
+                }
+            };
             println!(
-                "| {name} | {} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} |",
+                "| {name} | {} | {:.2} | {:.2} | {:.0} | {:.2} | {} | {} | {:.1} | {:.1} | {:.2} |",
                 r.samples.len(),
                 r.pct(0.5),
                 r.pct(0.99),
                 r.rate(),
-                r.pct(0.5) / raw.pct(0.5),
-                r.pct(0.99) / raw.pct(0.99),
+                r.rate() / fwd.rate(),
+                relay("relay A"),
+                relay("relay B"),
+                Meter::cpu_of(c, "redis"),
+                Meter::cpu_of(c, "bench clients"),
+                c.commands,
             );
         }
+        for (name, _, c) in rows {
+            println!("Redis commands per message, {name}: {}", c.top);
+        }
+        let tput = cross.rate() / fwd.rate();
+        let redis_cpu = Meter::cpu_of(&cross_cost, "redis") / Meter::cpu_of(&fwd_cost, "redis");
+        let relay_cpu = (Meter::cpu_of(&cross_cost, "relay A")
+            + Meter::cpu_of(&cross_cost, "relay B"))
+            / (Meter::cpu_of(&fwd_cost, "relay A") + Meter::cpu_of(&fwd_cost, "relay B"));
         println!(
-            "closed loop = saturation: latency there is queueing (concurrency / throughput)."
+            "target cross-replica throughput >= 0.5 x forwarder: {} ({tput:.2}x)",
+            if tput >= 0.5 { "met" } else { "NOT met" }
         );
+        println!(
+            "target cross-replica Redis CPU per message <= 2 x forwarder's: {} ({redis_cpu:.2}x)",
+            if redis_cpu <= 2.0 { "met" } else { "NOT met" }
+        );
+        println!("cross-replica relay-process CPU per message / forwarder's: {relay_cpu:.2}x");
         println!();
         println!(
-            "open loop: {calls} concurrent calls, each one message per {} ms ({:.0} msgs/s offered), {paced_rounds} rounds (ms)",
+            "open loop: {calls} concurrent calls, each one message per {} ms ({:.0} msgs/s offered, \
+             half the cross-replica closed-loop rate unless SIGNAL_BENCH_INTERVAL_MS), {paced_rounds} rounds (ms)",
             interval.as_millis(),
-            calls as f64 * 1000.0 / interval.as_millis().max(1) as f64
+            calls as f64 / interval.as_secs_f64()
         );
-        println!("| path | messages | p50 | p99 | msgs/s | p50 / raw | p99 / raw |");
+        println!("| path | messages | p50 | p99 | msgs/s | p50 / forwarder | p99 / forwarder |");
         println!("|---|---:|---:|---:|---:|---:|---:|");
         for (name, r) in [
-            ("raw Redis PUBLISH→subscriber (floor)", &p_raw),
+            ("raw Redis PUBLISH→subscriber (2-hop floor)", &p_raw),
             ("bare forwarder, two processes (4-hop floor)", &p_fwd),
             ("same replica", &p_same),
             ("cross replica", &p_cross),
@@ -701,32 +1113,63 @@ fn main() {
                 r.pct(0.5),
                 r.pct(0.99),
                 r.rate(),
-                r.pct(0.5) / p_raw.pct(0.5),
-                r.pct(0.99) / p_raw.pct(0.99),
+                r.pct(0.5) / p_fwd.pct(0.5),
+                r.pct(0.99) / p_fwd.pct(0.99),
             );
         }
-        let target = p_cross.pct(0.99) <= 1.5 * p_raw.pct(0.99);
+        let p99 = p_cross.pct(0.99) / p_fwd.pct(0.99);
         println!(
-            "target cross-replica p99 <= 1.5 x raw hop (open loop): {} ({:.2}x)",
-            if target { "met" } else { "NOT met" },
-            p_cross.pct(0.99) / p_raw.pct(0.99)
+            "target cross-replica open-loop p99 <= 1.5 x forwarder's: {} ({p99:.2}x)",
+            if p99 <= 1.5 { "met" } else { "NOT met" }
         );
-        println!(
-            "cross replica / bare forwarder (what Hermes adds to the 4-hop path): p50 {:.2}x, p99 {:.2}x",
-            p_cross.pct(0.5) / p_fwd.pct(0.5),
-            p_cross.pct(0.99) / p_fwd.pct(0.99)
-        );
-        let delta_mib = after.saturating_sub(before) as f64 / 1024.0;
+        let signal = |c: &Cost| Meter::cpu_of(c, "relay A") + Meter::cpu_of(c, "relay B");
         println!();
-        println!("| idle connections | RSS before | RSS after | delta | per connection | target |");
-        println!("|---:|---:|---:|---:|---:|---|");
         println!(
-            "| {n} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} KiB | < 300 MiB: {} |",
-            before as f64 / 1024.0,
-            after as f64 / 1024.0,
-            delta_mib,
-            after.saturating_sub(before) as f64 / n.max(1) as f64,
-            if (after as f64 / 1024.0) < 300.0 { "met" } else { "NOT met" }
+            "real call mix, cross replica: {held} calls set up (join x2, offer + answer of {} bytes, \
+             {MIX_CANDIDATES} candidates each way, acks), then held {}s (stats every 5 s per side: \
+             {stats_sent} sent; lease renewals, ack flushes, pings)",
+            "a=candidate-free line of a browser's SDP\r\n".len() * 60,
+            hold.as_secs()
         );
+        println!("| phase | signal CPU µs (both replicas) | Redis CPU µs | Redis cmds |");
+        println!("|---|---:|---:|---:|");
+        println!(
+            "| setup, per call | {:.0} | {:.0} | {:.1} |",
+            signal(&setup_cost),
+            Meter::cpu_of(&setup_cost, "redis"),
+            setup_cost.commands
+        );
+        println!(
+            "| held, per call per second | {:.1} | {:.1} | {:.2} |",
+            signal(&hold_cost),
+            Meter::cpu_of(&hold_cost, "redis"),
+            hold_cost.commands
+        );
+        println!("Redis commands while held, per call per second: {}", hold_cost.top);
+        // A call of 10 minutes on average: its setup spread over its length, plus holding.
+        let per_call_s = |setup: f64, held: f64| setup / 600.0 + held;
+        println!(
+            "capacity (10-minute calls, CPU only): {:.0} concurrent calls per signal core, {:.0} per Redis core",
+            1e6 / per_call_s(signal(&setup_cost), signal(&hold_cost)).max(1e-9),
+            1e6 / per_call_s(
+                Meter::cpu_of(&setup_cost, "redis"),
+                Meter::cpu_of(&hold_cost, "redis")
+            )
+            .max(1e-9),
+        );
+        if let Some((before, after, n)) = memory {
+            let delta_mib = after.saturating_sub(before) as f64 / 1024.0;
+            println!();
+            println!("| idle connections | RSS before | RSS after | delta | per connection | target |");
+            println!("|---:|---:|---:|---:|---:|---|");
+            println!(
+                "| {n} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} KiB | < 300 MiB: {} |",
+                before as f64 / 1024.0,
+                after as f64 / 1024.0,
+                delta_mib,
+                after.saturating_sub(before) as f64 / n.max(1) as f64,
+                if (after as f64 / 1024.0) < 300.0 { "met" } else { "NOT met" }
+            );
+        }
     });
 }
