@@ -10,8 +10,8 @@
 //!   what the sender has seen, so a Redis that lost its data does not reuse numbers), append the
 //!   message to every other participant's capped inbox stream (entry id `seq-1`), PUBLISH it.
 //!   Because one script does all three, `seq` order = inbox order = pub/sub order.
-//! - `TICK` (per call with local participants, every third of the lease): renew local leases
-//!   (re-creating them after a Redis restart), report local connections another connection
+//! - `TICK` (calls with local participants, 16 per script run, every third of the lease):
+//!   renew local leases and their inboxes' TTL (re-creating leases after a Redis restart), report local connections another connection
 //!   replaced, and sweep peers whose lease lapsed (crashed replica: `peer-reconnecting`) or
 //!   whose grace ended (`peer-left`). The transition happens once, in Redis, so exactly one
 //!   replica announces it.
@@ -20,7 +20,8 @@
 //! - `END`: mark the call ended, drop seats and inboxes, publish `call-ended`.
 //!
 //! Fan-out: one subscriber connection per replica SUBSCRIBEs to the channel of every call
-//! that has a local participant. A router task owns the channel → local sessions map (no
+//! that has a local participant (the subscription manager runs SUBSCRIBEs in order per channel
+//! and concurrently across channels; `/readyz` probes the subscriber end to end). A router task owns the channel → local sessions map (no
 //! lock) and forwards each published frame, as the same bytes, to the sessions it concerns.
 //! A jump in a call's `seq`, a lagging broadcast or a subscriber reconnect makes the sessions
 //! catch up from their inboxes, so pub/sub loss never loses a relayed message.
@@ -242,15 +243,24 @@ return reply
 /// KEYS: peers, seq, channel, call, and under Sentinel the seq epoch.
 /// ARGV: from, conn, head, tail, floor, inbox prefix, maxlen, inbox ttl ms, ttl s, own live
 /// entry, then the participant ids the sender knows are in the call.
+///
+/// Five commands per message to one peer (status, seats, counter, inbox, publish): the seat
+/// check and the recipients come from one HGETALL; the counter's TTL is refreshed on its
+/// creation, on a lift and every 64th number (not per message); an inbox gets its TTL when
+/// this script creates it and the recipient's lease tick renews it (`TICK`).
 const RELAY_LUA: &str = r#"
 if redis.call('HGET', KEYS[4], 'status') == 'ended' then return -2 end
-local mine = redis.call('HGET', KEYS[1], ARGV[1])
+local entries = redis.call('HGETALL', KEYS[1])
+local mine
+local to = {}
+for i = 1, #entries, 2 do
+  if entries[i] == ARGV[1] then mine = entries[i + 1] else to[entries[i]] = true end
+end
 if mine then
   if conn_of(mine) ~= ARGV[2] then return -1 end
 else
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[10])
 end
-local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
 -- Failover (KEYS[5] given under Sentinel): a primary that died may have issued (and
 -- delivered) numbers it never replicated. When the primary changed since this call's last
 -- relay (another replication id), jump past any of them, so no receiver ever sees a number
@@ -258,27 +268,39 @@ local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
 if KEYS[5] then
   local epoch = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or ''
   if redis.call('GET', KEYS[5]) ~= epoch then
-    if cur > 0 then cur = redis.call('INCRBY', KEYS[2], 1000000) end
+    if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then redis.call('INCRBY', KEYS[2], 1000000) end
     redis.call('SET', KEYS[5], epoch, 'EX', ARGV[9])
   end
 end
-if cur < tonumber(ARGV[5]) then redis.call('SET', KEYS[2], ARGV[5]) end
+-- The next number, never below what the sender has seen, so a Redis that lost the counter
+-- does not reuse numbers.
 local seq = redis.call('INCR', KEYS[2])
-redis.call('EXPIRE', KEYS[2], ARGV[9])
+local floor = tonumber(ARGV[5])
+if seq <= floor then
+  seq = floor + 1
+  redis.call('SET', KEYS[2], string.format('%d', seq))
+  redis.call('EXPIRE', KEYS[2], ARGV[9])
+elseif seq % 64 == 1 then
+  redis.call('EXPIRE', KEYS[2], ARGV[9])
+end
 -- Lua's own number-to-string conversion prints 1e+15; '%d' always gives the integer.
 local n = string.format('%d', seq)
 local id = n .. '-1'
 local msg = ARGV[3] .. n .. ARGV[4]
-local to = {}
-for _, p in ipairs(redis.call('HKEYS', KEYS[1])) do to[p] = true end
 -- Peers the sender knows of, in case Redis lost the seats (restart) and their replicas
 -- have not rewritten them yet.
-for i = 11, #ARGV do to[ARGV[i]] = true end
-to[ARGV[1]] = nil
+for i = 11, #ARGV do
+  if ARGV[i] ~= ARGV[1] then to[ARGV[i]] = true end
+end
 local written = {}
 for p, _ in pairs(to) do
   local k = ARGV[6] .. p
-  local r = redis.pcall('XADD', k, 'MAXLEN', '~', ARGV[7], id, 'm', msg)
+  local created = false
+  local r = redis.pcall('XADD', k, 'NOMKSTREAM', 'MAXLEN', '~', ARGV[7], id, 'm', msg)
+  if not r then
+    created = true
+    r = redis.pcall('XADD', k, 'MAXLEN', '~', ARGV[7], id, 'm', msg)
+  end
   if type(r) == 'table' and r.err then
     -- Not sent: take it back from the inboxes already written, and lift the counter above
     -- this inbox's newest entry (left by a partial data loss) so the resend fits.
@@ -291,7 +313,7 @@ for p, _ in pairs(to) do
     return redis.error_reply('inbox write failed: ' .. tostring(r.err))
   end
   written[#written + 1] = k
-  redis.call('PEXPIRE', k, ARGV[8])
+  if created then redis.call('PEXPIRE', k, ARGV[8]) end
 end
 redis.call('PUBLISH', KEYS[3], msg)
 return seq
@@ -308,60 +330,77 @@ end
 return 1
 "#;
 
-/// KEYS: call, peers, channel, seq. ARGV: now_ms, grace_ms, ttl_s, inbox prefix, then
-/// (pid, conn, live entry) per local connection.
+/// Several calls per script run (one EVALSHA per [`TICK_BATCH`] calls, not per call).
+/// KEYS: (call, peers, channel, seq) per call. ARGV: now_ms, grace_ms, ttl_s, inbox ttl ms,
+/// then per call: inbox prefix, number of local connections, (pid, conn, live entry) per local
+/// connection. A renewed lease renews its inbox's TTL too (relays set it only when they
+/// create the inbox). Reply: per call, `{'ended'}` or `{'ok', seq, stale 'pid|conn'...}`.
 const TICK_LUA: &str = r#"
-local now, grace = tonumber(ARGV[1]), tonumber(ARGV[2])
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'ended' then return {'ended'} end
-if not status then
-  redis.call('HSET', KEYS[1], 'status', 'active', 'createdAt', string.format('%.0f', math.floor(now / 1000)))
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-end
-local mine = {}
-local reply = {'ok', redis.call('GET', KEYS[4]) or '0'}
-for i = 5, #ARGV, 3 do
-  local pid, conn = ARGV[i], ARGV[i + 1]
-  mine[pid] = true
-  local v = redis.call('HGET', KEYS[2], pid)
-  if v and conn_of(v) ~= conn then
-    reply[#reply + 1] = pid .. '|' .. conn
-  else
-    redis.call('HSET', KEYS[2], pid, ARGV[i + 2])
+local now, grace, ttl, inbox_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local function tick(kcall, kpeers, kchan, kseq, prefix, first, count)
+  local status = redis.call('HGET', kcall, 'status')
+  if status == 'ended' then return {'ended'} end
+  if not status then
+    redis.call('HSET', kcall, 'status', 'active', 'createdAt', string.format('%.0f', math.floor(now / 1000)))
+    redis.call('EXPIRE', kcall, ttl)
   end
-end
-local entries = redis.call('HGETALL', KEYS[2])
-for i = 1, #entries, 2 do
-  local p, v = entries[i], entries[i + 1]
-  if not mine[p] then
-    local role, state, exp = string.match(v, '^(%a+)|(%a)|(%d+)|')
-    exp = tonumber(exp)
-    local left = false
-    if not role then
-      redis.call('HDEL', KEYS[2], p)
-    elseif state == 'L' and exp < now then
-      if exp + grace >= now then
-        redis.call('HSET', KEYS[2], p, role .. '|A|' .. string.format('%.0f', exp + grace) .. '|' .. conn_of(v))
-        if role ~= 'observer' then
-          redis.call('PUBLISH', KEYS[3], '{"type":"peer-reconnecting","participantId":"' .. p .. '"}')
+  local entries = redis.call('HGETALL', kpeers)
+  local seats = {}
+  for i = 1, #entries, 2 do seats[entries[i]] = entries[i + 1] end
+  local mine = {}
+  local reply = {'ok', redis.call('GET', kseq) or '0'}
+  for i = first, first + 3 * (count - 1), 3 do
+    local pid, conn = ARGV[i], ARGV[i + 1]
+    mine[pid] = true
+    local v = seats[pid]
+    if v and conn_of(v) ~= conn then
+      reply[#reply + 1] = pid .. '|' .. conn
+    else
+      redis.call('HSET', kpeers, pid, ARGV[i + 2])
+      redis.call('PEXPIRE', prefix .. pid, inbox_ttl)
+    end
+  end
+  for i = 1, #entries, 2 do
+    local p, v = entries[i], entries[i + 1]
+    if not mine[p] then
+      local role, state, exp = string.match(v, '^(%a+)|(%a)|(%d+)|')
+      exp = tonumber(exp)
+      local left = false
+      if not role then
+        redis.call('HDEL', kpeers, p)
+      elseif state == 'L' and exp < now then
+        if exp + grace >= now then
+          redis.call('HSET', kpeers, p, role .. '|A|' .. string.format('%.0f', exp + grace) .. '|' .. conn_of(v))
+          if role ~= 'observer' then
+            redis.call('PUBLISH', kchan, '{"type":"peer-reconnecting","participantId":"' .. p .. '"}')
+          end
+        else
+          left = true
         end
-      else
+      elseif state == 'A' and exp < now then
         left = true
       end
-    elseif state == 'A' and exp < now then
-      left = true
-    end
-    if left then
-      redis.call('HDEL', KEYS[2], p)
-      redis.call('DEL', ARGV[4] .. p)
-      if role ~= 'observer' then
-        redis.call('PUBLISH', KEYS[3], '{"type":"peer-left","participantId":"' .. p .. '","reason":"timeout"}')
+      if left then
+        redis.call('HDEL', kpeers, p)
+        redis.call('DEL', prefix .. p)
+        if role ~= 'observer' then
+          redis.call('PUBLISH', kchan, '{"type":"peer-left","participantId":"' .. p .. '","reason":"timeout"}')
+        end
       end
     end
   end
+  redis.call('EXPIRE', kpeers, ttl)
+  return reply
 end
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return reply
+local out = {}
+local a = 5
+for c = 1, #KEYS / 4 do
+  local k = (c - 1) * 4
+  local prefix, count = ARGV[a], tonumber(ARGV[a + 1])
+  out[c] = tick(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], prefix, a + 2, count)
+  a = a + 2 + 3 * count
+end
+return out
 "#;
 
 /// KEYS: peers, channel, own inbox. ARGV: pid, conn, peer-left reason.
@@ -450,6 +489,8 @@ struct PendingSubscription {
     /// No probe in flight (new channel, or SUBSCRIBE / the probe PUBLISH failed).
     failed: bool,
     waiters: Vec<oneshot::Sender<Result<(), Error>>>,
+    /// When the oldest registration still waiting started to wait (readiness).
+    waiting_since: Option<std::time::Instant>,
 }
 
 impl PendingSubscription {
@@ -460,6 +501,7 @@ impl PendingSubscription {
             since: std::time::Instant::now(),
             failed: true,
             waiters: Vec::new(),
+            waiting_since: None,
         }
     }
 
@@ -510,6 +552,9 @@ enum Cmd {
     },
     Snapshot(oneshot::Sender<Vec<CallSnapshot>>),
     ResyncAll,
+    /// Readiness: answered `true` once a fresh probe came back through this replica's health
+    /// channel and no registration has waited longer than [`SUBSCRIBE_TIMEOUT`].
+    Ready(oneshot::Sender<bool>),
 }
 
 enum SubCmd {
@@ -521,8 +566,16 @@ enum SubCmd {
     Unsubscribe(String),
 }
 
-/// Lease scripts in flight at once during a paced tick.
-const TICK_CHUNK: usize = 4;
+impl SubCmd {
+    fn channel(&self) -> &str {
+        match self {
+            SubCmd::Subscribe { channel, .. } | SubCmd::Unsubscribe(channel) => channel,
+        }
+    }
+}
+
+/// Calls renewed by one run of the tick script (its Redis time stays short: about 0.2 ms).
+const TICK_BATCH: usize = 16;
 /// How long a registration waits for its channel's subscription to be proven.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A probe not seen after this long is sent again, with a new SUBSCRIBE (fred may leave a
@@ -709,6 +762,12 @@ impl Hub {
         format!("{}:inbox:", keys::call(call))
     }
 
+    /// How long an inbox outlives its last lease renewal (or its creation): longer than a
+    /// lease plus the grace window, so it is there for any resume the seat allows.
+    fn inbox_ttl_ms(&self) -> u64 {
+        self.times.grace_ms + 2 * self.times.lease_ms + 60_000
+    }
+
     fn live_entry(&self, role: Role, conn: &str, now_ms: u64) -> String {
         PeerEntry {
             role,
@@ -808,7 +867,7 @@ impl Hub {
     ) -> Result<RelayOutcome, Error> {
         let (head, tail) = split_at_seq(message)
             .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "message has no seq"))?;
-        let inbox_ttl_ms = self.times.grace_ms + 2 * self.times.lease_ms + 60_000;
+        let inbox_ttl_ms = self.inbox_ttl_ms();
         let seq: i64 = self
             .scripts
             .relay
@@ -976,22 +1035,24 @@ impl Hub {
         Ok(())
     }
 
-    /// Renew every local lease and sweep lapsed peers, one script call per call: at once (after
-    /// a reconnect), or paced evenly over `spread` so relays never queue behind a burst.
+    /// Renew every local lease and sweep lapsed peers, one script call per [`TICK_BATCH`]
+    /// calls: at once (after a reconnect), or paced evenly over `spread` so relays never queue
+    /// behind a burst.
     async fn tick_all(&self, spread: Option<Duration>) {
         let (tx, rx) = oneshot::channel();
         if self.cmd_tx.send(Cmd::Snapshot(tx)).is_err() {
             return;
         }
         let Ok(calls) = rx.await else { return };
-        // Bounded concurrency: a few scripts in flight when paced, 64 when catching up.
-        let chunk_len = if spread.is_some() { TICK_CHUNK } else { 64 };
+        // Bounded concurrency: one script in flight when paced, four when catching up.
+        let in_flight = if spread.is_some() { 1 } else { 4 };
+        let chunk_len = TICK_BATCH * in_flight;
         let chunks = calls.len().div_ceil(chunk_len).max(1);
         let pause = spread.map(|d| d / chunks as u32);
         let mut next = tokio::time::Instant::now();
         for chunk in calls.chunks(chunk_len) {
             let now = hermes_service::unix_now_ms();
-            let futures = chunk.iter().map(|c| self.tick_call(c, now));
+            let futures = chunk.chunks(TICK_BATCH).map(|b| self.tick_calls(b, now));
             futures_util::future::join_all(futures).await;
             if let Some(pause) = pause {
                 next += pause;
@@ -1000,34 +1061,33 @@ impl Hub {
         }
     }
 
-    async fn tick_call(&self, snap: &CallSnapshot, now_ms: u64) {
-        let call = &snap.call;
+    async fn tick_calls(&self, snaps: &[CallSnapshot], now_ms: u64) {
+        let mut keys = Vec::with_capacity(4 * snaps.len());
         let mut args = vec![
             now_ms.to_string(),
             self.times.grace_ms.to_string(),
             CALL_TTL_SECS.to_string(),
-            Self::inbox_prefix(call),
+            self.inbox_ttl_ms().to_string(),
         ];
-        for (pid, role, conn, _) in &snap.locals {
-            args.push(pid.to_string());
-            args.push(conn.to_string());
-            args.push(self.live_entry(*role, conn, now_ms));
+        for snap in snaps {
+            let call = &snap.call;
+            keys.extend([
+                keys::call(call),
+                keys::call_peers(call),
+                keys::call_channel(call),
+                keys::call_seq(call),
+            ]);
+            args.push(Self::inbox_prefix(call));
+            args.push(snap.locals.len().to_string());
+            for (pid, role, conn, _) in &snap.locals {
+                args.push(pid.to_string());
+                args.push(conn.to_string());
+                args.push(self.live_entry(*role, conn, now_ms));
+            }
         }
-        let reply: Result<Vec<Value>, Error> = self
-            .scripts
-            .tick
-            .run(
-                &self.client,
-                vec![
-                    keys::call(call),
-                    keys::call_peers(call),
-                    keys::call_channel(call),
-                    keys::call_seq(call),
-                ],
-                args,
-            )
-            .await;
-        let reply = match reply {
+        let reply: Result<Vec<Value>, Error> =
+            self.scripts.tick.run(&self.client, keys, args).await;
+        let replies = match reply {
             Ok(r) => r,
             Err(e) => {
                 self.metrics.redis_errors.inc();
@@ -1035,6 +1095,15 @@ impl Hub {
                 return;
             }
         };
+        for (snap, reply) in snaps.iter().zip(replies) {
+            if let Value::Array(reply) = reply {
+                Self::apply_tick(snap, &reply);
+            }
+        }
+    }
+
+    /// Act on one call's part of a tick reply.
+    fn apply_tick(snap: &CallSnapshot, reply: &[Value]) {
         let first = reply
             .first()
             .and_then(|v| v.as_str().map(|s| s.into_owned()));
@@ -1070,6 +1139,20 @@ impl Hub {
     /// Whether the subscriber connection is up.
     pub fn subscriber_connected(&self) -> bool {
         self.subscriber.is_connected()
+    }
+
+    /// Whether pub/sub works end to end now: the subscriber connection is up, a probe
+    /// published on this replica's health channel came back through it within `timeout`,
+    /// and no session is stuck waiting for its call's subscription.
+    pub async fn subscriber_ready(&self, timeout: Duration) -> bool {
+        if !self.subscriber.is_connected() {
+            return false;
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.cmd_tx.send(Cmd::Ready(tx)).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(true)))
     }
 }
 
@@ -1129,6 +1212,50 @@ struct Head<'a> {
     probe: Option<u64>,
 }
 
+/// One SUBSCRIBE (+ PING + probe PUBLISH) or UNSUBSCRIBE (+ PING).
+async fn subscription_op(
+    subscriber: SubscriberClient,
+    client: Client,
+    replica: Arc<str>,
+    cmd: SubCmd,
+    cmd_tx: mpsc::UnboundedSender<Cmd>,
+) {
+    match cmd {
+        SubCmd::Subscribe { channel, probe } => {
+            // fred answers SUBSCRIBE before writing it, and may leave it unflushed in the
+            // socket buffer: a PING flushes it, and only the probe coming back through the
+            // subscription proves Redis applied it.
+            let mut result = subscriber.subscribe(channel.clone()).await;
+            if result.is_ok() {
+                result = subscriber.ping::<Value>(None).await.map(|_| ());
+            }
+            if result.is_ok() {
+                let text = format!(r#"{{"type":"probe","replica":"{replica}","probe":{probe}}}"#);
+                result = client
+                    .publish::<i64, _, _>(channel.clone(), text)
+                    .await
+                    .map(|_| ());
+            }
+            if let Err(error) = result {
+                let _ = cmd_tx.send(Cmd::SubscribeFailed {
+                    channel,
+                    probe,
+                    error,
+                });
+            }
+        }
+        SubCmd::Unsubscribe(channel) => {
+            if subscriber.unsubscribe(channel).await.is_ok() {
+                let _ = subscriber.ping::<Value>(None).await;
+            }
+        }
+    }
+}
+
+/// Runs SUBSCRIBE / UNSUBSCRIBE operations: in order per channel (a late UNSUBSCRIBE never
+/// overtakes a later SUBSCRIBE of the same call), concurrently across channels, so one slow
+/// or retried subscription never holds up the others (a fresh replica once logged
+/// "subscription not confirmed in time" for more than 20 s behind a serial queue).
 async fn subscription_manager(
     subscriber: SubscriberClient,
     client: Client,
@@ -1136,35 +1263,48 @@ async fn subscription_manager(
     mut rx: mpsc::UnboundedReceiver<SubCmd>,
     cmd_tx: mpsc::UnboundedSender<Cmd>,
 ) {
-    while let Some(cmd) = rx.recv().await {
-        match cmd {
-            SubCmd::Subscribe { channel, probe } => {
-                // fred answers SUBSCRIBE before writing it, and may leave it unflushed in the
-                // socket buffer: a PING flushes it, and only the probe coming back through the
-                // subscription proves Redis applied it.
-                let mut result = subscriber.subscribe(channel.clone()).await;
-                if result.is_ok() {
-                    result = subscriber.ping::<Value>(None).await.map(|_| ());
-                }
-                if result.is_ok() {
-                    let text =
-                        format!(r#"{{"type":"probe","replica":"{replica}","probe":{probe}}}"#);
-                    result = client
-                        .publish::<i64, _, _>(channel.clone(), text)
-                        .await
-                        .map(|_| ());
-                }
-                if let Err(error) = result {
-                    let _ = cmd_tx.send(Cmd::SubscribeFailed {
-                        channel,
-                        probe,
-                        error,
-                    });
+    // Channels with an operation in flight, and what waits behind it.
+    let mut busy: HashMap<String, std::collections::VecDeque<SubCmd>> = HashMap::new();
+    let mut running: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
+    // Which channel each running operation is for (found again even if one panicked).
+    let mut owners: HashMap<tokio::task::Id, String> = HashMap::new();
+    let spawn = |running: &mut tokio::task::JoinSet<()>,
+                 owners: &mut HashMap<tokio::task::Id, String>,
+                 cmd: SubCmd| {
+        let channel = cmd.channel().to_owned();
+        let op = subscription_op(
+            subscriber.clone(),
+            client.clone(),
+            replica.clone(),
+            cmd,
+            cmd_tx.clone(),
+        );
+        owners.insert(running.spawn(op).id(), channel);
+    };
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { break };
+                match busy.get_mut(cmd.channel()) {
+                    Some(queue) => queue.push_back(cmd),
+                    None => {
+                        busy.insert(cmd.channel().to_owned(), Default::default());
+                        spawn(&mut running, &mut owners, cmd);
+                    }
                 }
             }
-            SubCmd::Unsubscribe(channel) => {
-                if subscriber.unsubscribe(channel).await.is_ok() {
-                    let _ = subscriber.ping::<Value>(None).await;
+            Some(done) = running.join_next_with_id() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                };
+                let Some(channel) = owners.remove(&id) else { continue };
+                let next = busy.get_mut(&channel).and_then(|q| q.pop_front());
+                match next {
+                    Some(cmd) => spawn(&mut running, &mut owners, cmd),
+                    None => {
+                        busy.remove(&channel);
+                    }
                 }
             }
         }
@@ -1186,6 +1326,9 @@ async fn router(
     else {
         return;
     };
+    // This replica's own channel for readiness probes (never a call's).
+    let health_channel = format!("signal:replica:{replica}:health");
+    let mut health_waiters: Vec<(u64, oneshot::Sender<bool>)> = Vec::new();
     let mut retry = tokio::time::interval(PROBE_RETRY / 2);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -1200,6 +1343,8 @@ async fn router(
                         p.send(channel, &mut next_probe, &sub_tx);
                     }
                 }
+                // Readiness checks whose caller gave up.
+                health_waiters.retain(|(_, w)| !w.is_closed());
             }
             cmd = cmd_rx.recv() => {
                 let Some(cmd) = cmd else { break };
@@ -1218,6 +1363,7 @@ async fn router(
                                 let _ = ready.send(Ok(()));
                             }
                             Some(p) => {
+                                p.waiting_since.get_or_insert_with(std::time::Instant::now);
                                 p.waiters.push(ready);
                                 if p.due() {
                                     p.send(&channel, &mut next_probe, &sub_tx);
@@ -1234,6 +1380,11 @@ async fn router(
                         }
                     }
                     Cmd::SubscribeFailed { channel, probe, error } => {
+                        if channel == health_channel {
+                            // Dropping the sender answers "not ready".
+                            health_waiters.retain(|(p, _)| *p != probe);
+                            continue;
+                        }
                         if let Some(entry) = calls.get_mut(&channel)
                             && entry.pending.as_ref().is_some_and(|p| p.probe == probe)
                             && let Some(p) = entry.pending.take()
@@ -1276,11 +1427,42 @@ async fn router(
                             resync(c);
                         }
                     }
+                    Cmd::Ready(reply) => {
+                        next_probe += 1;
+                        health_waiters.push((next_probe, reply));
+                        let _ = sub_tx.send(SubCmd::Subscribe {
+                            channel: health_channel.clone(),
+                            probe: next_probe,
+                        });
+                    }
                 }
             }
             msg = messages.recv() => {
                 match msg {
                     Ok(msg) => {
+                        if *msg.channel == *health_channel {
+                            let probe = msg
+                                .value
+                                .as_str()
+                                .and_then(|t| serde_json::from_str::<Head<'_>>(&t).ok().and_then(|h| {
+                                    (h.replica == Some(&*replica)).then_some(h.probe).flatten()
+                                }));
+                            if let Some(probe) = probe {
+                                let stuck = calls.values().any(|c| {
+                                    c.pending.as_ref().is_some_and(|p| {
+                                        p.waiting_since.is_some_and(|t| t.elapsed() > SUBSCRIBE_TIMEOUT)
+                                    })
+                                });
+                                let (answered, rest) = std::mem::take(&mut health_waiters)
+                                    .into_iter()
+                                    .partition(|(p, _)| *p <= probe);
+                                health_waiters = rest;
+                                for (_, w) in answered {
+                                    let _ = w.send(!stuck);
+                                }
+                            }
+                            continue;
+                        }
                         let Some(entry) = calls.get_mut(&*msg.channel) else { continue };
                         let Some(bytes) = msg.value.into_bytes() else { continue };
                         let Ok(text) = Utf8Bytes::try_from(bytes) else { continue };

@@ -42,6 +42,9 @@ use metrics::Metrics;
 /// error and the connection stays.
 pub const HARD_MESSAGE_LIMIT: usize = 4 * hermes_proto::signal::MAX_FRAME_BYTES;
 
+/// How long `/readyz` waits for its pub/sub probe to come back.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Everything a session needs, shared by all sessions of the replica.
 pub struct AppState {
     pub config: Config,
@@ -151,11 +154,15 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
     }
-    if hermes_service::redis::is_ready(state.hub.client()).await && state.hub.subscriber_connected()
-    {
+    if !hermes_service::redis::is_ready(state.hub.client()).await {
+        return (StatusCode::SERVICE_UNAVAILABLE, "redis unavailable").into_response();
+    }
+    // Pub/sub proven end to end (a probe came back through the subscriber), not merely a
+    // connected socket: a replica whose subscriptions do not apply cannot deliver anything.
+    if state.hub.subscriber_ready(READY_PROBE_TIMEOUT).await {
         "ready".into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "redis unavailable").into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, "redis pub/sub not ready").into_response()
     }
 }
 
