@@ -242,3 +242,68 @@ async fn join_script_applies_the_presence_and_seat_rules_of_room() {
     }
     assert_eq!(cases, 64);
 }
+
+/// `/readyz` covers pub/sub end to end, not just a PING: while Redis answers commands but
+/// refuses every channel (an ACL without channel rights), the replica is not ready; once the
+/// channels are allowed again it is ready again. Joins meanwhile get `unavailable`, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_requires_pubsub_that_works() {
+    let redis = RedisServer::start();
+    let r = Replica::start(&redis.url(), &[]).await;
+    let http = reqwest::Client::new();
+    let readyz = || async {
+        let reply = http
+            .get(format!("http://{}/readyz", r.addr))
+            .send()
+            .await
+            .unwrap();
+        (
+            reply.status().as_u16(),
+            reply.text().await.unwrap_or_default(),
+        )
+    };
+    assert_eq!(readyz().await.0, 200);
+    let ok = redis
+        .raw_command("ACL SETUSER default resetchannels")
+        .unwrap();
+    assert_eq!(ok, "+OK\r\n");
+    assert_eq!(redis.raw_command("PING").unwrap(), "+PONG\r\n");
+    // Each /readyz waits at most 2 s for its probe: bounded.
+    let mut last = (0, String::new());
+    for _ in 0..20 {
+        last = readyz().await;
+        if last.0 == 503 {
+            break;
+        }
+    }
+    assert_eq!(last.0, 503, "{last:?}");
+    assert!(last.1.contains("pub/sub"), "{last:?}");
+    let call = Call::create(&redis);
+    let (_p, t) = call.token(Role::Offerer);
+    let mut c = Client::connect(&r.url()).await;
+    c.send(&ClientMessage::Join {
+        token: t.clone(),
+        last_seq: None,
+        call_id: None,
+    })
+    .await;
+    let (seen, _) = c.closed().await;
+    assert!(
+        matches!(
+            seen.first(),
+            Some(ServerMessage::Error {
+                code: SignalErrorCode::Unavailable,
+                ..
+            })
+        ),
+        "{seen:?}"
+    );
+
+    let ok = redis
+        .raw_command("ACL SETUSER default allchannels")
+        .unwrap();
+    assert_eq!(ok, "+OK\r\n");
+    wait_ready(r.addr).await;
+    // Client::join asserts `joined`.
+    let _ = Client::join(&r.url(), &t, None).await;
+}
