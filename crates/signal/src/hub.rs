@@ -9,7 +9,9 @@
 //! - `RELAY`: check the sender still holds its seat, take the next per-call `seq` (never below
 //!   what the sender has seen, so a Redis that lost its data does not reuse numbers), append the
 //!   message to every other participant's capped inbox stream (entry id `seq-1`), PUBLISH it.
-//!   Because one script does all three, `seq` order = inbox order = pub/sub order.
+//!   Because one script does all three, `seq` order = inbox order = pub/sub order. One run
+//!   relays a batch: the relays this replica queued while its earlier batches were in flight
+//!   (a session has one relay in flight at a time, so its own order holds).
 //! - `TICK` (calls with local participants, 16 per script run, every third of the lease):
 //!   renew local leases and their inboxes' TTL (re-creating leases after a Redis restart), report local connections another connection
 //!   replaced, and sweep peers whose lease lapsed (crashed replica: `peer-reconnecting`) or
@@ -116,6 +118,7 @@ pub struct HubTimes {
 }
 
 /// A Lua script run by SHA, loaded on first use and again after a Redis restart.
+#[derive(Clone)]
 struct Script {
     lua: &'static str,
     sha: String,
@@ -240,83 +243,101 @@ for _, o in ipairs(out) do reply[#reply + 1] = o end
 return reply
 "#;
 
-/// KEYS: peers, seq, channel, call, and under Sentinel the seq epoch.
-/// ARGV: from, conn, head, tail, floor, inbox prefix, maxlen, inbox ttl ms, ttl s, own live
-/// entry, then the participant ids the sender knows are in the call.
+/// Relays, several per script run: a replica batches the relays queued while its earlier
+/// batches are in flight (one EVALSHA per batch, not per message: the script call's fixed cost
+/// was most of Redis's time per relay).
+/// KEYS: (peers, seq, channel, call, seq epoch) per relay. ARGV: maxlen, inbox ttl ms, ttl s,
+/// whether to check the seq epoch ('1' under Sentinel: it costs Redis about 6 µs), then per
+/// relay: from, conn, head, tail, floor, inbox prefix, own live entry, the number of
+/// participant ids the sender knows are in the call, those ids.
+/// Reply: per relay, its `seq`, -1 (the seat belongs to a newer connection), -2 (the call
+/// ended), or an error text (nothing sent).
 ///
 /// Five commands per message to one peer (status, seats, counter, inbox, publish): the seat
 /// check and the recipients come from one HGETALL; the counter's TTL is refreshed on its
 /// creation, on a lift and every 64th number (not per message); an inbox gets its TTL when
 /// this script creates it and the recipient's lease tick renews it (`TICK`).
 const RELAY_LUA: &str = r#"
-if redis.call('HGET', KEYS[4], 'status') == 'ended' then return -2 end
-local entries = redis.call('HGETALL', KEYS[1])
-local mine
-local to = {}
-for i = 1, #entries, 2 do
-  if entries[i] == ARGV[1] then mine = entries[i + 1] else to[entries[i]] = true end
-end
-if mine then
-  if conn_of(mine) ~= ARGV[2] then return -1 end
-else
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[10])
-end
--- Failover (KEYS[5] given under Sentinel): a primary that died may have issued (and
--- delivered) numbers it never replicated. When the primary changed since this call's last
--- relay (another replication id), jump past any of them, so no receiver ever sees a number
--- twice (docs/operations.md).
-if KEYS[5] then
-  local epoch = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or ''
-  if redis.call('GET', KEYS[5]) ~= epoch then
-    if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then redis.call('INCRBY', KEYS[2], 1000000) end
-    redis.call('SET', KEYS[5], epoch, 'EX', ARGV[9])
+local maxlen, inbox_ttl, ttl, epochs = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
+local function relay(kpeers, kseq, kchan, kcall, kepoch, a)
+  local from, conn, head, tail, prefix = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 5]
+  if redis.call('HGET', kcall, 'status') == 'ended' then return -2 end
+  local entries = redis.call('HGETALL', kpeers)
+  local mine
+  local to = {}
+  for i = 1, #entries, 2 do
+    if entries[i] == from then mine = entries[i + 1] else to[entries[i]] = true end
   end
-end
--- The next number, never below what the sender has seen, so a Redis that lost the counter
--- does not reuse numbers.
-local seq = redis.call('INCR', KEYS[2])
-local floor = tonumber(ARGV[5])
-if seq <= floor then
-  seq = floor + 1
-  redis.call('SET', KEYS[2], string.format('%d', seq))
-  redis.call('EXPIRE', KEYS[2], ARGV[9])
-elseif seq % 64 == 1 then
-  redis.call('EXPIRE', KEYS[2], ARGV[9])
-end
--- Lua's own number-to-string conversion prints 1e+15; '%d' always gives the integer.
-local n = string.format('%d', seq)
-local id = n .. '-1'
-local msg = ARGV[3] .. n .. ARGV[4]
--- Peers the sender knows of, in case Redis lost the seats (restart) and their replicas
--- have not rewritten them yet.
-for i = 11, #ARGV do
-  if ARGV[i] ~= ARGV[1] then to[ARGV[i]] = true end
-end
-local written = {}
-for p, _ in pairs(to) do
-  local k = ARGV[6] .. p
-  local created = false
-  local r = redis.pcall('XADD', k, 'NOMKSTREAM', 'MAXLEN', '~', ARGV[7], id, 'm', msg)
-  if not r then
-    created = true
-    r = redis.pcall('XADD', k, 'MAXLEN', '~', ARGV[7], id, 'm', msg)
+  if mine then
+    if conn_of(mine) ~= conn then return -1 end
+  else
+    redis.call('HSET', kpeers, from, ARGV[a + 6])
   end
-  if type(r) == 'table' and r.err then
-    -- Not sent: take it back from the inboxes already written, and lift the counter above
-    -- this inbox's newest entry (left by a partial data loss) so the resend fits.
-    for _, w in ipairs(written) do redis.call('XDEL', w, id) end
-    local top = redis.pcall('XREVRANGE', k, '+', '-', 'COUNT', 1)
-    if type(top) == 'table' and top[1] then
-      local t = string.match(top[1][1], '^(%d+)-')
-      if t and tonumber(t) >= seq then redis.call('SET', KEYS[2], t) end
+  -- Failover (under Sentinel): a primary that died may have issued (and delivered) numbers it
+  -- never replicated. When the primary changed since this call's last relay (another
+  -- replication id), jump past any of them, so no receiver ever sees a number twice
+  -- (docs/operations.md).
+  if epochs then
+    local epoch = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or ''
+    if redis.call('GET', kepoch) ~= epoch then
+      if tonumber(redis.call('GET', kseq) or '0') > 0 then redis.call('INCRBY', kseq, 1000000) end
+      redis.call('SET', kepoch, epoch, 'EX', ttl)
     end
-    return redis.error_reply('inbox write failed: ' .. tostring(r.err))
   end
-  written[#written + 1] = k
-  if created then redis.call('PEXPIRE', k, ARGV[8]) end
+  -- The next number, never below what the sender has seen, so a Redis that lost the counter
+  -- does not reuse numbers.
+  local seq = redis.call('INCR', kseq)
+  local floor = tonumber(ARGV[a + 4])
+  if seq <= floor then
+    seq = floor + 1
+    redis.call('SET', kseq, string.format('%d', seq))
+    redis.call('EXPIRE', kseq, ttl)
+  elseif seq % 64 == 1 then
+    redis.call('EXPIRE', kseq, ttl)
+  end
+  -- Lua's own number-to-string conversion prints 1e+15; '%d' always gives the integer.
+  local n = string.format('%d', seq)
+  local id = n .. '-1'
+  local msg = head .. n .. tail
+  -- Peers the sender knows of, in case Redis lost the seats (restart) and their replicas
+  -- have not rewritten them yet.
+  for i = a + 8, a + 7 + tonumber(ARGV[a + 7]) do
+    if ARGV[i] ~= from then to[ARGV[i]] = true end
+  end
+  local written = {}
+  for p, _ in pairs(to) do
+    local k = prefix .. p
+    local created = false
+    local r = redis.pcall('XADD', k, 'NOMKSTREAM', 'MAXLEN', '~', maxlen, id, 'm', msg)
+    if not r then
+      created = true
+      r = redis.pcall('XADD', k, 'MAXLEN', '~', maxlen, id, 'm', msg)
+    end
+    if type(r) == 'table' and r.err then
+      -- Not sent: take it back from the inboxes already written, and lift the counter above
+      -- this inbox's newest entry (left by a partial data loss) so the resend fits.
+      for _, w in ipairs(written) do redis.call('XDEL', w, id) end
+      local top = redis.pcall('XREVRANGE', k, '+', '-', 'COUNT', 1)
+      if type(top) == 'table' and top[1] then
+        local t = string.match(top[1][1], '^(%d+)-')
+        if t and tonumber(t) >= seq then redis.call('SET', kseq, t) end
+      end
+      return 'inbox write failed: ' .. tostring(r.err)
+    end
+    written[#written + 1] = k
+    if created then redis.call('PEXPIRE', k, inbox_ttl) end
+  end
+  redis.call('PUBLISH', kchan, msg)
+  return seq
 end
-redis.call('PUBLISH', KEYS[3], msg)
-return seq
+local out = {}
+local a = 5
+for r = 1, #KEYS / 5 do
+  local k = (r - 1) * 5
+  out[r] = relay(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], a)
+  a = a + 8 + tonumber(ARGV[a + 7])
+end
+return out
 "#;
 
 /// KEYS: peers, channel. ARGV: pid, conn, away entry.
@@ -593,14 +614,13 @@ struct CallSnapshot {
 /// Handle shared by all sessions of this replica.
 pub struct Hub {
     client: Client,
+    /// Relays waiting for a batch (see [`relay_batcher`]).
+    relay_tx: mpsc::UnboundedSender<RelayJob>,
     subscriber: SubscriberClient,
     cmd_tx: mpsc::UnboundedSender<Cmd>,
     /// Random id of this replica, to recognise its own subscription probes.
     replica: Arc<str>,
     scripts: Scripts,
-    /// Redis is behind Sentinel, so its primary can change: relays check the call's `seq`
-    /// epoch (see [`SEQ_EPOCH_JUMP`]; it costs Redis about 6 µs per relay, so only then).
-    failover_epochs: bool,
     times: HubTimes,
     metrics: Arc<Metrics>,
 }
@@ -634,13 +654,27 @@ impl Hub {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let replica: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
+        let scripts = Scripts::new();
+        let failover_epochs = Config::from_url(redis_url)?.server.is_sentinel();
+        let (relay_tx, relay_rx) = mpsc::unbounded_channel();
+        tokio::spawn(relay_batcher(
+            client.clone(),
+            scripts.relay.clone(),
+            relay_rx,
+            [
+                times.inbox_maxlen.to_string(),
+                inbox_ttl_ms(&times).to_string(),
+                CALL_TTL_SECS.to_string(),
+                if failover_epochs { "1" } else { "0" }.to_owned(),
+            ],
+        ));
         let hub = Arc::new(Self {
             client: client.clone(),
+            relay_tx,
             subscriber: subscriber.clone(),
             cmd_tx: cmd_tx.clone(),
             replica: replica.clone(),
-            scripts: Scripts::new(),
-            failover_epochs: Config::from_url(redis_url)?.server.is_sentinel(),
+            scripts,
             times,
             metrics,
         });
@@ -765,7 +799,7 @@ impl Hub {
     /// How long an inbox outlives its last lease renewal (or its creation): longer than a
     /// lease plus the grace window, so it is there for any resume the seat allows.
     fn inbox_ttl_ms(&self) -> u64 {
-        self.times.grace_ms + 2 * self.times.lease_ms + 60_000
+        inbox_ttl_ms(&self.times)
     }
 
     fn live_entry(&self, role: Role, conn: &str, now_ms: u64) -> String {
@@ -867,38 +901,36 @@ impl Hub {
     ) -> Result<RelayOutcome, Error> {
         let (head, tail) = split_at_seq(message)
             .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "message has no seq"))?;
-        let inbox_ttl_ms = self.inbox_ttl_ms();
-        let seq: i64 = self
-            .scripts
-            .relay
-            .run(
-                &self.client,
-                [
-                    keys::call_peers(call),
-                    keys::call_seq(call),
-                    keys::call_channel(call),
-                    keys::call(call),
-                ]
-                .into_iter()
-                .chain(self.failover_epochs.then(|| keys::call_seq_epoch(call)))
-                .collect(),
-                vec![
-                    participant.to_string(),
-                    conn.to_owned(),
-                    head,
-                    tail,
-                    floor.to_string(),
-                    Self::inbox_prefix(call),
-                    self.times.inbox_maxlen.to_string(),
-                    inbox_ttl_ms.to_string(),
-                    CALL_TTL_SECS.to_string(),
-                    self.live_entry(role, conn, now_ms),
-                ]
-                .into_iter()
-                .chain(known_peers.iter().map(ToString::to_string))
-                .collect(),
-            )
-            .await?;
+        let mut args = Vec::with_capacity(8 + known_peers.len());
+        args.extend([
+            participant.to_string(),
+            conn.to_owned(),
+            head,
+            tail,
+            floor.to_string(),
+            Self::inbox_prefix(call),
+            self.live_entry(role, conn, now_ms),
+            known_peers.len().to_string(),
+        ]);
+        args.extend(known_peers.iter().map(ToString::to_string));
+        let (reply, done) = oneshot::channel();
+        let job = RelayJob {
+            keys: [
+                keys::call_peers(call),
+                keys::call_seq(call),
+                keys::call_channel(call),
+                keys::call(call),
+                keys::call_seq_epoch(call),
+            ],
+            args,
+            reply,
+        };
+        self.relay_tx
+            .send(job)
+            .map_err(|_| Error::new(ErrorKind::Canceled, "hub stopped"))?;
+        let seq = done
+            .await
+            .map_err(|_| Error::new(ErrorKind::Canceled, "hub stopped"))??;
         Ok(match seq {
             -1 => RelayOutcome::Replaced,
             -2 => RelayOutcome::Ended,
@@ -1210,6 +1242,90 @@ struct Head<'a> {
     replica: Option<&'a str>,
     #[serde(default)]
     probe: Option<u64>,
+}
+
+/// How long an inbox outlives its last lease renewal (or its creation): longer than a lease
+/// plus the grace window, so it is there for any resume the seat allows.
+fn inbox_ttl_ms(times: &HubTimes) -> u64 {
+    times.grace_ms + 2 * times.lease_ms + 60_000
+}
+
+/// One relay waiting for its batch: its five keys, its part of ARGV, where its answer goes.
+struct RelayJob {
+    keys: [String; 5],
+    args: Vec<String>,
+    reply: oneshot::Sender<Result<i64, Error>>,
+}
+
+/// Relay batches in flight at once. While they are, new relays queue and go together in the
+/// next batch: one script call per message at low load (no added wait), fewer under load.
+const RELAY_IN_FLIGHT: usize = 2;
+/// Most relays per script run (its Redis time stays well under a millisecond).
+const RELAY_BATCH: usize = 32;
+
+/// Runs the relay script over batches of queued relays. A session has at most one relay in
+/// flight, so batching never reorders one sender's messages.
+async fn relay_batcher(
+    client: Client,
+    script: Script,
+    mut rx: mpsc::UnboundedReceiver<RelayJob>,
+    common: [String; 4],
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(RELAY_IN_FLIGHT));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let Some(first) = rx.recv().await else { break };
+        let mut batch = vec![first];
+        while batch.len() < RELAY_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let (client, script) = (client.clone(), script.clone());
+        let mut keys = Vec::with_capacity(5 * batch.len());
+        let mut args: Vec<String> = common.to_vec();
+        let mut replies = Vec::with_capacity(batch.len());
+        for job in batch {
+            keys.extend(job.keys);
+            args.extend(job.args);
+            replies.push(job.reply);
+        }
+        tokio::spawn(async move {
+            let result: Result<Vec<Value>, Error> = script.run(&client, keys, args).await;
+            drop(slot);
+            match result {
+                Ok(values) if values.len() == replies.len() => {
+                    for (reply, value) in replies.into_iter().zip(values) {
+                        let outcome = match value {
+                            Value::Integer(n) => Ok(n),
+                            other => Err(Error::new(
+                                ErrorKind::Unknown,
+                                other
+                                    .as_str()
+                                    .map(|s| s.into_owned())
+                                    .unwrap_or_else(|| "unexpected relay reply".into()),
+                            )),
+                        };
+                        let _ = reply.send(outcome);
+                    }
+                }
+                Ok(_) => {
+                    let e = Error::new(ErrorKind::Parse, "relay reply of the wrong length");
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// One SUBSCRIBE (+ PING + probe PUBLISH) or UNSUBSCRIBE (+ PING).
@@ -1605,7 +1721,7 @@ mod tests {
 
     #[test]
     fn the_relay_script_jumps_by_seq_epoch_jump() {
-        assert!(RELAY_LUA.contains(&format!("'INCRBY', KEYS[2], {SEQ_EPOCH_JUMP})")));
+        assert!(RELAY_LUA.contains(&format!("'INCRBY', kseq, {SEQ_EPOCH_JUMP})")));
     }
 
     #[test]
