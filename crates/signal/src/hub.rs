@@ -1,7 +1,9 @@
 //! Redis side of signaling: seats and presence, sequencing, per-participant resume inboxes,
 //! and pub/sub fan-out so any number of replicas act as one.
 //!
-//! Every state change that needs atomicity is one Lua script (Redis runs it alone):
+//! Every state change that needs atomicity is one Lua script (Redis runs it alone; the
+//! sources are `src/lua/*.lua`, compiled in with `include_str!`, each with its KEYS/ARGV
+//! contract on its constant here):
 //! - `JOIN`: admit or refuse a seat (at most two media participants, see
 //!   [`crate::room::admits`]), write the lease, drop the old inbox on a fresh join, and publish
 //!   `peer-joined` / `peer-resumed` / `replaced`. Observers are nobody's peer: no script
@@ -155,93 +157,14 @@ impl Script {
     }
 }
 
-const PRESENCE_LUA: &str = r#"
-local function presence(v, now, grace)
-  local role, state, exp = string.match(v, '^(%a+)|(%a)|(%d+)|')
-  if not role then return nil, 'gone' end
-  exp = tonumber(exp)
-  if state == 'L' and exp >= now then return role, 'live' end
-  if (state == 'L' and exp + grace >= now) or (state == 'A' and exp >= now) then return role, 'away' end
-  return role, 'gone'
-end
-local function conn_of(v) return string.match(v, '^%a+|%a|%d+|(.*)$') or '' end
--- Observers take no seat and are invisible: no presence event is ever published about one.
-local function is_observer(v) return string.sub(v, 1, 9) == 'observer|' end
-"#;
+const PRESENCE_LUA: &str = include_str!("lua/presence.lua");
 
 /// KEYS: call, peers, channel, seq, own inbox.
 /// ARGV: pid, role, conn, now_ms, live entry, grace_ms, ttl_s, max_media, lastSeq ('' for a
 /// fresh join), inbox prefix.
 /// Reply: ok, resumed (0/1), the call's seq, the resume point (lastSeq clamped to the call's
 /// seq: a number Redis never issued is never written anywhere), then the peers.
-const JOIN_LUA: &str = r#"
-local now, grace = tonumber(ARGV[4]), tonumber(ARGV[6])
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'ended' then return {'ended'} end
-local entries = redis.call('HGETALL', KEYS[2])
-local media, prev, prevconn = 0, 'none', ''
-local out = {}
-local gone = {}
-for i = 1, #entries, 2 do
-  local p, v = entries[i], entries[i + 1]
-  local role, pres = presence(v, now, grace)
-  if p == ARGV[1] then
-    prev, prevconn = pres, conn_of(v)
-  elseif pres == 'gone' then
-    gone[#gone + 1] = {p, role}
-  elseif role ~= 'observer' then
-    -- Observers take no seat and are nobody's peer: the snapshot lists media participants.
-    media = media + 1
-    out[#out + 1] = p .. '|' .. role .. '|' .. pres
-  end
-end
-if ARGV[2] ~= 'observer' and media >= tonumber(ARGV[8]) then return {'full'} end
-for _, g in ipairs(gone) do
-  local p = g[1]
-  redis.call('HDEL', KEYS[2], p)
-  redis.call('DEL', ARGV[10] .. p)
-  if g[2] ~= 'observer' then
-    redis.call('PUBLISH', KEYS[3], '{"type":"peer-left","participantId":"' .. p .. '","reason":"timeout"}')
-  end
-end
-local media_self = ARGV[2] ~= 'observer'
-if not status then
-  redis.call('HSET', KEYS[1], 'status', 'active', 'createdAt', string.format('%.0f', math.floor(now / 1000)))
-  redis.call('EXPIRE', KEYS[1], ARGV[7])
-elseif status ~= 'active' then
-  redis.call('HSET', KEYS[1], 'status', 'active')
-end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[7])
-if prev == 'live' and prevconn ~= ARGV[3] then
-  redis.call('PUBLISH', KEYS[3], '{"type":"replaced","participantId":"' .. ARGV[1] .. '","conn":"' .. ARGV[3] .. '"}')
-end
-local resumed = 0
-if ARGV[9] ~= '' and (prev == 'live' or prev == 'away') then
-  resumed = 1
-  if prev == 'away' and media_self then
-    redis.call('PUBLISH', KEYS[3], '{"type":"peer-resumed","participantId":"' .. ARGV[1] .. '"}')
-  end
-else
-  redis.call('DEL', KEYS[5])
-  if media_self then
-    if prev == 'live' or prev == 'away' then
-      -- A fresh join over a seat this participant still held: the others hear one story,
-      -- the old seat left and a new one joined (renegotiate), never a second peer-joined.
-      redis.call('PUBLISH', KEYS[3], '{"type":"peer-left","participantId":"' .. ARGV[1] .. '","reason":"rejoined"}')
-    end
-    redis.call('PUBLISH', KEYS[3], '{"type":"peer-joined","participantId":"' .. ARGV[1] .. '","role":"' .. ARGV[2] .. '"}')
-  end
-end
--- The seam: presence events a subscriber sees before this one are in the reply's snapshot.
-redis.call('PUBLISH', KEYS[3], '{"type":"seat","participantId":"' .. ARGV[1] .. '","conn":"' .. ARGV[3] .. '"}')
-local seq = redis.call('GET', KEYS[4]) or '0'
-local after = seq
-if resumed == 1 and tonumber(ARGV[9]) <= tonumber(seq) then after = ARGV[9] end
-local reply = {'ok', resumed, seq, after}
-for _, o in ipairs(out) do reply[#reply + 1] = o end
-return reply
-"#;
+const JOIN_LUA: &str = include_str!("lua/join.lua");
 
 /// Relays, several per script run: a replica batches the relays queued while its earlier
 /// batches are in flight (one EVALSHA per batch, not per message: the script call's fixed cost
@@ -257,199 +180,23 @@ return reply
 /// check and the recipients come from one HGETALL; the counter's TTL is refreshed on its
 /// creation, on a lift and every 64th number (not per message); an inbox gets its TTL when
 /// this script creates it and the recipient's lease tick renews it (`TICK`).
-const RELAY_LUA: &str = r#"
-local maxlen, inbox_ttl, ttl, epochs = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
-local function relay(kpeers, kseq, kchan, kcall, kepoch, a)
-  local from, conn, head, tail, prefix = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 5]
-  if redis.call('HGET', kcall, 'status') == 'ended' then return -2 end
-  local entries = redis.call('HGETALL', kpeers)
-  local mine
-  local to = {}
-  for i = 1, #entries, 2 do
-    if entries[i] == from then mine = entries[i + 1] else to[entries[i]] = true end
-  end
-  if mine then
-    if conn_of(mine) ~= conn then return -1 end
-  else
-    redis.call('HSET', kpeers, from, ARGV[a + 6])
-  end
-  -- Failover (under Sentinel): a primary that died may have issued (and delivered) numbers it
-  -- never replicated. When the primary changed since this call's last relay (another
-  -- replication id), jump past any of them, so no receiver ever sees a number twice
-  -- (docs/operations.md).
-  if epochs then
-    local epoch = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or ''
-    if redis.call('GET', kepoch) ~= epoch then
-      if tonumber(redis.call('GET', kseq) or '0') > 0 then redis.call('INCRBY', kseq, 1000000) end
-      redis.call('SET', kepoch, epoch, 'EX', ttl)
-    end
-  end
-  -- The next number, never below what the sender has seen, so a Redis that lost the counter
-  -- does not reuse numbers.
-  local seq = redis.call('INCR', kseq)
-  local floor = tonumber(ARGV[a + 4])
-  if seq <= floor then
-    seq = floor + 1
-    redis.call('SET', kseq, string.format('%d', seq))
-    redis.call('EXPIRE', kseq, ttl)
-  elseif seq % 64 == 1 then
-    redis.call('EXPIRE', kseq, ttl)
-  end
-  -- Lua's own number-to-string conversion prints 1e+15; '%d' always gives the integer.
-  local n = string.format('%d', seq)
-  local id = n .. '-1'
-  local msg = head .. n .. tail
-  -- Peers the sender knows of, in case Redis lost the seats (restart) and their replicas
-  -- have not rewritten them yet.
-  for i = a + 8, a + 7 + tonumber(ARGV[a + 7]) do
-    if ARGV[i] ~= from then to[ARGV[i]] = true end
-  end
-  local written = {}
-  for p, _ in pairs(to) do
-    local k = prefix .. p
-    local created = false
-    local r = redis.pcall('XADD', k, 'NOMKSTREAM', 'MAXLEN', '~', maxlen, id, 'm', msg)
-    if not r then
-      created = true
-      r = redis.pcall('XADD', k, 'MAXLEN', '~', maxlen, id, 'm', msg)
-    end
-    if type(r) == 'table' and r.err then
-      -- Not sent: take it back from the inboxes already written, and lift the counter above
-      -- this inbox's newest entry (left by a partial data loss) so the resend fits.
-      for _, w in ipairs(written) do redis.call('XDEL', w, id) end
-      local top = redis.pcall('XREVRANGE', k, '+', '-', 'COUNT', 1)
-      if type(top) == 'table' and top[1] then
-        local t = string.match(top[1][1], '^(%d+)-')
-        if t and tonumber(t) >= seq then redis.call('SET', kseq, t) end
-      end
-      return 'inbox write failed: ' .. tostring(r.err)
-    end
-    written[#written + 1] = k
-    if created then redis.call('PEXPIRE', k, inbox_ttl) end
-  end
-  redis.call('PUBLISH', kchan, msg)
-  return seq
-end
-local out = {}
-local a = 5
-for r = 1, #KEYS / 5 do
-  local k = (r - 1) * 5
-  out[r] = relay(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], a)
-  a = a + 8 + tonumber(ARGV[a + 7])
-end
-return out
-"#;
+const RELAY_LUA: &str = include_str!("lua/relay.lua");
 
 /// KEYS: peers, channel. ARGV: pid, conn, away entry.
-const DISCONNECT_LUA: &str = r#"
-local v = redis.call('HGET', KEYS[1], ARGV[1])
-if not v or conn_of(v) ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-if not is_observer(v) then
-  redis.call('PUBLISH', KEYS[2], '{"type":"peer-reconnecting","participantId":"' .. ARGV[1] .. '"}')
-end
-return 1
-"#;
+const DISCONNECT_LUA: &str = include_str!("lua/disconnect.lua");
 
 /// Several calls per script run (one EVALSHA per [`TICK_BATCH`] calls, not per call).
 /// KEYS: (call, peers, channel, seq) per call. ARGV: now_ms, grace_ms, ttl_s, inbox ttl ms,
 /// then per call: inbox prefix, number of local connections, (pid, conn, live entry) per local
 /// connection. A renewed lease renews its inbox's TTL too (relays set it only when they
 /// create the inbox). Reply: per call, `{'ended'}` or `{'ok', seq, stale 'pid|conn'...}`.
-const TICK_LUA: &str = r#"
-local now, grace, ttl, inbox_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local function tick(kcall, kpeers, kchan, kseq, prefix, first, count)
-  local status = redis.call('HGET', kcall, 'status')
-  if status == 'ended' then return {'ended'} end
-  if not status then
-    redis.call('HSET', kcall, 'status', 'active', 'createdAt', string.format('%.0f', math.floor(now / 1000)))
-    redis.call('EXPIRE', kcall, ttl)
-  end
-  local entries = redis.call('HGETALL', kpeers)
-  local seats = {}
-  for i = 1, #entries, 2 do seats[entries[i]] = entries[i + 1] end
-  local mine = {}
-  local reply = {'ok', redis.call('GET', kseq) or '0'}
-  for i = first, first + 3 * (count - 1), 3 do
-    local pid, conn = ARGV[i], ARGV[i + 1]
-    mine[pid] = true
-    local v = seats[pid]
-    if v and conn_of(v) ~= conn then
-      reply[#reply + 1] = pid .. '|' .. conn
-    else
-      redis.call('HSET', kpeers, pid, ARGV[i + 2])
-      redis.call('PEXPIRE', prefix .. pid, inbox_ttl)
-    end
-  end
-  for i = 1, #entries, 2 do
-    local p, v = entries[i], entries[i + 1]
-    if not mine[p] then
-      local role, state, exp = string.match(v, '^(%a+)|(%a)|(%d+)|')
-      exp = tonumber(exp)
-      local left = false
-      if not role then
-        redis.call('HDEL', kpeers, p)
-      elseif state == 'L' and exp < now then
-        if exp + grace >= now then
-          redis.call('HSET', kpeers, p, role .. '|A|' .. string.format('%.0f', exp + grace) .. '|' .. conn_of(v))
-          if role ~= 'observer' then
-            redis.call('PUBLISH', kchan, '{"type":"peer-reconnecting","participantId":"' .. p .. '"}')
-          end
-        else
-          left = true
-        end
-      elseif state == 'A' and exp < now then
-        left = true
-      end
-      if left then
-        redis.call('HDEL', kpeers, p)
-        redis.call('DEL', prefix .. p)
-        if role ~= 'observer' then
-          redis.call('PUBLISH', kchan, '{"type":"peer-left","participantId":"' .. p .. '","reason":"timeout"}')
-        end
-      end
-    end
-  end
-  redis.call('EXPIRE', kpeers, ttl)
-  return reply
-end
-local out = {}
-local a = 5
-for c = 1, #KEYS / 4 do
-  local k = (c - 1) * 4
-  local prefix, count = ARGV[a], tonumber(ARGV[a + 1])
-  out[c] = tick(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], prefix, a + 2, count)
-  a = a + 2 + 3 * count
-end
-return out
-"#;
+const TICK_LUA: &str = include_str!("lua/tick.lua");
 
 /// KEYS: peers, channel, own inbox. ARGV: pid, conn, peer-left reason.
-const LEAVE_LUA: &str = r#"
-local v = redis.call('HGET', KEYS[1], ARGV[1])
-if not v or conn_of(v) ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[3])
-if not is_observer(v) then
-  redis.call('PUBLISH', KEYS[2], '{"type":"peer-left","participantId":"' .. ARGV[1] .. '","reason":"' .. ARGV[3] .. '"}')
-end
-return 1
-"#;
+const LEAVE_LUA: &str = include_str!("lua/leave.lua");
 
 /// KEYS: call, peers, channel. ARGV: now_s, call-ended JSON, inbox prefix, publish(0/1), ttl_s.
-const END_LUA: &str = r#"
-local was = redis.call('HGET', KEYS[1], 'status')
-local fresh = was ~= 'ended'
-if fresh then
-  redis.call('HSET', KEYS[1], 'status', 'ended', 'endedAt', ARGV[1])
-  if not was then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
-end
-for _, p in ipairs(redis.call('HKEYS', KEYS[2])) do redis.call('DEL', ARGV[3] .. p) end
-redis.call('DEL', KEYS[2])
-if fresh and ARGV[4] == '1' then redis.call('PUBLISH', KEYS[3], ARGV[2]) end
-if fresh then return 1 end
-return 0
-"#;
+const END_LUA: &str = include_str!("lua/end.lua");
 
 struct Scripts {
     join: Script,

@@ -1,0 +1,66 @@
+-- tick.lua: see the doc comment of `TICK_LUA` in crates/signal/src/hub.rs.
+local now, grace, ttl, inbox_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local function tick(kcall, kpeers, kchan, kseq, prefix, first, count)
+  local status = redis.call('HGET', kcall, 'status')
+  if status == 'ended' then return {'ended'} end
+  if not status then
+    redis.call('HSET', kcall, 'status', 'active', 'createdAt', string.format('%.0f', math.floor(now / 1000)))
+    redis.call('EXPIRE', kcall, ttl)
+  end
+  local entries = redis.call('HGETALL', kpeers)
+  local seats = {}
+  for i = 1, #entries, 2 do seats[entries[i]] = entries[i + 1] end
+  local mine = {}
+  local reply = {'ok', redis.call('GET', kseq) or '0'}
+  for i = first, first + 3 * (count - 1), 3 do
+    local pid, conn = ARGV[i], ARGV[i + 1]
+    mine[pid] = true
+    local v = seats[pid]
+    if v and conn_of(v) ~= conn then
+      reply[#reply + 1] = pid .. '|' .. conn
+    else
+      redis.call('HSET', kpeers, pid, ARGV[i + 2])
+      redis.call('PEXPIRE', prefix .. pid, inbox_ttl)
+    end
+  end
+  for i = 1, #entries, 2 do
+    local p, v = entries[i], entries[i + 1]
+    if not mine[p] then
+      local role, state, exp = string.match(v, '^(%a+)|(%a)|(%d+)|')
+      exp = tonumber(exp)
+      local left = false
+      if not role then
+        redis.call('HDEL', kpeers, p)
+      elseif state == 'L' and exp < now then
+        if exp + grace >= now then
+          redis.call('HSET', kpeers, p, role .. '|A|' .. string.format('%.0f', exp + grace) .. '|' .. conn_of(v))
+          if role ~= 'observer' then
+            redis.call('PUBLISH', kchan, '{"type":"peer-reconnecting","participantId":"' .. p .. '"}')
+          end
+        else
+          left = true
+        end
+      elseif state == 'A' and exp < now then
+        left = true
+      end
+      if left then
+        redis.call('HDEL', kpeers, p)
+        redis.call('DEL', prefix .. p)
+        if role ~= 'observer' then
+          redis.call('PUBLISH', kchan, '{"type":"peer-left","participantId":"' .. p .. '","reason":"timeout"}')
+        end
+      end
+    end
+  end
+  redis.call('EXPIRE', kpeers, ttl)
+  return reply
+end
+local out = {}
+local a = 5
+for c = 1, #KEYS / 4 do
+  local k = (c - 1) * 4
+  local prefix, count = ARGV[a], tonumber(ARGV[a + 1])
+  out[c] = tick(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], prefix, a + 2, count)
+  a = a + 2 + 3 * count
+end
+return out
