@@ -42,8 +42,9 @@ use metrics::Metrics;
 /// error and the connection stays.
 pub const HARD_MESSAGE_LIMIT: usize = 4 * hermes_proto::signal::MAX_FRAME_BYTES;
 
-/// How long `/readyz` waits for its pub/sub probe to come back.
-const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `/readyz` waits for its pub/sub probe to come back (under the 2 s timeout of the
+/// Kubernetes readiness probe, so a slow pub/sub is answered 503, not left to time out).
+const READY_PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Everything a session needs, shared by all sessions of the replica.
 pub struct AppState {

@@ -268,7 +268,7 @@ async fn readiness_requires_pubsub_that_works() {
         .unwrap();
     assert_eq!(ok, "+OK\r\n");
     assert_eq!(redis.raw_command("PING").unwrap(), "+PONG\r\n");
-    // Each /readyz waits at most 2 s for its probe: bounded.
+    // Each /readyz waits at most 1.5 s for its probe: bounded.
     let mut last = (0, String::new());
     for _ in 0..20 {
         last = readyz().await;
