@@ -44,8 +44,8 @@ use fred::prelude::*;
 use fred::types::streams::XCapKind;
 use hermes_proto::signal::{CallControl, PeerInfo, ServerMessage};
 use hermes_proto::{CallId, ParticipantId, Role, keys};
+use hermes_service::redis::Script;
 use serde::Deserialize;
-use sha1::{Digest, Sha1};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
@@ -117,44 +117,6 @@ pub struct HubTimes {
     pub lease_ms: u64,
     pub grace_ms: u64,
     pub inbox_maxlen: u64,
-}
-
-/// A Lua script run by SHA, loaded on first use and again after a Redis restart.
-#[derive(Clone)]
-struct Script {
-    lua: &'static str,
-    sha: String,
-}
-
-impl Script {
-    fn new(lua: &'static str) -> Self {
-        let sha = Sha1::digest(lua.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Self { lua, sha }
-    }
-
-    async fn run<R: FromValue>(
-        &self,
-        client: &Client,
-        keys: Vec<String>,
-        args: Vec<String>,
-    ) -> Result<R, Error> {
-        // Keys and values share their bytes (`Bytes`) with the Strings they come from, so
-        // keeping a copy for the NOSCRIPT retry copies no message text.
-        let keys: Vec<Key> = keys.into_iter().map(Key::from).collect();
-        let args: Vec<Value> = args.into_iter().map(Value::from).collect();
-        match client
-            .evalsha::<R, _, _, _>(self.sha.as_str(), keys.clone(), args.clone())
-            .await
-        {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                client.eval::<R, _, _, _>(self.lua, keys, args).await
-            }
-            other => other,
-        }
-    }
 }
 
 const PRESENCE_LUA: &str = include_str!("lua/presence.lua");
