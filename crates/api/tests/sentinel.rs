@@ -129,26 +129,12 @@ impl Api {
     }
 }
 
-/// Wait until the replica has applied everything the primary wrote (the writes so far are
-/// safe from the failover).
-fn wait_replicated(set: &SentinelSet) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (replica, primary) = set.replication_offsets();
-        if replica.is_some() && replica == primary {
-            return;
-        }
-        assert!(Instant::now() < deadline, "replica never caught up");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_a_sentinel_failover_and_calls_survive_it() {
     let mut set = tokio::task::block_in_place(SentinelSet::start);
     let api = Api::start(&set.url()).await;
     let before = api.create().await;
-    tokio::task::block_in_place(|| wait_replicated(&set));
+    tokio::task::block_in_place(|| set.wait_replicated());
 
     let killed_at = set.kill_primary();
     let down = api
@@ -210,7 +196,7 @@ async fn a_resolved_code_stays_used_across_a_failover() {
     let mut set = tokio::task::block_in_place(SentinelSet::start);
     let api = Api::start(&set.url()).await;
     let call = api.create().await;
-    tokio::task::block_in_place(|| wait_replicated(&set));
+    tokio::task::block_in_place(|| set.wait_replicated());
 
     set.cut_replication();
     let (status, _) = api.resolve(&call.code).await;

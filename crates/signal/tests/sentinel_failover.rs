@@ -452,18 +452,6 @@ async fn next_candidate(ws: &mut common::Ws, wait: Duration) -> Option<(u64, usi
     }
 }
 
-fn wait_replicated(set: &SentinelSet) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (replica, primary) = set.replication_offsets();
-        if replica.is_some() && replica == primary {
-            return;
-        }
-        assert!(Instant::now() < deadline, "replica never caught up");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// The trap: a `seq` the old primary issued and delivered, but had not replicated when it
 /// died, is issued again by the promoted replica. Here the answerer relays message 1 (its
 /// `seq` reaches the offerer), loses its connection, the primary dies before replicating,
@@ -488,7 +476,7 @@ async fn a_seq_issued_but_not_replicated_is_never_reused_after_a_failover() {
         .await
         .unwrap();
     assert_eq!(idx, 0);
-    tokio::task::block_in_place(|| wait_replicated(&set));
+    tokio::task::block_in_place(|| set.wait_replicated());
 
     set.cut_replication();
     assert!(
@@ -565,7 +553,7 @@ async fn a_message_for_an_away_participant_survives_a_failover() {
             _ => panic!("the offerer must hear peer-reconnecting"),
         }
     }
-    tokio::task::block_in_place(|| wait_replicated(&set));
+    tokio::task::block_in_place(|| set.wait_replicated());
     set.cut_replication();
     assert!(send_confirmed(&mut wa, 1).await, "relayed: no unavailable");
     let killed_at = set.kill_primary();
@@ -599,7 +587,7 @@ async fn a_seat_taken_but_not_replicated_is_rewritten_after_a_failover() {
     let (pb, tb) = call.token(Role::Answerer);
     let far = Instant::now() + Duration::from_secs(60);
     let (mut wa, _) = join_until_admitted(&r1.url(), &ta, None, far).await;
-    tokio::task::block_in_place(|| wait_replicated(&set));
+    tokio::task::block_in_place(|| set.wait_replicated());
 
     set.cut_replication();
     let (mut wb, _) = join_until_admitted(&r2.url(), &tb, None, far).await;

@@ -165,6 +165,20 @@ impl SentinelSet {
         signal(&self.replica.process, "CONT");
     }
 
+    /// Wait (at most 10 s) until the replica has applied everything the primary wrote, so
+    /// the writes so far survive a failover.
+    pub fn wait_replicated(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (replica, primary) = self.replication_offsets();
+            if replica.is_some() && replica == primary {
+                return;
+            }
+            assert!(Instant::now() < deadline, "replica never caught up");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Bytes of replication stream the replica has applied, and the primary has written.
     pub fn replication_offsets(&self) -> (Option<u64>, Option<u64>) {
         let replica = info_field(self.replica.port, "replication", "slave_repl_offset")
