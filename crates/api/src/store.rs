@@ -12,7 +12,7 @@ use std::time::Duration;
 use fred::prelude::*;
 use hermes_proto::api::{CallStatus, CallStatusResponse};
 use hermes_proto::signal::CallControl;
-use hermes_proto::{CallId, OneTimeCode, Role, keys};
+use hermes_proto::{CallId, OneTimeCode, Role, SeatEntry, keys};
 use hermes_service::redis::Script;
 
 use crate::metrics::Metrics;
@@ -355,16 +355,19 @@ impl CallStore {
         if fields.is_empty() {
             return Ok(None);
         }
-        let status = match fields.get("status").map(String::as_str) {
-            Some("created") => CallStatus::Created,
-            Some("active") => CallStatus::Active,
-            Some("ended") => CallStatus::Ended,
-            _ => return Err(StoreError::Unexpected("call record without a known status")),
+        let Some(status) = fields
+            .get("status")
+            .and_then(|s| s.parse::<CallStatus>().ok())
+        else {
+            return Err(StoreError::Unexpected("call record without a known status"));
         };
         let num = |name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
         let (mut media, mut observers) = (0u32, 0u32);
         if status != CallStatus::Ended {
-            for role in peers.iter().filter_map(|v| keys::peer_entry_role(v)) {
+            for role in peers
+                .iter()
+                .filter_map(|v| SeatEntry::parse(v).map(|e| e.role))
+            {
                 if role.is_media() {
                     media = media.saturating_add(1);
                 } else {

@@ -82,17 +82,8 @@ pub struct JoinResponse {
     pub ice_transport_policy: IceTransportPolicy,
 }
 
-/// Lifecycle state of a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CallStatus {
-    /// Created, nobody connected to signaling yet.
-    Created,
-    /// At least one participant has joined.
-    Active,
-    /// Ended by a participant or by expiry.
-    Ended,
-}
+/// Lifecycle state of a call (the stored `status` word, also sent in [`CallStatusResponse`]).
+pub use crate::call_state::CallStatus;
 
 /// `200` answer of `GET /api/call/{callId}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

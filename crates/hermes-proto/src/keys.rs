@@ -27,20 +27,10 @@ pub fn call(call: &CallId) -> String {
     format!("call:{call}")
 }
 
-/// Hash of a call's participants: participant id → `role|state|expiryMs|conn` (state `L`
-/// live, `A` away), written by hermes-signal, counted by hermes-api.
+/// Hash of a call's seats: participant id → [`crate::SeatEntry`] (`role|state|expiryMs|conn`),
+/// written by hermes-signal, counted by hermes-api.
 pub fn call_peers(call: &CallId) -> String {
     format!("call:{call}:peers")
-}
-
-/// The role of a `call:{id}:peers` entry, if the entry is well formed enough to have one.
-pub fn peer_entry_role(entry: &str) -> Option<crate::Role> {
-    match entry.split('|').next()? {
-        "offerer" => Some(crate::Role::Offerer),
-        "answerer" => Some(crate::Role::Answerer),
-        "observer" => Some(crate::Role::Observer),
-        _ => None,
-    }
 }
 
 pub fn call_seq(call: &CallId) -> String {
@@ -99,15 +89,6 @@ mod tests {
         let c = CallId::random(&mut rng);
         assert_eq!(call(&c), format!("call:{c}"));
         assert_eq!(call_peers(&c), format!("call:{c}:peers"));
-        assert_eq!(
-            peer_entry_role("observer|L|1|c"),
-            Some(crate::Role::Observer)
-        );
-        assert_eq!(
-            peer_entry_role("answerer|A|1|c"),
-            Some(crate::Role::Answerer)
-        );
-        assert_eq!(peer_entry_role("x"), None);
         let code = crate::OneTimeCode::parse("abcdef").expect("valid");
         assert_eq!(otc(&code), "otc:ABCDEF");
         let ip: std::net::IpAddr = "192.0.2.1".parse().expect("ip");

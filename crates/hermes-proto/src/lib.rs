@@ -5,6 +5,7 @@
 //! Nothing here does I/O: time and randomness are parameters.
 
 pub mod api;
+pub mod call_state;
 pub mod code;
 pub mod error;
 pub mod ids;
@@ -15,6 +16,7 @@ pub mod signal;
 pub mod token;
 pub mod turn_credentials;
 
+pub use call_state::{CallStatus, SeatEntry};
 pub use code::OneTimeCode;
 pub use error::ProtoError;
 pub use ids::{CallId, ParticipantId};

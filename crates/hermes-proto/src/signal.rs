@@ -221,6 +221,17 @@ pub enum CallControl {
         participant_id: ParticipantId,
         conn: String,
     },
+    /// Connection `conn` now holds `participantId`'s seat (published by the join script after
+    /// the seat is written): the replica holding that connection knows from here on that
+    /// anything relayed to the participant reaches it live. Signal-internal.
+    #[serde(rename_all = "camelCase")]
+    Seat {
+        participant_id: ParticipantId,
+        conn: String,
+    },
+    /// A replica's subscription check: the replica that subscribed publishes `probe` on the
+    /// channel and knows it is subscribed when the probe comes back. Signal-internal.
+    Probe { replica: String, probe: u64 },
 }
 
 impl CallControl {

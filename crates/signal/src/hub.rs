@@ -49,7 +49,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
-use crate::room::PeerEntry;
+use crate::room::SeatEntry;
 
 /// At most this many media participants per call.
 pub const MAX_MEDIA: usize = 2;
@@ -512,7 +512,7 @@ impl Hub {
     }
 
     fn live_entry(&self, role: Role, conn: &str, now_ms: u64) -> String {
-        PeerEntry {
+        SeatEntry {
             role,
             live: true,
             expiry_ms: now_ms + self.times.lease_ms,
@@ -656,7 +656,7 @@ impl Hub {
         conn: &str,
         now_ms: u64,
     ) -> Result<bool, Error> {
-        let away = PeerEntry {
+        let away = SeatEntry {
             role,
             live: false,
             expiry_ms: now_ms + self.times.grace_ms,
@@ -1055,7 +1055,11 @@ async fn subscription_op(
                 result = subscriber.ping::<Value>(None).await.map(|_| ());
             }
             if result.is_ok() {
-                let text = format!(r#"{{"type":"probe","replica":"{replica}","probe":{probe}}}"#);
+                let text = CallControl::Probe {
+                    replica: replica.to_string(),
+                    probe,
+                }
+                .to_json();
                 result = client
                     .publish::<i64, _, _>(channel.clone(), text)
                     .await

@@ -8,12 +8,12 @@
 //! close with 1008). `on_tick(now)` decides join timeout, idle timeout and keep-alive pings.
 //! `accept_delivery(seq)` drops relayed messages already delivered (resume overlap).
 //!
-//! [`PeerEntry`] is a seat in the `call:{id}:peers` hash: `role|state|expiryMs|conn`, where
-//! state `L` means a live connection renews the lease until `expiryMs`, and `A` means the
-//! participant is away (disconnected) and may resume until `expiryMs`. [`PeerEntry::presence`]
-//! is the rule that the Lua scripts in [`crate::hub`] apply atomically inside Redis; the unit
-//! tests here pin it and the integration tests check the scripts agree.
+//! [`admits`] decides whether a role may take a seat, given the other seats
+//! ([`SeatEntry`], defined with its stored format and presence rule in hermes-proto); it is the
+//! rule the Lua scripts in [`crate::hub`] apply atomically inside Redis, and the integration
+//! tests check the scripts agree.
 
+pub use hermes_proto::call_state::{Presence, SeatEntry};
 use hermes_proto::signal::{
     CLOSE_POLICY_VIOLATION, CLOSE_UNAUTHORIZED, CallStats, ClientMessage, IceCandidate, MAX_SEQ,
     SignalErrorCode, decode_client,
@@ -340,80 +340,11 @@ impl Conn {
     }
 }
 
-/// What a peer entry means at a given time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Presence {
-    /// A live connection renews the lease.
-    Live,
-    /// Disconnected (or its replica stopped renewing) but within the grace window: seat held.
-    Away,
-    /// Grace window over: the seat is free.
-    Gone,
-}
-
-/// One seat in `call:{id}:peers`: `role|L|expiryMs|conn` or `role|A|expiryMs|conn`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerEntry {
-    pub role: Role,
-    pub live: bool,
-    pub expiry_ms: u64,
-    pub conn: String,
-}
-
-impl PeerEntry {
-    pub fn parse(value: &str) -> Option<Self> {
-        let mut parts = value.splitn(4, '|');
-        let role = match parts.next()? {
-            "offerer" => Role::Offerer,
-            "answerer" => Role::Answerer,
-            "observer" => Role::Observer,
-            _ => return None,
-        };
-        let live = match parts.next()? {
-            "L" => true,
-            "A" => false,
-            _ => return None,
-        };
-        let expiry_ms = parts.next()?.parse().ok()?;
-        let conn = parts.next()?.to_owned();
-        Some(Self {
-            role,
-            live,
-            expiry_ms,
-            conn,
-        })
-    }
-
-    pub fn encode(&self) -> String {
-        format!(
-            "{}|{}|{}|{}",
-            self.role,
-            if self.live { "L" } else { "A" },
-            self.expiry_ms,
-            self.conn
-        )
-    }
-
-    /// The presence rule: a live lease that lapsed (its replica died) still holds the seat for
-    /// `grace_ms` after the lapse; an away entry holds it until its expiry.
-    pub fn presence(&self, now_ms: u64, grace_ms: u64) -> Presence {
-        if self.live && self.expiry_ms >= now_ms {
-            Presence::Live
-        } else if (self.live && self.expiry_ms.saturating_add(grace_ms) >= now_ms)
-            || (!self.live && self.expiry_ms >= now_ms)
-        {
-            Presence::Away
-        } else {
-            Presence::Gone
-        }
-    }
-}
-
 /// Whether a participant with `role` may take a seat, given the other participants' entries:
 /// at most `max_media` media participants (live or away) besides observers.
 pub fn admits<'a>(
     role: Role,
-    others: impl IntoIterator<Item = &'a PeerEntry>,
+    others: impl IntoIterator<Item = &'a SeatEntry>,
     now_ms: u64,
     grace_ms: u64,
     max_media: usize,
@@ -705,51 +636,9 @@ mod tests {
     }
 
     #[test]
-    fn peer_entries_round_trip_and_reject_garbage() {
-        let e = PeerEntry {
-            role: Role::Answerer,
-            live: true,
-            expiry_ms: T0,
-            conn: "c1|x".into(),
-        };
-        assert_eq!(PeerEntry::parse(&e.encode()), Some(e));
-        for bad in [
-            "",
-            "offerer",
-            "offerer|L",
-            "king|L|1|c",
-            "offerer|Z|1|c",
-            "offerer|L|x|c",
-        ] {
-            assert_eq!(PeerEntry::parse(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn presence_follows_lease_then_grace() {
-        let grace = 30_000;
-        let live = PeerEntry {
-            role: Role::Offerer,
-            live: true,
-            expiry_ms: T0,
-            conn: "c".into(),
-        };
-        assert_eq!(live.presence(T0, grace), Presence::Live);
-        assert_eq!(live.presence(T0 + 1, grace), Presence::Away, "lease lapsed");
-        assert_eq!(live.presence(T0 + grace, grace), Presence::Away);
-        assert_eq!(live.presence(T0 + grace + 1, grace), Presence::Gone);
-        let away = PeerEntry {
-            live: false,
-            ..live.clone()
-        };
-        assert_eq!(away.presence(T0 - 5, grace), Presence::Away);
-        assert_eq!(away.presence(T0 + 1, grace), Presence::Gone);
-    }
-
-    #[test]
     fn at_most_two_media_seats() {
         let grace = 1_000;
-        let e = |role, live, expiry_ms| PeerEntry {
+        let e = |role, live, expiry_ms| SeatEntry {
             role,
             live,
             expiry_ms,

@@ -181,7 +181,7 @@ async fn binary_logs_listening_and_exits_zero_on_sigterm_after_closing_1012() {
 async fn join_script_applies_the_presence_and_seat_rules_of_room() {
     use hermes_proto::{CallId, ParticipantId};
     use hermes_signal::hub::{Hub, HubTimes, JoinOutcome};
-    use hermes_signal::room::{PeerEntry, admits};
+    use hermes_signal::room::{SeatEntry, admits};
     let redis = RedisServer::start();
     let client = hermes_service::redis::connect(&redis.url(), Duration::from_secs(5))
         .await
@@ -205,13 +205,13 @@ async fn join_script_applies_the_presence_and_seat_rules_of_room() {
                 for e2 in expiries {
                     let call = CallId::random(&mut rand::rng());
                     let entries = [
-                        PeerEntry {
+                        SeatEntry {
                             role: r1,
                             live: l1,
                             expiry_ms: e1,
                             conn: "x1".into(),
                         },
-                        PeerEntry {
+                        SeatEntry {
                             role: Role::Answerer,
                             live: true,
                             expiry_ms: e2,
