@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 use hermes_proto::api::IceTransportPolicy;
+use hermes_service::redis::{AckPolicy, MAX_ACK_TIMEOUT, ReplicaAck};
 use hermes_service::{CommonArgs, HermesEnv, Secret, SecretError};
 
 use crate::client_ip::{Cidr, CidrError};
@@ -132,6 +133,21 @@ pub struct Config {
     )]
     pub new_code_window_secs: u64,
 
+    /// Whether a consumed one-time code waits for a Redis replica to hold the delete before
+    /// the token goes out (`WAIT 1`), so a failover cannot bring the code back: `auto` =
+    /// `best-effort` on a `redis-sentinel://` URL, `off` otherwise; `best-effort` answers anyway
+    /// when no replica acknowledges in time (available; the code may revive if the primary dies
+    /// in that window); `required` answers 503 then (durable; resolves fail while no replica
+    /// is connected, e.g. right after a failover with a single replica). See docs/operations.md.
+    #[arg(long, env = "REDIS_REPLICA_ACK", value_enum, default_value_t = ReplicaAck::Auto)]
+    pub redis_replica_ack: ReplicaAck,
+
+    /// How long a consumed code waits for a replica's acknowledgement, in ms (at most 1500).
+    /// It is paid in full only while no replica acknowledges (a healthy replica answers in
+    /// about one network round trip).
+    #[arg(long, env = "REDIS_REPLICA_ACK_TIMEOUT_MS", default_value_t = 250)]
+    pub redis_replica_ack_timeout_ms: u64,
+
     /// Largest accepted request body in bytes (larger → 413).
     #[arg(long, env = "API_MAX_BODY_BYTES", default_value_t = 16 * 1024, hide = true)]
     pub max_body_bytes: usize,
@@ -147,6 +163,8 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("CORS origin {0:?} is not a valid header value")]
     Origin(String),
+    #[error("REDIS_REPLICA_ACK_TIMEOUT_MS must be between 1 and {max}", max = MAX_ACK_TIMEOUT.as_millis())]
+    AckTimeout,
 }
 
 /// Validated configuration the service runs with.
@@ -175,6 +193,8 @@ pub struct Settings {
     pub resolve_code_limit: Limit,
     pub new_code_limit: Limit,
     pub max_body_bytes: usize,
+    /// What a consumed one-time code waits for (`REDIS_REPLICA_ACK`).
+    pub replica_ack: AckPolicy,
 }
 
 impl Config {
@@ -224,8 +244,16 @@ impl Config {
                 return Err(ConfigError::Origin(o.clone()));
             }
         }
+        let ack_timeout = Duration::from_millis(self.redis_replica_ack_timeout_ms);
+        if ack_timeout.is_zero() || ack_timeout > MAX_ACK_TIMEOUT {
+            return Err(ConfigError::AckTimeout);
+        }
+        let replica_ack = self
+            .redis_replica_ack
+            .policy(&self.common.redis_url, ack_timeout);
         let resolve_window = Duration::from_secs(self.resolve_window_secs);
         Ok(Settings {
+            replica_ack,
             env,
             turn_host: self
                 .turn_public_host
@@ -293,6 +321,37 @@ mod tests {
         assert_eq!(s.ice_policy, IceTransportPolicy::All);
         assert_eq!(s.cors_origins, vec!["https://call.example.org".to_owned()]);
         assert_eq!(s.trusted_proxies.len(), 2);
+        assert_eq!(
+            s.replica_ack,
+            AckPolicy::Off,
+            "a plain redis:// URL has no replica"
+        );
+    }
+
+    #[test]
+    fn replica_ack_defaults_to_best_effort_under_sentinel_and_checks_its_timeout() {
+        let sentinel = "redis-sentinel://s1:26379?sentinelServiceName=hermes";
+        let s = parse(&["--redis-url", sentinel]).validate().expect("valid");
+        assert_eq!(
+            s.replica_ack,
+            AckPolicy::BestEffort(Duration::from_millis(250))
+        );
+        let s = parse(&[
+            "--redis-replica-ack",
+            "required",
+            "--redis-replica-ack-timeout-ms",
+            "100",
+        ])
+        .validate()
+        .expect("valid");
+        assert_eq!(
+            s.replica_ack,
+            AckPolicy::Required(Duration::from_millis(100))
+        );
+        for bad in ["0", "1501"] {
+            let err = parse(&["--redis-replica-ack-timeout-ms", bad]).validate();
+            assert!(matches!(err, Err(ConfigError::AckTimeout)), "{bad}");
+        }
     }
 
     #[test]

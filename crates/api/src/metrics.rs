@@ -42,6 +42,7 @@ pub struct Metrics {
     pub redis_errors: Counter,
     pub limiter_degraded: Gauge,
     pub limiter_fallback: Counter,
+    pub replica_ack_missing: Counter,
     registry: Registry,
 }
 
@@ -86,6 +87,12 @@ impl Default for Metrics {
             "hermes_api_ratelimit_fallback",
             "Rate-limit decisions taken in-process while Redis was unreachable",
         );
+        let replica_ack_missing = Counter::registered(
+            &mut registry,
+            "hermes_api_replica_ack_missing",
+            "Consumed one-time codes no replica acknowledged within REDIS_REPLICA_ACK_TIMEOUT_MS \
+             (answered anyway under best-effort, 503 under required)",
+        );
         Self {
             requests,
             latency,
@@ -93,6 +100,7 @@ impl Default for Metrics {
             redis_errors,
             limiter_degraded,
             limiter_fallback,
+            replica_ack_missing,
             registry,
         }
     }

@@ -222,6 +222,11 @@ impl Limiter {
     /// one round trip. Returns the operation's reply after its leading `'ok'`. While Redis is
     /// unreachable the limits are still applied in process, so the caller gets either
     /// `Limited` or `Redis`.
+    ///
+    /// With `wait_for_replica`, the script is followed by `WAIT 1 <timeout>` in the same
+    /// round trip ([`Script::run_then_wait`]; `redis` must then be a client of its own) and
+    /// the reply comes with how many replicas acknowledged.
+    #[allow(clippy::too_many_arguments)]
     pub async fn guarded(
         &self,
         redis: &Client,
@@ -230,7 +235,8 @@ impl Limiter {
         keys: Vec<String>,
         args: Vec<String>,
         metrics: &Metrics,
-    ) -> Result<Vec<Value>, GuardError> {
+        wait_for_replica: Option<Duration>,
+    ) -> Result<(Vec<Value>, Option<u64>), GuardError> {
         let reply = if redis.is_connected() {
             let mut all_keys: Vec<String> = limits.iter().map(|(k, _)| k.clone()).collect();
             all_keys.extend(keys);
@@ -239,11 +245,20 @@ impl Limiter {
             all_args.extend(limits.iter().map(|(_, l)| l.window.as_millis().to_string()));
             all_args.extend(limits.iter().map(|(_, l)| l.max.to_string()));
             all_args.extend(args);
-            script.run::<Vec<Value>>(redis, all_keys, all_args).await
+            match wait_for_replica {
+                None => script
+                    .run::<Vec<Value>>(redis, all_keys, all_args)
+                    .await
+                    .map(|reply| (reply, None)),
+                Some(timeout) => script
+                    .run_then_wait::<Vec<Value>>(redis, all_keys, all_args, timeout)
+                    .await
+                    .map(|(reply, acked)| (reply, Some(acked))),
+            }
         } else {
             Err(Error::new(ErrorKind::IO, "not connected"))
         };
-        let mut reply = match reply {
+        let (mut reply, acked) = match reply {
             Ok(reply) => {
                 self.recovered(metrics);
                 reply
@@ -266,7 +281,7 @@ impl Limiter {
         match tag.as_deref() {
             Some("ok") => {
                 reply.remove(0);
-                Ok(reply)
+                Ok((reply, acked))
             }
             Some("limited") => {
                 let numbers: Vec<i64> = reply[1..].iter().filter_map(Value::as_i64).collect();

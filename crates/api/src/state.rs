@@ -19,6 +19,9 @@ pub const SERVICE: &str = "api";
 pub struct Inner {
     pub settings: Settings,
     redis: Client,
+    /// The connection of writes that wait for a replica (`REDIS_REPLICA_ACK`); `redis` itself
+    /// when the policy does not wait.
+    durable: Client,
     pub tokens: JoinTokenKeys,
     pub events: EventPublisher,
     pub limiter: Limiter,
@@ -39,7 +42,17 @@ impl Inner {
         let tokens = JoinTokenKeys::new(settings.jwt_secret.expose());
         let mut code_hash_key = b"hermes-api rl:code v1 ".to_vec();
         code_hash_key.extend_from_slice(settings.jwt_secret.expose());
+        let durable = match settings.replica_ack.timeout() {
+            None => redis.clone(),
+            Some(_) => {
+                let twin = hermes_service::redis::twin_without_resends(&redis)
+                    .expect("the twin has the configuration its client was built with");
+                twin.connect();
+                twin
+            }
+        };
         Arc::new(Self {
+            durable,
             events: EventPublisher::spawn(redis.clone(), SERVICE),
             tokens,
             limiter: Limiter::default(),
@@ -63,6 +76,12 @@ impl Inner {
         }
     }
 
+    /// The connection of writes that wait for a replica, when it is a client of its own
+    /// (readiness probe).
+    pub fn durable_twin(&self) -> Option<&Client> {
+        self.settings.replica_ack.timeout().map(|_| &self.durable)
+    }
+
     /// The client regardless of connection state (readiness probe, limiter).
     pub fn redis_raw(&self) -> &Client {
         &self.redis
@@ -72,6 +91,8 @@ impl Inner {
     pub fn guard(&self) -> Guard<'_> {
         Guard {
             redis: &self.redis,
+            durable: &self.durable,
+            replica_ack: self.settings.replica_ack,
             limiter: &self.limiter,
             metrics: &self.metrics,
         }
@@ -82,6 +103,7 @@ impl Inner {
         match e {
             StoreError::Guard(e) => self.guard_err(e, route),
             StoreError::Redis(e) => self.redis_err(e),
+            StoreError::NotReplicated => ApiError::Unavailable,
             StoreError::Unexpected(what) => {
                 tracing::error!(route, "unexpected answer from Redis: {what}");
                 ApiError::Internal

@@ -13,7 +13,7 @@ use fred::prelude::*;
 use hermes_proto::api::{CallStatus, CallStatusResponse};
 use hermes_proto::signal::CallControl;
 use hermes_proto::{CallId, OneTimeCode, Role, SeatEntry, keys};
-use hermes_service::redis::Script;
+use hermes_service::redis::{AckPolicy, Script};
 
 use crate::metrics::Metrics;
 use crate::ratelimit::{GUARD_PRELUDE, GuardError, Limit, Limiter};
@@ -30,15 +30,28 @@ return {'ok', 1}
 
 /// After [`GUARD_PRELUDE`]: KEYS otc; ARGV prefix of call keys (`call:`). Consumes the code
 /// (GET + DEL in one atomic step) and reads the call's status in the same round trip.
-/// `{'ok'}` for an unknown or used code, else `{'ok', callId, status or '', role or ''}`
-/// (the value is `callId`, or `callId|offerer` for a code minted by an answerer).
+/// `{'ok'}` for an unknown or used code, else `{'ok', callId, status or '', role or '',
+/// value, remaining ms}` (the value is `callId`, or `callId|offerer` for a code minted by an
+/// answerer; value and remaining lifetime let [`RESTORE_LUA`] put the code back).
 const RESOLVE_BODY: &str = r#"
 local value = redis.call('GET', KEYS[K + 1])
 if not value then return {'ok'} end
+local ttl = redis.call('PTTL', KEYS[K + 1])
 redis.call('DEL', KEYS[K + 1])
 local id, role = string.match(value, '^([^|]*)|?(.*)$')
 local status = redis.call('HGET', ARGV[A + 1] .. id, 'status')
-return {'ok', id, status or '', role}
+return {'ok', id, status or '', role, value, tostring(ttl)}
+"#;
+
+/// KEYS otc; ARGV value, remaining ms. Puts back a code whose consumption no replica
+/// acknowledged under `REDIS_REPLICA_ACK=required` (the client got 503, not a token), unless
+/// the key exists again. Whatever of the two writes a failover keeps, the code was never
+/// handed out: at worst it is gone and the caller creates another.
+const RESTORE_LUA: &str = r#"
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX')
+end
+return 1
 "#;
 
 /// After [`GUARD_PRELUDE`]: KEYS otc, call; ARGV otc value, code TTL ms. A fresh code for a
@@ -137,6 +150,9 @@ pub enum StoreError {
     Redis(Error),
     /// A script or record answered something the store does not know.
     Unexpected(&'static str),
+    /// The write ran on the primary but no replica acknowledged it in time, and the policy
+    /// (`REDIS_REPLICA_ACK=required`) does not answer without one.
+    NotReplicated,
 }
 
 impl From<GuardError> for StoreError {
@@ -158,6 +174,7 @@ pub struct CallStore {
     status: Script,
     end: Script,
     new_code: Script,
+    restore: Script,
     /// See [`call_key_prefix`].
     call_prefix: String,
 }
@@ -170,6 +187,7 @@ impl Default for CallStore {
             status: Script::new(STATUS_LUA.as_str()),
             end: Script::new(END_LUA),
             new_code: Script::new(NEW_CODE_LUA.as_str()),
+            restore: Script::new(RESTORE_LUA),
             call_prefix: call_key_prefix(),
         }
     }
@@ -179,6 +197,10 @@ impl Default for CallStore {
 #[derive(Clone, Copy)]
 pub struct Guard<'a> {
     pub redis: &'a Client,
+    /// The connection of writes that wait for a replica (a client of its own, see
+    /// [`hermes_service::redis::twin_without_resends`]; `redis` itself when the policy is off).
+    pub durable: &'a Client,
+    pub replica_ack: AckPolicy,
     pub limiter: &'a Limiter,
     pub metrics: &'a Metrics,
 }
@@ -191,9 +213,54 @@ impl Guard<'_> {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Vec<Value>, GuardError> {
-        self.limiter
-            .guarded(self.redis, script, limits, keys, args, self.metrics)
-            .await
+        let (reply, _) = self
+            .limiter
+            .guarded(self.redis, script, limits, keys, args, self.metrics, None)
+            .await?;
+        Ok(reply)
+    }
+
+    /// [`Self::run`] for a write that must survive a failover: under a waiting
+    /// [`AckPolicy`] it answers only once a replica holds the write, or (best-effort) once
+    /// the timeout passed. The flag is true when `required` refuses the reply (no replica
+    /// acknowledged): the caller undoes what it can and answers [`StoreError::NotReplicated`].
+    async fn run_durable(
+        &self,
+        script: &Script,
+        limits: &Limits,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<(Vec<Value>, bool), StoreError> {
+        let Some(timeout) = self.replica_ack.timeout() else {
+            return Ok((self.run(script, limits, keys, args).await?, false));
+        };
+        let (reply, acked) = self
+            .limiter
+            .guarded(
+                self.durable,
+                script,
+                limits,
+                keys,
+                args,
+                self.metrics,
+                Some(timeout),
+            )
+            .await?;
+        if acked.unwrap_or(0) == 0 {
+            self.metrics.replica_ack_missing.inc();
+            if let AckPolicy::Required(_) = self.replica_ack {
+                tracing::warn!(
+                    ?timeout,
+                    "no Redis replica acknowledged a consumed code: answering unavailable"
+                );
+                return Ok((reply, true));
+            }
+            tracing::warn!(
+                ?timeout,
+                "no Redis replica acknowledged a consumed code: answering anyway (best-effort)"
+            );
+        }
+        Ok((reply, false))
     }
 }
 
@@ -263,15 +330,16 @@ impl CallStore {
     }
 
     /// Consume `code` and read its call's status, in one round trip. None for an unknown or
-    /// used code.
+    /// used code. The consumption must survive a failover, so it waits for a replica as the
+    /// guard's [`AckPolicy`] says (see [`Guard::run_durable`]).
     pub async fn resolve(
         &self,
         guard: Guard<'_>,
         limits: &Limits,
         code: &OneTimeCode,
     ) -> Result<Option<Resolved>, StoreError> {
-        let reply = guard
-            .run(
+        let (reply, refused) = guard
+            .run_durable(
                 &self.resolve,
                 limits,
                 vec![keys::otc(code)],
@@ -279,9 +347,21 @@ impl CallStore {
             )
             .await?;
         let found: Vec<String> = reply.iter().filter_map(Value::as_string).collect();
-        let [call_id, status, seat] = found.as_slice() else {
+        let [call_id, status, seat, value, ttl_ms] = found.as_slice() else {
+            // Unknown or used: nothing was consumed, so nothing needs a replica.
             return Ok(None);
         };
+        if refused {
+            let _: i64 = self
+                .restore
+                .run(
+                    guard.durable,
+                    vec![keys::otc(code)],
+                    vec![value.clone(), ttl_ms.clone()],
+                )
+                .await?;
+            return Err(StoreError::NotReplicated);
+        }
         let call = CallId::parse(call_id)
             .map_err(|_| StoreError::Unexpected("otc entry with a malformed call id"))?;
         let role = if format!("|{seat}") == OFFERER_SEAT {

@@ -3,8 +3,10 @@
 //! sentinels have promoted the replica and the client followed by itself; a call created
 //! (and replicated) before the failover can still be resolved and joined after it.
 //!
-//! Also the trap a failover sets (`#[ignore]`d, see docs/operations.md): a one-time code
-//! resolved on the old primary, but not yet replicated when it died, comes back to life.
+//! Also the trap a failover sets, and how `REDIS_REPLICA_ACK` closes it (docs/operations.md):
+//! a one-time code resolved on the old primary, but not yet replicated when it died, would come
+//! back to life. A resolve answers only once a replica holds the delete (`WAIT 1`); under
+//! `required` a delete no replica acknowledged is answered 503, so the code was never handed out.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -34,10 +36,16 @@ impl Drop for Api {
 
 impl Api {
     async fn start(redis_url: &str) -> Self {
-        let settings = Config::try_parse_from([
+        Self::start_with(redis_url, &[]).await
+    }
+
+    /// Started with `extra` flags after the test's defaults.
+    async fn start_with(redis_url: &str, extra: &[&str]) -> Self {
+        let rate_limit = RATE_LIMIT.to_string();
+        let mut args = vec![
             "hermes-api",
             "--rate-limit",
-            &RATE_LIMIT.to_string(),
+            &rate_limit,
             "--redis-url",
             redis_url,
             "--server-name",
@@ -48,10 +56,9 @@ impl Api {
             "test-turn-secret-0123456789abcdef012345678",
             "--listen",
             "127.0.0.1:0",
-        ])
-        .unwrap()
-        .validate()
-        .unwrap();
+        ];
+        args.extend_from_slice(extra);
+        let settings = Config::try_parse_from(args).unwrap().validate().unwrap();
         let client = hermes_service::redis::connect(redis_url, Duration::from_secs(5))
             .await
             .unwrap();
@@ -115,6 +122,22 @@ impl Api {
             .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.ok())
+    }
+
+    /// The value of an unlabelled counter on `/metrics`.
+    async fn counter(&self, name: &str) -> u64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}_total "))?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not on /metrics"))
     }
 
     async fn join(&self, token: &str) -> u16 {
@@ -186,29 +209,103 @@ async fn readyz_follows_a_sentinel_failover_and_calls_survive_it() {
     eprintln!("api: {allowed} more creates allowed after the failover before 429");
 }
 
-/// The trap: `resolve` deletes the code on the primary and answers 200 before the delete is
-/// replicated; if the primary dies then, the promoted replica still holds the code and a
-/// second `resolve` succeeds. Forced deterministically by cutting replication first.
+/// The trap: `resolve` deletes the code on the primary; if it answered before the delete was
+/// replicated and the primary died then, the promoted replica would still hold the code and a
+/// second `resolve` would succeed. Forced deterministically by cutting replication first. Under
+/// `REDIS_REPLICA_ACK=required` the unacknowledged resolve answers 503 (the code was not handed
+/// out), resolves stay 503 while the promoted primary has no replica, and once a replica is
+/// back the code resolves exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known failover trap, not fixed yet: resolve must WAIT for a replica before answering \
-            (design in docs/operations.md); run with --ignored to see it"]
 async fn a_resolved_code_stays_used_across_a_failover() {
     let mut set = tokio::task::block_in_place(SentinelSet::start);
-    let api = Api::start(&set.url()).await;
+    let api = Api::start_with(&set.url(), &["--redis-replica-ack", "required"]).await;
     let call = api.create().await;
     tokio::task::block_in_place(|| set.wait_replicated());
 
     set.cut_replication();
     let (status, _) = api.resolve(&call.code).await;
-    assert_eq!(status, 200, "resolved on the old primary");
+    assert_eq!(
+        status, 503,
+        "no replica acknowledged the delete: the code must not be handed out"
+    );
+    assert_eq!(api.counter("hermes_api_replica_ack_missing").await, 1);
     let killed_at = set.kill_primary();
     set.resume_replica();
     tokio::task::block_in_place(|| set.wait_for_promotion(killed_at, Duration::from_secs(30)));
     api.wait_ready(true, Duration::from_secs(15)).await.unwrap();
 
-    let (again, _) = api.resolve(&call.code).await;
+    // The promoted primary has no replica yet: `required` refuses rather than risk the trap.
+    assert_eq!(api.resolve(&call.code).await.0, 503);
+    tokio::task::block_in_place(|| set.add_replica());
+    let (status, resolved) = api.resolve(&call.code).await;
     assert_eq!(
-        again, 404,
+        status, 200,
+        "a replica is back: the code (never handed out) resolves"
+    );
+    assert_eq!(resolved.unwrap().call_id, call.call_id);
+    assert_eq!(api.resolve(&call.code).await.0, 404, "and only once");
+}
+
+/// Under the default policy (`auto`, best-effort under Sentinel) a resolve answers only once a
+/// replica acknowledged the delete: with the replica frozen the answer waits (its WAIT blocks on
+/// the primary), after the thaw it goes out, and a failover right after it cannot revive the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolve_answers_only_once_a_replica_holds_the_delete() {
+    let mut set = tokio::task::block_in_place(SentinelSet::start);
+    // The whole timeout is spent only if the replica stays frozen; it must outlast the
+    // harness's check below on a loaded machine.
+    let api = Api::start_with(&set.url(), &["--redis-replica-ack-timeout-ms", "1500"]).await;
+    let call = api.create().await;
+    tokio::task::block_in_place(|| set.wait_replicated());
+
+    set.freeze_replica();
+    let code = call.code.clone();
+    let resolving = {
+        let (http, base) = (api.http.clone(), api.base.clone());
+        tokio::spawn(async move {
+            http.post(format!("{base}/api/call/resolve"))
+                .json(&json!({ "code": code }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    // The delete ran on the primary and its WAIT is blocked there, the answer not yet out.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let blocked = set
+            .raw_primary("INFO clients")
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("blocked_clients:")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0);
+        if blocked == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no WAIT blocked on the primary");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        !resolving.is_finished(),
+        "answered before a replica acknowledged"
+    );
+    set.resume_replica();
+    assert_eq!(resolving.await.unwrap(), 200);
+    assert_eq!(api.counter("hermes_api_replica_ack_missing").await, 0);
+
+    let killed_at = set.kill_primary();
+    tokio::task::block_in_place(|| set.wait_for_promotion(killed_at, Duration::from_secs(30)));
+    api.wait_ready(true, Duration::from_secs(15)).await.unwrap();
+    assert_eq!(
+        api.resolve(&call.code).await.0,
+        404,
         "a used one-time code came back after the failover"
     );
 }

@@ -7,12 +7,16 @@
 //!
 //! [`Script`] runs a Lua script by SHA (EVALSHA) and loads it (SCRIPT LOAD) only when Redis
 //! answers NOSCRIPT: on first use, or after a Redis restart emptied the script cache.
+//!
+//! [`ReplicaAck`] is the policy for writes that must survive a Sentinel failover (a consumed
+//! one-time code): [`Script::run_then_wait`] follows the script with `WAIT 1 <ms>` on the same
+//! connection, so the answer only goes out once a replica holds the write.
 
 use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
-use fred::types::FromValue;
+use fred::types::{ClusterHash, CustomCommand, FromValue};
 use sha1::{Digest, Sha1};
 
 /// How long one command may take before the caller gets an error.
@@ -110,6 +114,79 @@ pub async fn is_ready(client: &Client) -> bool {
     )
 }
 
+/// Whether a write that must survive a failover waits for a replica to acknowledge it
+/// (`REDIS_REPLICA_ACK`; see docs/operations.md, "What a failover can lose").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum ReplicaAck {
+    /// `best-effort` on a `redis-sentinel://` URL (a replica exists to fail over to), `off`
+    /// otherwise (a single Redis has no replica to wait for).
+    #[default]
+    Auto,
+    /// Answer as soon as the primary has the write.
+    Off,
+    /// Wait up to the timeout for one replica; answer anyway if none acknowledged (logged and
+    /// counted). Closes the trap whenever a replica is connected; stays available when none is.
+    BestEffort,
+    /// Wait up to the timeout for one replica; without its acknowledgement the request fails
+    /// as unavailable (retryable). Durable, but unavailable while no replica is connected.
+    Required,
+}
+
+/// [`ReplicaAck`] resolved against the Redis URL, with its timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckPolicy {
+    Off,
+    BestEffort(Duration),
+    Required(Duration),
+}
+
+/// Longest `REDIS_REPLICA_ACK_TIMEOUT_MS`: the WAIT must end well before the command timeout.
+pub const MAX_ACK_TIMEOUT: Duration = Duration::from_millis(1_500);
+
+impl ReplicaAck {
+    /// The policy for a service connected to `redis_url`, waiting up to `timeout`.
+    pub fn policy(self, redis_url: &str, timeout: Duration) -> AckPolicy {
+        match self {
+            ReplicaAck::Auto if is_sentinel_url(redis_url) => AckPolicy::BestEffort(timeout),
+            ReplicaAck::Auto | ReplicaAck::Off => AckPolicy::Off,
+            ReplicaAck::BestEffort => AckPolicy::BestEffort(timeout),
+            ReplicaAck::Required => AckPolicy::Required(timeout),
+        }
+    }
+}
+
+impl AckPolicy {
+    /// How long to wait for a replica, None when the policy does not wait.
+    pub fn timeout(self) -> Option<Duration> {
+        match self {
+            AckPolicy::Off => None,
+            AckPolicy::BestEffort(t) | AckPolicy::Required(t) => Some(t),
+        }
+    }
+}
+
+/// True for the URL schemes of a Sentinel set-up.
+pub fn is_sentinel_url(url: &str) -> bool {
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    scheme.ends_with("-sentinel")
+}
+
+/// A new client with `client`'s configuration and its own connection, which never resends a
+/// command after a reconnect: a `WAIT` resent on a new connection would count the replicas of
+/// nothing this connection wrote and answer at once.
+pub fn twin_without_resends(client: &Client) -> Result<Client, Error> {
+    let mut connection = client.connection_config().clone();
+    connection.max_command_attempts = 1;
+    let mut builder = Builder::from_config(client.client_config());
+    builder
+        .set_connection_config(connection)
+        .set_performance_config(client.perf_config());
+    if let Some(policy) = client.client_reconnect_policy() {
+        builder.set_policy(policy);
+    }
+    builder.build()
+}
+
 /// A Lua script run by SHA. Build it once (it hashes the source) and keep it.
 #[derive(Debug, Clone)]
 pub struct Script {
@@ -156,11 +233,85 @@ impl Script {
             other => other,
         }
     }
+
+    /// The script, then `WAIT 1 <timeout>` in the same pipeline (one write on one connection,
+    /// so the WAIT counts this script's writes). Returns the reply and how many replicas
+    /// acknowledged. Run it on a client of its own ([`twin_without_resends`]): a WAIT holds
+    /// every later command of its connection until it answers.
+    pub async fn run_then_wait<R: FromValue>(
+        &self,
+        client: &Client,
+        keys: Vec<String>,
+        args: Vec<String>,
+        timeout: Duration,
+    ) -> Result<(R, u64), Error> {
+        let keys: Vec<Key> = keys.into_iter().map(Key::from).collect();
+        let args: Vec<Value> = args.into_iter().map(Value::from).collect();
+        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        let mut loaded = false;
+        loop {
+            let pipeline = client.pipeline();
+            // fred's pipeline has no EVALSHA of its own; hashed on the first key (offset 2:
+            // after the SHA and the key count) so a cluster client routes it by its keys.
+            let mut evalsha = Vec::with_capacity(2 + keys.len() + args.len());
+            evalsha.push(Value::from(self.sha.as_str()));
+            evalsha.push(Value::from(keys.len() as i64));
+            evalsha.extend(keys.iter().map(|k| Value::from(k.clone())));
+            evalsha.extend(args.iter().cloned());
+            let _: () = pipeline
+                .custom(
+                    CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false),
+                    evalsha,
+                )
+                .await?;
+            let _: () = pipeline.wait(1, timeout_ms).await?;
+            let mut replies = pipeline.try_all::<Value>().await.into_iter();
+            let (Some(reply), Some(acked)) = (replies.next(), replies.next()) else {
+                return Err(Error::new(ErrorKind::Protocol, "pipeline lost a reply"));
+            };
+            match reply {
+                Err(e) if !loaded && e.details().starts_with("NOSCRIPT") => {
+                    let _: String = client.script_load(self.lua).await?;
+                    loaded = true;
+                }
+                Err(e) => return Err(e),
+                Ok(reply) => {
+                    let acked = acked?
+                        .as_u64()
+                        .ok_or_else(|| Error::new(ErrorKind::Parse, "WAIT answered no count"))?;
+                    return Ok((reply.convert()?, acked));
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replica_ack_auto_waits_only_under_sentinel() {
+        let t = Duration::from_millis(250);
+        let sentinel = "redis-sentinel://s1:26379?sentinelServiceName=hermes";
+        assert_eq!(
+            ReplicaAck::Auto.policy(sentinel, t),
+            AckPolicy::BestEffort(t)
+        );
+        assert_eq!(
+            ReplicaAck::Auto.policy("rediss-sentinel://s1:26379", t),
+            AckPolicy::BestEffort(t)
+        );
+        assert_eq!(
+            ReplicaAck::Auto.policy("redis://127.0.0.1:6379", t),
+            AckPolicy::Off
+        );
+        assert_eq!(ReplicaAck::Off.policy(sentinel, t), AckPolicy::Off);
+        assert_eq!(
+            ReplicaAck::Required.policy("redis://r:6379", t).timeout(),
+            Some(t)
+        );
+    }
 
     #[test]
     fn script_sha_is_redis_sha1_of_the_source() {

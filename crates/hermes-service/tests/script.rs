@@ -1,6 +1,7 @@
 //! The shared Lua script runner against a real redis-server: it runs a script Redis has never
 //! seen (NOSCRIPT → SCRIPT LOAD → EVALSHA), keeps working after the script cache is flushed
-//! (what a Redis restart does), and reports a script error instead of hiding it.
+//! (what a Redis restart does), and reports a script error instead of hiding it; and the
+//! script-then-WAIT runner of durable writes.
 
 use std::time::Duration;
 
@@ -53,4 +54,35 @@ async fn script_error_reaches_the_caller() {
         .await
         .expect_err("a script error is an error");
     assert!(err.details().contains("BADTHING"), "{err:?}");
+}
+
+/// `run_then_wait` on a Redis without replicas: the script runs (loaded on NOSCRIPT first),
+/// its write is there, and the WAIT answers 0 acknowledgements once its timeout passed.
+#[tokio::test]
+async fn run_then_wait_loads_the_script_and_counts_no_replica() {
+    let redis = RedisServer::start();
+    let client = hermes_service::redis::connect(&redis.url(), Duration::from_secs(5))
+        .await
+        .expect("client");
+    let twin = hermes_service::redis::twin_without_resends(&client).expect("twin");
+    twin.connect();
+    twin.wait_for_connect().await.expect("twin connects");
+    let script = Script::new("redis.call('SET', KEYS[1], ARGV[1]) return ARGV[1]");
+    let started = std::time::Instant::now();
+    let (got, acked): (String, u64) = script
+        .run_then_wait(
+            &twin,
+            vec!["written".into()],
+            vec!["v".into()],
+            Duration::from_millis(100),
+        )
+        .await
+        .expect("runs after NOSCRIPT");
+    assert_eq!((got.as_str(), acked), ("v", 0));
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "WAIT waited"
+    );
+    let stored: Option<String> = client.get("written").await.expect("GET");
+    assert_eq!(stored.as_deref(), Some("v"));
 }

@@ -58,6 +58,8 @@ pub struct SentinelSet {
     sentinels: Vec<Node>,
     /// The primary was killed and the replica promoted.
     failed_over: bool,
+    /// Replicas added with [`Self::add_replica`].
+    added: Vec<Node>,
 }
 
 impl SentinelSet {
@@ -80,6 +82,7 @@ impl SentinelSet {
             replica,
             sentinels,
             failed_over: false,
+            added: Vec::new(),
         };
         set.wait_for_agreement(set.primary.port, START_TIMEOUT);
         set
@@ -158,6 +161,34 @@ impl SentinelSet {
             .raw_primary("CLIENT KILL TYPE replica")
             .expect("CLIENT KILL on the primary");
         assert_eq!(killed, ":1\r\n", "one replica link cut");
+    }
+
+    /// Freeze the replica (SIGSTOP) and leave its link up: the primary's writes wait in the
+    /// kernel's buffers, unacknowledged, until [`Self::resume_replica`] thaws it and it applies
+    /// them. Same limit as [`Self::cut_replication`]: thaw it well within [`DOWN_AFTER_MS`].
+    pub fn freeze_replica(&self) {
+        signal(&self.replica.process, "STOP");
+    }
+
+    /// Start one more replica of the current primary (after a failover, the set's promoted
+    /// primary has none) and wait until its link is up and the primary counts it online.
+    /// Returns its port.
+    pub fn add_replica(&mut self) -> u16 {
+        let primary = self.primary_port();
+        let name = format!("added-replica-{}", self.added.len());
+        let node = spawn_data_node(self.dir.path(), &name, Some(primary));
+        let port = node.port;
+        wait_until(
+            START_TIMEOUT,
+            "the added replica's link to the primary",
+            || {
+                info_field(port, "replication", "master_link_status").as_deref() == Some("up")
+                    && raw_command(primary, "INFO replication")
+                        .is_ok_and(|i| i.contains(&format!("port={port},state=online")))
+            },
+        );
+        self.added.push(node);
+        port
     }
 
     /// Thaw the replica (SIGCONT).

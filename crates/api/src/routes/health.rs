@@ -1,4 +1,5 @@
-//! `/healthz` (process up), `/readyz` (Redis answers PING), `/metrics`, `/api/openapi.json`.
+//! `/healthz` (process up), `/readyz` (Redis answers PING, on the connection of durable writes
+//! too when it has one of its own), `/metrics`, `/api/openapi.json`.
 
 use axum::Json;
 use axum::extract::State;
@@ -15,7 +16,11 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let redis = state.redis()?;
-    if hermes_service::redis::is_ready(redis).await {
+    let durable_ready = match state.durable_twin() {
+        Some(twin) => hermes_service::redis::is_ready(twin).await,
+        None => true,
+    };
+    if durable_ready && hermes_service::redis::is_ready(redis).await {
         Ok(Json(json!({ "status": "ready" })))
     } else {
         state.metrics.redis_errors.inc();
