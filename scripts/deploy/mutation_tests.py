@@ -2,7 +2,8 @@
 """Prove that scripts/deploy/deploy_checks.py can fail: apply one known defect at a time to a
 copy of the deployment files and expect the matching complaint. Run by
 scripts/checks/50-deploy-static.sh after the real checks passed; needs the rendered overlay
-(argument 1) and the debug binaries (for the environment mutations).
+(argument 1), optionally the rendered Sentinel overlay (argument 2), and the debug binaries (for
+the environment mutations).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def find(docs, kind, name):
     return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
 
 
-def main(rendered: Path) -> int:
+def main(rendered: Path, sentinel: Path | None = None) -> int:
     compose = lambda root: dc.check_compose()  # noqa: E731
     env = lambda root: dc.check_env(root / "rendered.yaml")  # noqa: E731
     k8s = lambda root: dc.check_k8s(root / "rendered.yaml")  # noqa: E731
@@ -93,6 +94,19 @@ def main(rendered: Path) -> int:
                                 d["services"]["turn-relay"].update(ports=["3478:3478/udp"]))), compose)
     run("unknown build target", "is not a stage",
         edit_compose(lambda d: d["services"]["logger"]["build"].update(target="loger")), compose)
+    def edit_sentinel(fn):
+        def mutate(root: Path) -> None:
+            p = root / "deploy/compose/sentinel.yml"
+            doc = yaml.safe_load(p.read_text())
+            fn(doc)
+            p.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return mutate
+    run("compose sentinel: a service names two of three sentinels", "names 2 sentinels",
+        edit_sentinel(lambda d: d["services"]["signal"]["environment"].update(
+            REDIS_URL="redis-sentinel://:p@sentinel-1:26379?sentinelServiceName=hermes&node=sentinel-2:26379")),
+        compose)
+    run("compose sentinel: a sentinel without health check", "which has no healthcheck",
+        edit_sentinel(lambda d: d["services"]["sentinel-2"].pop("healthcheck")), compose)
     run("compose build arg default differs from the Dockerfile", "does not default to the Dockerfile's",
         edit_compose(lambda d: d["services"]["api"]["build"].update(
             args={"RUNTIME_BASE_IMAGE": "${RUNTIME_BASE_IMAGE:-gcr.io/distroless/cc-debian12:latest}"})), compose)
@@ -152,6 +166,21 @@ def main(rendered: Path) -> int:
         edit_rendered(rendered, lambda docs: find(docs, "Service", "hermes-turn-metrics")["spec"]["ports"][0].update(
             targetPort="metrics-x")), drift)
 
+    if sentinel is not None:
+        sentinel_check = lambda root: dc.check_k8s_sentinel(root / "rendered.yaml")  # noqa: E731
+
+        def drop_a_sentinel(docs):
+            import base64
+            secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].startswith("hermes-secrets"))
+            url = base64.b64decode(secret["data"]["REDIS_URL"]).decode()
+            url = url.replace("&node=hermes-sentinel-2.hermes-sentinel:26379", "")
+            secret["data"]["REDIS_URL"] = base64.b64encode(url.encode()).decode()
+        run("k8s sentinel: REDIS_URL leaves a sentinel out", "not every sentinel pod",
+            edit_rendered(sentinel, drop_a_sentinel), sentinel_check)
+        run("k8s sentinel: sentinels started in order", "start its pods in parallel",
+            edit_rendered(sentinel, lambda docs: find(docs, "StatefulSet", "hermes-sentinel")["spec"].pop(
+                "podManagementPolicy")), sentinel_check)
+
     failed = [r for r in results if not r[1]]
     for name, hit, detail in results:
         print(f"{'ok  ' if hit else 'FAIL'} mutation caught: {name}" + ("" if hit else f" -- got: {detail}"))
@@ -160,4 +189,4 @@ def main(rendered: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1])))
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None))
