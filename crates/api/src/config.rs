@@ -165,6 +165,8 @@ pub enum ConfigError {
     Origin(String),
     #[error("REDIS_REPLICA_ACK_TIMEOUT_MS must be between 1 and {max}", max = MAX_ACK_TIMEOUT.as_millis())]
     AckTimeout,
+    #[error("REDIS_REPLICA_ACK={0:?} is not supported on redis-cluster:// (use auto or off)")]
+    AckOnCluster(ReplicaAck),
 }
 
 /// Validated configuration the service runs with.
@@ -251,6 +253,13 @@ impl Config {
         let replica_ack = self
             .redis_replica_ack
             .policy(&self.common.redis_url, ack_timeout);
+        // A WAIT must reach the node that took the write; the cluster client routes a keyless
+        // WAIT anywhere (docs/operations.md, "Redis Cluster").
+        if replica_ack != AckPolicy::Off
+            && hermes_service::redis::is_cluster_url(&self.common.redis_url)
+        {
+            return Err(ConfigError::AckOnCluster(self.redis_replica_ack));
+        }
         let resolve_window = Duration::from_secs(self.resolve_window_secs);
         Ok(Settings {
             replica_ack,
@@ -348,6 +357,11 @@ mod tests {
             s.replica_ack,
             AckPolicy::Required(Duration::from_millis(100))
         );
+        let cluster = "redis-cluster://127.0.0.1:7000";
+        let s = parse(&["--redis-url", cluster]).validate().expect("valid");
+        assert_eq!(s.replica_ack, AckPolicy::Off);
+        let err = parse(&["--redis-url", cluster, "--redis-replica-ack", "required"]).validate();
+        assert!(matches!(err, Err(ConfigError::AckOnCluster(_))));
         for bad in ["0", "1501"] {
             let err = parse(&["--redis-replica-ack-timeout-ms", bad]).validate();
             assert!(matches!(err, Err(ConfigError::AckTimeout)), "{bad}");

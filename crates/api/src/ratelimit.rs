@@ -7,6 +7,11 @@
 //! PEXPIRE on the first hit, PTTL), so concurrent replicas can never over-admit. When Redis
 //! fails, [`LocalLimiter`] applies the same rule per process, which is weaker (each replica
 //! counts alone) but keeps abuse bounded; the switch is logged and exported as a metric.
+//!
+//! On Redis Cluster every counter lives in its own slot, so a script may hold only one: the
+//! counters are hit one script run each (pipelined by the client), and a guarded operation runs
+//! after its limits instead of in the same script. Each counter stays exact; what is lost is
+//! only that a rejected request's other counters were already counted, as on a single Redis.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -198,12 +203,28 @@ impl Limiter {
         if !redis.is_connected() {
             return Err(Error::new(ErrorKind::IO, "not connected"));
         }
-        let names: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
-        let windows: Vec<String> = keys
-            .iter()
-            .map(|(_, l)| l.window.as_millis().to_string())
-            .collect();
-        let flat: Vec<i64> = self.script.run(redis, names, windows).await?;
+        let flat: Vec<i64> = if redis.is_clustered() {
+            // One slot per counter: one run per counter, all in flight at once.
+            let runs = keys.iter().map(|(key, limit)| {
+                self.script.run::<Vec<i64>>(
+                    redis,
+                    vec![key.clone()],
+                    vec![limit.window.as_millis().to_string()],
+                )
+            });
+            futures_util::future::try_join_all(runs)
+                .await?
+                .into_iter()
+                .flatten()
+                .collect()
+        } else {
+            let names: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
+            let windows: Vec<String> = keys
+                .iter()
+                .map(|(_, l)| l.window.as_millis().to_string())
+                .collect();
+            self.script.run(redis, names, windows).await?
+        };
         if flat.len() != keys.len() * 2 {
             return Err(Error::new(ErrorKind::Parse, "unexpected limiter reply"));
         }
@@ -237,6 +258,32 @@ impl Limiter {
         metrics: &Metrics,
         wait_for_replica: Option<Duration>,
     ) -> Result<(Vec<Value>, Option<u64>), GuardError> {
+        if redis.is_clustered() && !limits.is_empty() {
+            // The counters' slots are not the operation's: limits first, then the operation.
+            if !redis.is_connected() {
+                let e = Error::new(ErrorKind::IO, "not connected");
+                return Err(self.fall_back(limits, metrics, e));
+            }
+            let counts = match self.redis_hit(redis, limits).await {
+                Ok(counts) => counts,
+                Err(e) => return Err(self.fall_back(limits, metrics, e)),
+            };
+            for ((_, limit), (count, remaining)) in limits.iter().zip(counts) {
+                limit
+                    .verdict(count, remaining)
+                    .map_err(GuardError::Limited)?;
+            }
+            return Box::pin(self.guarded(
+                redis,
+                script,
+                &[],
+                keys,
+                args,
+                metrics,
+                wait_for_replica,
+            ))
+            .await;
+        }
         let reply = if redis.is_connected() {
             let mut all_keys: Vec<String> = limits.iter().map(|(k, _)| k.clone()).collect();
             all_keys.extend(keys);
@@ -263,17 +310,7 @@ impl Limiter {
                 self.recovered(metrics);
                 reply
             }
-            Err(e) => {
-                self.degrade(metrics, &e);
-                for ((_, limit), (count, remaining)) in
-                    limits.iter().zip(self.local.hit(limits, Instant::now()))
-                {
-                    limit
-                        .verdict(count, remaining)
-                        .map_err(GuardError::Limited)?;
-                }
-                return Err(GuardError::Redis(e));
-            }
+            Err(e) => return Err(self.fall_back(limits, metrics, e)),
         };
         let tag = reply
             .first()
@@ -301,6 +338,19 @@ impl Limiter {
                 "unexpected guarded script reply",
             ))),
         }
+    }
+
+    /// Redis failed: apply `limits` in process; the request is `Limited` or gets the error.
+    fn fall_back(&self, limits: &[(String, Limit)], metrics: &Metrics, e: Error) -> GuardError {
+        self.degrade(metrics, &e);
+        for ((_, limit), (count, remaining)) in
+            limits.iter().zip(self.local.hit(limits, Instant::now()))
+        {
+            if let Err(rejected) = limit.verdict(count, remaining) {
+                return GuardError::Limited(rejected);
+            }
+        }
+        GuardError::Redis(e)
     }
 
     fn recovered(&self, metrics: &Metrics) {

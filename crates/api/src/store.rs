@@ -2,14 +2,22 @@
 //! want (claim a code for a new call, resolve a code, end a call…) and get typed answers; the
 //! KEYS and ARGV each Lua script expects are built here and only here, next to the script.
 //!
+//! Every script touches the keys of one cluster slot only (one call's `call:{<id>}…` keys, or
+//! one code), so the same scripts run on a single Redis and on Redis Cluster. A flow across a
+//! code and a call is two single-slot steps, ordered so that what must be atomic is one step:
+//! a code is claimed with one `SET NX` and consumed with one script (GET + DEL), so it stays
+//! single use; a call record written before its code was claimed only expires unused.
+//!
 //! The scripts of `create`, `resolve`, `new_code` and `join_status` apply the request's rate
-//! limits first, in the same round trip (see [`Limiter::guarded`]).
+//! limits first (see [`Limiter::guarded`]: in the same script on a single Redis, one step
+//! before it on a cluster).
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use fred::prelude::*;
+use fred::types::{Expiration, SetOptions};
 use hermes_proto::api::{CallStatus, CallStatusResponse};
 use hermes_proto::signal::CallControl;
 use hermes_proto::{CallId, OneTimeCode, Role, SeatEntry, keys};
@@ -18,29 +26,24 @@ use hermes_service::redis::{AckPolicy, Script};
 use crate::metrics::Metrics;
 use crate::ratelimit::{GUARD_PRELUDE, GuardError, Limit, Limiter};
 
-/// After [`GUARD_PRELUDE`]: KEYS otc, call; ARGV callId, code TTL ms, now (unix s), call TTL s.
-/// Claims the code with SET NX and, only if it was free, writes the call record.
-/// `{'ok', 1}` created, `{'ok', 0}` code taken.
+/// After [`GUARD_PRELUDE`]: KEYS call; ARGV now (unix s), call TTL s. Writes a new call's
+/// record. `{'ok'}`.
 const CREATE_BODY: &str = r#"
-if not redis.call('SET', KEYS[K + 1], ARGV[A + 1], 'NX', 'PX', ARGV[A + 2]) then return {'ok', 0} end
-redis.call('HSET', KEYS[K + 2], 'status', 'created', 'createdAt', ARGV[A + 3])
-redis.call('EXPIRE', KEYS[K + 2], ARGV[A + 4])
-return {'ok', 1}
+redis.call('HSET', KEYS[K + 1], 'status', 'created', 'createdAt', ARGV[A + 1])
+redis.call('EXPIRE', KEYS[K + 1], ARGV[A + 2])
+return {'ok'}
 "#;
 
-/// After [`GUARD_PRELUDE`]: KEYS otc; ARGV prefix of call keys (`call:`). Consumes the code
-/// (GET + DEL in one atomic step) and reads the call's status in the same round trip.
-/// `{'ok'}` for an unknown or used code, else `{'ok', callId, status or '', role or '',
-/// value, remaining ms}` (the value is `callId`, or `callId|offerer` for a code minted by an
-/// answerer; value and remaining lifetime let [`RESTORE_LUA`] put the code back).
+/// After [`GUARD_PRELUDE`]: KEYS otc. Consumes the code (GET + DEL in one atomic step).
+/// `{'ok'}` for an unknown or used code, else `{'ok', value, remaining ms}` (the value is
+/// `callId`, or `callId|offerer` for a code minted by an answerer; value and remaining lifetime
+/// let [`RESTORE_LUA`] put the code back).
 const RESOLVE_BODY: &str = r#"
 local value = redis.call('GET', KEYS[K + 1])
 if not value then return {'ok'} end
 local ttl = redis.call('PTTL', KEYS[K + 1])
 redis.call('DEL', KEYS[K + 1])
-local id, role = string.match(value, '^([^|]*)|?(.*)$')
-local status = redis.call('HGET', ARGV[A + 1] .. id, 'status')
-return {'ok', id, status or '', role, value, tostring(ttl)}
+return {'ok', value, tostring(ttl)}
 "#;
 
 /// KEYS otc; ARGV value, remaining ms. Puts back a code whose consumption no replica
@@ -54,17 +57,6 @@ end
 return 1
 "#;
 
-/// After [`GUARD_PRELUDE`]: KEYS otc, call; ARGV otc value, code TTL ms. A fresh code for a
-/// live call: `{'ok', 1}` stored, `{'ok', 0}` code taken, `{'ok', -1}` no such call,
-/// `{'ok', -2}` call ended.
-const NEW_CODE_BODY: &str = r#"
-local status = redis.call('HGET', KEYS[K + 2], 'status')
-if not status then return {'ok', -1} end
-if status == 'ended' then return {'ok', -2} end
-if not redis.call('SET', KEYS[K + 1], ARGV[A + 1], 'NX', 'PX', ARGV[A + 2]) then return {'ok', 0} end
-return {'ok', 1}
-"#;
-
 /// After [`GUARD_PRELUDE`]: KEYS call. `{'ok', status or ''}`.
 const STATUS_BODY: &str = r#"
 return {'ok', redis.call('HGET', KEYS[K + 1], 'status') or ''}
@@ -73,7 +65,6 @@ return {'ok', redis.call('HGET', KEYS[K + 1], 'status') or ''}
 static CREATE_LUA: LazyLock<String> = LazyLock::new(|| format!("{GUARD_PRELUDE}{CREATE_BODY}"));
 static RESOLVE_LUA: LazyLock<String> = LazyLock::new(|| format!("{GUARD_PRELUDE}{RESOLVE_BODY}"));
 static STATUS_LUA: LazyLock<String> = LazyLock::new(|| format!("{GUARD_PRELUDE}{STATUS_BODY}"));
-static NEW_CODE_LUA: LazyLock<String> = LazyLock::new(|| format!("{GUARD_PRELUDE}{NEW_CODE_BODY}"));
 
 /// KEYS: call, call channel. ARGV: now (unix s), end-call control JSON.
 /// -1: no such call; 0: already ended; 1: ended now (and the notice was published).
@@ -173,10 +164,7 @@ pub struct CallStore {
     resolve: Script,
     status: Script,
     end: Script,
-    new_code: Script,
     restore: Script,
-    /// See [`call_key_prefix`].
-    call_prefix: String,
 }
 
 impl Default for CallStore {
@@ -186,9 +174,7 @@ impl Default for CallStore {
             resolve: Script::new(RESOLVE_LUA.as_str()),
             status: Script::new(STATUS_LUA.as_str()),
             end: Script::new(END_LUA),
-            new_code: Script::new(NEW_CODE_LUA.as_str()),
             restore: Script::new(RESTORE_LUA),
-            call_prefix: call_key_prefix(),
         }
     }
 }
@@ -266,72 +252,81 @@ impl Guard<'_> {
 
 impl CallStore {
     /// Store a fresh random one-time code for `what`, drawing another while the code is taken.
-    /// The limits count once, on the first attempt.
+    /// First, counting `limits`, the call's side (a new call's record is written; an existing
+    /// call must be live), then the code alone with `SET NX`.
     pub async fn claim_code(
         &self,
         guard: Guard<'_>,
         limits: &Limits,
         what: CodeFor<'_>,
     ) -> Result<(OneTimeCode, Claimed), StoreError> {
-        let (script, call, args) = match what {
+        let (value, code_ttl) = match what {
             CodeFor::NewCall {
                 call,
                 now,
                 code_ttl,
                 call_ttl,
-            } => (
-                &self.create,
-                call,
-                vec![
-                    call.to_string(),
-                    code_ttl.as_millis().to_string(),
-                    now.to_string(),
-                    call_ttl.as_secs().max(1).to_string(),
-                ],
-            ),
+            } => {
+                guard
+                    .run(
+                        &self.create,
+                        limits,
+                        vec![keys::call(call)],
+                        vec![now.to_string(), call_ttl.as_secs().max(1).to_string()],
+                    )
+                    .await?;
+                (call.to_string(), code_ttl)
+            }
             CodeFor::Invite {
                 call,
                 seat,
                 code_ttl,
             } => {
+                let reply = guard
+                    .run(&self.status, limits, vec![keys::call(call)], Vec::new())
+                    .await?;
+                match reply.first().and_then(Value::as_str).as_deref() {
+                    Some("") => {
+                        return Ok((OneTimeCode::random(&mut rand::rng()), Claimed::CallNotFound));
+                    }
+                    Some("ended") => {
+                        return Ok((OneTimeCode::random(&mut rand::rng()), Claimed::CallEnded));
+                    }
+                    Some(_) => {}
+                    None => return Err(StoreError::Unexpected("reply of the status script")),
+                }
                 let value = match seat {
                     Role::Offerer => format!("{call}{OFFERER_SEAT}"),
                     _ => call.to_string(),
                 };
-                (
-                    &self.new_code,
-                    call,
-                    vec![value, code_ttl.as_millis().to_string()],
-                )
+                (value, code_ttl)
             }
         };
-        let mut limits = limits;
+        let ttl_ms = i64::try_from(code_ttl.as_millis()).unwrap_or(i64::MAX);
         for _ in 0..MAX_CODE_ATTEMPTS {
             let code = OneTimeCode::random(&mut rand::rng());
-            let reply = guard
-                .run(
-                    script,
-                    limits,
-                    vec![keys::otc(&code), keys::call(call)],
-                    args.clone(),
+            let stored: Option<String> = guard
+                .redis
+                .set(
+                    keys::otc(&code),
+                    value.as_str(),
+                    Some(Expiration::PX(ttl_ms)),
+                    Some(SetOptions::NX),
+                    false,
                 )
                 .await?;
-            limits = &[];
-            match reply.first().and_then(Value::as_i64) {
-                Some(0) => tracing::debug!("one-time code collision, drawing another"),
-                Some(1) => return Ok((code, Claimed::Stored)),
-                Some(-1) => return Ok((code, Claimed::CallNotFound)),
-                Some(-2) => return Ok((code, Claimed::CallEnded)),
-                _ => return Err(StoreError::Unexpected("reply of a code script")),
+            if stored.is_some() {
+                return Ok((code, Claimed::Stored));
             }
+            tracing::debug!("one-time code collision, drawing another");
         }
         tracing::error!("no free one-time code after {MAX_CODE_ATTEMPTS} attempts");
         Err(StoreError::Unexpected("no free one-time code"))
     }
 
-    /// Consume `code` and read its call's status, in one round trip. None for an unknown or
-    /// used code. The consumption must survive a failover, so it waits for a replica as the
-    /// guard's [`AckPolicy`] says (see [`Guard::run_durable`]).
+    /// Consume `code` (one atomic step, counting `limits`), then read its call's status. None
+    /// for an unknown or used code. The consumption must survive a failover, so it waits for a
+    /// replica as the guard's [`AckPolicy`] says (see [`Guard::run_durable`]).
     pub async fn resolve(
         &self,
         guard: Guard<'_>,
@@ -339,15 +334,10 @@ impl CallStore {
         code: &OneTimeCode,
     ) -> Result<Option<Resolved>, StoreError> {
         let (reply, refused) = guard
-            .run_durable(
-                &self.resolve,
-                limits,
-                vec![keys::otc(code)],
-                vec![self.call_prefix.clone()],
-            )
+            .run_durable(&self.resolve, limits, vec![keys::otc(code)], Vec::new())
             .await?;
         let found: Vec<String> = reply.iter().filter_map(Value::as_string).collect();
-        let [call_id, status, seat, value, ttl_ms] = found.as_slice() else {
+        let [value, ttl_ms] = found.as_slice() else {
             // Unknown or used: nothing was consumed, so nothing needs a replica.
             return Ok(None);
         };
@@ -362,18 +352,14 @@ impl CallStore {
                 .await?;
             return Err(StoreError::NotReplicated);
         }
+        let (call_id, role) = match value.strip_suffix(OFFERER_SEAT) {
+            Some(id) => (id, Role::Offerer),
+            None => (value.as_str(), Role::Answerer),
+        };
         let call = CallId::parse(call_id)
             .map_err(|_| StoreError::Unexpected("otc entry with a malformed call id"))?;
-        let role = if format!("|{seat}") == OFFERER_SEAT {
-            Role::Offerer
-        } else {
-            Role::Answerer
-        };
-        Ok(Some(Resolved {
-            call,
-            status: (!status.is_empty()).then(|| status.clone()),
-            role,
-        }))
+        let status: Option<String> = guard.redis.hget(keys::call(&call), "status").await?;
+        Ok(Some(Resolved { call, status, role }))
     }
 
     /// The call's status word (None when the call record is gone), counting `limits`.
@@ -463,27 +449,5 @@ impl CallStore {
             participants: media,
             observers,
         }))
-    }
-}
-
-/// The `call:{id}` key with the id cut off, for the one script that builds a call key from a
-/// value it read (derived from [`keys::call`] so the schema stays spelled in one place).
-pub fn call_key_prefix() -> String {
-    let id =
-        CallId::parse(&"0".repeat(hermes_proto::ids::ID_LEN)).expect("26 zeros are a valid id");
-    let key = keys::call(&id);
-    key.strip_suffix(id.as_str())
-        .expect("call keys end with the id")
-        .to_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn call_prefix_matches_the_key_schema() {
-        let id = CallId::random(&mut rand::rng());
-        assert_eq!(format!("{}{id}", call_key_prefix()), keys::call(&id));
     }
 }

@@ -28,7 +28,7 @@ async fn whole_flow() {
     // Redis holds what the key schema says.
     let record = api
         .redis
-        .raw_command(&format!("HGET call:{} status", created.call_id))
+        .raw_command(&format!("HGET call:{{{}}} status", created.call_id))
         .expect("raw");
     assert!(record.contains("created"), "{record}");
     let ttl = api
@@ -104,12 +104,12 @@ async fn whole_flow() {
         );
     }
 
-    // Status: the signal service keeps call:{id}:peers; simulate two seats (one away) and an
+    // Status: the signal service keeps call:{<id>}:peers; simulate two seats (one away) and an
     // observer, which is counted apart.
     let later = hermes_service::unix_now_ms() + 60_000;
     api.redis
         .raw_command(&format!(
-            "HSET call:{}:peers {} offerer|L|{later}|c1 {} answerer|A|{later}|c2 {} observer|L|{later}|c3",
+            "HSET call:{{{}}}:peers {} offerer|L|{later}|c1 {} answerer|A|{later}|c2 {} observer|L|{later}|c3",
             created.call_id,
             offerer.pid,
             answerer.pid,

@@ -110,7 +110,7 @@ async fn ended_calls_bad_tokens_and_floods_are_refused() {
     // A call whose record expired is gone.
     let third: CreateCallResponse = parse(&api.create().await.body);
     api.redis
-        .raw_command(&format!("DEL call:{}", third.call_id))
+        .raw_command(&format!("DEL call:{{{}}}", third.call_id))
         .expect("raw");
     let gone = api.post_auth("/api/call/code", &third.token).await;
     assert_eq!(gone.status, 404, "{:?}", gone.body);

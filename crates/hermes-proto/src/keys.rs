@@ -1,17 +1,27 @@
 //! The Redis key schema (seed 000 "Структура ключей"), the only place key names are spelled.
 //!
+//! Every key of one call carries the call id as a Redis Cluster hash tag (`{…}`, literal
+//! braces), so all of them live in one cluster slot and a script may touch them together; keys
+//! that no script combines with others (codes, rate limits) carry no tag. Below, `<x>` stands
+//! for a value and braces are part of the key.
+//!
 //! | key | type | written by | lifetime |
 //! |---|---|---|---|
-//! | `call:{callId}` | hash: status, createdAt, endedAt | api, signal | call TTL (24 h) |
-//! | `call:{callId}:peers` | hash: participantId → lease expiry (unix ms) + role | signal | renewed by live connections |
-//! | `call:{callId}:seq` | counter of relayed messages | signal | call TTL |
-//! | `call:{callId}:inbox:{participantId}` | capped stream of messages for a participant | signal | grace window |
-//! | `otc:{code}` | string: callId, or `callId|offerer` for a code that hands out the offerer's seat | api | 15 min, deleted on use |
-//! | `rl:ip:{ip}:{bucket}` | counter | api | window |
-//! | `rl:code:{hash}` | counter | api | window |
-//! | `rl:call:{callId}:{bucket}` | counter | api | window |
-//! | `logs:{service}` | pub/sub channel of [`crate::LogEvent`] JSON | all | — |
+//! | `call:{<callId>}` | hash: status, createdAt, endedAt | api, signal | call TTL (24 h) |
+//! | `call:{<callId>}:peers` | hash: participantId → lease expiry (unix ms) + role | signal | renewed by live connections |
+//! | `call:{<callId>}:seq` | counter of relayed messages | signal | call TTL |
+//! | `call:{<callId>}:seq-epoch` | replication id of the primary that issued the last `seq` | signal | call TTL |
+//! | `call:{<callId>}:inbox:<participantId>` | capped stream of messages for a participant | signal | grace window |
+//! | `call:{<callId>}:events` | pub/sub channel of the call (same slot: sharded pub/sub ready) | api, signal | — |
+//! | `otc:<code>` | string: callId, or `callId|offerer` for a code that hands out the offerer's seat | api | 15 min, deleted on use |
+//! | `rl:ip:<ip>:<bucket>` | counter | api | window |
+//! | `rl:code:<hash>` | counter | api | window |
+//! | `rl:call:{<callId>}:<bucket>` | counter | api | window |
+//! | `logs:<service>` | pub/sub channel of [`crate::LogEvent`] JSON | all | — |
 //! | `logs-history` | capped stream of the same events | all | capped length |
+//!
+//! The schema before hash tags spelled call keys `call:<callId>…`; docs/operations.md
+//! ("Redis Cluster") says what switching means for calls in progress.
 
 use crate::ids::{CallId, ParticipantId};
 
@@ -24,33 +34,39 @@ pub const LOG_HISTORY_STREAM: &str = "logs-history";
 pub const LOG_HISTORY_MAXLEN: u64 = 100_000;
 
 pub fn call(call: &CallId) -> String {
-    format!("call:{call}")
+    format!("call:{{{call}}}")
 }
 
 /// Hash of a call's seats: participant id → [`crate::SeatEntry`] (`role|state|expiryMs|conn`),
 /// written by hermes-signal, counted by hermes-api.
 pub fn call_peers(call: &CallId) -> String {
-    format!("call:{call}:peers")
+    format!("call:{{{call}}}:peers")
 }
 
 pub fn call_seq(call: &CallId) -> String {
-    format!("call:{call}:seq")
+    format!("call:{{{call}}}:seq")
 }
 
 /// Replication id of the Redis primary that issued the call's last `seq`: a relay on another
 /// primary (after a failover) lifts the counter past numbers the old one may have issued
 /// without replicating them.
 pub fn call_seq_epoch(call: &CallId) -> String {
-    format!("call:{call}:seq-epoch")
+    format!("call:{{{call}}}:seq-epoch")
 }
 
 pub fn call_inbox(call: &CallId, participant: &ParticipantId) -> String {
-    format!("call:{call}:inbox:{participant}")
+    format!("{}{participant}", call_inbox_prefix(call))
+}
+
+/// What every inbox key of the call starts with (the participant id follows), for scripts
+/// that find a call's inboxes from its seats.
+pub fn call_inbox_prefix(call: &CallId) -> String {
+    format!("call:{{{call}}}:inbox:")
 }
 
 /// Pub/sub channel on which signal replicas fan out a call's messages.
 pub fn call_channel(call: &CallId) -> String {
-    format!("call:{call}:events")
+    format!("call:{{{call}}}:events")
 }
 
 /// `code` must be the normalised code (see [`crate::OneTimeCode`]).
@@ -70,7 +86,7 @@ pub fn rl_code(code_hash: &str) -> String {
 
 /// Rate-limit counter for a call; `bucket` names the limit (e.g. `newcode`).
 pub fn rl_call(call: &CallId, bucket: &str) -> String {
-    format!("rl:call:{call}:{bucket}")
+    format!("rl:call:{{{call}}}:{bucket}")
 }
 
 /// Pub/sub channel for a service's log events.
@@ -87,15 +103,66 @@ mod tests {
     fn key_shapes() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
         let c = CallId::random(&mut rng);
-        assert_eq!(call(&c), format!("call:{c}"));
-        assert_eq!(call_peers(&c), format!("call:{c}:peers"));
+        assert_eq!(call(&c), format!("call:{{{c}}}"));
+        assert_eq!(call_peers(&c), format!("call:{{{c}}}:peers"));
+        assert_eq!(call_seq(&c), format!("call:{{{c}}}:seq"));
+        assert_eq!(call_seq_epoch(&c), format!("call:{{{c}}}:seq-epoch"));
+        assert_eq!(call_channel(&c), format!("call:{{{c}}}:events"));
+        let p = ParticipantId::random(&mut rng);
+        assert_eq!(call_inbox(&c, &p), format!("call:{{{c}}}:inbox:{p}"));
+        assert_eq!(call_inbox(&c, &p), format!("{}{p}", call_inbox_prefix(&c)));
         let code = crate::OneTimeCode::parse("abcdef").expect("valid");
         assert_eq!(otc(&code), "otc:ABCDEF");
         let ip: std::net::IpAddr = "192.0.2.1".parse().expect("ip");
         assert_eq!(rl_ip(&ip, "req"), "rl:ip:192.0.2.1:req");
         assert_eq!(rl_code("ab12"), "rl:code:ab12");
-        assert_eq!(rl_call(&c, "newcode"), format!("rl:call:{c}:newcode"));
+        assert_eq!(rl_call(&c, "newcode"), format!("rl:call:{{{c}}}:newcode"));
         assert_eq!(log_channel("api"), "logs:api");
         assert!(!LOG_HISTORY_STREAM.starts_with("logs:"));
+    }
+
+    /// The slot Redis Cluster computes for a key: CRC16 (XMODEM) of the hash tag when the key
+    /// has a non-empty `{…}`, else of the whole key, modulo 16384.
+    fn cluster_slot(key: &str) -> u16 {
+        let bytes = key.as_bytes();
+        let tagged = key.find('{').and_then(|open| {
+            let close = key[open + 1..].find('}')? + open + 1;
+            (close > open + 1).then(|| &bytes[open + 1..close])
+        });
+        let mut crc: u16 = 0;
+        for &b in tagged.unwrap_or(bytes) {
+            crc ^= u16::from(b) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 != 0 {
+                    (crc << 1) ^ 0x1021
+                } else {
+                    crc << 1
+                };
+            }
+        }
+        crc % 16384
+    }
+
+    #[test]
+    fn every_key_of_a_call_lives_in_one_cluster_slot() {
+        // Known slots from `redis-cli CLUSTER KEYSLOT`.
+        assert_eq!(cluster_slot("foo"), 12182);
+        assert_eq!(cluster_slot("{user1000}.following"), 3443);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for _ in 0..50 {
+            let c = CallId::random(&mut rng);
+            let p = ParticipantId::random(&mut rng);
+            let slot = cluster_slot(&call(&c));
+            for key in [
+                call_peers(&c),
+                call_seq(&c),
+                call_seq_epoch(&c),
+                call_inbox(&c, &p),
+                call_channel(&c),
+                rl_call(&c, "newcode"),
+            ] {
+                assert_eq!(cluster_slot(&key), slot, "{key}");
+            }
+        }
     }
 }

@@ -26,8 +26,8 @@ pub struct CommonArgs {
     pub hermes_env: HermesEnv,
 
     /// Redis URL (redis://, rediss:// for TLS, redis-sentinel:// for Sentinel, e.g.
-    /// `redis-sentinel://s1:26379?sentinelServiceName=hermes&node=s2:26379&node=s3:26379`; Redis
-    /// Cluster is not supported because a call's keys are used together in Lua scripts).
+    /// `redis-sentinel://s1:26379?sentinelServiceName=hermes&node=s2:26379&node=s3:26379`;
+    /// redis-cluster://h1:7000?node=h2:7000 for Redis Cluster: api and logger, not yet signal).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 

@@ -165,6 +165,12 @@ impl AckPolicy {
     }
 }
 
+/// True for the URL schemes of a Redis Cluster.
+pub fn is_cluster_url(url: &str) -> bool {
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    scheme.ends_with("-cluster")
+}
+
 /// True for the URL schemes of a Sentinel set-up.
 pub fn is_sentinel_url(url: &str) -> bool {
     let scheme = url.split_once("://").map_or("", |(s, _)| s);
@@ -210,6 +216,7 @@ impl Script {
 
     /// EVALSHA; on NOSCRIPT, SCRIPT LOAD and EVALSHA again. Loading (rather than EVAL) keeps
     /// the script in the cache for good: scripts cached by EVAL may be evicted (Redis 7.4+).
+    /// On Redis Cluster the fallback is EVAL on the keys' node (a NOSCRIPT there costs one EVAL).
     pub async fn run<R: FromValue>(
         &self,
         client: &Client,
@@ -224,6 +231,11 @@ impl Script {
             .evalsha::<R, _, _, _>(self.sha.as_str(), keys.clone(), args.clone())
             .await
         {
+            // On a cluster, SCRIPT LOAD would go to any node: EVAL goes, like the EVALSHA, to
+            // the node of the keys, and caches the script there.
+            Err(e) if e.details().starts_with("NOSCRIPT") && client.is_clustered() => {
+                client.eval::<R, _, _, _>(self.lua, keys, args).await
+            }
             Err(e) if e.details().starts_with("NOSCRIPT") => {
                 let _: String = client.script_load(self.lua).await?;
                 client

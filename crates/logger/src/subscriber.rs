@@ -89,14 +89,24 @@ impl Subscriber {
     /// PSUBSCRIBE `logs:*`, checked: fred reports success even when Redis refuses the
     /// pattern (e.g. `NOPERM` from an ACL without channel rights), so the result is confirmed
     /// with `CLIENT LIST` on `check` (skipped when that command is not allowed).
+    ///
+    /// On Redis Cluster the subscription lives on one node of several (classic PUBLISH reaches
+    /// every node, so one is enough): every node the command client is connected to is asked.
     pub async fn subscribe(&self, check: &Client) -> Result<(), Error> {
         self.client.psubscribe(LOG_CHANNEL_PATTERN).await?;
-        let list: Result<String, Error> = check
-            .custom(
-                fred::types::CustomCommand::new_static("CLIENT", None, false),
-                vec!["LIST", "TYPE", "pubsub"],
-            )
-            .await;
+        let list: Result<String, Error> = if check.is_clustered() {
+            let mut all = String::new();
+            let mut result = Ok(());
+            for node in check.active_connections() {
+                match client_list(&check.with_cluster_node(node)).await {
+                    Ok(list) => all.push_str(&list),
+                    Err(e) => result = Err(e),
+                }
+            }
+            result.map(|()| all)
+        } else {
+            client_list(check).await
+        };
         match list {
             Ok(list) if !is_subscribed(&list, self.client.id()) => Err(Error::new(
                 ErrorKind::Auth,
@@ -124,6 +134,16 @@ impl Subscriber {
         let _ =
             tokio::time::timeout(hermes_service::redis::COMMAND_TIMEOUT, self.client.quit()).await;
     }
+}
+
+/// `CLIENT LIST TYPE pubsub` of the node `client` sends to.
+async fn client_list(client: &impl ClientLike) -> Result<String, Error> {
+    client
+        .custom(
+            fred::types::CustomCommand::new_static("CLIENT", None, false),
+            vec!["LIST", "TYPE", "pubsub"],
+        )
+        .await
 }
 
 /// True when `CLIENT LIST` output shows the connection named `name` with a pattern

@@ -103,7 +103,7 @@ async fn after_1008_or_1009_the_peer_hears_peer_left_at_once() {
     );
     assert_eq!(
         redis
-            .raw_command(&format!("HEXISTS call:{}:peers {pa}", call.id))
+            .raw_command(&format!("HEXISTS call:{{{}}}:peers {pa}", call.id))
             .unwrap(),
         ":0\r\n",
         "the seat is free"

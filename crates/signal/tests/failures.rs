@@ -131,7 +131,7 @@ async fn redis_restart_mid_call_loses_nothing_silently() {
     let mut hlen = String::new();
     for _ in 0..40 {
         hlen = redis
-            .raw_command(&format!("HLEN call:{}:peers", call.id))
+            .raw_command(&format!("HLEN call:{{{}}}:peers", call.id))
             .unwrap();
         if hlen == ":2\r\n" {
             break;
@@ -221,7 +221,10 @@ async fn join_script_applies_the_presence_and_seat_rules_of_room() {
                     for e in &entries {
                         let pid = ParticipantId::random(&mut rand::rng());
                         redis
-                            .raw_command(&format!("HSET call:{call}:peers {pid} {}", e.encode()))
+                            .raw_command(&format!(
+                                "HSET call:{{{call}}}:peers {pid} {}",
+                                e.encode()
+                            ))
                             .unwrap();
                     }
                     let me = ParticipantId::random(&mut rand::rng());

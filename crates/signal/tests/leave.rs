@@ -43,13 +43,13 @@ async fn leave_frees_the_seat_keeps_the_call_and_the_token_joins_again() {
     );
     assert_eq!(
         redis
-            .raw_command(&format!("HEXISTS call:{}:peers {pa}", call.id))
+            .raw_command(&format!("HEXISTS call:{{{}}}:peers {pa}", call.id))
             .unwrap(),
         ":0\r\n",
         "the seat is free"
     );
     let status = redis
-        .raw_command(&format!("HGET call:{} status", call.id))
+        .raw_command(&format!("HGET call:{{{}}} status", call.id))
         .unwrap();
     assert!(status.contains("active"), "the call goes on: {status}");
     assert_eq!(

@@ -282,7 +282,9 @@ fn call_on(set: &SentinelSet) -> Call {
     let id = CallId::random(&mut rand::rng());
     let now = hermes_service::unix_now();
     let reply = set
-        .raw_primary(&format!("HSET call:{id} status created createdAt {now}"))
+        .raw_primary(&format!(
+            "HSET call:{{{id}}} status created createdAt {now}"
+        ))
         .unwrap();
     assert_eq!(reply, ":2\r\n");
     Call {
@@ -493,7 +495,7 @@ async fn a_seq_issued_but_not_replicated_is_never_reused_after_a_failover() {
     let failover =
         tokio::task::block_in_place(|| set.wait_for_promotion(killed_at, Duration::from_secs(30)));
     assert_eq!(
-        set.raw_primary(&format!("GET call:{}:seq", call.id))
+        set.raw_primary(&format!("GET call:{{{}}}:seq", call.id))
             .unwrap(),
         format!("${}\r\n{seq0}\r\n", seq0.to_string().len()),
         "the promoted replica's counter went back: the trap is set"
@@ -600,7 +602,7 @@ async fn a_seat_taken_but_not_replicated_is_rewritten_after_a_failover() {
     // The seat comes back (rewritten by the answerer's replica) ...
     let deadline = Instant::now() + Duration::from_secs(10);
     while !set
-        .raw_primary(&format!("HEXISTS call:{}:peers {pb}", call.id))
+        .raw_primary(&format!("HEXISTS call:{{{}}}:peers {pb}", call.id))
         .unwrap()
         .starts_with(":1")
     {

@@ -18,7 +18,9 @@ fn counter(redis: &RedisServer, call: &Call) -> u64 {
 }
 
 fn counter_of(redis: &RedisServer, call: &hermes_proto::CallId) -> u64 {
-    let reply = redis.raw_command(&format!("GET call:{call}:seq")).unwrap();
+    let reply = redis
+        .raw_command(&format!("GET call:{{{call}}}:seq"))
+        .unwrap();
     // `$<len>\r\n<digits>\r\n`
     reply
         .lines()
@@ -174,7 +176,7 @@ async fn a_relay_whose_inbox_write_fails_is_not_reported_sent() {
     .unwrap();
     let reply = redis
         .raw_command(&format!(
-            "XADD call:{}:inbox:{pb} 500-1 m '{stale}'",
+            "XADD call:{{{}}}:inbox:{pb} 500-1 m '{stale}'",
             call.id
         ))
         .unwrap();

@@ -38,7 +38,7 @@ async fn exchange(url_a: &str, url_b: &str, redis: &RedisServer) {
         _ => unreachable!(),
     }
     let status = redis
-        .raw_command(&format!("HGET call:{} status", call.id))
+        .raw_command(&format!("HGET call:{{{}}} status", call.id))
         .unwrap();
     assert!(status.contains("active"), "{status}");
     let (mut b, joined_b) = Client::join(url_b, &tb, None).await;
@@ -59,7 +59,7 @@ async fn exchange(url_a: &str, url_b: &str, redis: &RedisServer) {
     );
     assert_eq!(
         redis
-            .raw_command(&format!("HLEN call:{}:peers", call.id))
+            .raw_command(&format!("HLEN call:{{{}}}:peers", call.id))
             .unwrap(),
         ":2\r\n"
     );
@@ -275,7 +275,7 @@ async fn bad_tokens_are_refused() {
     }
     // Refused joins took no seat.
     let hlen = redis
-        .raw_command(&format!("HLEN call:{}:peers", call.id))
+        .raw_command(&format!("HLEN call:{{{}}}:peers", call.id))
         .unwrap();
     assert_eq!(hlen, ":0\r\n");
 
@@ -500,7 +500,7 @@ async fn after_the_grace_window_the_peer_has_left() {
     ));
     assert_eq!(
         redis
-            .raw_command(&format!("HLEN call:{}:peers", call.id))
+            .raw_command(&format!("HLEN call:{{{}}}:peers", call.id))
             .unwrap(),
         ":1\r\n"
     );
@@ -573,11 +573,11 @@ async fn hangup_ends_the_call_for_both() {
     );
     assert_eq!(closed_a, Closed::Code(CLOSE_CALL_ENDED));
     let status = redis
-        .raw_command(&format!("HGET call:{} status", call.id))
+        .raw_command(&format!("HGET call:{{{}}} status", call.id))
         .unwrap();
     assert!(status.contains("ended"), "{status}");
     let ended_at = redis
-        .raw_command(&format!("HGET call:{} endedAt", call.id))
+        .raw_command(&format!("HGET call:{{{}}} endedAt", call.id))
         .unwrap();
     assert!(
         ended_at.starts_with('$') && !ended_at.starts_with("$-1"),
@@ -585,7 +585,7 @@ async fn hangup_ends_the_call_for_both() {
     );
     assert_eq!(
         redis
-            .raw_command(&format!("HLEN call:{}:peers", call.id))
+            .raw_command(&format!("HLEN call:{{{}}}:peers", call.id))
             .unwrap(),
         ":0\r\n"
     );
@@ -612,7 +612,7 @@ async fn api_end_call_control_closes_everyone() {
     // What the API does on POST /api/call/end.
     redis
         .raw_command(&format!(
-            "HSET call:{} status ended endedAt {}",
+            "HSET call:{{{}}} status ended endedAt {}",
             call.id,
             hermes_service::unix_now()
         ))
@@ -622,7 +622,7 @@ async fn api_end_call_control_closes_everyone() {
     }
     .to_json();
     let reply = redis
-        .raw_command(&format!("PUBLISH call:{}:events '{}'", call.id, json))
+        .raw_command(&format!("PUBLISH call:{{{}}}:events '{}'", call.id, json))
         .unwrap();
     assert_eq!(reply, ":1\r\n", "one replica subscribed");
     for c in [&mut a, &mut b] {

@@ -9,7 +9,10 @@
 //!   answered by another test's server that took a "free" port first.
 //! - [`SentinelSet`]: a real Sentinel set-up (primary, replica, three sentinels) whose primary
 //!   a test can SIGKILL and watch the replica be promoted.
+//! - [`ClusterSet`]: a real Redis Cluster (three primaries, three replicas) for the suites that
+//!   run against `redis-cluster://`.
 
+pub mod cluster;
 pub mod port_owner;
 pub mod sentinel;
 
@@ -18,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use cluster::ClusterSet;
 pub use port_owner::{NotListening, Transport, wait_until_child_holds};
 pub use sentinel::SentinelSet;
 

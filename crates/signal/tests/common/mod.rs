@@ -133,12 +133,14 @@ pub struct Call {
 }
 
 impl Call {
-    /// A call as the API creates it: `call:{id}` with status `created`.
+    /// A call as the API creates it: `call:{<id>}` with status `created`.
     pub fn create(redis: &RedisServer) -> Self {
         let id = CallId::random(&mut rand::rng());
         let now = hermes_service::unix_now();
         redis
-            .raw_command(&format!("HSET call:{id} status created createdAt {now}"))
+            .raw_command(&format!(
+                "HSET call:{{{id}}} status created createdAt {now}"
+            ))
             .unwrap();
         Self {
             id,

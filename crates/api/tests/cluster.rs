@@ -1,0 +1,184 @@
+//! hermes-api on Redis Cluster (`redis-cluster://`, [`hermes_testkit::ClusterSet`]: three real
+//! primaries, three replicas): the main scenarios of the suite, run as on a single Redis. Every
+//! script must touch one slot (a cross-slot script fails with CROSSSLOT, so any slip fails
+//! these tests): create → resolve → join → new code → status → end, a code admitting exactly
+//! one of many concurrent resolves, the end-call notice reaching a subscriber, and rate limits
+//! whose counters live on different primaries.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::Api;
+use fred::prelude::*;
+use hermes_proto::api::{CreateCallResponse, ResolveResponse};
+use hermes_proto::signal::CallControl;
+use hermes_proto::{Role, keys};
+use hermes_testkit::{ClusterSet, RedisServer};
+
+fn parse<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> T {
+    serde_json::from_value(v.clone()).expect("body matches the hermes-proto type")
+}
+
+/// hermes-api on `cluster` (the harness's own single Redis stays unused).
+async fn api_on(cluster: &ClusterSet, extra: &[&str]) -> Api {
+    let url = cluster.url();
+    let mut args = vec!["--redis-url", url.as_str()];
+    args.extend_from_slice(extra);
+    let api = Api::start_on(RedisServer::start(), &args).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while api.send(api.http.get(api.url("/readyz"))).await.status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never 200 on the cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    api
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_call_flow_runs_on_a_cluster() {
+    let cluster = tokio::task::block_in_place(ClusterSet::start);
+    let api = api_on(&cluster, &[]).await;
+
+    let created = api.create().await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let created: CreateCallResponse = parse(&created.body);
+    // The records are where the key schema puts them, on the primary owning their slot.
+    let call_key = keys::call(&created.call_id);
+    let record = cluster
+        .raw_for_key(&call_key, &format!("HGET {call_key} status"))
+        .unwrap();
+    assert!(record.contains("created"), "{record}");
+    let code_key = format!("otc:{}", created.code);
+    let ttl = cluster
+        .raw_for_key(&code_key, &format!("TTL {code_key}"))
+        .unwrap();
+    let ttl: i64 = ttl.trim().trim_start_matches(':').parse().expect("ttl");
+    assert!((890..=900).contains(&ttl), "{ttl}");
+
+    let resolved = api.resolve(&created.code.to_lowercase()).await;
+    assert_eq!(resolved.status, 200, "{:?}", resolved.body);
+    let resolved: ResolveResponse = parse(&resolved.body);
+    assert_eq!(resolved.call_id, created.call_id);
+    assert_eq!(api.resolve(&created.code).await.status, 404, "single use");
+    for token in [&created.token, &resolved.token] {
+        let joined = api.post_auth("/api/join", token).await;
+        assert_eq!(joined.status, 200, "{:?}", joined.body);
+    }
+
+    // A fresh code minted by the answerer hands out the offerer's seat.
+    let minted = api.post_auth("/api/call/code", &resolved.token).await;
+    assert_eq!(minted.status, 201, "{:?}", minted.body);
+    let code = minted.body["code"].as_str().unwrap().to_owned();
+    let again = api.resolve(&code).await;
+    assert_eq!(again.status, 200, "{:?}", again.body);
+    let again: ResolveResponse = parse(&again.body);
+    let claims = hermes_proto::JoinTokenKeys::new(common::JWT_SECRET.as_bytes())
+        .verify(&again.token, hermes_service::unix_now())
+        .unwrap();
+    assert_eq!(claims.role, Role::Offerer);
+
+    let status = api
+        .get_auth(&format!("/api/call/{}", created.call_id), &resolved.token)
+        .await;
+    assert_eq!(status.status, 200, "{:?}", status.body);
+    assert_eq!(status.body["status"], "created");
+
+    // End: the notice on the call's channel reaches a subscriber (classic PUBLISH is
+    // broadcast to every node of the cluster).
+    let sub = hermes_service::redis::connect_subscriber(&cluster.url(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut messages = sub.message_rx();
+    sub.subscribe(keys::call_channel(&created.call_id))
+        .await
+        .unwrap();
+    let ended = api.post_auth("/api/call/end", &resolved.token).await;
+    assert_eq!(ended.status, 200, "{:?}", ended.body);
+    let msg = tokio::time::timeout(Duration::from_secs(5), messages.recv())
+        .await
+        .expect("end-call notice within 5 s")
+        .unwrap();
+    let text: String = msg.value.convert().unwrap();
+    assert_eq!(
+        serde_json::from_str::<CallControl>(&text).unwrap(),
+        CallControl::EndCall {
+            reason: "api".into()
+        }
+    );
+    assert_eq!(api.post_auth("/api/join", &created.token).await.status, 410);
+
+    // Many resolves of one code at once: exactly one wins.
+    let contested: CreateCallResponse = parse(&api.create().await.body);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let req = api
+            .http
+            .post(api.url("/api/call/resolve"))
+            .json(&serde_json::json!({ "code": contested.code }));
+        set.spawn(async move { req.send().await.unwrap().status().as_u16() });
+    }
+    let statuses = set.join_all().await;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(ok, 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 404).count(), 9);
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_hold_on_a_cluster() {
+    let cluster = tokio::task::block_in_place(ClusterSet::start);
+    // Two replicas of the api share the counters through the cluster.
+    let a = api_on(
+        &cluster,
+        &["--rate-limit", "6", "--resolve-code-limit", "3"],
+    )
+    .await;
+    let b = api_on(
+        &cluster,
+        &["--rate-limit", "6", "--resolve-code-limit", "3"],
+    )
+    .await;
+    let mut created = 0;
+    for i in 0..10 {
+        let api = if i % 2 == 0 { &a } else { &b };
+        match api.create().await.status {
+            201 => created += 1,
+            429 => break,
+            other => panic!("create answered {other}"),
+        }
+    }
+    assert_eq!(created, 6, "the per-IP limit counts across replicas");
+    assert_eq!(a.create().await.status, 429);
+
+    // The per-code resolve limit (its counter in another slot than the per-IP ones).
+    let c = api_on(&cluster, &["--resolve-code-limit", "3"]).await;
+    let call: CreateCallResponse = parse(&c.create().await.body);
+    let wrong = if call.code.starts_with('A') { "B" } else { "A" };
+    let guess = format!("{wrong}{}", &call.code[1..]);
+    let statuses: Vec<u16> = {
+        let mut out = Vec::new();
+        for _ in 0..4 {
+            out.push(c.resolve(&guess).await.status);
+        }
+        out
+    };
+    assert_eq!(statuses, [404, 404, 404, 429], "per-code limit");
+    assert_eq!(
+        c.resolve(&call.code).await.status,
+        200,
+        "another code is fine"
+    );
+    // Keys of limits are on several primaries: the counters exist where their slots are.
+    let ip_key = keys::rl_ip(&"127.0.0.1".parse().unwrap(), "req");
+    let count = cluster
+        .raw_for_key(&ip_key, &format!("GET {ip_key}"))
+        .unwrap();
+    assert!(count.starts_with('$'), "{ip_key}: {count}");
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
+}
