@@ -64,7 +64,7 @@ echo "ok -- hadolint deploy/docker/Dockerfile"
 
 echo "== shellcheck $SHELLCHECK_VERSION (deploy scripts)"
 t "$V/shellcheck" scripts/checks/50-deploy-static.sh scripts/checks/60-prodlike.sh \
-  scripts/checks/70-compose.sh scripts/deploy/compose-test.sh
+  scripts/checks/70-compose.sh scripts/deploy/compose-test.sh scripts/redis-hash-tag-keys.sh
 echo "ok -- shellcheck"
 
 echo "== health probe"
