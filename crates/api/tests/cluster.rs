@@ -182,3 +182,54 @@ async fn rate_limits_hold_on_a_cluster() {
     b.stop().await;
     c.stop().await;
 }
+
+/// The primary serving a call's slot is SIGKILLed: its replica takes over the slot, the api's
+/// client follows the new slot map by itself (requests to that slot answer 503 meanwhile),
+/// and the call created (and replicated) before resolves and joins after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_survives_the_failover_of_its_primary() {
+    let mut cluster = tokio::task::block_in_place(ClusterSet::start);
+    let api = api_on(&cluster, &[]).await;
+    let created: CreateCallResponse = parse(&api.create().await.body);
+    tokio::task::block_in_place(|| cluster.wait_replicated());
+
+    let call_key = keys::call(&created.call_id);
+    let owner = cluster.owner_of(&call_key).unwrap();
+    let killed_at = cluster.kill_node(owner);
+    let promoted = tokio::task::block_in_place(|| {
+        cluster.wait_for_failover(&call_key, killed_at, Duration::from_secs(30))
+    });
+    assert_ne!(cluster.owner_of(&call_key).unwrap(), owner);
+    // Joining reads the call's record: poll until the client reaches the slot's new primary.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut unavailable = 0;
+    loop {
+        match api.post_auth("/api/join", &created.token).await.status {
+            200 => break,
+            503 => unavailable += 1,
+            other => panic!("join answered {other} after the failover"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the api never reached the promoted primary"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "cluster: replica promoted {promoted:?} after the kill, api serving the call again \
+         {:?} after it ({unavailable} joins answered 503 first)",
+        killed_at.elapsed()
+    );
+    let resolved = api.resolve(&created.code).await;
+    assert_eq!(resolved.status, 200, "{:?}", resolved.body);
+    assert_eq!(
+        api.resolve(&created.code).await.status,
+        404,
+        "still single use"
+    );
+    // New calls land on every slot, the new primary's included.
+    for _ in 0..10 {
+        assert_eq!(api.create().await.status, 201);
+    }
+    api.stop().await;
+}

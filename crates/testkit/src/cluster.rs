@@ -24,7 +24,7 @@ use crate::{
 /// Primaries (each owns a third of the 16 384 slots) and one replica each.
 const PRIMARIES: usize = 3;
 const NODES: usize = 2 * PRIMARIES;
-/// A primary unreachable for this long is failed over by the cluster. Short, so a failover
+/// A primary unreachable for this long is failed over by its replica. Short, so a failover
 /// test is quick, and well above what a loaded 2-core machine delays a cluster-bus ping.
 pub const NODE_TIMEOUT_MS: u64 = 2_000;
 /// How long the whole cluster may take to come up and agree.
@@ -34,8 +34,9 @@ const PORT_ATTEMPTS: usize = 20;
 
 struct Node {
     port: u16,
-    /// Held for its drop, which kills the node.
-    _process: ChildGuard,
+    process: ChildGuard,
+    /// SIGKILLed by [`ClusterSet::kill_node`].
+    killed: bool,
 }
 
 /// Six cluster nodes; see the module doc.
@@ -87,9 +88,9 @@ impl ClusterSet {
         self.nodes.iter().map(|n| n.port).collect()
     }
 
-    /// Ports of the nodes that are primaries now.
+    /// Ports of the live nodes that are primaries now.
     pub fn primary_ports(&self) -> Vec<u16> {
-        self.ports()
+        self.live_ports()
             .into_iter()
             .filter(|&p| info_field(p, "replication", "role").as_deref() == Some("master"))
             .collect()
@@ -103,18 +104,88 @@ impl ClusterSet {
 
     /// One raw command to the primary that owns `key`'s slot.
     pub fn raw_for_key(&self, key: &str, command: &str) -> std::io::Result<String> {
-        let slot = raw_command(self.nodes[0].port, &format!("CLUSTER KEYSLOT {key}"))?;
+        raw_command(self.owner_of(key)?, command)
+    }
+
+    /// Port of the live primary that serves `key`'s slot.
+    pub fn owner_of(&self, key: &str) -> std::io::Result<u16> {
+        let live = self.live_ports();
+        let first = *live
+            .first()
+            .ok_or_else(|| std::io::Error::other("no live node"))?;
+        let slot = raw_command(first, &format!("CLUSTER KEYSLOT {key}"))?;
         let slot: u16 = slot
             .trim()
             .trim_start_matches(':')
             .parse()
             .map_err(|_| std::io::Error::other(format!("CLUSTER KEYSLOT answered {slot:?}")))?;
-        let port = self
-            .primary_ports()
-            .into_iter()
+        live.into_iter()
+            .filter(|&p| info_field(p, "replication", "role").as_deref() == Some("master"))
             .find(|&p| owns_slot(p, slot))
-            .ok_or_else(|| std::io::Error::other(format!("no primary owns slot {slot}")))?;
-        raw_command(port, command)
+            .ok_or_else(|| std::io::Error::other(format!("no primary owns slot {slot}")))
+    }
+
+    /// Wait (at most 10 s) until every live replica has applied everything its primary wrote,
+    /// so the writes so far survive a failover.
+    pub fn wait_replicated(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let caught_up = self.live_ports().into_iter().all(|p| {
+                if info_field(p, "replication", "role").as_deref() != Some("slave") {
+                    return true;
+                }
+                let Some(primary) =
+                    info_field(p, "replication", "master_port").and_then(|v| v.parse::<u16>().ok())
+                else {
+                    return false;
+                };
+                let applied = info_field(p, "replication", "slave_repl_offset");
+                applied.is_some()
+                    && applied == info_field(primary, "replication", "master_repl_offset")
+            });
+            if caught_up {
+                return;
+            }
+            assert!(Instant::now() < deadline, "replicas never caught up");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL the node on `port`; returns at once (see [`Self::wait_for_failover`]).
+    pub fn kill_node(&mut self, port: u16) -> Instant {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster");
+        node.process.kill();
+        node.killed = true;
+        Instant::now()
+    }
+
+    /// Wait until a live primary serves `key`'s slot again and every live node reports the
+    /// cluster ok; how long that took since `killed_at`.
+    pub fn wait_for_failover(&self, key: &str, killed_at: Instant, timeout: Duration) -> Duration {
+        let deadline = killed_at + timeout;
+        loop {
+            let ok = self.owner_of(key).is_ok()
+                && self.live_ports().into_iter().all(|p| {
+                    raw_command(p, "CLUSTER INFO").is_ok_and(|i| i.contains("cluster_state:ok"))
+                });
+            if ok {
+                return killed_at.elapsed();
+            }
+            assert!(Instant::now() < deadline, "no failover of {key}'s primary");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn live_ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| !n.killed)
+            .map(|n| n.port)
+            .collect()
     }
 
     /// The cluster's temp dir (node configs, logs).
@@ -215,7 +286,8 @@ fn spawn_node(dir: &Path, index: usize) -> Node {
             Ok(()) => {
                 return Node {
                     port,
-                    _process: process,
+                    process,
+                    killed: false,
                 };
             }
             Err(e) => last_err = e,
