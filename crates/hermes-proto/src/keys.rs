@@ -5,7 +5,9 @@
 //! | `call:{callId}` | hash: status, createdAt, endedAt | api, signal | call TTL (24 h) |
 //! | `call:{callId}:peers` | hash: participantId → lease expiry (unix ms) + role | signal | renewed by live connections |
 //! | `call:{callId}:seq` | counter of relayed messages | signal | call TTL |
-//! | `call:{callId}:inbox:{participantId}` | capped stream of messages for a participant | signal | grace window |
+//! | `call:{callId}:log` | capped stream of the call's relayed messages (entry id `seq-1`; fields `f` sender, `m` message), read by a resuming participant | signal | renewed by live connections |
+//! | `call:{callId}:acks` | hash: participantId → highest `seq` acknowledged (trims the log) | signal | call TTL |
+//! | `call:{callId}:inbox:{participantId}` | per-participant stream of messages, before issue 23 (no longer written) | — | — |
 //! | `otc:{code}` | string: callId, or `callId|offerer` for a code that hands out the offerer's seat | api | 15 min, deleted on use |
 //! | `rl:ip:{ip}:{bucket}` | counter | api | window |
 //! | `rl:code:{hash}` | counter | api | window |
@@ -44,8 +46,23 @@ pub fn call_seq_epoch(call: &CallId) -> String {
     format!("call:{call}:seq-epoch")
 }
 
+/// The per-participant resume inbox of hermes-signal before issue 23, replaced by
+/// [`call_log`]; nothing writes it any more.
 pub fn call_inbox(call: &CallId, participant: &ParticipantId) -> String {
     format!("call:{call}:inbox:{participant}")
+}
+
+/// Capped stream of a call's relayed messages, one entry per message whoever receives it (id
+/// `seq-1`, fields `f` sender and `m` message text): a resuming participant reads the entries
+/// after its last `seq` that others sent.
+pub fn call_log(call: &CallId) -> String {
+    format!("call:{call}:log")
+}
+
+/// Hash of each participant's highest acknowledged `seq`: the call's log is trimmed up to the
+/// lowest of its seated participants.
+pub fn call_acks(call: &CallId) -> String {
+    format!("call:{call}:acks")
 }
 
 /// Pub/sub channel on which signal replicas fan out a call's messages.
@@ -89,6 +106,8 @@ mod tests {
         let c = CallId::random(&mut rng);
         assert_eq!(call(&c), format!("call:{c}"));
         assert_eq!(call_peers(&c), format!("call:{c}:peers"));
+        assert_eq!(call_log(&c), format!("call:{c}:log"));
+        assert_eq!(call_acks(&c), format!("call:{c}:acks"));
         let code = crate::OneTimeCode::parse("abcdef").expect("valid");
         assert_eq!(otc(&code), "otc:ABCDEF");
         let ip: std::net::IpAddr = "192.0.2.1".parse().expect("ip");
