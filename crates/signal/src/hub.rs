@@ -174,7 +174,8 @@ const END_LUA: &str = include_str!("lua/end.lua");
 /// KEYS: peers, acks, log. ARGV: pid, conn, acked seq, ttl_s. Records the ack (if this
 /// connection still holds the seat) and trims the log up to the lowest ack of the seated
 /// participants: each of them was delivered (or sent) everything up to there. A seat that has
-/// acknowledged nothing yet keeps the whole log. Reply: 1, or 0 (not this connection's seat).
+/// acknowledged nothing yet keeps the whole log. Four commands per flush (flushes happen at
+/// the keep-alive tick, only after a new ack). Reply: 1, or 0 (not this connection's seat).
 const ACK_LUA: &str = include_str!("lua/ack.lua");
 
 struct Scripts {
