@@ -290,11 +290,11 @@ async fn join_and_relay_scripts_over_the_whole_range() {
             .unwrap();
         let expected = floor.max(history) + 1;
         assert_eq!(outcome, RelayOutcome::Sent(expected), "{value}");
-        let inbox = hub.log_after(&call, &b, expected - 1).await.unwrap();
-        assert_eq!(inbox.len(), 1, "{value}");
-        assert_eq!(inbox[0].0, expected);
-        let text: ServerMessage = serde_json::from_str(&inbox[0].1)
-            .unwrap_or_else(|e| panic!("{value}: {} is not a message: {e}", inbox[0].1));
+        let replay = hub.log_after(&call, &b, expected - 1).await.unwrap();
+        assert_eq!(replay.len(), 1, "{value}");
+        assert_eq!(replay[0].0, expected);
+        let text: ServerMessage = serde_json::from_str(&replay[0].1)
+            .unwrap_or_else(|e| panic!("{value}: {} is not a message: {e}", replay[0].1));
         assert_eq!(text.seq(), Some(expected), "{value}");
     }
 }

@@ -428,10 +428,10 @@ async fn resume_replays_exactly_the_missed_messages_in_order() {
     }
     // Once the last one is in the call's log (all relayed while b was away), reconnect with
     // the same token.
-    let inbox = hermes_proto::keys::call_log(&call.id);
+    let log = hermes_proto::keys::call_log(&call.id);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !redis
-        .raw_command(&format!("XREVRANGE {inbox} + - COUNT 1"))
+        .raw_command(&format!("XREVRANGE {log} + - COUNT 1"))
         .unwrap()
         .contains("candidate:6 ")
     {
