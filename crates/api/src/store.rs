@@ -66,13 +66,16 @@ static CREATE_LUA: LazyLock<String> = LazyLock::new(|| format!("{GUARD_PRELUDE}{
 static RESOLVE_LUA: LazyLock<String> = LazyLock::new(|| format!("{GUARD_PRELUDE}{RESOLVE_BODY}"));
 static STATUS_LUA: LazyLock<String> = LazyLock::new(|| format!("{GUARD_PRELUDE}{STATUS_BODY}"));
 
-/// KEYS: call, call channel. ARGV: now (unix s), end-call control JSON.
+/// KEYS: call, call channel, call peers. ARGV: now (unix s), end-call control JSON.
 /// -1: no such call; 0: already ended; 1: ended now (and the notice was published).
+/// The seats go in the same step: hermes-signal's relay reads the call's status only when the
+/// sender has no seat (the signal replicas then drop the call's log and acks).
 const END_LUA: &str = r#"
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 if status == 'ended' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'ended', 'endedAt', ARGV[1])
+redis.call('DEL', KEYS[3])
 redis.call('PUBLISH', KEYS[2], ARGV[2])
 return 1
 "#;
@@ -395,7 +398,11 @@ impl CallStore {
             .end
             .run(
                 redis,
-                vec![keys::call(call), keys::call_channel(call)],
+                vec![
+                    keys::call(call),
+                    keys::call_channel(call),
+                    keys::call_peers(call),
+                ],
                 vec![now.to_string(), notice],
             )
             .await?;

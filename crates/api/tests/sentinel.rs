@@ -237,7 +237,17 @@ async fn a_resolved_code_stays_used_across_a_failover() {
     // The promoted primary has no replica yet: `required` refuses rather than risk the trap.
     assert_eq!(api.resolve(&call.code).await.0, 503);
     tokio::task::block_in_place(|| set.add_replica());
-    let (status, resolved) = api.resolve(&call.code).await;
+    // The new replica is linked; its first acknowledgement may still miss a resolve's ack
+    // timeout on a loaded machine, and such a resolve answers 503 and puts the code back (not
+    // handed out): keep asking, within a bound, until one is acknowledged.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (status, resolved) = loop {
+        let (status, resolved) = api.resolve(&call.code).await;
+        if status != 503 || tokio::time::Instant::now() > deadline {
+            break (status, resolved);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(
         status, 200,
         "a replica is back: the code (never handed out) resolves"

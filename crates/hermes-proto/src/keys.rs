@@ -11,7 +11,9 @@
 //! | `call:{<callId>}:peers` | hash: participantId → lease expiry (unix ms) + role | signal | renewed by live connections |
 //! | `call:{<callId>}:seq` | counter of relayed messages | signal | call TTL |
 //! | `call:{<callId>}:seq-epoch` | replication id of the primary that issued the last `seq` | signal | call TTL |
-//! | `call:{<callId>}:inbox:<participantId>` | capped stream of messages for a participant | signal | grace window |
+//! | `call:{<callId>}:log` | capped stream of the call's relayed messages (entry id `seq-1`; fields `f` sender, `m` message), read by a resuming participant | signal | renewed by live connections |
+//! | `call:{<callId>}:acks` | hash: participantId → highest `seq` acknowledged (trims the log) | signal | call TTL |
+//! | `call:{<callId>}:inbox:<participantId>` | per-participant stream of messages, before issue 23 (no longer written) | — | — |
 //! | `call:{<callId>}:events` | pub/sub channel of the call (same slot: sharded pub/sub ready) | api, signal | — |
 //! | `otc:<code>` | string: callId, or `callId|offerer` for a code that hands out the offerer's seat | api | 15 min, deleted on use |
 //! | `rl:ip:<ip>:<bucket>` | counter | api | window |
@@ -54,6 +56,8 @@ pub fn call_seq_epoch(call: &CallId) -> String {
     format!("call:{{{call}}}:seq-epoch")
 }
 
+/// The per-participant resume inbox of hermes-signal before issue 23, replaced by
+/// [`call_log`]; nothing writes it any more.
 pub fn call_inbox(call: &CallId, participant: &ParticipantId) -> String {
     format!("{}{participant}", call_inbox_prefix(call))
 }
@@ -62,6 +66,19 @@ pub fn call_inbox(call: &CallId, participant: &ParticipantId) -> String {
 /// that find a call's inboxes from its seats.
 pub fn call_inbox_prefix(call: &CallId) -> String {
     format!("call:{{{call}}}:inbox:")
+}
+
+/// Capped stream of a call's relayed messages, one entry per message whoever receives it (id
+/// `seq-1`, fields `f` sender and `m` message text): a resuming participant reads the entries
+/// after its last `seq` that others sent.
+pub fn call_log(call: &CallId) -> String {
+    format!("call:{{{call}}}:log")
+}
+
+/// Hash of each participant's highest acknowledged `seq`: the call's log is trimmed up to the
+/// lowest of its seated participants.
+pub fn call_acks(call: &CallId) -> String {
+    format!("call:{{{call}}}:acks")
 }
 
 /// Pub/sub channel on which signal replicas fan out a call's messages.
@@ -111,6 +128,8 @@ mod tests {
         let p = ParticipantId::random(&mut rng);
         assert_eq!(call_inbox(&c, &p), format!("call:{{{c}}}:inbox:{p}"));
         assert_eq!(call_inbox(&c, &p), format!("{}{p}", call_inbox_prefix(&c)));
+        assert_eq!(call_log(&c), format!("call:{{{c}}}:log"));
+        assert_eq!(call_acks(&c), format!("call:{{{c}}}:acks"));
         let code = crate::OneTimeCode::parse("abcdef").expect("valid");
         assert_eq!(otc(&code), "otc:ABCDEF");
         let ip: std::net::IpAddr = "192.0.2.1".parse().expect("ip");
@@ -158,6 +177,8 @@ mod tests {
                 call_seq(&c),
                 call_seq_epoch(&c),
                 call_inbox(&c, &p),
+                call_log(&c),
+                call_acks(&c),
                 call_channel(&c),
                 rl_call(&c, "newcode"),
             ] {

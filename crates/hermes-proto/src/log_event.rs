@@ -155,7 +155,7 @@ pub enum CallEvent {
         resumed: bool,
         replayed: u64,
     },
-    /// signal: a participant took its seat again and resumed from its inbox.
+    /// signal: a participant took its seat again and resumed from the call's log.
     #[serde(rename = "peer.resumed")]
     PeerResumed {
         participant_id: ParticipantId,

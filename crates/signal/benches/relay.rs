@@ -8,7 +8,7 @@
 //! A second reference runs in the open loop: a bare forwarder (this executable started with
 //! `--forwarder`) that takes the same path as a cross-replica message (WebSocket in, PUBLISH,
 //! a subscriber on another process, WebSocket out) and does nothing else: no token check,
-//! seats, sequence numbers, inboxes or limits. The raw hop is two network hops; any relay
+//! seats, sequence numbers, resume log or limits. The raw hop is two network hops; any relay
 //! between two WebSocket clients through Redis is at least four, so the bare forwarder is the
 //! floor of the architecture and `hermes / forwarder` is what Hermes itself adds. Every loop is
 //! bounded in count and in time.

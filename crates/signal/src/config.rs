@@ -64,7 +64,8 @@ pub struct Cli {
     #[arg(long, env = "SIGNAL_MAX_VIOLATIONS_PER_MIN", default_value_t = 20)]
     pub max_violations_per_min: u32,
 
-    /// Cap of each participant's resume inbox (messages not yet acknowledged).
+    /// Messages kept for resume per direction of a call: its log (one stream per call) is capped
+    /// at two times this, and trimmed to what every participant acknowledged.
     #[arg(long, env = "SIGNAL_INBOX_MAXLEN", default_value_t = 1_000)]
     pub inbox_maxlen: u64,
 

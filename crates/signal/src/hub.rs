@@ -1,37 +1,40 @@
-//! Redis side of signaling: seats and presence, sequencing, per-participant resume inboxes,
-//! and pub/sub fan-out so any number of replicas act as one.
+//! Redis side of signaling: seats and presence, sequencing, the call's resume log, and
+//! pub/sub fan-out so any number of replicas act as one.
 //!
 //! Every state change that needs atomicity is one Lua script (Redis runs it alone; the
 //! sources are `src/lua/*.lua`, compiled in with `include_str!`, each with its KEYS/ARGV
 //! contract on its constant here):
 //! - `JOIN`: admit or refuse a seat (at most two media participants, see
-//!   [`crate::room::admits`]), write the lease, drop the old inbox on a fresh join, and publish
+//!   [`crate::room::admits`]), write the lease, and publish
 //!   `peer-joined` / `peer-resumed` / `replaced`. Observers are nobody's peer: no script
 //!   publishes a presence event about an observer, and snapshots list media participants only.
 //! - `RELAY`: check the sender still holds its seat, take the next per-call `seq` (never below
 //!   what the sender has seen, so a Redis that lost its data does not reuse numbers), append the
-//!   message to every other participant's capped inbox stream (entry id `seq-1`), PUBLISH it.
-//!   Because one script does all three, `seq` order = inbox order = pub/sub order. One run
+//!   message to the call's capped log stream (`call:{id}:log`, entry id `seq-1`, one entry per
+//!   message whoever receives it; each reader skips its own), PUBLISH it. Because one script
+//!   does all three, `seq` order = log order = pub/sub order. One run
 //!   relays a batch: the relays this replica queued while its earlier batches were in flight
 //!   (a session has one relay in flight at a time, so its own order holds).
 //! - `TICK` (calls with local participants, 16 per script run, every third of the lease):
-//!   renew local leases and their inboxes' TTL (re-creating leases after a Redis restart), report local connections another connection
+//!   renew local leases and the call log's TTL (re-creating leases after a Redis restart), report local connections another connection
 //!   replaced, and sweep peers whose lease lapsed (crashed replica: `peer-reconnecting`) or
 //!   whose grace ended (`peer-left`). The transition happens once, in Redis, so exactly one
 //!   replica announces it.
 //! - `DISCONNECT`: mark a seat away (if this connection still owns it) and announce it.
 //! - `LEAVE`: free a seat closed for good (1008, 1009) and announce `peer-left`.
-//! - `END`: mark the call ended, drop seats and inboxes, publish `call-ended`.
+//! - `ACK`: record a participant's highest acknowledged `seq` and trim the log up to the lowest
+//!   ack of the call's seats (flushed at the keep-alive tick, not per message).
+//! - `END`: mark the call ended, drop seats, log and acks, publish `call-ended`.
 //!
 //! Fan-out: one subscriber connection per replica SUBSCRIBEs to the channel of every call
 //! that has a local participant (the subscription manager runs SUBSCRIBEs in order per channel
 //! and concurrently across channels; `/readyz` probes the subscriber end to end). A router task owns the channel → local sessions map (no
 //! lock) and forwards each published frame, as the same bytes, to the sessions it concerns.
 //! A jump in a call's `seq`, a lagging broadcast or a subscriber reconnect makes the sessions
-//! catch up from their inboxes, so pub/sub loss never loses a relayed message.
+//! catch up from the call's log, so pub/sub loss never loses a relayed message.
 //!
 //! Architecture invariant: sessions learn about relayed messages only through pub/sub or
-//! their inbox, never directly from another local session, so one replica or two behave alike.
+//! the call's log, never directly from another local session, so one replica or two behave alike.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,7 +44,6 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
-use fred::types::streams::XCapKind;
 use hermes_proto::signal::{CallControl, PeerInfo, ServerMessage};
 use hermes_proto::{CallId, ParticipantId, Role, keys};
 use hermes_service::redis::Script;
@@ -63,10 +65,10 @@ pub const CALL_TTL_SECS: u64 = 24 * 60 * 60;
 /// of failovers. Written out in `RELAY_LUA` (a unit test pins the two together).
 pub const SEQ_EPOCH_JUMP: u64 = 1_000_000;
 /// Depth of each session's delivery queue. A session this far behind is dropped (closed with
-/// 1013) and resumes from its inbox, rather than making the router wait.
+/// 1013) and resumes from the call's log, rather than making the router wait.
 pub const DELIVERY_QUEUE: usize = 1024;
 /// Depth of the subscriber's broadcast queue (fred's default of 32 is far too small for
-/// a replica carrying thousands of calls; a lag triggers an inbox catch-up).
+/// a replica carrying thousands of calls; a lag triggers a catch-up from the log).
 const BROADCAST_CAPACITY: usize = 1 << 16;
 
 /// What the router hands a session.
@@ -79,7 +81,7 @@ pub enum Delivery {
     /// Another connection took over this seat: close with 4002.
     Replaced,
     /// Pub/sub may have lost messages: fetch everything after the last delivered `seq` from
-    /// the inbox.
+    /// the call's log.
     Resync,
     /// This connection's own join script has been seen on the channel: presence events from
     /// here on happened after the `joined` snapshot; earlier ones are already in it.
@@ -91,9 +93,9 @@ pub enum Delivery {
 pub enum JoinOutcome {
     Admitted {
         resumed: bool,
-        /// The call's `seq` at admission: live messages after it, inbox before it.
+        /// The call's `seq` at admission: live messages after it, the log before it.
         base_seq: u64,
-        /// Where the inbox replay starts: the client's `lastSeq`, clamped to `base_seq`
+        /// Where the log replay starts: the client's `lastSeq`, clamped to `base_seq`
         /// (`base_seq` for a fresh join).
         after: u64,
         peers: Vec<PeerInfo>,
@@ -116,14 +118,23 @@ pub enum RelayOutcome {
 pub struct HubTimes {
     pub lease_ms: u64,
     pub grace_ms: u64,
+    /// Messages kept for each direction of a call (`SIGNAL_INBOX_MAXLEN`): the call's log is
+    /// capped at [`MAX_MEDIA`] times this (observers relay nothing).
     pub inbox_maxlen: u64,
+}
+
+impl HubTimes {
+    /// Cap (`XADD MAXLEN ~`) of a call's log.
+    pub fn log_cap(&self) -> u64 {
+        self.inbox_maxlen.saturating_mul(MAX_MEDIA as u64)
+    }
 }
 
 const PRESENCE_LUA: &str = include_str!("lua/presence.lua");
 
-/// KEYS: call, peers, channel, seq, own inbox.
+/// KEYS: call, peers, channel, seq.
 /// ARGV: pid, role, conn, now_ms, live entry, grace_ms, ttl_s, max_media, lastSeq ('' for a
-/// fresh join), inbox prefix.
+/// fresh join).
 /// Reply: ok, resumed (0/1), the call's seq, the resume point (lastSeq clamped to the call's
 /// seq: a number Redis never issued is never written anywhere), then the peers.
 const JOIN_LUA: &str = include_str!("lua/join.lua");
@@ -131,34 +142,41 @@ const JOIN_LUA: &str = include_str!("lua/join.lua");
 /// Relays, several per script run: a replica batches the relays queued while its earlier
 /// batches are in flight (one EVALSHA per batch, not per message: the script call's fixed cost
 /// was most of Redis's time per relay).
-/// KEYS: (peers, seq, channel, call, seq epoch) per relay. ARGV: maxlen, inbox ttl ms, ttl s,
-/// whether to check the seq epoch ('1' under Sentinel: it costs Redis about 6 µs), then per
-/// relay: from, conn, head, tail, floor, inbox prefix, own live entry, the number of
-/// participant ids the sender knows are in the call, those ids.
+/// KEYS: (peers, seq, channel, call, seq epoch, log) per relay. ARGV: log cap, log ttl ms,
+/// ttl s, whether to check the seq epoch ('1' under Sentinel: it costs Redis about 6 µs), then
+/// per relay: from, conn, head, tail, floor, own live entry.
 /// Reply: per relay, its `seq`, -1 (the seat belongs to a newer connection), -2 (the call
 /// ended), or an error text (nothing sent).
 ///
-/// Five commands per message to one peer (status, seats, counter, inbox, publish): the seat
-/// check and the recipients come from one HGETALL; the counter's TTL is refreshed on its
-/// creation, on a lift and every 64th number (not per message); an inbox gets its TTL when
-/// this script creates it and the recipient's lease tick renews it (`TICK`).
+/// Four commands per message, whatever the number of recipients (own seat, counter, log,
+/// publish): the log is one stream per call, so no list of recipients is read; the call's
+/// status is read only when the sender has no seat (ending a call drops its seats in the same
+/// script); the counter's TTL is refreshed on its creation, on a lift and every 64th number;
+/// the log gets its TTL when this script creates it and the lease tick renews it (`TICK`).
 const RELAY_LUA: &str = include_str!("lua/relay.lua");
 
 /// KEYS: peers, channel. ARGV: pid, conn, away entry.
 const DISCONNECT_LUA: &str = include_str!("lua/disconnect.lua");
 
 /// Several calls per script run (one EVALSHA per [`TICK_BATCH`] calls, not per call).
-/// KEYS: (call, peers, channel, seq) per call. ARGV: now_ms, grace_ms, ttl_s, inbox ttl ms,
-/// then per call: inbox prefix, number of local connections, (pid, conn, live entry) per local
-/// connection. A renewed lease renews its inbox's TTL too (relays set it only when they
-/// create the inbox). Reply: per call, `{'ended'}` or `{'ok', seq, stale 'pid|conn'...}`.
+/// KEYS: (call, peers, channel, seq, log) per call. ARGV: now_ms, grace_ms, ttl_s, log ttl ms,
+/// then per call: number of local connections, (pid, conn, live entry) per local connection.
+/// A renewed lease renews the call log's TTL too (relays set it only when they create the
+/// log). Reply: per call, `{'ended'}` or `{'ok', seq, stale 'pid|conn'...}`.
 const TICK_LUA: &str = include_str!("lua/tick.lua");
 
-/// KEYS: peers, channel, own inbox. ARGV: pid, conn, peer-left reason.
+/// KEYS: peers, channel. ARGV: pid, conn, peer-left reason.
 const LEAVE_LUA: &str = include_str!("lua/leave.lua");
 
-/// KEYS: call, peers, channel. ARGV: now_s, call-ended JSON, inbox prefix, publish(0/1), ttl_s.
+/// KEYS: call, peers, channel, log, acks. ARGV: now_s, call-ended JSON, publish(0/1), ttl_s.
 const END_LUA: &str = include_str!("lua/end.lua");
+
+/// KEYS: peers, acks, log. ARGV: pid, conn, acked seq, ttl_s. Records the ack (if this
+/// connection still holds the seat) and trims the log up to the lowest ack of the seated
+/// participants: each of them was delivered (or sent) everything up to there. A seat that has
+/// acknowledged nothing yet keeps the whole log. Four commands per flush (flushes happen at
+/// the keep-alive tick, only after a new ack). Reply: 1, or 0 (not this connection's seat).
+const ACK_LUA: &str = include_str!("lua/ack.lua");
 
 struct Scripts {
     join: Script,
@@ -167,6 +185,7 @@ struct Scripts {
     leave: Script,
     tick: Script,
     end: Script,
+    ack: Script,
 }
 
 fn with_helpers(body: &'static str) -> &'static str {
@@ -183,6 +202,7 @@ impl Scripts {
             leave: Script::new(with_helpers(LEAVE_LUA)),
             tick: Script::new(with_helpers(TICK_LUA)),
             end: Script::new(with_helpers(END_LUA)),
+            ack: Script::new(with_helpers(ACK_LUA)),
         }
     }
 }
@@ -371,8 +391,8 @@ impl Hub {
             scripts.relay.clone(),
             relay_rx,
             [
-                times.inbox_maxlen.to_string(),
-                inbox_ttl_ms(&times).to_string(),
+                times.log_cap().to_string(),
+                log_ttl_ms(&times).to_string(),
                 CALL_TTL_SECS.to_string(),
                 if failover_epochs { "1" } else { "0" }.to_owned(),
             ],
@@ -400,8 +420,8 @@ impl Hub {
             cmd_rx,
             sub_tx,
         ));
-        // After any reconnect (Redis restarted or a network blip) sessions catch up from their
-        // inboxes and leases are rewritten at once instead of at the next tick.
+        // After any reconnect (Redis restarted or a network blip) sessions catch up from the
+        // call logs and leases are rewritten at once instead of at the next tick.
         let weak = Arc::downgrade(&hub);
         let mut sub_reconnects = subscriber.reconnect_rx();
         let mut cmd_reconnects = hub.client.reconnect_rx();
@@ -499,16 +519,10 @@ impl Hub {
         });
     }
 
-    fn inbox_prefix(call: &CallId) -> String {
-        // keys::call_inbox with an empty participant is not expressible (ParticipantId is
-        // validated), so derive the prefix from a real key shape.
-        format!("{}:inbox:", keys::call(call))
-    }
-
-    /// How long an inbox outlives its last lease renewal (or its creation): longer than a
-    /// lease plus the grace window, so it is there for any resume the seat allows.
-    fn inbox_ttl_ms(&self) -> u64 {
-        inbox_ttl_ms(&self.times)
+    /// How long a call's log outlives its last lease renewal (or its creation): longer than a
+    /// lease plus the grace window, so it is there for any resume a seat allows.
+    fn log_ttl_ms(&self) -> u64 {
+        log_ttl_ms(&self.times)
     }
 
     fn live_entry(&self, role: Role, conn: &str, now_ms: u64) -> String {
@@ -541,7 +555,6 @@ impl Hub {
                     keys::call_peers(call),
                     keys::call_channel(call),
                     keys::call_seq(call),
-                    keys::call_inbox(call, participant),
                 ],
                 vec![
                     participant.to_string(),
@@ -553,7 +566,6 @@ impl Hub {
                     CALL_TTL_SECS.to_string(),
                     MAX_MEDIA.to_string(),
                     last_seq.map(|n| n.to_string()).unwrap_or_default(),
-                    Self::inbox_prefix(call),
                 ],
             )
             .await?;
@@ -605,23 +617,10 @@ impl Hub {
         conn: &str,
         message: &ServerMessage,
         floor: u64,
-        known_peers: &[ParticipantId],
         now_ms: u64,
     ) -> Result<RelayOutcome, Error> {
         let (head, tail) = split_at_seq(message)
             .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "message has no seq"))?;
-        let mut args = Vec::with_capacity(8 + known_peers.len());
-        args.extend([
-            participant.to_string(),
-            conn.to_owned(),
-            head,
-            tail,
-            floor.to_string(),
-            Self::inbox_prefix(call),
-            self.live_entry(role, conn, now_ms),
-            known_peers.len().to_string(),
-        ]);
-        args.extend(known_peers.iter().map(ToString::to_string));
         let (reply, done) = oneshot::channel();
         let job = RelayJob {
             keys: [
@@ -630,8 +629,16 @@ impl Hub {
                 keys::call_channel(call),
                 keys::call(call),
                 keys::call_seq_epoch(call),
+                keys::call_log(call),
             ],
-            args,
+            args: [
+                participant.to_string(),
+                conn.to_owned(),
+                head,
+                tail,
+                floor.to_string(),
+                self.live_entry(role, conn, now_ms),
+            ],
             reply,
         };
         self.relay_tx
@@ -675,7 +682,7 @@ impl Hub {
         Ok(n == 1)
     }
 
-    /// Free the seat now (if this connection still holds it), drop its inbox and announce
+    /// Free the seat now (if this connection still holds it) and announce
     /// `peer-left {reason}`: the connection was closed for good (1008, 1009).
     pub async fn leave(
         &self,
@@ -689,18 +696,14 @@ impl Hub {
             .leave
             .run(
                 &self.client,
-                vec![
-                    keys::call_peers(call),
-                    keys::call_channel(call),
-                    keys::call_inbox(call, participant),
-                ],
+                vec![keys::call_peers(call), keys::call_channel(call)],
                 vec![participant.to_string(), conn.to_owned(), reason.to_owned()],
             )
             .await?;
         Ok(n == 1)
     }
 
-    /// End the call: status `ended`, seats and inboxes dropped, `call-ended` published (when
+    /// End the call: status `ended`, seats, log and acks dropped, `call-ended` published (when
     /// `publish`). Returns whether this call ended it.
     pub async fn end(&self, call: &CallId, reason: &str, publish: bool) -> Result<bool, Error> {
         let ended = serde_json::to_string(&ServerMessage::CallEnded {
@@ -716,11 +719,12 @@ impl Hub {
                     keys::call(call),
                     keys::call_peers(call),
                     keys::call_channel(call),
+                    keys::call_log(call),
+                    keys::call_acks(call),
                 ],
                 vec![
                     hermes_service::unix_now().to_string(),
                     ended,
-                    Self::inbox_prefix(call),
                     if publish { "1" } else { "0" }.to_owned(),
                     CALL_TTL_SECS.to_string(),
                 ],
@@ -729,51 +733,65 @@ impl Hub {
         Ok(n == 1)
     }
 
-    /// Inbox entries with `seq > after`, in order.
-    pub async fn inbox_after(
+    /// The call log's entries with `seq > after` that others sent to `participant`, in order.
+    pub async fn log_after(
         &self,
         call: &CallId,
         participant: &ParticipantId,
         after: u64,
     ) -> Result<Vec<(u64, String)>, Error> {
+        // The log is capped at `log_cap` entries (approximately: `MAXLEN ~` trims whole
+        // nodes), so this bound reads all of it.
         let entries: Vec<(String, HashMap<String, String>)> = self
             .client
             .xrange(
-                keys::call_inbox(call, participant),
+                keys::call_log(call),
                 format!("{}-0", after.saturating_add(1)),
                 "+",
-                Some(self.times.inbox_maxlen),
+                Some(2 * self.times.log_cap()),
             )
             .await?;
         Ok(entries
             .into_iter()
             .filter_map(|(id, mut fields)| {
+                if fields.get("f").map(String::as_str) == Some(participant.as_str()) {
+                    return None;
+                }
                 let seq = id.split('-').next()?.parse().ok()?;
                 Some((seq, fields.remove("m")?))
             })
             .collect())
     }
 
-    /// Drop inbox entries with `seq <= acked`.
-    pub async fn trim_inbox(
+    /// Record that this connection's participant acknowledged everything up to `acked`, and
+    /// trim the call's log up to the lowest ack of its seats. False when the seat belongs to
+    /// another connection (nothing recorded).
+    pub async fn ack(
         &self,
         call: &CallId,
         participant: &ParticipantId,
+        conn: &str,
         acked: u64,
-    ) -> Result<(), Error> {
-        let _: i64 = self
-            .client
-            .xtrim(
-                keys::call_inbox(call, participant),
-                (
-                    XCapKind::MinID,
-                    "=",
-                    format!("{}-0", acked.saturating_add(1)),
-                    None::<i64>,
-                ),
+    ) -> Result<bool, Error> {
+        let n: i64 = self
+            .scripts
+            .ack
+            .run(
+                &self.client,
+                vec![
+                    keys::call_peers(call),
+                    keys::call_acks(call),
+                    keys::call_log(call),
+                ],
+                vec![
+                    participant.to_string(),
+                    conn.to_owned(),
+                    acked.to_string(),
+                    CALL_TTL_SECS.to_string(),
+                ],
             )
             .await?;
-        Ok(())
+        Ok(n == 1)
     }
 
     /// Renew every local lease and sweep lapsed peers, one script call per [`TICK_BATCH`]
@@ -803,12 +821,12 @@ impl Hub {
     }
 
     async fn tick_calls(&self, snaps: &[CallSnapshot], now_ms: u64) {
-        let mut keys = Vec::with_capacity(4 * snaps.len());
+        let mut keys = Vec::with_capacity(5 * snaps.len());
         let mut args = vec![
             now_ms.to_string(),
             self.times.grace_ms.to_string(),
             CALL_TTL_SECS.to_string(),
-            self.inbox_ttl_ms().to_string(),
+            self.log_ttl_ms().to_string(),
         ];
         for snap in snaps {
             let call = &snap.call;
@@ -817,8 +835,8 @@ impl Hub {
                 keys::call_peers(call),
                 keys::call_channel(call),
                 keys::call_seq(call),
+                keys::call_log(call),
             ]);
-            args.push(Self::inbox_prefix(call));
             args.push(snap.locals.len().to_string());
             for (pid, role, conn, _) in &snap.locals {
                 args.push(pid.to_string());
@@ -856,7 +874,7 @@ impl Hub {
             return;
         }
         // Safety net for pub/sub loss: if the call's counter is ahead of what this replica saw
-        // published, its sessions fetch the difference from their inboxes.
+        // published, its sessions fetch the difference from the call's log.
         let seq = reply
             .get(1)
             .and_then(|v| v.as_str().and_then(|s| s.parse::<u64>().ok()))
@@ -953,16 +971,16 @@ struct Head<'a> {
     probe: Option<u64>,
 }
 
-/// How long an inbox outlives its last lease renewal (or its creation): longer than a lease
+/// How long a call's log outlives its last lease renewal (or its creation): longer than a lease
 /// plus the grace window, so it is there for any resume the seat allows.
-fn inbox_ttl_ms(times: &HubTimes) -> u64 {
+fn log_ttl_ms(times: &HubTimes) -> u64 {
     times.grace_ms + 2 * times.lease_ms + 60_000
 }
 
-/// One relay waiting for its batch: its five keys, its part of ARGV, where its answer goes.
+/// One relay waiting for its batch: its six keys, its part of ARGV, where its answer goes.
 struct RelayJob {
-    keys: [String; 5],
-    args: Vec<String>,
+    keys: [String; 6],
+    args: [String; 6],
     reply: oneshot::Sender<Result<i64, Error>>,
 }
 
@@ -994,7 +1012,7 @@ async fn relay_batcher(
             }
         }
         let (client, script) = (client.clone(), script.clone());
-        let mut keys = Vec::with_capacity(5 * batch.len());
+        let mut keys = Vec::with_capacity(6 * batch.len());
         let mut args: Vec<String> = common.to_vec();
         let mut replies = Vec::with_capacity(batch.len());
         for job in batch {
@@ -1298,7 +1316,7 @@ async fn router(
                         route(entry, text, &hub, &replica);
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(lost = n, "pub/sub queue lagged; sessions resync from inboxes");
+                        tracing::warn!(lost = n, "pub/sub queue lagged; sessions resync from the call log");
                         for c in calls.values_mut() {
                             resync(c);
                         }
@@ -1373,7 +1391,7 @@ fn route(entry: &mut CallLocal, text: Utf8Bytes, hub: &std::sync::Weak<Hub>, rep
             for l in &entry.locals {
                 offer(l, Delivery::Ended(frame.clone()));
             }
-            // The API marked the call ended; drop its seats and inboxes (idempotent).
+            // The API marked the call ended; drop its seats, log and acks (idempotent).
             if let Some(hub) = hub.upgrade() {
                 let call = entry.call.clone();
                 tokio::spawn(async move {
@@ -1418,7 +1436,7 @@ fn route(entry: &mut CallLocal, text: Utf8Bytes, hub: &std::sync::Weak<Hub>, rep
 }
 
 /// Queue a delivery without waiting; a session whose queue is full is flagged to resync
-/// once it drains (its inbox holds the relayed messages it missed).
+/// once it drains (the call's log holds the relayed messages it missed).
 fn offer(local: &Local, delivery: Delivery) {
     if let Err(mpsc::error::TrySendError::Full(_)) = local.tx.try_send(delivery) {
         local.resync.store(true, Ordering::Relaxed);

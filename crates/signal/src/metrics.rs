@@ -66,7 +66,7 @@ impl Metrics {
         let replayed = Counter::registered(
             &mut registry,
             "hermes_signal_messages_replayed",
-            "Messages replayed from inboxes on resume or resync",
+            "Messages replayed from the call log on resume or resync",
         );
         let errors = Counter::registered(
             &mut registry,

@@ -184,7 +184,7 @@ impl Conn {
     }
 
     /// Admission succeeded: from now on relayed messages with `seq <= base_seq` are not
-    /// delivered live (they were before this connection, or come from the inbox replay).
+    /// delivered live (they were before this connection, or come from the log replay).
     pub fn joined(&mut self, seat: Seat, base_seq: u64) {
         self.phase = Phase::Joined(seat);
         self.last_delivered = base_seq;
@@ -261,7 +261,7 @@ impl Conn {
             ClientMessage::IceCandidate { candidate } => Relay::IceCandidate(candidate),
             ClientMessage::Hangup => Relay::Hangup,
             ClientMessage::Ack { seq } => {
-                // Only what was delivered can be acknowledged (the inbox is trimmed up to it).
+                // Only what was delivered can be acknowledged (the call's log is trimmed up to the lowest ack).
                 self.acked = self.acked.max(seq.min(self.last_delivered));
                 return Decision::Ack(seq);
             }
@@ -331,7 +331,7 @@ impl Conn {
         self.last_delivered
     }
 
-    /// An acknowledged `seq` not yet used to trim the inbox, if any; marks it used.
+    /// An acknowledged `seq` not yet recorded in Redis, if any; marks it used.
     pub fn take_ack_to_flush(&mut self) -> Option<u64> {
         (self.acked > self.acked_flushed).then(|| {
             self.acked_flushed = self.acked;

@@ -3,7 +3,7 @@
 //!
 //! Life of a connection: upgrade → `join` within the join timeout (token verified, seat taken
 //! in Redis, subscribed to the call's channel *before* the seat is taken so nothing published
-//! afterwards is missed) → `joined` → inbox replay if resuming → relay loop → on exit the seat
+//! afterwards is missed) → `joined` → replay from the call's log if resuming → relay loop → on exit the seat
 //! is marked away (peers see `peer-reconnecting`) unless the call ended or another connection
 //! replaced this one. SIGTERM closes with 1012.
 
@@ -16,7 +16,7 @@ use hermes_proto::signal::{
     CLOSE_CALL_ENDED, CLOSE_CALL_FULL, CLOSE_POLICY_VIOLATION, CLOSE_REPLACED,
     CLOSE_SERVICE_RESTART, CLOSE_UNAUTHORIZED, ServerMessage, SignalErrorCode,
 };
-use hermes_proto::{CallEvent, CallId, ParticipantId};
+use hermes_proto::{CallEvent, CallId};
 use hermes_service::unix_now_ms;
 use rand::RngCore;
 use serde_json::json;
@@ -68,8 +68,6 @@ struct Joined {
     rx: mpsc::Receiver<Delivery>,
     /// Highest `seq` this connection relayed (a floor for the call's counter).
     last_sent: u64,
-    /// Other participants this client has been told about (joined, peer-* events).
-    others: Vec<ParticipantId>,
     /// False until this connection's join is seen on the channel (or a relayed message newer
     /// than the snapshot arrives): presence events before that are already in `joined`.
     presence_live: bool,
@@ -402,7 +400,6 @@ impl Session {
         if resumed {
             state.metrics.resumes.inc();
         }
-        let others = peers.iter().map(|p| p.participant_id.clone()).collect();
         let joined = ServerMessage::Joined {
             call_id: seat.call.clone(),
             participant_id: seat.participant.clone(),
@@ -415,7 +412,6 @@ impl Session {
             resync,
             rx,
             last_sent: 0,
-            others,
             presence_live: false,
             relayed: 0,
             delivered: 0,
@@ -452,21 +448,22 @@ impl Session {
         None
     }
 
-    /// Send every inbox message after the last delivered one. `Err` when the socket is gone.
+    /// Send every message of the call's log after the last delivered one (others' only).
+    /// `Err` when the socket is gone.
     async fn replay(&mut self) -> Result<u64, Exit> {
         let Some(j) = &self.joined else { return Ok(0) };
         let (call, participant) = (j.seat.call.clone(), j.seat.participant.clone());
         let entries = match self
             .state
             .hub
-            .inbox_after(&call, &participant, self.conn.last_delivered())
+            .log_after(&call, &participant, self.conn.last_delivered())
             .await
         {
             Ok(e) => e,
             Err(e) => {
-                // The messages stay in the inbox; the next resync or resume gets them.
+                // The messages stay in the log; the next resync or resume gets them.
                 self.state.metrics.redis_errors.inc();
-                tracing::warn!(error = %e, "inbox read failed");
+                tracing::warn!(error = %e, "log read failed");
                 return Ok(0);
             }
         };
@@ -504,7 +501,6 @@ impl Session {
             Relay::Hangup => ServerMessage::Hangup { from, seq: 0 },
         };
         let floor = self.conn.last_delivered().max(j.last_sent);
-        let others = j.others.clone();
         let outcome = state
             .hub
             .relay(
@@ -514,7 +510,6 @@ impl Session {
                 &self.conn_id,
                 &message,
                 floor,
-                &others,
                 now,
             )
             .await;
@@ -596,7 +591,6 @@ impl Session {
                             // Published before our join: `joined` already told the client.
                             return None;
                         }
-                        self.track_presence(&text);
                     }
                 }
                 if self.socket.send(Message::Text(text)).await.is_err() {
@@ -635,29 +629,6 @@ impl Session {
         }
     }
 
-    /// Keep the list of other participants current from presence events (rare frames).
-    fn track_presence(&mut self, text: &str) {
-        #[derive(serde::Deserialize)]
-        struct Presence {
-            #[serde(rename = "type")]
-            kind: String,
-            #[serde(rename = "participantId")]
-            participant: Option<ParticipantId>,
-        }
-        let Some(j) = &mut self.joined else { return };
-        let Ok(p) = serde_json::from_str::<Presence>(text) else {
-            return;
-        };
-        let Some(pid) = p.participant else { return };
-        match p.kind.as_str() {
-            "peer-left" => j.others.retain(|o| *o != pid),
-            "peer-joined" | "peer-resumed" | "peer-reconnecting" if !j.others.contains(&pid) => {
-                j.others.push(pid);
-            }
-            _ => {}
-        }
-    }
-
     async fn flush_ack(&mut self) {
         let Some(acked) = self.conn.take_ack_to_flush() else {
             return;
@@ -666,10 +637,10 @@ impl Session {
         if let Err(e) = self
             .state
             .hub
-            .trim_inbox(&j.seat.call, &j.seat.participant, acked)
+            .ack(&j.seat.call, &j.seat.participant, &self.conn_id, acked)
             .await
         {
-            tracing::debug!(error = %e, "inbox trim failed (retried at the next ack)");
+            tracing::debug!(error = %e, "ack not recorded (the next ack carries it)");
         }
     }
 

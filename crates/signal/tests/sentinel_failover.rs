@@ -522,8 +522,8 @@ async fn a_seq_issued_but_not_replicated_is_never_reused_after_a_failover() {
     r2.trigger.cancel();
 }
 
-/// The trap not closed (yet): a message relayed to a participant who is away lives only in its
-/// inbox; if the primary dies before replicating it, the resume on the promoted replica has
+/// The trap not closed (yet): a message relayed to a participant who is away lives only in the
+/// call's log; if the primary dies before replicating it, the resume on the promoted replica has
 /// nothing to replay, and the sender was never told (it got no `unavailable`). Closing it needs
 /// the relay to wait for a replica before reporting success (`WAIT 1`; design and measured cost
 /// in docs/operations.md).

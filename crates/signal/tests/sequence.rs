@@ -1,6 +1,6 @@
-//! Sequence numbers against every `lastSeq` a client can send, and inbox writes that fail:
+//! Sequence numbers against every `lastSeq` a client can send, and log writes that fail:
 //! the call's counter only ever holds numbers Redis issued, every `seq` on the wire is a plain
-//! integer, and a relay is reported sent only when every inbox holds it.
+//! integer, and a relay is reported sent only when the call's log holds it.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -147,21 +147,20 @@ async fn last_seq_over_its_whole_range_never_breaks_the_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_whose_inbox_write_fails_is_not_reported_sent() {
+async fn a_relay_whose_log_write_fails_is_not_reported_sent() {
     let redis = RedisServer::start();
     let r = Replica::start(&redis.url(), &["--idle-timeout-ms", "60000"]).await;
     let TwoParty {
         call,
         pa,
         mut a,
-        pb,
         mut b,
         ..
     } = TwoParty::join_one(&redis, &r.url()).await;
     a.send(&candidate(0)).await;
     until_candidate(&mut b, 0, 0).await;
-    // b's inbox already holds an entry numbered above the call's counter (a partial data
-    // loss): XADD with the next number fails.
+    // The call's log already holds an entry numbered above the call's counter (a partial
+    // data loss): XADD with the next number fails.
     let stale = serde_json::to_string(&ServerMessage::IceCandidate {
         from: pa.clone(),
         seq: 500,
@@ -176,8 +175,8 @@ async fn a_relay_whose_inbox_write_fails_is_not_reported_sent() {
     .unwrap();
     let reply = redis
         .raw_command(&format!(
-            "XADD call:{{{}}}:inbox:{pb} 500-1 m '{stale}'",
-            call.id
+            "XADD {} 500-1 f {pa} m '{stale}'",
+            hermes_proto::keys::call_log(&call.id)
         ))
         .unwrap();
     assert!(reply.contains("500-1"), "{reply}");
@@ -193,7 +192,7 @@ async fn a_relay_whose_inbox_write_fails_is_not_reported_sent() {
         ),
         "the sender is told: {reply:?}"
     );
-    // Resent as told: it gets a number above the inbox's and arrives once.
+    // Resent as told: it gets a number above the stale entry and arrives once.
     a.send(&candidate(1)).await;
     let seq = until_candidate(&mut b, 1, 500).await;
     assert!(seq > 500, "{seq}");
@@ -262,7 +261,7 @@ async fn join_and_relay_scripts_over_the_whole_range() {
         };
         let history = (i % 4) as u64;
         for _ in 0..history {
-            hub.relay(&call, &a, Role::Offerer, a.as_str(), &offer, 0, &[], now)
+            hub.relay(&call, &a, Role::Offerer, a.as_str(), &offer, 0, now)
                 .await
                 .unwrap();
         }
@@ -288,25 +287,16 @@ async fn join_and_relay_scripts_over_the_whole_range() {
         // A relay whose floor is any number up to MAX_SEQ - 1 gets the next integer.
         let floor = value.min(MAX_SEQ - 1);
         let outcome = hub
-            .relay(
-                &call,
-                &a,
-                Role::Offerer,
-                a.as_str(),
-                &offer,
-                floor,
-                std::slice::from_ref(&b),
-                now,
-            )
+            .relay(&call, &a, Role::Offerer, a.as_str(), &offer, floor, now)
             .await
             .unwrap();
         let expected = floor.max(history) + 1;
         assert_eq!(outcome, RelayOutcome::Sent(expected), "{value}");
-        let inbox = hub.inbox_after(&call, &b, expected - 1).await.unwrap();
-        assert_eq!(inbox.len(), 1, "{value}");
-        assert_eq!(inbox[0].0, expected);
-        let text: ServerMessage = serde_json::from_str(&inbox[0].1)
-            .unwrap_or_else(|e| panic!("{value}: {} is not a message: {e}", inbox[0].1));
+        let replay = hub.log_after(&call, &b, expected - 1).await.unwrap();
+        assert_eq!(replay.len(), 1, "{value}");
+        assert_eq!(replay[0].0, expected);
+        let text: ServerMessage = serde_json::from_str(&replay[0].1)
+            .unwrap_or_else(|e| panic!("{value}: {} is not a message: {e}", replay[0].1));
         assert_eq!(text.seq(), Some(expected), "{value}");
     }
 }

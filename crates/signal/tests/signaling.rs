@@ -426,12 +426,12 @@ async fn resume_replays_exactly_the_missed_messages_in_order() {
     for i in 1..=6 {
         a.send(&candidate(i)).await;
     }
-    // Once the last one is in b's inbox (all relayed while b was away), reconnect with the
-    // same token.
-    let inbox = hermes_proto::keys::call_inbox(&call.id, &pb);
+    // Once the last one is in the call's log (all relayed while b was away), reconnect with
+    // the same token.
+    let log = hermes_proto::keys::call_log(&call.id);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !redis
-        .raw_command(&format!("XREVRANGE {inbox} + - COUNT 1"))
+        .raw_command(&format!("XREVRANGE {log} + - COUNT 1"))
         .unwrap()
         .contains("candidate:6 ")
     {

@@ -3,10 +3,9 @@ local was = redis.call('HGET', KEYS[1], 'status')
 local fresh = was ~= 'ended'
 if fresh then
   redis.call('HSET', KEYS[1], 'status', 'ended', 'endedAt', ARGV[1])
-  if not was then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
+  if not was then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
 end
-for _, p in ipairs(redis.call('HKEYS', KEYS[2])) do redis.call('DEL', ARGV[3] .. p) end
-redis.call('DEL', KEYS[2])
-if fresh and ARGV[4] == '1' then redis.call('PUBLISH', KEYS[3], ARGV[2]) end
+redis.call('DEL', KEYS[2], KEYS[4], KEYS[5])
+if fresh and ARGV[3] == '1' then redis.call('PUBLISH', KEYS[3], ARGV[2]) end
 if fresh then return 1 end
 return 0

@@ -23,7 +23,6 @@ if ARGV[2] ~= 'observer' and media >= tonumber(ARGV[8]) then return {'full'} end
 for _, g in ipairs(gone) do
   local p = g[1]
   redis.call('HDEL', KEYS[2], p)
-  redis.call('DEL', ARGV[10] .. p)
   if g[2] ~= 'observer' then
     redis.call('PUBLISH', KEYS[3], '{"type":"peer-left","participantId":"' .. p .. '","reason":"timeout"}')
   end
@@ -47,7 +46,6 @@ if ARGV[9] ~= '' and (prev == 'live' or prev == 'away') then
     redis.call('PUBLISH', KEYS[3], '{"type":"peer-resumed","participantId":"' .. ARGV[1] .. '"}')
   end
 else
-  redis.call('DEL', KEYS[5])
   if media_self then
     if prev == 'live' or prev == 'away' then
       -- A fresh join over a seat this participant still held: the others hear one story,

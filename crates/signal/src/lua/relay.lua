@@ -1,18 +1,27 @@
 -- relay.lua: see the doc comment of `RELAY_LUA` in crates/signal/src/hub.rs.
-local maxlen, inbox_ttl, ttl, epochs = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
-local function relay(kpeers, kseq, kchan, kcall, kepoch, a)
-  local from, conn, head, tail, prefix = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 5]
-  if redis.call('HGET', kcall, 'status') == 'ended' then return -2 end
-  local entries = redis.call('HGETALL', kpeers)
-  local mine
-  local to = {}
-  for i = 1, #entries, 2 do
-    if entries[i] == from then mine = entries[i + 1] else to[entries[i]] = true end
+local cap, log_ttl, ttl, epochs = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
+-- The last id the log ever issued (kept by the stream even when trimmed empty), as a number.
+local function log_top(klog)
+  local info = redis.pcall('XINFO', 'STREAM', klog)
+  if type(info) ~= 'table' or info.err then return nil end
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      return tonumber(string.match(info[i + 1], '^(%d+)-'))
+    end
   end
+  return nil
+end
+local function relay(kpeers, kseq, kchan, kcall, kepoch, klog, a)
+  local from, conn, head, tail = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  -- The seat check reads one field: the log needs no list of recipients.
+  local mine = redis.call('HGET', kpeers, from)
   if mine then
     if conn_of(mine) ~= conn then return -1 end
   else
-    redis.call('HSET', kpeers, from, ARGV[a + 6])
+    -- No seat: the call ended (every script that ends a call drops its seats in the same
+    -- step), or Redis lost the seats (restart) and this relay rewrites its own.
+    if redis.call('HGET', kcall, 'status') == 'ended' then return -2 end
+    redis.call('HSET', kpeers, from, ARGV[a + 5])
   end
   -- Failover (under Sentinel): a primary that died may have issued (and delivered) numbers it
   -- never replicated. When the primary changed since this call's last relay (another
@@ -40,42 +49,29 @@ local function relay(kpeers, kseq, kchan, kcall, kepoch, a)
   local n = string.format('%d', seq)
   local id = n .. '-1'
   local msg = head .. n .. tail
-  -- Peers the sender knows of, in case Redis lost the seats (restart) and their replicas
-  -- have not rewritten them yet.
-  for i = a + 8, a + 7 + tonumber(ARGV[a + 7]) do
-    if ARGV[i] ~= from then to[ARGV[i]] = true end
+  -- One entry in the call's log, whoever receives it: each reader skips its own (field f).
+  local created = false
+  local r = redis.pcall('XADD', klog, 'NOMKSTREAM', 'MAXLEN', '~', cap, id, 'f', from, 'm', msg)
+  if not r then
+    created = true
+    r = redis.pcall('XADD', klog, 'MAXLEN', '~', cap, id, 'f', from, 'm', msg)
   end
-  local written = {}
-  for p, _ in pairs(to) do
-    local k = prefix .. p
-    local created = false
-    local r = redis.pcall('XADD', k, 'NOMKSTREAM', 'MAXLEN', '~', maxlen, id, 'm', msg)
-    if not r then
-      created = true
-      r = redis.pcall('XADD', k, 'MAXLEN', '~', maxlen, id, 'm', msg)
-    end
-    if type(r) == 'table' and r.err then
-      -- Not sent: take it back from the inboxes already written, and lift the counter above
-      -- this inbox's newest entry (left by a partial data loss) so the resend fits.
-      for _, w in ipairs(written) do redis.call('XDEL', w, id) end
-      local top = redis.pcall('XREVRANGE', k, '+', '-', 'COUNT', 1)
-      if type(top) == 'table' and top[1] then
-        local t = string.match(top[1][1], '^(%d+)-')
-        if t and tonumber(t) >= seq then redis.call('SET', kseq, t) end
-      end
-      return 'inbox write failed: ' .. tostring(r.err)
-    end
-    written[#written + 1] = k
-    if created then redis.call('PEXPIRE', k, inbox_ttl) end
+  if type(r) == 'table' and r.err then
+    -- Not stored, so not sent: lift the counter to the log's last id (left above it by a
+    -- partial data loss) so the resend fits.
+    local top = log_top(klog)
+    if top and top >= seq then redis.call('SET', kseq, string.format('%d', top)) end
+    return 'log write failed: ' .. tostring(r.err)
   end
+  if created then redis.call('PEXPIRE', klog, log_ttl) end
   redis.call('PUBLISH', kchan, msg)
   return seq
 end
 local out = {}
 local a = 5
-for r = 1, #KEYS / 5 do
-  local k = (r - 1) * 5
-  out[r] = relay(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], a)
-  a = a + 8 + tonumber(ARGV[a + 7])
+for r = 1, #KEYS / 6 do
+  local k = (r - 1) * 6
+  out[r] = relay(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], KEYS[k + 6], a)
+  a = a + 6
 end
 return out

@@ -1,6 +1,6 @@
 -- tick.lua: see the doc comment of `TICK_LUA` in crates/signal/src/hub.rs.
-local now, grace, ttl, inbox_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local function tick(kcall, kpeers, kchan, kseq, prefix, first, count)
+local now, grace, ttl, log_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local function tick(kcall, kpeers, kchan, kseq, klog, first, count)
   local status = redis.call('HGET', kcall, 'status')
   if status == 'ended' then return {'ended'} end
   if not status then
@@ -12,6 +12,7 @@ local function tick(kcall, kpeers, kchan, kseq, prefix, first, count)
   for i = 1, #entries, 2 do seats[entries[i]] = entries[i + 1] end
   local mine = {}
   local reply = {'ok', redis.call('GET', kseq) or '0'}
+  local renewed = false
   for i = first, first + 3 * (count - 1), 3 do
     local pid, conn = ARGV[i], ARGV[i + 1]
     mine[pid] = true
@@ -20,7 +21,7 @@ local function tick(kcall, kpeers, kchan, kseq, prefix, first, count)
       reply[#reply + 1] = pid .. '|' .. conn
     else
       redis.call('HSET', kpeers, pid, ARGV[i + 2])
-      redis.call('PEXPIRE', prefix .. pid, inbox_ttl)
+      renewed = true
     end
   end
   for i = 1, #entries, 2 do
@@ -45,7 +46,6 @@ local function tick(kcall, kpeers, kchan, kseq, prefix, first, count)
       end
       if left then
         redis.call('HDEL', kpeers, p)
-        redis.call('DEL', prefix .. p)
         if role ~= 'observer' then
           redis.call('PUBLISH', kchan, '{"type":"peer-left","participantId":"' .. p .. '","reason":"timeout"}')
         end
@@ -53,14 +53,16 @@ local function tick(kcall, kpeers, kchan, kseq, prefix, first, count)
     end
   end
   redis.call('EXPIRE', kpeers, ttl)
+  -- A renewed lease keeps the call's log (a relay sets its TTL only when it creates it).
+  if renewed then redis.call('PEXPIRE', klog, log_ttl) end
   return reply
 end
 local out = {}
 local a = 5
-for c = 1, #KEYS / 4 do
-  local k = (c - 1) * 4
-  local prefix, count = ARGV[a], tonumber(ARGV[a + 1])
-  out[c] = tick(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], prefix, a + 2, count)
-  a = a + 2 + 3 * count
+for c = 1, #KEYS / 5 do
+  local k = (c - 1) * 5
+  local count = tonumber(ARGV[a])
+  out[c] = tick(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], a + 1, count)
+  a = a + 1 + 3 * count
 end
 return out
