@@ -27,7 +27,7 @@ pub struct CommonArgs {
 
     /// Redis URL (redis://, rediss:// for TLS, redis-sentinel:// for Sentinel, e.g.
     /// `redis-sentinel://s1:26379?sentinelServiceName=hermes&node=s2:26379&node=s3:26379`;
-    /// redis-cluster://h1:7000?node=h2:7000 for Redis Cluster: api and logger, not yet signal).
+    /// redis-cluster://h1:7000?node=h2:7000 for Redis Cluster).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 
