@@ -8,8 +8,8 @@ use crate::metrics::Metrics;
 use crate::server::{Client, CoreConfig, RelayIp, Server, Via};
 use crate::wire;
 
-/// The wire codec: classification, stream framing, the attribute walker, XOR addresses,
-/// integrity and fingerprint checks.
+/// The wire codec (classification, stream framing, the attribute walker, XOR addresses) and
+/// the control-plane decoder built on the `stun` crate.
 pub fn wire_codec(data: &[u8]) {
     let _ = wire::classify(data);
     let _ = wire::stream_frame_len(data);
@@ -17,8 +17,9 @@ pub fn wire_codec(data: &[u8]) {
     for a in wire::attrs(data) {
         let _ = wire::decode_xor_addr(a.value, &txid);
     }
-    let _ = wire::check_integrity(data, b"0123456789abcdef");
-    let _ = wire::fingerprint_ok(data);
+    if let Some(mut req) = crate::server::decode_request(data) {
+        let _ = req.integrity_ok(b"0123456789abcdef");
+    }
 }
 
 /// The whole core: arbitrary bytes from a UDP client, a stream client and a peer, and

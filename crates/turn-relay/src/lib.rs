@@ -1,10 +1,11 @@
 //! hermes-turn: a STUN/TURN relay (RFC 5389/8489, 5766/8656) for Hermes.
 //!
 //! Codemap:
-//! - [`wire`]: zero-copy framing, attribute walker, integrity/fingerprint, in-place data headers.
+//! - [`wire`]: zero-copy framing, attribute walker, in-place data headers (the data path).
 //! - [`auth`]: REST long-term keys and stateless nonces.
 //! - [`peer_filter`]: which peers may be relayed to (special-purpose ranges refused).
-//! - [`server`]: the sans-IO TURN core.
+//! - [`server`]: the sans-IO TURN core; its `request` module decodes control requests once,
+//!   with the `stun`/`turn` crates, into a typed request.
 //! - [`config`]: flags/env and coturn `turnserver.conf`.
 //! - [`io`]: the mio data-plane workers (one per core, SO_REUSEPORT) and the threads that run
 //!   them, TCP/TLS clients, metrics HTTP.

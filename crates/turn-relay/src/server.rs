@@ -9,9 +9,11 @@
 //! Data path: ChannelData and Send indications from clients, and datagrams from peers, are
 //! answered with a [`Forward`] that names a byte range of the caller's own buffer: nothing is
 //! copied or allocated, the ChannelData/Data-indication header is written in place into the
-//! headroom in front of the payload (see `wire.rs`). Control requests (Allocate, Refresh,
-//! CreatePermission, ChannelBind, Binding) are decoded and answered with the `stun`/`turn`
-//! crates' codec; they allocate, which is fine at their rate.
+//! headroom in front of the payload (see `wire.rs`). Control requests (Binding, Allocate,
+//! Refresh, CreatePermission, ChannelBind, Connect, ConnectionBind) are decoded once into a
+//! typed `request::Request` by the `stun`/`turn` crates' codec, authenticated once, handled
+//! by one handler per method and answered with the same codec; they allocate, which is fine
+//! at their rate.
 //!
 //! TCP relays (RFC 6062): an Allocate over TCP/TLS may ask for REQUESTED-TRANSPORT TCP. Its
 //! relay address is then a TCP listener; `Connect` opens a TCP connection to a peer (checked by
@@ -28,29 +30,36 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use stun::agent::TransactionId;
-use stun::attributes::{ATTR_CONNECTION_ID, ATTR_NONCE, ATTR_REALM, ATTR_SOFTWARE, ATTR_USERNAME};
+use stun::attributes::{ATTR_CONNECTION_ID, ATTR_NONCE, ATTR_REALM, ATTR_SOFTWARE};
 use stun::error_code::{ErrorCode, ErrorCodeAttribute};
 use stun::fingerprint::FINGERPRINT;
 use stun::integrity::MessageIntegrity;
 use stun::message::{
-    CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_SUCCESS_RESPONSE, Getter, METHOD_ALLOCATE,
+    CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_SUCCESS_RESPONSE, METHOD_ALLOCATE,
     METHOD_BINDING, METHOD_CHANNEL_BIND, METHOD_CONNECT, METHOD_CONNECTION_ATTEMPT,
     METHOD_CONNECTION_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH, Message, MessageType, Method,
     Setter,
 };
 use stun::textattrs::TextAttribute;
 use stun::xoraddr::XorMappedAddress;
-use turn::proto::channum::ChannelNumber;
 use turn::proto::lifetime::Lifetime;
 use turn::proto::peeraddr::PeerAddress;
 use turn::proto::relayaddr::RelayedAddress;
-use turn::proto::reqfamily::{REQUESTED_FAMILY_IPV6, RequestedAddressFamily};
-use turn::proto::reqtrans::RequestedTransport;
 
 use crate::auth::{NonceCheck, NonceKey, long_term_key};
 use crate::metrics::{Metrics, Quota};
 use crate::peer_filter::{PeerFilter, Verdict};
 use crate::wire::{self, Kind};
+
+mod request;
+
+use request::{Body, Credentials, Request};
+
+/// The control-plane decoder, for the fuzz targets.
+#[doc(hidden)]
+pub fn decode_request(bytes: &[u8]) -> Option<Credentials> {
+    Request::decode(bytes).map(|r| r.credentials)
+}
 
 /// Index of an allocation and of its relay socket (the I/O layer keeps sockets in a `Vec`
 /// indexed by it).
@@ -271,7 +280,7 @@ struct Channel {
 enum State {
     /// Relay socket being bound; the Allocate response is sent when it is.
     Opening {
-        txid: [u8; 12],
+        txid: TransactionId,
         attempts: u8,
     },
     Active,
@@ -295,7 +304,7 @@ struct Allocation {
     state: State,
     lifetime: u32,
     expires: u64,
-    allocate_txid: [u8; 12],
+    allocate_txid: TransactionId,
     allocate_response: Vec<u8>,
     /// Peer IP and expiry (ms). Few entries: a linear scan beats hashing.
     perms: Vec<(IpAddr, u64)>,
@@ -319,7 +328,7 @@ struct PeerConn {
 #[derive(Debug)]
 enum PeerConnState {
     /// The client's Connect (transaction `txid`) is being carried out.
-    Connecting { txid: [u8; 12] },
+    Connecting { txid: TransactionId },
     /// Connected; ConnectionBind must come before `deadline` (unix ms).
     Waiting { deadline: u64 },
     /// Bound: the I/O layer pipes it to a client data connection until
@@ -364,6 +373,10 @@ struct Reject {
     reason: &'static str,
     challenge: bool,
 }
+
+/// A refused request: its error answer and, once the request is authenticated, the key that
+/// signs the answer.
+type Refusal = (Reject, Option<[u8; 16]>);
 
 const fn reject(code: u16, reason: &'static str) -> Reject {
     Reject {
@@ -691,10 +704,8 @@ impl Server {
         {
             Some(ch) => wire::write_channel_data(buf, ch.number, len, to.is_stream()),
             None => {
-                self.data_txid = self.data_txid.wrapping_add(1);
-                let mut txid = [0u8; 12];
-                txid[4..].copy_from_slice(&self.data_txid.to_be_bytes());
-                wire::write_data_indication(buf, from, len, &txid)
+                let txid = next_txid(&mut self.data_txid);
+                wire::write_data_indication(buf, from, len, &txid.0)
             }
         };
         self.stats.packets_to_client += 1;
@@ -942,59 +953,50 @@ impl Server {
 
     // ---------------------------------------------------------------- control
 
+    /// A STUN message that is not a Send indication: decode it once into a [`Request`] and
+    /// hand it to its method's handler.
     fn handle_stun(&mut self, from: Client, msg: &[u8], typ: u16, now: u64) {
-        // Only requests get answers; stray responses and other indications are ignored.
-        let class = ((typ >> 7) & 0b10) | ((typ >> 4) & 0b01);
-        if class != 0 || !wire::fingerprint_ok(msg) {
+        // Only requests get answers; stray responses and other indications are ignored
+        // before the codec copies them.
+        if !wire::is_request(typ) {
             return;
         }
-        let method = (typ & 0x000F) | ((typ & 0x00E0) >> 1) | ((typ & 0x3E00) >> 2);
-        let txid = wire::transaction_id(msg);
-        let mut m = Message::new();
-        if m.unmarshal_binary(msg).is_err() {
+        let Some(Request {
+            txid,
+            method,
+            body,
+            mut credentials,
+        }) = Request::decode(msg)
+        else {
             return;
-        }
-        let method = match method {
-            0x001 => METHOD_BINDING,
-            0x003 => METHOD_ALLOCATE,
-            0x004 => METHOD_REFRESH,
-            0x008 => METHOD_CREATE_PERMISSION,
-            0x009 => METHOD_CHANNEL_BIND,
-            0x00A => METHOD_CONNECT,
-            0x00B => METHOD_CONNECTION_BIND,
-            // Other methods (RFC 5780, mobility, …) are not supported: say so
-            // at once (RFC 8489 §6.3.1: an unknown method is a 400) instead of letting the
-            // client wait for its retransmission timeout.
-            _ => {
-                let bytes = error_response(
-                    m.typ.method,
-                    txid,
-                    &reject(400, "Bad Request: method not supported"),
-                    None,
-                    None,
-                );
-                self.reply(from, bytes);
-                return;
-            }
         };
-        if method == METHOD_BINDING {
-            let mut setters: Vec<Box<dyn Setter>> = vec![Box::new(XorMappedAddress {
-                ip: from.addr.ip(),
-                port: from.addr.port(),
-            })];
-            if let Some(s) = &self.cfg.software {
-                setters.push(Box::new(TextAttribute::new(ATTR_SOFTWARE, s.clone())));
+        let creds = &mut credentials;
+        let result = match body {
+            Body::Binding => {
+                self.binding(from, txid);
+                Ok(())
             }
-            let bytes = build(METHOD_BINDING, CLASS_SUCCESS_RESPONSE, txid, setters, None);
-            self.reply(from, bytes);
-            return;
-        }
-        let result = if method == METHOD_ALLOCATE {
-            self.allocate(from, msg, &m, txid, now)
-        } else if method == METHOD_CONNECTION_BIND {
-            self.connection_bind(from, msg, &m, txid, now)
-        } else {
-            self.on_allocation(from, method, msg, &m, txid, now)
+            Body::Allocate {
+                transport,
+                ipv6,
+                lifetime,
+            } => self.allocate(from, creds, txid, transport, ipv6, lifetime, now),
+            Body::Refresh { lifetime } => self
+                .on_allocation(from, creds, now)
+                .and_then(|(id, key)| self.refresh(from, id, key, txid, lifetime, now)),
+            Body::CreatePermission { peers } => self
+                .on_allocation(from, creds, now)
+                .and_then(|(id, key)| self.create_permission(from, id, key, txid, peers, now)),
+            Body::ChannelBind { number, peer } => self
+                .on_allocation(from, creds, now)
+                .and_then(|(id, key)| self.channel_bind(from, id, key, txid, number, peer, now)),
+            Body::Connect { peer } => self
+                .on_allocation(from, creds, now)
+                .and_then(|(id, key)| self.connect(id, key, txid, peer, now)),
+            Body::ConnectionBind { id } => self.connection_bind(from, creds, txid, id, now),
+            // RFC 8489 §6.3.1: an unknown method is a 400, said at once instead of letting the
+            // client wait for its retransmission timeout.
+            Body::Unsupported => Err((reject(400, "Bad Request: method not supported"), None)),
         };
         if let Err((r, key)) = result {
             let nonce = r
@@ -1023,13 +1025,30 @@ impl Server {
         }));
     }
 
-    /// Check nonce, realm, REST username (and expiry) and MESSAGE-INTEGRITY.
-    /// `known` short-cuts the key derivation for an existing allocation's username.
+    /// Binding (RFC 8489): the client's reflexive address, no authentication.
+    fn binding(&mut self, from: Client, txid: TransactionId) {
+        let mut setters: Vec<Box<dyn Setter>> = vec![Box::new(XorMappedAddress {
+            ip: from.addr.ip(),
+            port: from.addr.port(),
+        })];
+        self.push_software(&mut setters);
+        let bytes = build(METHOD_BINDING, CLASS_SUCCESS_RESPONSE, txid, setters, None);
+        self.reply(from, bytes);
+    }
+
+    fn push_software(&self, setters: &mut Vec<Box<dyn Setter>>) {
+        if let Some(s) = &self.cfg.software {
+            setters.push(Box::new(TextAttribute::new(ATTR_SOFTWARE, s.clone())));
+        }
+    }
+
+    /// Check nonce, realm, REST username (and expiry) and MESSAGE-INTEGRITY: the one
+    /// authentication of a request. `known` short-cuts the key derivation for an existing
+    /// allocation's username.
     fn authenticate(
         &mut self,
         from: Client,
-        msg: &[u8],
-        m: &Message,
+        creds: &mut Credentials,
         now: u64,
         known: Option<(&str, [u8; 16])>,
     ) -> Result<Auth, Reject> {
@@ -1038,14 +1057,12 @@ impl Server {
             reason,
             challenge: true,
         };
-        if wire::find_attr(msg, wire::ATTR_MESSAGE_INTEGRITY).is_none() {
+        if !creds.integrity {
             return Err(challenge(401, "Unauthorized"));
         }
-        let (Ok(username), Ok(realm), Ok(nonce)) = (
-            TextAttribute::get_from_as(m, ATTR_USERNAME),
-            TextAttribute::get_from_as(m, ATTR_REALM),
-            TextAttribute::get_from_as(m, ATTR_NONCE),
-        ) else {
+        let (Some(username), Some(realm), Some(nonce)) =
+            (&creds.username, &creds.realm, &creds.nonce)
+        else {
             return Err(reject(
                 400,
                 "Bad Request: USERNAME, REALM and NONCE required",
@@ -1053,21 +1070,20 @@ impl Server {
         };
         match self
             .nonce
-            .check(nonce.text.as_bytes(), from.addr.ip(), now / 1000)
+            .check(nonce.as_bytes(), from.addr.ip(), now / 1000)
         {
             NonceCheck::Valid => {}
             NonceCheck::Stale | NonceCheck::Invalid => return Err(challenge(438, "Stale Nonce")),
         }
-        if realm.text != self.cfg.realm {
+        if *realm != self.cfg.realm {
             self.metrics.auth_failures.inc();
             return Err(challenge(401, "Unauthorized: wrong realm"));
         }
-        let username = username.text;
         if username.len() > MAX_USERNAME {
             self.metrics.auth_failures.inc();
             return Err(challenge(401, "Unauthorized"));
         }
-        let user = match hermes_proto::turn_credentials::check_username(&username, now / 1000) {
+        let user = match hermes_proto::turn_credentials::check_username(username, now / 1000) {
             Ok((_, user)) => user.to_string(),
             Err(hermes_proto::ProtoError::TurnCredentialsExpired) => {
                 self.metrics.auth_failures.inc();
@@ -1080,9 +1096,10 @@ impl Server {
         };
         let key = match known {
             Some((name, key)) if name == username => key,
-            _ => long_term_key(self.cfg.secret.expose(), &username, &self.cfg.realm),
+            _ => long_term_key(self.cfg.secret.expose(), username, &self.cfg.realm),
         };
-        if wire::check_integrity(msg, &key).is_err() {
+        let username = username.clone();
+        if !creds.integrity_ok(&key) {
             self.metrics.auth_failures.inc();
             return Err(challenge(401, "Unauthorized"));
         }
@@ -1098,13 +1115,12 @@ impl Server {
     fn authenticate_as(
         &mut self,
         from: Client,
-        msg: &[u8],
-        m: &Message,
+        creds: &mut Credentials,
         now: u64,
         username: &str,
         key: [u8; 16],
     ) -> Result<(), Reject> {
-        let auth = self.authenticate(from, msg, m, now, Some((username, key)))?;
+        let auth = self.authenticate(from, creds, now, Some((username, key)))?;
         if auth.username != username {
             self.metrics.auth_failures.inc();
             return Err(reject(441, "Wrong Credentials"));
@@ -1112,14 +1128,17 @@ impl Server {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn allocate(
         &mut self,
         from: Client,
-        msg: &[u8],
-        m: &Message,
-        txid: [u8; 12],
+        creds: &mut Credentials,
+        txid: TransactionId,
+        transport: Option<u8>,
+        v6: bool,
+        lifetime: Option<u32>,
         now: u64,
-    ) -> Result<(), (Reject, Option<[u8; 16]>)> {
+    ) -> Result<(), Refusal> {
         // A retransmitted Allocate gets the same answer (RFC 8656 §7.2), without re-auth.
         if let Some(&id) = self.by_client.get(&from)
             && let Some(Some(a)) = self.allocs.get(id as usize)
@@ -1134,10 +1153,10 @@ impl Server {
             let key = a.key;
             return Err((reject(437, "Allocation Mismatch"), Some(key)));
         }
-        let auth = match self.authenticate(from, msg, m, now, None) {
+        let auth = match self.authenticate(from, creds, now, None) {
             Ok(a) => a,
             Err(r) => {
-                if r.code == 401 && wire::find_attr(msg, wire::ATTR_MESSAGE_INTEGRITY).is_some() {
+                if r.code == 401 && creds.integrity {
                     self.refused(from, &r);
                 }
                 return Err((r, None));
@@ -1148,33 +1167,30 @@ impl Server {
             this.refused(from, &r);
             Err((r, key))
         };
-        let mut transport = RequestedTransport::default();
-        if transport.get_from(m).is_err() {
-            return Err((
-                reject(400, "Bad Request: REQUESTED-TRANSPORT required"),
-                key,
-            ));
-        }
-        let tcp = match transport.protocol.0 {
-            17 => false,
+        let tcp = match transport {
+            None => {
+                return Err((
+                    reject(400, "Bad Request: REQUESTED-TRANSPORT required"),
+                    key,
+                ));
+            }
+            Some(17) => false,
             // RFC 6062 §5.1: a TCP relay only for a client that came over TCP or TLS.
-            6 if !self.cfg.tcp_relay => {
+            Some(6) if !self.cfg.tcp_relay => {
                 return Err((reject(442, "Unsupported Transport Protocol"), key));
             }
-            6 if from.is_stream() => true,
-            6 => {
+            Some(6) if from.is_stream() => true,
+            Some(6) => {
                 return Err((
                     reject(400, "Bad Request: TCP relay needs a TCP or TLS connection"),
                     key,
                 ));
             }
-            _ => return Err((reject(442, "Unsupported Transport Protocol"), key)),
+            Some(_) => return Err((reject(442, "Unsupported Transport Protocol"), key)),
         };
         if self.draining {
             return fail(self, reject(508, "Insufficient Capacity: draining"));
         }
-        let mut family = RequestedAddressFamily::default();
-        let v6 = family.get_from(m).is_ok() && family == REQUESTED_FAMILY_IPV6;
         let Some(relay_ip) = (if v6 {
             self.cfg.relay_v6
         } else {
@@ -1182,7 +1198,7 @@ impl Server {
         }) else {
             return Err((reject(440, "Address Family not Supported"), key));
         };
-        let lifetime = self.lifetime(m);
+        let lifetime = self.lifetime(lifetime);
         if lifetime == 0 {
             return Err((reject(400, "Bad Request: zero lifetime"), key));
         }
@@ -1249,29 +1265,27 @@ impl Server {
         Ok(())
     }
 
-    fn lifetime(&self, m: &Message) -> u32 {
-        let mut l = Lifetime::default();
-        if l.get_from(m).is_ok() {
-            let secs = l.0.as_secs().min(self.cfg.max_lifetime as u64) as u32;
-            if secs == 0 {
-                return 0;
-            }
-            secs.max(self.cfg.default_lifetime.min(self.cfg.max_lifetime))
-        } else {
-            self.cfg.default_lifetime.min(self.cfg.max_lifetime)
+    /// The granted lifetime (seconds) for a requested one: capped at the maximum, raised to
+    /// the default; 0 stays 0 (delete).
+    fn lifetime(&self, requested: Option<u32>) -> u32 {
+        let default = self.cfg.default_lifetime.min(self.cfg.max_lifetime);
+        match requested {
+            Some(secs) => match secs.min(self.cfg.max_lifetime) {
+                0 => 0,
+                secs => secs.max(default),
+            },
+            None => default,
         }
     }
 
-    /// Refresh, CreatePermission, ChannelBind: requests on an existing allocation.
+    /// The active allocation of `from`, with the request authenticated by its credentials
+    /// (Refresh, CreatePermission, ChannelBind, Connect).
     fn on_allocation(
         &mut self,
         from: Client,
-        method: Method,
-        msg: &[u8],
-        m: &Message,
-        txid: [u8; 12],
+        creds: &mut Credentials,
         now: u64,
-    ) -> Result<(), (Reject, Option<[u8; 16]>)> {
+    ) -> Result<(RelayId, [u8; 16]), Refusal> {
         let Some(&id) = self.by_client.get(&from) else {
             return Err((reject(437, "Allocation Mismatch"), None));
         };
@@ -1279,113 +1293,182 @@ impl Server {
             Some(Some(a)) if matches!(a.state, State::Active) => (a.username.clone(), a.key),
             _ => return Err((reject(437, "Allocation Mismatch"), None)),
         };
-        self.authenticate_as(from, msg, m, now, &username, key)
+        self.authenticate_as(from, creds, now, &username, key)
             .map_err(|r| (r, None))?;
-        let key = Some(key);
-        if method == METHOD_CONNECT {
-            return self.connect(id, msg, txid, now, key);
+        Ok((id, key))
+    }
+
+    /// A success response signed with the allocation's key.
+    fn succeed(
+        &mut self,
+        to: Client,
+        method: Method,
+        txid: TransactionId,
+        mut setters: Vec<Box<dyn Setter>>,
+        key: [u8; 16],
+    ) {
+        self.push_software(&mut setters);
+        let bytes = build(method, CLASS_SUCCESS_RESPONSE, txid, setters, Some(&key));
+        self.reply(to, bytes);
+    }
+
+    /// Refresh (RFC 8656 §7): a new lifetime, or 0 to delete the allocation.
+    fn refresh(
+        &mut self,
+        from: Client,
+        id: RelayId,
+        key: [u8; 16],
+        txid: TransactionId,
+        requested: Option<u32>,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let lifetime = self.lifetime(requested);
+        if lifetime == 0 {
+            self.remove(id, EndReason::ClientDeleted);
+        } else if let Some(Some(a)) = self.allocs.get_mut(id as usize) {
+            a.expires = now + lifetime as u64 * 1000;
         }
-        let tcp = matches!(self.allocs.get(id as usize), Some(Some(a)) if a.tcp);
-        if tcp && method == METHOD_CHANNEL_BIND {
-            return Err((reject(400, "Bad Request: no channels on a TCP relay"), key));
-        }
-        let mut setters: Vec<Box<dyn Setter>> = Vec::new();
-        if method == METHOD_REFRESH {
-            let lifetime = self.lifetime(m);
-            if lifetime == 0 {
-                self.remove(id, EndReason::ClientDeleted);
-            } else if let Some(Some(a)) = self.allocs.get_mut(id as usize) {
-                a.expires = now + lifetime as u64 * 1000;
-            }
-            setters.push(Box::new(Lifetime(Duration::from_secs(lifetime as u64))));
-        } else {
-            let txid_arr = txid;
-            let peers: Vec<SocketAddr> = wire::attrs(msg)
-                .filter(|a| a.typ == wire::ATTR_XOR_PEER_ADDRESS)
-                .map(|a| wire::decode_xor_addr(a.value, &txid_arr))
-                .collect::<Option<Vec<_>>>()
-                .ok_or((reject(400, "Bad Request: XOR-PEER-ADDRESS"), key))?;
-            if peers.is_empty() || (method == METHOD_CHANNEL_BIND && peers.len() != 1) {
-                return Err((reject(400, "Bad Request: XOR-PEER-ADDRESS"), key));
-            }
-            let relay_v4 = match self.allocs.get(id as usize) {
-                Some(Some(a)) => a.public.is_ipv4(),
-                _ => return Err((reject(437, "Allocation Mismatch"), key)),
-            };
-            // The filter first: a refused address gets 403 whatever its family.
-            for p in &peers {
-                if self.cfg.filter.check(p.ip()) != Verdict::Allowed {
-                    self.metrics.peers_refused.inc();
-                    return Err((reject(403, "Forbidden: peer address not allowed"), key));
-                }
-            }
-            if peers.iter().any(|p| p.is_ipv4() != relay_v4) {
-                return Err((reject(443, "Peer Address Family Mismatch"), key));
-            }
-            let channel = if method == METHOD_CHANNEL_BIND {
-                let mut n = ChannelNumber::default();
-                if n.get_from(m).is_err() || !(0x4000..=0x7FFF).contains(&n.0) {
-                    return Err((reject(400, "Bad Request: CHANNEL-NUMBER"), key));
-                }
-                Some(n.0)
-            } else {
-                None
-            };
-            let perm_exp = now + self.cfg.permission_lifetime as u64 * 1000;
-            let chan_exp = now + self.cfg.channel_lifetime as u64 * 1000;
-            let max = self.cfg.max_permissions as usize;
-            let Some(Some(a)) = self.allocs.get_mut(id as usize) else {
-                return Err((reject(437, "Allocation Mismatch"), key));
-            };
-            if let Some(number) = channel {
-                let peer = peers[0];
-                let by_num = a.channels.iter().position(|c| c.number == number);
-                let by_peer = a.channels.iter().position(|c| c.peer == peer);
-                match (by_num, by_peer) {
-                    (Some(i), Some(j)) if i == j => a.channels[i].expires = chan_exp,
-                    (None, None) => {
-                        if a.channels.len() >= max {
-                            self.metrics.quota(Quota::Permissions).inc();
-                            return Err((reject(508, "Insufficient Capacity: channels"), key));
-                        }
-                        a.channels.push(Channel {
-                            number,
-                            peer,
-                            expires: chan_exp,
-                        });
-                    }
-                    _ => {
-                        return Err((
-                            reject(400, "Bad Request: channel bound to another peer"),
-                            key,
-                        ));
-                    }
-                }
-            }
-            let new = peers
-                .iter()
-                .filter(|p| !a.perms.iter().any(|(ip, _)| *ip == p.ip()))
-                .count();
-            if a.perms.len() + new > max {
-                self.metrics.quota(Quota::Permissions).inc();
-                return Err((reject(508, "Insufficient Capacity: permissions"), key));
-            }
-            for p in &peers {
-                match a.perms.iter_mut().find(|(ip, _)| *ip == p.ip()) {
-                    Some(entry) => entry.1 = perm_exp,
-                    None => a.perms.push((p.ip(), perm_exp)),
-                }
+        let setters: Vec<Box<dyn Setter>> =
+            vec![Box::new(Lifetime(Duration::from_secs(lifetime as u64)))];
+        self.succeed(from, METHOD_REFRESH, txid, setters, key);
+        Ok(())
+    }
+
+    /// Refuse peers the filter refuses (403, whatever their family), then peers of the
+    /// other family than the relay (443).
+    fn check_peers(
+        &mut self,
+        id: RelayId,
+        key: [u8; 16],
+        peers: &[SocketAddr],
+    ) -> Result<(), Refusal> {
+        let relay_v4 = match self.allocs.get(id as usize) {
+            Some(Some(a)) => a.public.is_ipv4(),
+            _ => return Err((reject(437, "Allocation Mismatch"), Some(key))),
+        };
+        for p in peers {
+            if self.cfg.filter.check(p.ip()) != Verdict::Allowed {
+                self.metrics.peers_refused.inc();
+                return Err((
+                    reject(403, "Forbidden: peer address not allowed"),
+                    Some(key),
+                ));
             }
         }
-        if let Some(s) = &self.cfg.software {
-            setters.push(Box::new(TextAttribute::new(ATTR_SOFTWARE, s.clone())));
+        if peers.iter().any(|p| p.is_ipv4() != relay_v4) {
+            return Err((reject(443, "Peer Address Family Mismatch"), Some(key)));
         }
-        let bytes = build(method, CLASS_SUCCESS_RESPONSE, txid, setters, key.as_ref());
-        self.reply(from, bytes);
+        Ok(())
+    }
+
+    /// Install or refresh permissions for `peers` on allocation `id` (within the quota).
+    fn permit(
+        &mut self,
+        id: RelayId,
+        key: [u8; 16],
+        peers: &[SocketAddr],
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let perm_exp = now + self.cfg.permission_lifetime as u64 * 1000;
+        let max = self.cfg.max_permissions as usize;
+        let Some(Some(a)) = self.allocs.get_mut(id as usize) else {
+            return Err((reject(437, "Allocation Mismatch"), Some(key)));
+        };
+        let new = peers
+            .iter()
+            .filter(|p| !a.perms.iter().any(|(ip, _)| *ip == p.ip()))
+            .count();
+        if a.perms.len() + new > max {
+            self.metrics.quota(Quota::Permissions).inc();
+            return Err((reject(508, "Insufficient Capacity: permissions"), Some(key)));
+        }
+        for p in peers {
+            match a.perms.iter_mut().find(|(ip, _)| *ip == p.ip()) {
+                Some(entry) => entry.1 = perm_exp,
+                None => a.perms.push((p.ip(), perm_exp)),
+            }
+        }
+        Ok(())
+    }
+
+    /// CreatePermission (RFC 8656 §9).
+    fn create_permission(
+        &mut self,
+        from: Client,
+        id: RelayId,
+        key: [u8; 16],
+        txid: TransactionId,
+        peers: Option<Vec<SocketAddr>>,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let peers = match peers {
+            Some(p) if !p.is_empty() => p,
+            _ => return Err((reject(400, "Bad Request: XOR-PEER-ADDRESS"), Some(key))),
+        };
+        self.check_peers(id, key, &peers)?;
+        self.permit(id, key, &peers, now)?;
+        self.succeed(from, METHOD_CREATE_PERMISSION, txid, Vec::new(), key);
+        Ok(())
+    }
+
+    /// ChannelBind (RFC 8656 §12): binds (or refreshes) a channel number to one peer, and
+    /// installs or refreshes that peer's permission.
+    #[allow(clippy::too_many_arguments)]
+    fn channel_bind(
+        &mut self,
+        from: Client,
+        id: RelayId,
+        key: [u8; 16],
+        txid: TransactionId,
+        number: Option<u16>,
+        peer: Option<SocketAddr>,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        if matches!(self.allocs.get(id as usize), Some(Some(a)) if a.tcp) {
+            return Err((
+                reject(400, "Bad Request: no channels on a TCP relay"),
+                Some(key),
+            ));
+        }
+        let Some(peer) = peer else {
+            return Err((reject(400, "Bad Request: XOR-PEER-ADDRESS"), Some(key)));
+        };
+        self.check_peers(id, key, &[peer])?;
+        let Some(number) = number.filter(|n| (0x4000..=0x7FFF).contains(n)) else {
+            return Err((reject(400, "Bad Request: CHANNEL-NUMBER"), Some(key)));
+        };
+        let chan_exp = now + self.cfg.channel_lifetime as u64 * 1000;
+        let max = self.cfg.max_permissions as usize;
+        let Some(Some(a)) = self.allocs.get_mut(id as usize) else {
+            return Err((reject(437, "Allocation Mismatch"), Some(key)));
+        };
+        let by_num = a.channels.iter().position(|c| c.number == number);
+        let by_peer = a.channels.iter().position(|c| c.peer == peer);
+        match (by_num, by_peer) {
+            (Some(i), Some(j)) if i == j => a.channels[i].expires = chan_exp,
+            (None, None) => {
+                if a.channels.len() >= max {
+                    self.metrics.quota(Quota::Permissions).inc();
+                    return Err((reject(508, "Insufficient Capacity: channels"), Some(key)));
+                }
+                a.channels.push(Channel {
+                    number,
+                    peer,
+                    expires: chan_exp,
+                });
+            }
+            _ => {
+                return Err((
+                    reject(400, "Bad Request: channel bound to another peer"),
+                    Some(key),
+                ));
+            }
+        }
+        self.permit(id, key, &[peer], now)?;
+        self.succeed(from, METHOD_CHANNEL_BIND, txid, Vec::new(), key);
         Ok(())
     }
 }
-
 // -------------------------------------------------------------------- RFC 6062 TCP relays
 
 impl Server {
@@ -1410,11 +1493,12 @@ impl Server {
     fn connect(
         &mut self,
         id: RelayId,
-        msg: &[u8],
-        txid: [u8; 12],
+        key: [u8; 16],
+        txid: TransactionId,
+        peer: Option<SocketAddr>,
         now: u64,
-        key: Option<[u8; 16]>,
-    ) -> Result<(), (Reject, Option<[u8; 16]>)> {
+    ) -> Result<(), Refusal> {
+        let key = Some(key);
         let (tcp, relay_v4, bind) = match self.allocs.get(id as usize) {
             Some(Some(a)) => (a.tcp, a.public.is_ipv4(), a.bind),
             _ => return Err((reject(437, "Allocation Mismatch"), key)),
@@ -1422,12 +1506,8 @@ impl Server {
         if !tcp {
             return Err((reject(400, "Bad Request: Connect needs a TCP relay"), key));
         }
-        let mut peers = wire::attrs(msg)
-            .filter(|a| a.typ == wire::ATTR_XOR_PEER_ADDRESS)
-            .map(|a| wire::decode_xor_addr(a.value, &txid));
-        let peer = match (peers.next(), peers.next()) {
-            (Some(Some(p)), None) => p,
-            _ => return Err((reject(400, "Bad Request: XOR-PEER-ADDRESS"), key)),
+        let Some(peer) = peer else {
+            return Err((reject(400, "Bad Request: XOR-PEER-ADDRESS"), key));
         };
         if self.cfg.filter.check(peer.ip()) != Verdict::Allowed {
             self.metrics.peers_refused.inc();
@@ -1556,9 +1636,7 @@ impl Server {
                 },
             },
         );
-        self.data_txid = self.data_txid.wrapping_add(1);
-        let mut txid = [0u8; 12];
-        txid[4..].copy_from_slice(&self.data_txid.to_be_bytes());
+        let txid = next_txid(&mut self.data_txid);
         let setters: Vec<Box<dyn Setter>> = vec![
             Box::new(ConnectionId(id)),
             Box::new(PeerAddress {
@@ -1582,11 +1660,11 @@ impl Server {
     fn connection_bind(
         &mut self,
         from: Client,
-        msg: &[u8],
-        m: &Message,
-        txid: [u8; 12],
+        creds: &mut Credentials,
+        txid: TransactionId,
+        id: Option<ConnId>,
         now: u64,
-    ) -> Result<(), (Reject, Option<[u8; 16]>)> {
+    ) -> Result<(), Refusal> {
         if !from.is_stream() {
             return Err((
                 reject(400, "Bad Request: ConnectionBind needs TCP or TLS"),
@@ -1599,8 +1677,7 @@ impl Server {
                 None,
             ));
         }
-        let id =
-            wire::connection_id(msg).ok_or((reject(400, "Bad Request: CONNECTION-ID"), None))?;
+        let id = id.ok_or((reject(400, "Bad Request: CONNECTION-ID"), None))?;
         let relay = match self.conns.get(&id) {
             Some(c) if matches!(c.state, PeerConnState::Waiting { .. }) => c.relay,
             _ => return Err((reject(400, "Bad Request: unknown CONNECTION-ID"), None)),
@@ -1609,7 +1686,7 @@ impl Server {
             Some(Some(a)) => (a.username.clone(), a.key),
             _ => return Err((reject(400, "Bad Request: unknown CONNECTION-ID"), None)),
         };
-        self.authenticate_as(from, msg, m, now, &username, key)
+        self.authenticate_as(from, creds, now, &username, key)
             .map_err(|r| (r, None))?;
         if let Some(c) = self.conns.get_mut(&id) {
             c.state = PeerConnState::Piped;
@@ -1662,6 +1739,16 @@ impl Setter for ConnectionId {
     }
 }
 
+/// The transaction id of the next indication we originate (Data, ConnectionAttempt): a
+/// counter from a random seed in the low 8 bytes.
+#[inline]
+fn next_txid(counter: &mut u64) -> TransactionId {
+    *counter = counter.wrapping_add(1);
+    let mut txid = [0u8; 12];
+    txid[4..].copy_from_slice(&counter.to_be_bytes());
+    TransactionId(txid)
+}
+
 /// Burst allowance: one second of traffic at `max_bps` bytes/s (at least one full-size datagram).
 fn bucket_capacity(max_bps: u64) -> u64 {
     max_bps.max(wire::MAX_PAYLOAD as u64)
@@ -1690,12 +1777,12 @@ fn take(b: &mut Bucket, max_bps: u64, len: usize, now: u64) -> bool {
 fn build(
     method: Method,
     class: stun::message::MessageClass,
-    txid: [u8; 12],
+    txid: TransactionId,
     mut setters: Vec<Box<dyn Setter>>,
     key: Option<&[u8; 16]>,
 ) -> Vec<u8> {
     let mut all: Vec<Box<dyn Setter>> = Vec::with_capacity(setters.len() + 4);
-    all.push(Box::new(TransactionId(txid)));
+    all.push(Box::new(txid));
     all.push(Box::new(MessageType::new(method, class)));
     all.append(&mut setters);
     if let Some(key) = key {
@@ -1713,7 +1800,7 @@ fn build(
 
 fn error_response(
     method: Method,
-    txid: [u8; 12],
+    txid: TransactionId,
     r: &Reject,
     challenge: Option<(&str, &str)>,
     key: Option<&[u8; 16]>,

@@ -100,7 +100,7 @@ impl H {
                 Command::ToClient { to, bytes } => {
                     let mut m = Message::new();
                     m.unmarshal_binary(&bytes).unwrap();
-                    assert!(wire::fingerprint_ok(&bytes));
+                    stun::fingerprint::FINGERPRINT.check(&m).unwrap();
                     assert_eq!(to, from);
                     out.push(m);
                 }
@@ -378,9 +378,13 @@ fn allocate_with_rest_credentials() {
     l.get_from(&r).unwrap();
     assert_eq!(l.0.as_secs(), 600);
     // The success response carries MESSAGE-INTEGRITY under the client's key.
-    let mut raw = r.raw.clone();
-    raw.truncate(20 + r.length as usize);
-    assert_eq!(wire::check_integrity(&raw, &c.key()), Ok(()));
+    let mut signed = r.clone();
+    MessageIntegrity(c.key()).check(&mut signed).unwrap();
+    assert!(
+        MessageIntegrity(b"another key".to_vec())
+            .check(&mut signed)
+            .is_err()
+    );
     assert_eq!(h.s.allocation_count(), 1);
     assert_eq!(h.s.metrics().allocations_active.get(), 1);
     assert!(matches!(&h.events[0], Event::Created { user, .. } if user == "alice"));
