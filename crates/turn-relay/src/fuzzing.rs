@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::metrics::Metrics;
-use crate::server::{Client, CoreConfig, RelayIp, Server, Via};
+use crate::server::{Client, ConnId, CoreConfig, Millis, RelayId, RelayIp, Server, Via};
 use crate::wire;
 
 /// The wire codec (classification, stream framing, the attribute walker, XOR addresses) and
@@ -33,7 +33,7 @@ pub fn server_input(data: &[u8]) {
     cfg.filter.allow_loopback = true;
     let mut s = Server::new(cfg, [1; 32], 1, Arc::new(Metrics::default()));
     let from = SocketAddr::from(([127, 0, 0, 1], 5000));
-    let now = 1_700_000_000_000;
+    let now = Millis(1_700_000_000_000);
     let _ = s.handle_client(Client::udp(0, from), data, now);
     let _ = s.handle_client(
         Client {
@@ -46,14 +46,14 @@ pub fn server_input(data: &[u8]) {
     let mut buf = vec![0u8; wire::BUF_LEN];
     let n = data.len().min(wire::MAX_PAYLOAD);
     buf[wire::HEADROOM..wire::HEADROOM + n].copy_from_slice(&data[..n]);
-    let _ = s.handle_peer(0, from, &mut buf, n, now);
+    let _ = s.handle_peer(RelayId(0), from, &mut buf, n, now);
     // RFC 6062 reports from the I/O layer, with ids the input picks.
     let mut id = [0u8; 4];
     id[..n.min(4)].copy_from_slice(&data[..n.min(4)]);
-    let _ = s.peer_connected(u32::from_be_bytes(id), n.is_multiple_of(2), now);
-    let _ = s.peer_accepted(u32::from_be_bytes(id) % 4, from, now);
+    let _ = s.peer_connected(ConnId(u32::from_be_bytes(id)), n.is_multiple_of(2), now);
+    let _ = s.peer_accepted(RelayId(u32::from_be_bytes(id) % 4), from, now);
     while s.poll_command().is_some() {}
-    s.handle_timeout(now + 1_000_000);
+    s.handle_timeout(now.after_ms(1_000_000));
 }
 
 #[cfg(test)]

@@ -63,16 +63,62 @@ pub fn decode_request(bytes: &[u8]) -> Option<Credentials> {
 
 /// Index of an allocation and of its relay socket (the I/O layer keeps sockets in a `Vec`
 /// indexed by it).
-pub type RelayId = u32;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RelayId(pub u32);
+
+impl RelayId {
+    /// The slot of this relay in a `Vec` indexed by relay.
+    pub const fn index(self) -> usize {
+        self.0 as usize
+    }
+}
 
 /// CONNECTION-ID of an RFC 6062 TCP connection: the worker number in the top 8 bits (so a
 /// ConnectionBind arriving on any worker can be routed to the one that holds the connection),
 /// a counter in the low 24.
-pub type ConnId = u32;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u32);
 
-/// The worker a [`ConnId`] belongs to.
-pub fn conn_worker(id: ConnId) -> usize {
-    (id >> 24) as usize
+impl ConnId {
+    /// The worker that holds this connection.
+    pub const fn worker(self) -> usize {
+        (self.0 >> 24) as usize
+    }
+}
+
+/// The worker a raw CONNECTION-ID value (read off the wire for routing) belongs to.
+pub fn conn_worker(raw: u32) -> usize {
+    ConnId(raw).worker()
+}
+
+/// A point in time in unix milliseconds: the core's clock. The core never reads a clock;
+/// the I/O layer passes `now` in as one of these, and every deadline is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    /// Never (an allocation whose relay socket is still being opened does not expire).
+    pub const NEVER: Millis = Millis(u64::MAX);
+
+    /// Whole unix seconds (nonce buckets, REST username expiry).
+    pub const fn unix_secs(self) -> u64 {
+        self.0 / 1000
+    }
+
+    /// `ms` milliseconds later.
+    pub const fn after_ms(self, ms: u64) -> Millis {
+        Millis(self.0.saturating_add(ms))
+    }
+
+    /// `secs` seconds later (lifetimes are configured in seconds).
+    pub const fn after_secs(self, secs: u32) -> Millis {
+        self.after_ms(secs as u64 * 1000)
+    }
+
+    /// Milliseconds from `earlier` to `self` (0 when `earlier` is later).
+    pub const fn since(self, earlier: Millis) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
 }
 
 /// How long a connected peer waits for the client's ConnectionBind (RFC 6062 §5.2, §5.3).
@@ -273,7 +319,7 @@ pub enum Forward {
 struct Channel {
     number: u16,
     peer: SocketAddr,
-    expires: u64,
+    expires: Millis,
 }
 
 #[derive(Debug)]
@@ -290,7 +336,7 @@ enum State {
 #[derive(Debug)]
 struct Bucket {
     tokens: u64,
-    last_ms: u64,
+    last: Millis,
 }
 
 #[derive(Debug)]
@@ -303,11 +349,11 @@ struct Allocation {
     bind: SocketAddr,
     state: State,
     lifetime: u32,
-    expires: u64,
+    expires: Millis,
     allocate_txid: TransactionId,
     allocate_response: Vec<u8>,
     /// Peer IP and expiry (ms). Few entries: a linear scan beats hashing.
-    perms: Vec<(IpAddr, u64)>,
+    perms: Vec<(IpAddr, Millis)>,
     channels: Vec<Channel>,
     up: Bucket,
     down: Bucket,
@@ -329,15 +375,15 @@ struct PeerConn {
 enum PeerConnState {
     /// The client's Connect (transaction `txid`) is being carried out.
     Connecting { txid: TransactionId },
-    /// Connected; ConnectionBind must come before `deadline` (unix ms).
-    Waiting { deadline: u64 },
+    /// Connected; ConnectionBind must come before `deadline`.
+    Waiting { deadline: Millis },
     /// Bound: the I/O layer pipes it to a client data connection until
     /// [`Server::pipe_closed`].
     Piped,
 }
 
 impl Allocation {
-    fn permitted(&self, ip: IpAddr, now: u64) -> bool {
+    fn permitted(&self, ip: IpAddr, now: Millis) -> bool {
         self.perms.iter().any(|(p, exp)| *p == ip && *exp > now)
     }
 }
@@ -462,7 +508,7 @@ pub struct Server {
     active: u32,
     commands: VecDeque<Command>,
     rng: u64,
-    next_tick: u64,
+    next_tick: Millis,
     data_txid: u64,
     draining: bool,
     stats: Stats,
@@ -489,7 +535,7 @@ impl Server {
             active: 0,
             commands: VecDeque::new(),
             rng: seed | 1,
-            next_tick: 0,
+            next_tick: Millis(0),
             data_txid: seed,
             draining: false,
             stats: Stats::default(),
@@ -544,15 +590,15 @@ impl Server {
         !self.commands.is_empty()
     }
 
-    /// When [`Server::handle_timeout`] wants to run next (unix ms).
-    pub fn poll_timeout(&self) -> u64 {
+    /// When [`Server::handle_timeout`] wants to run next.
+    pub fn poll_timeout(&self) -> Millis {
         self.next_tick
     }
 
     // ---------------------------------------------------------------- data path
 
     /// A packet from a client. `buf` is exactly the datagram (or stream frame).
-    pub fn handle_client(&mut self, from: Client, buf: &[u8], now: u64) -> Forward {
+    pub fn handle_client(&mut self, from: Client, buf: &[u8], now: Millis) -> Forward {
         match wire::classify(buf) {
             Some(Kind::ChannelData { channel, len }) => {
                 self.client_channel_data(from, buf, channel, len, now)
@@ -578,7 +624,7 @@ impl Server {
         buf: &[u8],
         channel: u16,
         len: usize,
-        now: u64,
+        now: Millis,
     ) -> Forward {
         let Some(&relay) = self.by_client.get(&from) else {
             self.stats.dropped += 1;
@@ -589,7 +635,7 @@ impl Server {
             return Forward::None;
         }
         let max_bps = self.cfg.max_bps;
-        let Some(Some(a)) = self.allocs.get_mut(relay as usize) else {
+        let Some(Some(a)) = self.allocs.get_mut(relay.index()) else {
             return Forward::None;
         };
         if a.tcp {
@@ -620,7 +666,7 @@ impl Server {
         }
     }
 
-    fn client_send_indication(&mut self, from: Client, msg: &[u8], now: u64) -> Forward {
+    fn client_send_indication(&mut self, from: Client, msg: &[u8], now: Millis) -> Forward {
         let Some(&relay) = self.by_client.get(&from) else {
             self.stats.dropped += 1;
             return Forward::None;
@@ -648,7 +694,7 @@ impl Server {
             return Forward::None;
         }
         let max_bps = self.cfg.max_bps;
-        let Some(Some(a)) = self.allocs.get_mut(relay as usize) else {
+        let Some(Some(a)) = self.allocs.get_mut(relay.index()) else {
             return Forward::None;
         };
         if !matches!(a.state, State::Active)
@@ -679,10 +725,10 @@ impl Server {
         from: SocketAddr,
         buf: &mut [u8],
         len: usize,
-        now: u64,
+        now: Millis,
     ) -> Forward {
         let max_bps = self.cfg.max_bps;
-        let Some(Some(a)) = self.allocs.get_mut(relay as usize) else {
+        let Some(Some(a)) = self.allocs.get_mut(relay.index()) else {
             self.stats.dropped += 1;
             return Forward::None;
         };
@@ -727,16 +773,16 @@ impl Server {
 
     /// Expire allocations, permissions and channels; flush metrics. Call at
     /// [`Server::poll_timeout`] (calling more often is harmless).
-    pub fn handle_timeout(&mut self, now: u64) {
+    pub fn handle_timeout(&mut self, now: Millis) {
         if now < self.next_tick {
             return;
         }
-        self.next_tick = now + TICK_MS;
+        self.next_tick = now.after_ms(TICK_MS);
         let mut expired = Vec::new();
         for (id, slot) in self.allocs.iter_mut().enumerate() {
             let Some(a) = slot else { continue };
             if a.expires <= now && matches!(a.state, State::Active) {
-                expired.push(id as RelayId);
+                expired.push(RelayId(id as u32));
                 continue;
             }
             a.perms.retain(|(_, exp)| *exp > now);
@@ -769,8 +815,8 @@ impl Server {
     }
 
     /// The I/O layer's answer to [`Command::OpenRelay`].
-    pub fn relay_opened(&mut self, relay: RelayId, ok: bool, now: u64) {
-        let Some(Some(a)) = self.allocs.get_mut(relay as usize) else {
+    pub fn relay_opened(&mut self, relay: RelayId, ok: bool, now: Millis) {
+        let Some(Some(a)) = self.allocs.get_mut(relay.index()) else {
             return;
         };
         let State::Opening { txid, attempts } = a.state else {
@@ -778,7 +824,7 @@ impl Server {
         };
         if ok {
             a.state = State::Active;
-            a.expires = now + a.lifetime as u64 * 1000;
+            a.expires = now.after_secs(a.lifetime);
             let client = a.client;
             let public = a.public;
             let lifetime = a.lifetime;
@@ -825,7 +871,7 @@ impl Server {
         self.release_port(v6, old_port);
         if attempts + 1 < MAX_BIND_ATTEMPTS
             && let Some(port) = self.pick_port(v6)
-            && let Some(Some(a)) = self.allocs.get_mut(relay as usize)
+            && let Some(Some(a)) = self.allocs.get_mut(relay.index())
         {
             a.bind.set_port(port);
             a.public.set_port(port);
@@ -873,7 +919,7 @@ impl Server {
     }
 
     fn take_slot(&mut self, id: RelayId) -> Option<Allocation> {
-        let a = self.allocs.get_mut(id as usize)?.take()?;
+        let a = self.allocs.get_mut(id.index())?.take()?;
         self.by_client.remove(&a.client);
         self.ledger.release(&a.user);
         self.free.push(id);
@@ -955,7 +1001,7 @@ impl Server {
 
     /// A STUN message that is not a Send indication: decode it once into a [`Request`] and
     /// hand it to its method's handler.
-    fn handle_stun(&mut self, from: Client, msg: &[u8], typ: u16, now: u64) {
+    fn handle_stun(&mut self, from: Client, msg: &[u8], typ: u16, now: Millis) {
         // Only requests get answers; stray responses and other indications are ignored
         // before the codec copies them.
         if !wire::is_request(typ) {
@@ -1001,7 +1047,7 @@ impl Server {
         if let Err((r, key)) = result {
             let nonce = r
                 .challenge
-                .then(|| self.nonce.issue(from.addr.ip(), now / 1000));
+                .then(|| self.nonce.issue(from.addr.ip(), now.unix_secs()));
             let bytes = error_response(
                 method,
                 txid,
@@ -1049,7 +1095,7 @@ impl Server {
         &mut self,
         from: Client,
         creds: &mut Credentials,
-        now: u64,
+        now: Millis,
         known: Option<(&str, [u8; 16])>,
     ) -> Result<Auth, Reject> {
         let challenge = |code, reason| Reject {
@@ -1070,7 +1116,7 @@ impl Server {
         };
         match self
             .nonce
-            .check(nonce.as_bytes(), from.addr.ip(), now / 1000)
+            .check(nonce.as_bytes(), from.addr.ip(), now.unix_secs())
         {
             NonceCheck::Valid => {}
             NonceCheck::Stale | NonceCheck::Invalid => return Err(challenge(438, "Stale Nonce")),
@@ -1083,7 +1129,7 @@ impl Server {
             self.metrics.auth_failures.inc();
             return Err(challenge(401, "Unauthorized"));
         }
-        let user = match hermes_proto::turn_credentials::check_username(username, now / 1000) {
+        let user = match hermes_proto::turn_credentials::check_username(username, now.unix_secs()) {
             Ok((_, user)) => user.to_string(),
             Err(hermes_proto::ProtoError::TurnCredentialsExpired) => {
                 self.metrics.auth_failures.inc();
@@ -1116,7 +1162,7 @@ impl Server {
         &mut self,
         from: Client,
         creds: &mut Credentials,
-        now: u64,
+        now: Millis,
         username: &str,
         key: [u8; 16],
     ) -> Result<(), Reject> {
@@ -1137,11 +1183,11 @@ impl Server {
         transport: Option<u8>,
         v6: bool,
         lifetime: Option<u32>,
-        now: u64,
+        now: Millis,
     ) -> Result<(), Refusal> {
         // A retransmitted Allocate gets the same answer (RFC 8656 §7.2), without re-auth.
         if let Some(&id) = self.by_client.get(&from)
-            && let Some(Some(a)) = self.allocs.get(id as usize)
+            && let Some(Some(a)) = self.allocs.get(id.index())
         {
             if a.allocate_txid == txid {
                 if matches!(a.state, State::Active) {
@@ -1224,13 +1270,13 @@ impl Server {
             Some(id) => id,
             None => {
                 self.allocs.push(None);
-                (self.allocs.len() - 1) as RelayId
+                RelayId((self.allocs.len() - 1) as u32)
             }
         };
         let bind = SocketAddr::new(relay_ip.bind, port);
         let user: Box<str> = auth.user.into();
         let burst = bucket_capacity(self.cfg.max_bps);
-        self.allocs[id as usize] = Some(Allocation {
+        self.allocs[id.index()] = Some(Allocation {
             client: from,
             username: auth.username.into(),
             user,
@@ -1239,18 +1285,18 @@ impl Server {
             bind,
             state: State::Opening { txid, attempts: 0 },
             lifetime,
-            expires: u64::MAX,
+            expires: Millis::NEVER,
             allocate_txid: txid,
             allocate_response: Vec::new(),
             perms: Vec::new(),
             channels: Vec::new(),
             up: Bucket {
                 tokens: burst,
-                last_ms: now,
+                last: now,
             },
             down: Bucket {
                 tokens: burst,
-                last_ms: now,
+                last: now,
             },
             packets: 0,
             bytes: 0,
@@ -1284,12 +1330,12 @@ impl Server {
         &mut self,
         from: Client,
         creds: &mut Credentials,
-        now: u64,
+        now: Millis,
     ) -> Result<(RelayId, [u8; 16]), Refusal> {
         let Some(&id) = self.by_client.get(&from) else {
             return Err((reject(437, "Allocation Mismatch"), None));
         };
-        let (username, key) = match self.allocs.get(id as usize) {
+        let (username, key) = match self.allocs.get(id.index()) {
             Some(Some(a)) if matches!(a.state, State::Active) => (a.username.clone(), a.key),
             _ => return Err((reject(437, "Allocation Mismatch"), None)),
         };
@@ -1320,13 +1366,13 @@ impl Server {
         key: [u8; 16],
         txid: TransactionId,
         requested: Option<u32>,
-        now: u64,
+        now: Millis,
     ) -> Result<(), Refusal> {
         let lifetime = self.lifetime(requested);
         if lifetime == 0 {
             self.remove(id, EndReason::ClientDeleted);
-        } else if let Some(Some(a)) = self.allocs.get_mut(id as usize) {
-            a.expires = now + lifetime as u64 * 1000;
+        } else if let Some(Some(a)) = self.allocs.get_mut(id.index()) {
+            a.expires = now.after_secs(lifetime);
         }
         let setters: Vec<Box<dyn Setter>> =
             vec![Box::new(Lifetime(Duration::from_secs(lifetime as u64)))];
@@ -1342,7 +1388,7 @@ impl Server {
         key: [u8; 16],
         peers: &[SocketAddr],
     ) -> Result<(), Refusal> {
-        let relay_v4 = match self.allocs.get(id as usize) {
+        let relay_v4 = match self.allocs.get(id.index()) {
             Some(Some(a)) => a.public.is_ipv4(),
             _ => return Err((reject(437, "Allocation Mismatch"), Some(key))),
         };
@@ -1367,11 +1413,11 @@ impl Server {
         id: RelayId,
         key: [u8; 16],
         peers: &[SocketAddr],
-        now: u64,
+        now: Millis,
     ) -> Result<(), Refusal> {
-        let perm_exp = now + self.cfg.permission_lifetime as u64 * 1000;
+        let perm_exp = now.after_secs(self.cfg.permission_lifetime);
         let max = self.cfg.max_permissions as usize;
-        let Some(Some(a)) = self.allocs.get_mut(id as usize) else {
+        let Some(Some(a)) = self.allocs.get_mut(id.index()) else {
             return Err((reject(437, "Allocation Mismatch"), Some(key)));
         };
         let new = peers
@@ -1399,7 +1445,7 @@ impl Server {
         key: [u8; 16],
         txid: TransactionId,
         peers: Option<Vec<SocketAddr>>,
-        now: u64,
+        now: Millis,
     ) -> Result<(), Refusal> {
         let peers = match peers {
             Some(p) if !p.is_empty() => p,
@@ -1422,9 +1468,9 @@ impl Server {
         txid: TransactionId,
         number: Option<u16>,
         peer: Option<SocketAddr>,
-        now: u64,
+        now: Millis,
     ) -> Result<(), Refusal> {
-        if matches!(self.allocs.get(id as usize), Some(Some(a)) if a.tcp) {
+        if matches!(self.allocs.get(id.index()), Some(Some(a)) if a.tcp) {
             return Err((
                 reject(400, "Bad Request: no channels on a TCP relay"),
                 Some(key),
@@ -1437,9 +1483,9 @@ impl Server {
         let Some(number) = number.filter(|n| (0x4000..=0x7FFF).contains(n)) else {
             return Err((reject(400, "Bad Request: CHANNEL-NUMBER"), Some(key)));
         };
-        let chan_exp = now + self.cfg.channel_lifetime as u64 * 1000;
+        let chan_exp = now.after_secs(self.cfg.channel_lifetime);
         let max = self.cfg.max_permissions as usize;
-        let Some(Some(a)) = self.allocs.get_mut(id as usize) else {
+        let Some(Some(a)) = self.allocs.get_mut(id.index()) else {
             return Err((reject(437, "Allocation Mismatch"), Some(key)));
         };
         let by_num = a.channels.iter().position(|c| c.number == number);
@@ -1476,7 +1522,7 @@ impl Server {
     fn new_conn_id(&mut self) -> ConnId {
         loop {
             self.next_conn = (self.next_conn + 1) & 0x00FF_FFFF;
-            let id = (u32::from(self.worker) << 24) | self.next_conn;
+            let id = ConnId((u32::from(self.worker) << 24) | self.next_conn);
             if self.next_conn != 0 && !self.conns.contains_key(&id) {
                 return id;
             }
@@ -1496,10 +1542,10 @@ impl Server {
         key: [u8; 16],
         txid: TransactionId,
         peer: Option<SocketAddr>,
-        now: u64,
+        now: Millis,
     ) -> Result<(), Refusal> {
         let key = Some(key);
-        let (tcp, relay_v4, bind) = match self.allocs.get(id as usize) {
+        let (tcp, relay_v4, bind) = match self.allocs.get(id.index()) {
             Some(Some(a)) => (a.tcp, a.public.is_ipv4(), a.bind),
             _ => return Err((reject(437, "Allocation Mismatch"), key)),
         };
@@ -1523,9 +1569,9 @@ impl Server {
             self.metrics.quota(Quota::Permissions).inc();
             return Err((reject(508, "Insufficient Capacity: connections"), key));
         }
-        let perm_exp = now + self.cfg.permission_lifetime as u64 * 1000;
+        let perm_exp = now.after_secs(self.cfg.permission_lifetime);
         let max = self.cfg.max_permissions as usize;
-        let Some(Some(a)) = self.allocs.get_mut(id as usize) else {
+        let Some(Some(a)) = self.allocs.get_mut(id.index()) else {
             return Err((reject(437, "Allocation Mismatch"), key));
         };
         let full = a.perms.len() >= max;
@@ -1556,14 +1602,14 @@ impl Server {
 
     /// The I/O layer's answer to [`Command::ConnectPeer`]: answers the client's Connect.
     /// `false` when the connection is not wanted (any more): the I/O layer closes it.
-    pub fn peer_connected(&mut self, id: ConnId, ok: bool, now: u64) -> bool {
+    pub fn peer_connected(&mut self, id: ConnId, ok: bool, now: Millis) -> bool {
         let Some(c) = self.conns.get_mut(&id) else {
             return false;
         };
         let PeerConnState::Connecting { txid } = c.state else {
             return false;
         };
-        let (client, key) = match self.allocs.get(c.relay as usize) {
+        let (client, key) = match self.allocs.get(c.relay.index()) {
             Some(Some(a)) => (a.client, a.key),
             _ => {
                 self.conns.remove(&id);
@@ -1572,7 +1618,7 @@ impl Server {
         };
         let bytes = if ok {
             c.state = PeerConnState::Waiting {
-                deadline: now + CONNECTION_BIND_TIMEOUT_MS,
+                deadline: now.after_ms(CONNECTION_BIND_TIMEOUT_MS),
             };
             let mut setters: Vec<Box<dyn Setter>> = vec![Box::new(ConnectionId(id))];
             if let Some(s) = &self.cfg.software {
@@ -1603,8 +1649,13 @@ impl Server {
     /// permission for its address (and the peer filter's consent), the client is told with a
     /// ConnectionAttempt and the connection waits for its ConnectionBind under the returned
     /// id; `None`: the I/O layer closes it.
-    pub fn peer_accepted(&mut self, relay: RelayId, peer: SocketAddr, now: u64) -> Option<ConnId> {
-        let Some(Some(a)) = self.allocs.get(relay as usize) else {
+    pub fn peer_accepted(
+        &mut self,
+        relay: RelayId,
+        peer: SocketAddr,
+        now: Millis,
+    ) -> Option<ConnId> {
+        let Some(Some(a)) = self.allocs.get(relay.index()) else {
             return None;
         };
         if !a.tcp || !matches!(a.state, State::Active) {
@@ -1632,7 +1683,7 @@ impl Server {
                 relay,
                 peer,
                 state: PeerConnState::Waiting {
-                    deadline: now + CONNECTION_BIND_TIMEOUT_MS,
+                    deadline: now.after_ms(CONNECTION_BIND_TIMEOUT_MS),
                 },
             },
         );
@@ -1663,7 +1714,7 @@ impl Server {
         creds: &mut Credentials,
         txid: TransactionId,
         id: Option<ConnId>,
-        now: u64,
+        now: Millis,
     ) -> Result<(), Refusal> {
         if !from.is_stream() {
             return Err((
@@ -1682,7 +1733,7 @@ impl Server {
             Some(c) if matches!(c.state, PeerConnState::Waiting { .. }) => c.relay,
             _ => return Err((reject(400, "Bad Request: unknown CONNECTION-ID"), None)),
         };
-        let (username, key) = match self.allocs.get(relay as usize) {
+        let (username, key) = match self.allocs.get(relay.index()) {
             Some(Some(a)) => (a.username.clone(), a.key),
             _ => return Err((reject(400, "Bad Request: unknown CONNECTION-ID"), None)),
         };
@@ -1734,7 +1785,7 @@ struct ConnectionId(ConnId);
 
 impl Setter for ConnectionId {
     fn add_to(&self, m: &mut Message) -> Result<(), stun::Error> {
-        m.add(ATTR_CONNECTION_ID, &self.0.to_be_bytes());
+        m.add(ATTR_CONNECTION_ID, &self.0.0.to_be_bytes());
         Ok(())
     }
 }
@@ -1755,14 +1806,15 @@ fn bucket_capacity(max_bps: u64) -> u64 {
 }
 
 /// Take `len` bytes from a token bucket refilled at `max_bps`; `true` when allowed.
-fn take(b: &mut Bucket, max_bps: u64, len: usize, now: u64) -> bool {
+fn take(b: &mut Bucket, max_bps: u64, len: usize, now: Millis) -> bool {
     if max_bps == 0 {
         return true;
     }
-    if now > b.last_ms {
-        let refill = (now - b.last_ms).saturating_mul(max_bps) / 1000;
+    let elapsed = now.since(b.last);
+    if elapsed > 0 {
+        let refill = elapsed.saturating_mul(max_bps) / 1000;
         b.tokens = (b.tokens.saturating_add(refill)).min(bucket_capacity(max_bps));
-        b.last_ms = now;
+        b.last = now;
     }
     if b.tokens >= len as u64 {
         b.tokens -= len as u64;

@@ -132,7 +132,7 @@ impl Request {
                     .get(ATTR_CONNECTION_ID)
                     .ok()
                     .and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok())
-                    .map(u32::from_be_bytes),
+                    .map(|b| ConnId(u32::from_be_bytes(b))),
             },
             _ => Body::Unsupported,
         };
