@@ -1,7 +1,8 @@
 //! The zero-copy part of the STUN/TURN codec, for the data path and for checks over raw
 //! bytes: classification and stream framing, a borrowing attribute walker (Send
-//! indications), XOR address values, and the in-place writers for ChannelData and Data
-//! indications.
+//! indications, and the CONNECTION-ID peek that routes a ConnectionBind to the worker
+//! holding its connection before any core decodes it), XOR address values, and the
+//! in-place writers for ChannelData and Data indications.
 //!
 //! Control requests are decoded (once) and answered by the `stun`/`turn` crates (see
 //! `server/request.rs`); MESSAGE-INTEGRITY and FINGERPRINT are checked there, so no message is
