@@ -64,6 +64,7 @@ pub(super) struct Allocation {
 }
 
 impl Allocation {
+    #[inline]
     pub(super) fn permitted(&self, ip: IpAddr, now: Millis) -> bool {
         self.perms.iter().any(|(p, exp)| *p == ip && *exp > now)
     }
@@ -75,6 +76,7 @@ pub(super) fn bucket_capacity(max_bps: u64) -> u64 {
 }
 
 /// Take `len` bytes from a token bucket refilled at `max_bps`; `true` when allowed.
+#[inline]
 pub(super) fn take(b: &mut Bucket, max_bps: u64, len: usize, now: Millis) -> bool {
     if max_bps == 0 {
         return true;
