@@ -11,7 +11,7 @@ if ! cargo fuzz --help >/dev/null 2>&1; then
 fi
 export RUSTC_BOOTSTRAP=1
 cd fuzz
-for target in wire_codec server_input; do
+for target in wire_codec server_input signed_session; do
   echo "==> fuzz $target for ${SECS}s"
   mkdir -p "corpus/$target"
   cargo fuzz run "$target" "corpus/$target" -- -max_total_time="$SECS" -max_len=2048

@@ -1,10 +1,11 @@
 //! hermes-turn: a STUN/TURN relay (RFC 5389/8489, 5766/8656) for Hermes.
 //!
 //! Codemap:
-//! - [`wire`]: zero-copy framing, attribute walker, integrity/fingerprint, in-place data headers.
+//! - [`wire`]: zero-copy framing, attribute walker, in-place data headers (the data path).
 //! - [`auth`]: REST long-term keys and stateless nonces.
 //! - [`peer_filter`]: which peers may be relayed to (special-purpose ranges refused).
-//! - [`server`]: the sans-IO TURN core.
+//! - [`server`]: the sans-IO TURN core; its `request` module decodes control requests once,
+//!   with the `stun`/`turn` crates, into a typed request.
 //! - [`config`]: flags/env and coturn `turnserver.conf`.
 //! - [`io`]: the mio data-plane workers (one per core, SO_REUSEPORT) and the threads that run
 //!   them, TCP/TLS clients, metrics HTTP.
@@ -47,9 +48,33 @@ use crate::server::{AllocationLedger, Server};
 /// once it connects; the relay never depends on it).
 const REDIS_WAIT: Duration = Duration::from_millis(300);
 
+/// The addresses a running relay listens on. Ports configured as 0 are the ones the OS
+/// picked, so a caller (the scenario tests) can start the relay on port 0 in-process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    /// STUN/TURN over UDP.
+    pub udp: SocketAddr,
+    /// STUN/TURN over TCP (the UDP port, on TCP).
+    pub tcp: SocketAddr,
+    /// TURNS, when a certificate is configured.
+    pub tls: Option<SocketAddr>,
+    /// `/metrics`, `/healthz`.
+    pub metrics: SocketAddr,
+}
+
 /// Run the relay until `shutdown` fires, then drain: refuse new allocations, keep relaying
 /// existing ones until they end or `TURN_DRAIN_SECS` passes, and return.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), TurnError> {
+    run_and_report(settings, shutdown, |_| {}).await
+}
+
+/// [`run`], calling `listening` with the bound addresses once every listener is bound and
+/// every worker runs (before the first client is served).
+pub async fn run_and_report(
+    settings: Settings,
+    shutdown: CancellationToken,
+    listening: impl FnOnce(Listening),
+) -> Result<(), TurnError> {
     let metrics = Arc::new(Metrics::default());
 
     // One UDP listener socket per worker, all on one address (SO_REUSEPORT): the first picks
@@ -86,8 +111,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             let l = TcpListener::bind(t.listen)
                 .await
                 .map_err(TurnError::io(format!("binding TLS {}", t.listen)))?;
-            tracing::info!("listening on {} (tls)", t.listen);
-            Some((l, reloader))
+            let addr = l.local_addr().map_err(TurnError::io("TLS local address"))?;
+            tracing::info!("listening on {addr} (tls)");
+            Some((l, reloader, addr))
         }
         None => None,
     };
@@ -97,11 +123,16 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             "binding metrics {}",
             settings.metrics_listen
         )))?;
-    tracing::info!(
-        "listening on {} (metrics)",
-        http.local_addr()
-            .map_err(TurnError::io("metrics local address"))?
-    );
+    let metrics_addr = http
+        .local_addr()
+        .map_err(TurnError::io("metrics local address"))?;
+    tracing::info!("listening on {metrics_addr} (metrics)");
+    let bound = Listening {
+        udp: udp_addr,
+        tcp: tcp_addr,
+        tls: tls.as_ref().map(|(_, _, addr)| *addr),
+        metrics: metrics_addr,
+    };
 
     let events = if settings.redis_url.trim().is_empty() {
         None
@@ -176,7 +207,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         stream_slots.clone(),
         settings.stream_stall,
     ));
-    if let Some((listener, reloader)) = tls {
+    if let Some((listener, reloader, _)) = tls {
         tasks.spawn(reloader.clone().watch());
         tasks.spawn(io::stream::accept_loop(
             listener,
@@ -191,6 +222,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let http_task = tokio::spawn(async move {
         let _ = axum::serve(http, router).await;
     });
+
+    listening(bound);
 
     tokio::select! {
         () = shutdown.cancelled() => {}

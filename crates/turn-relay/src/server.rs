@@ -9,9 +9,11 @@
 //! Data path: ChannelData and Send indications from clients, and datagrams from peers, are
 //! answered with a [`Forward`] that names a byte range of the caller's own buffer: nothing is
 //! copied or allocated, the ChannelData/Data-indication header is written in place into the
-//! headroom in front of the payload (see `wire.rs`). Control requests (Allocate, Refresh,
-//! CreatePermission, ChannelBind, Binding) are decoded and answered with the `stun`/`turn`
-//! crates' codec; they allocate, which is fine at their rate.
+//! headroom in front of the payload (see `wire.rs`). Control requests (Binding, Allocate,
+//! Refresh, CreatePermission, ChannelBind, Connect, ConnectionBind) are decoded once into a
+//! typed `request::Request` by the `stun`/`turn` crates' codec, authenticated once, handled
+//! by one handler per method and answered with the same codec; they allocate, which is fine
+//! at their rate.
 //!
 //! TCP relays (RFC 6062): an Allocate over TCP/TLS may ask for REQUESTED-TRANSPORT TCP. Its
 //! relay address is then a TCP listener; `Connect` opens a TCP connection to a peer (checked by
@@ -20,57 +22,108 @@
 //! CONNECTION-ID, for the client to open a new TCP/TLS connection and send `ConnectionBind`;
 //! the I/O layer then joins the two byte streams. The core tracks these connections and their
 //! deadlines; the bytes themselves never pass through it.
+//!
+//! Layout: this file holds the public API (ids, the clock, [`Command`], [`Forward`]), the
+//! data path, timers and the allocation lifecycle; `request` decodes a control request once,
+//! `control` has one handler per request, `tcp_alloc` is RFC 6062, `allocation` holds
+//! allocation state, token buckets and the quota ledger, `response` encodes answers.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use stun::agent::TransactionId;
-use stun::attributes::{ATTR_CONNECTION_ID, ATTR_NONCE, ATTR_REALM, ATTR_SOFTWARE, ATTR_USERNAME};
-use stun::error_code::{ErrorCode, ErrorCodeAttribute};
-use stun::fingerprint::FINGERPRINT;
-use stun::integrity::MessageIntegrity;
-use stun::message::{
-    CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_SUCCESS_RESPONSE, Getter, METHOD_ALLOCATE,
-    METHOD_BINDING, METHOD_CHANNEL_BIND, METHOD_CONNECT, METHOD_CONNECTION_ATTEMPT,
-    METHOD_CONNECTION_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH, Message, MessageType, Method,
-    Setter,
-};
-use stun::textattrs::TextAttribute;
+use stun::message::{CLASS_SUCCESS_RESPONSE, METHOD_ALLOCATE, Setter};
 use stun::xoraddr::XorMappedAddress;
-use turn::proto::channum::ChannelNumber;
 use turn::proto::lifetime::Lifetime;
-use turn::proto::peeraddr::PeerAddress;
 use turn::proto::relayaddr::RelayedAddress;
-use turn::proto::reqfamily::{REQUESTED_FAMILY_IPV6, RequestedAddressFamily};
-use turn::proto::reqtrans::RequestedTransport;
 
-use crate::auth::{NonceCheck, NonceKey, long_term_key};
+use crate::auth::NonceKey;
 use crate::metrics::{Metrics, Quota};
 use crate::peer_filter::{PeerFilter, Verdict};
 use crate::wire::{self, Kind};
 
+mod allocation;
+mod control;
+mod request;
+mod response;
+mod tcp_alloc;
+
+pub use allocation::{AllocationLedger, QuotaRefusal};
+pub use tcp_alloc::{CONNECTION_BIND_TIMEOUT_MS, MAX_TCP_CONNECTIONS};
+
+use allocation::{Allocation, State, take};
+use control::reject;
+use request::{Credentials, Request};
+use response::{build, error_response, next_txid, software};
+use tcp_alloc::{PeerConn, PeerConnState};
+
+/// The control-plane decoder, for the fuzz targets.
+#[doc(hidden)]
+pub fn decode_request(bytes: &[u8]) -> Option<Credentials> {
+    Request::decode(bytes).map(|r| r.credentials)
+}
+
 /// Index of an allocation and of its relay socket (the I/O layer keeps sockets in a `Vec`
 /// indexed by it).
-pub type RelayId = u32;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RelayId(pub u32);
+
+impl RelayId {
+    /// The slot of this relay in a `Vec` indexed by relay.
+    pub const fn index(self) -> usize {
+        self.0 as usize
+    }
+}
 
 /// CONNECTION-ID of an RFC 6062 TCP connection: the worker number in the top 8 bits (so a
 /// ConnectionBind arriving on any worker can be routed to the one that holds the connection),
 /// a counter in the low 24.
-pub type ConnId = u32;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u32);
 
-/// The worker a [`ConnId`] belongs to.
-pub fn conn_worker(id: ConnId) -> usize {
-    (id >> 24) as usize
+impl ConnId {
+    /// The worker that holds this connection.
+    pub const fn worker(self) -> usize {
+        (self.0 >> 24) as usize
+    }
 }
 
-/// How long a connected peer waits for the client's ConnectionBind (RFC 6062 §5.2, §5.3).
-pub const CONNECTION_BIND_TIMEOUT_MS: u64 = 30_000;
-/// TCP peer connections one allocation may hold, in every state (being connected, waiting
-/// for ConnectionBind, piped).
-pub const MAX_TCP_CONNECTIONS: usize = 16;
+/// The worker a raw CONNECTION-ID value (read off the wire for routing) belongs to.
+pub fn conn_worker(raw: u32) -> usize {
+    ConnId(raw).worker()
+}
+
+/// A point in time in unix milliseconds: the core's clock. The core never reads a clock;
+/// the I/O layer passes `now` in as one of these, and every deadline is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    /// Never (an allocation whose relay socket is still being opened does not expire).
+    pub const NEVER: Millis = Millis(u64::MAX);
+
+    /// Whole unix seconds (nonce buckets, REST username expiry).
+    pub const fn unix_secs(self) -> u64 {
+        self.0 / 1000
+    }
+
+    /// `ms` milliseconds later.
+    pub const fn after_ms(self, ms: u64) -> Millis {
+        Millis(self.0.saturating_add(ms))
+    }
+
+    /// `secs` seconds later (lifetimes are configured in seconds).
+    pub const fn after_secs(self, secs: u32) -> Millis {
+        self.after_ms(secs as u64 * 1000)
+    }
+
+    /// Milliseconds from `earlier` to `self` (0 when `earlier` is later).
+    pub const fn since(self, earlier: Millis) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
 
 /// How a client reaches us: UDP listener number, or a stream (TCP/TLS) connection id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -260,79 +313,6 @@ pub enum Forward {
     },
 }
 
-#[derive(Debug)]
-struct Channel {
-    number: u16,
-    peer: SocketAddr,
-    expires: u64,
-}
-
-#[derive(Debug)]
-enum State {
-    /// Relay socket being bound; the Allocate response is sent when it is.
-    Opening {
-        txid: [u8; 12],
-        attempts: u8,
-    },
-    Active,
-}
-
-/// Token bucket in bytes, refilled per millisecond.
-#[derive(Debug)]
-struct Bucket {
-    tokens: u64,
-    last_ms: u64,
-}
-
-#[derive(Debug)]
-struct Allocation {
-    client: Client,
-    username: Box<str>,
-    user: Box<str>,
-    key: [u8; 16],
-    public: SocketAddr,
-    bind: SocketAddr,
-    state: State,
-    lifetime: u32,
-    expires: u64,
-    allocate_txid: [u8; 12],
-    allocate_response: Vec<u8>,
-    /// Peer IP and expiry (ms). Few entries: a linear scan beats hashing.
-    perms: Vec<(IpAddr, u64)>,
-    channels: Vec<Channel>,
-    up: Bucket,
-    down: Bucket,
-    packets: u64,
-    bytes: u64,
-    /// RFC 6062 TCP relay (its relay socket is a TCP listener).
-    tcp: bool,
-}
-
-/// An RFC 6062 connection between a TCP relay and a peer.
-#[derive(Debug)]
-struct PeerConn {
-    relay: RelayId,
-    peer: SocketAddr,
-    state: PeerConnState,
-}
-
-#[derive(Debug)]
-enum PeerConnState {
-    /// The client's Connect (transaction `txid`) is being carried out.
-    Connecting { txid: [u8; 12] },
-    /// Connected; ConnectionBind must come before `deadline` (unix ms).
-    Waiting { deadline: u64 },
-    /// Bound: the I/O layer pipes it to a client data connection until
-    /// [`Server::pipe_closed`].
-    Piped,
-}
-
-impl Allocation {
-    fn permitted(&self, ip: IpAddr, now: u64) -> bool {
-        self.perms.iter().any(|(p, exp)| *p == ip && *exp > now)
-    }
-}
-
 /// Plain counters of the data path, folded into [`Metrics`] by [`Server::flush_stats`].
 #[derive(Debug, Default)]
 struct Stats {
@@ -348,94 +328,6 @@ struct Stats {
 const TICK_MS: u64 = 1_000;
 /// Attempts at binding a relay port before answering 508.
 const MAX_BIND_ATTEMPTS: u8 = 8;
-/// Longest username we look at (RFC 8489: < 513 bytes).
-const MAX_USERNAME: usize = 512;
-
-/// An authenticated request's credentials.
-struct Auth {
-    username: String,
-    user: String,
-    key: [u8; 16],
-}
-
-/// An error answer: code, reason, and whether to add REALM/NONCE (401/438).
-struct Reject {
-    code: u16,
-    reason: &'static str,
-    challenge: bool,
-}
-
-const fn reject(code: u16, reason: &'static str) -> Reject {
-    Reject {
-        code,
-        reason,
-        challenge: false,
-    }
-}
-
-/// Allocation counts shared by every worker of one process, so the total and per-user quotas
-/// hold across SO_REUSEPORT workers. Touched only when an allocation is created or removed,
-/// never on the data path.
-#[derive(Debug, Default)]
-pub struct AllocationLedger {
-    inner: Mutex<LedgerCounts>,
-}
-
-#[derive(Debug, Default)]
-struct LedgerCounts {
-    total: u32,
-    per_user: HashMap<Box<str>, u32>,
-}
-
-/// Which quota refused a reservation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuotaRefusal {
-    Total,
-    User,
-}
-
-impl AllocationLedger {
-    /// Count one more allocation for `user` unless a quota (0 = unlimited) is reached.
-    pub fn reserve(
-        &self,
-        user: &str,
-        user_quota: u32,
-        total_quota: u32,
-    ) -> Result<(), QuotaRefusal> {
-        let mut c = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if total_quota > 0 && c.total >= total_quota {
-            return Err(QuotaRefusal::Total);
-        }
-        let n = c.per_user.get(user).copied().unwrap_or(0);
-        if user_quota > 0 && n >= user_quota {
-            return Err(QuotaRefusal::User);
-        }
-        c.total += 1;
-        *c.per_user.entry(user.into()).or_insert(0) += 1;
-        Ok(())
-    }
-
-    /// Give back what [`reserve`](Self::reserve) counted.
-    pub fn release(&self, user: &str) {
-        let mut c = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        c.total = c.total.saturating_sub(1);
-        if let Some(n) = c.per_user.get_mut(user) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                c.per_user.remove(user);
-            }
-        }
-    }
-
-    /// Allocations counted, all workers together.
-    pub fn total(&self) -> u32 {
-        self.inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .total
-    }
-}
-
 pub struct Server {
     cfg: CoreConfig,
     nonce: NonceKey,
@@ -449,7 +341,7 @@ pub struct Server {
     active: u32,
     commands: VecDeque<Command>,
     rng: u64,
-    next_tick: u64,
+    next_tick: Millis,
     data_txid: u64,
     draining: bool,
     stats: Stats,
@@ -476,7 +368,7 @@ impl Server {
             active: 0,
             commands: VecDeque::new(),
             rng: seed | 1,
-            next_tick: 0,
+            next_tick: Millis(0),
             data_txid: seed,
             draining: false,
             stats: Stats::default(),
@@ -531,15 +423,15 @@ impl Server {
         !self.commands.is_empty()
     }
 
-    /// When [`Server::handle_timeout`] wants to run next (unix ms).
-    pub fn poll_timeout(&self) -> u64 {
+    /// When [`Server::handle_timeout`] wants to run next.
+    pub fn poll_timeout(&self) -> Millis {
         self.next_tick
     }
 
     // ---------------------------------------------------------------- data path
 
     /// A packet from a client. `buf` is exactly the datagram (or stream frame).
-    pub fn handle_client(&mut self, from: Client, buf: &[u8], now: u64) -> Forward {
+    pub fn handle_client(&mut self, from: Client, buf: &[u8], now: Millis) -> Forward {
         match wire::classify(buf) {
             Some(Kind::ChannelData { channel, len }) => {
                 self.client_channel_data(from, buf, channel, len, now)
@@ -565,7 +457,7 @@ impl Server {
         buf: &[u8],
         channel: u16,
         len: usize,
-        now: u64,
+        now: Millis,
     ) -> Forward {
         let Some(&relay) = self.by_client.get(&from) else {
             self.stats.dropped += 1;
@@ -576,7 +468,7 @@ impl Server {
             return Forward::None;
         }
         let max_bps = self.cfg.max_bps;
-        let Some(Some(a)) = self.allocs.get_mut(relay as usize) else {
+        let Some(Some(a)) = self.allocs.get_mut(relay.index()) else {
             return Forward::None;
         };
         if a.tcp {
@@ -607,7 +499,7 @@ impl Server {
         }
     }
 
-    fn client_send_indication(&mut self, from: Client, msg: &[u8], now: u64) -> Forward {
+    fn client_send_indication(&mut self, from: Client, msg: &[u8], now: Millis) -> Forward {
         let Some(&relay) = self.by_client.get(&from) else {
             self.stats.dropped += 1;
             return Forward::None;
@@ -635,7 +527,7 @@ impl Server {
             return Forward::None;
         }
         let max_bps = self.cfg.max_bps;
-        let Some(Some(a)) = self.allocs.get_mut(relay as usize) else {
+        let Some(Some(a)) = self.allocs.get_mut(relay.index()) else {
             return Forward::None;
         };
         if !matches!(a.state, State::Active)
@@ -666,10 +558,10 @@ impl Server {
         from: SocketAddr,
         buf: &mut [u8],
         len: usize,
-        now: u64,
+        now: Millis,
     ) -> Forward {
         let max_bps = self.cfg.max_bps;
-        let Some(Some(a)) = self.allocs.get_mut(relay as usize) else {
+        let Some(Some(a)) = self.allocs.get_mut(relay.index()) else {
             self.stats.dropped += 1;
             return Forward::None;
         };
@@ -691,10 +583,8 @@ impl Server {
         {
             Some(ch) => wire::write_channel_data(buf, ch.number, len, to.is_stream()),
             None => {
-                self.data_txid = self.data_txid.wrapping_add(1);
-                let mut txid = [0u8; 12];
-                txid[4..].copy_from_slice(&self.data_txid.to_be_bytes());
-                wire::write_data_indication(buf, from, len, &txid)
+                let txid = next_txid(&mut self.data_txid);
+                wire::write_data_indication(buf, from, len, &txid.0)
             }
         };
         self.stats.packets_to_client += 1;
@@ -716,16 +606,16 @@ impl Server {
 
     /// Expire allocations, permissions and channels; flush metrics. Call at
     /// [`Server::poll_timeout`] (calling more often is harmless).
-    pub fn handle_timeout(&mut self, now: u64) {
+    pub fn handle_timeout(&mut self, now: Millis) {
         if now < self.next_tick {
             return;
         }
-        self.next_tick = now + TICK_MS;
+        self.next_tick = now.after_ms(TICK_MS);
         let mut expired = Vec::new();
         for (id, slot) in self.allocs.iter_mut().enumerate() {
             let Some(a) = slot else { continue };
             if a.expires <= now && matches!(a.state, State::Active) {
-                expired.push(id as RelayId);
+                expired.push(RelayId(id as u32));
                 continue;
             }
             a.perms.retain(|(_, exp)| *exp > now);
@@ -758,8 +648,8 @@ impl Server {
     }
 
     /// The I/O layer's answer to [`Command::OpenRelay`].
-    pub fn relay_opened(&mut self, relay: RelayId, ok: bool, now: u64) {
-        let Some(Some(a)) = self.allocs.get_mut(relay as usize) else {
+    pub fn relay_opened(&mut self, relay: RelayId, ok: bool, now: Millis) {
+        let Some(Some(a)) = self.allocs.get_mut(relay.index()) else {
             return;
         };
         let State::Opening { txid, attempts } = a.state else {
@@ -767,7 +657,7 @@ impl Server {
         };
         if ok {
             a.state = State::Active;
-            a.expires = now + a.lifetime as u64 * 1000;
+            a.expires = now.after_secs(a.lifetime);
             let client = a.client;
             let public = a.public;
             let lifetime = a.lifetime;
@@ -783,9 +673,7 @@ impl Server {
                     port: client.addr.port(),
                 }),
             ];
-            if let Some(s) = &self.cfg.software {
-                setters.push(Box::new(TextAttribute::new(ATTR_SOFTWARE, s.clone())));
-            }
+            software(&self.cfg.software, &mut setters);
             let bytes = build(
                 METHOD_ALLOCATE,
                 CLASS_SUCCESS_RESPONSE,
@@ -814,7 +702,7 @@ impl Server {
         self.release_port(v6, old_port);
         if attempts + 1 < MAX_BIND_ATTEMPTS
             && let Some(port) = self.pick_port(v6)
-            && let Some(Some(a)) = self.allocs.get_mut(relay as usize)
+            && let Some(Some(a)) = self.allocs.get_mut(relay.index())
         {
             a.bind.set_port(port);
             a.public.set_port(port);
@@ -862,7 +750,7 @@ impl Server {
     }
 
     fn take_slot(&mut self, id: RelayId) -> Option<Allocation> {
-        let a = self.allocs.get_mut(id as usize)?.take()?;
+        let a = self.allocs.get_mut(id.index())?.take()?;
         self.by_client.remove(&a.client);
         self.ledger.release(&a.user);
         self.free.push(id);
@@ -939,794 +827,4 @@ impl Server {
             *p = false;
         }
     }
-
-    // ---------------------------------------------------------------- control
-
-    fn handle_stun(&mut self, from: Client, msg: &[u8], typ: u16, now: u64) {
-        // Only requests get answers; stray responses and other indications are ignored.
-        let class = ((typ >> 7) & 0b10) | ((typ >> 4) & 0b01);
-        if class != 0 || !wire::fingerprint_ok(msg) {
-            return;
-        }
-        let method = (typ & 0x000F) | ((typ & 0x00E0) >> 1) | ((typ & 0x3E00) >> 2);
-        let txid = wire::transaction_id(msg);
-        let mut m = Message::new();
-        if m.unmarshal_binary(msg).is_err() {
-            return;
-        }
-        let method = match method {
-            0x001 => METHOD_BINDING,
-            0x003 => METHOD_ALLOCATE,
-            0x004 => METHOD_REFRESH,
-            0x008 => METHOD_CREATE_PERMISSION,
-            0x009 => METHOD_CHANNEL_BIND,
-            0x00A => METHOD_CONNECT,
-            0x00B => METHOD_CONNECTION_BIND,
-            // Other methods (RFC 5780, mobility, …) are not supported: say so
-            // at once (RFC 8489 §6.3.1: an unknown method is a 400) instead of letting the
-            // client wait for its retransmission timeout.
-            _ => {
-                let bytes = error_response(
-                    m.typ.method,
-                    txid,
-                    &reject(400, "Bad Request: method not supported"),
-                    None,
-                    None,
-                );
-                self.reply(from, bytes);
-                return;
-            }
-        };
-        if method == METHOD_BINDING {
-            let mut setters: Vec<Box<dyn Setter>> = vec![Box::new(XorMappedAddress {
-                ip: from.addr.ip(),
-                port: from.addr.port(),
-            })];
-            if let Some(s) = &self.cfg.software {
-                setters.push(Box::new(TextAttribute::new(ATTR_SOFTWARE, s.clone())));
-            }
-            let bytes = build(METHOD_BINDING, CLASS_SUCCESS_RESPONSE, txid, setters, None);
-            self.reply(from, bytes);
-            return;
-        }
-        let result = if method == METHOD_ALLOCATE {
-            self.allocate(from, msg, &m, txid, now)
-        } else if method == METHOD_CONNECTION_BIND {
-            self.connection_bind(from, msg, &m, txid, now)
-        } else {
-            self.on_allocation(from, method, msg, &m, txid, now)
-        };
-        if let Err((r, key)) = result {
-            let nonce = r
-                .challenge
-                .then(|| self.nonce.issue(from.addr.ip(), now / 1000));
-            let bytes = error_response(
-                method,
-                txid,
-                &r,
-                nonce.as_deref().map(|n| (self.cfg.realm.as_str(), n)),
-                key.as_ref(),
-            );
-            self.reply(from, bytes);
-        }
-    }
-
-    fn reply(&mut self, to: Client, bytes: Vec<u8>) {
-        self.commands.push_back(Command::ToClient { to, bytes });
-    }
-
-    fn refused(&mut self, from: Client, r: &Reject) {
-        self.commands.push_back(Command::Event(Event::Refused {
-            client: from.addr,
-            code: r.code,
-            reason: r.reason,
-        }));
-    }
-
-    /// Check nonce, realm, REST username (and expiry) and MESSAGE-INTEGRITY.
-    /// `known` short-cuts the key derivation for an existing allocation's username.
-    fn authenticate(
-        &mut self,
-        from: Client,
-        msg: &[u8],
-        m: &Message,
-        now: u64,
-        known: Option<(&str, [u8; 16])>,
-    ) -> Result<Auth, Reject> {
-        let challenge = |code, reason| Reject {
-            code,
-            reason,
-            challenge: true,
-        };
-        if wire::find_attr(msg, wire::ATTR_MESSAGE_INTEGRITY).is_none() {
-            return Err(challenge(401, "Unauthorized"));
-        }
-        let (Ok(username), Ok(realm), Ok(nonce)) = (
-            TextAttribute::get_from_as(m, ATTR_USERNAME),
-            TextAttribute::get_from_as(m, ATTR_REALM),
-            TextAttribute::get_from_as(m, ATTR_NONCE),
-        ) else {
-            return Err(reject(
-                400,
-                "Bad Request: USERNAME, REALM and NONCE required",
-            ));
-        };
-        match self
-            .nonce
-            .check(nonce.text.as_bytes(), from.addr.ip(), now / 1000)
-        {
-            NonceCheck::Valid => {}
-            NonceCheck::Stale | NonceCheck::Invalid => return Err(challenge(438, "Stale Nonce")),
-        }
-        if realm.text != self.cfg.realm {
-            self.metrics.auth_failures.inc();
-            return Err(challenge(401, "Unauthorized: wrong realm"));
-        }
-        let username = username.text;
-        if username.len() > MAX_USERNAME {
-            self.metrics.auth_failures.inc();
-            return Err(challenge(401, "Unauthorized"));
-        }
-        let user = match hermes_proto::turn_credentials::check_username(&username, now / 1000) {
-            Ok((_, user)) => user.to_string(),
-            Err(hermes_proto::ProtoError::TurnCredentialsExpired) => {
-                self.metrics.auth_failures.inc();
-                return Err(challenge(401, "Unauthorized: credentials expired"));
-            }
-            Err(_) => {
-                self.metrics.auth_failures.inc();
-                return Err(challenge(401, "Unauthorized: not a REST username"));
-            }
-        };
-        let key = match known {
-            Some((name, key)) if name == username => key,
-            _ => long_term_key(self.cfg.secret.expose(), &username, &self.cfg.realm),
-        };
-        if wire::check_integrity(msg, &key).is_err() {
-            self.metrics.auth_failures.inc();
-            return Err(challenge(401, "Unauthorized"));
-        }
-        Ok(Auth {
-            username,
-            user,
-            key,
-        })
-    }
-
-    /// [`Server::authenticate`] for a request that must carry an existing allocation's
-    /// credentials (`username`, `key`): another valid username is 441.
-    fn authenticate_as(
-        &mut self,
-        from: Client,
-        msg: &[u8],
-        m: &Message,
-        now: u64,
-        username: &str,
-        key: [u8; 16],
-    ) -> Result<(), Reject> {
-        let auth = self.authenticate(from, msg, m, now, Some((username, key)))?;
-        if auth.username != username {
-            self.metrics.auth_failures.inc();
-            return Err(reject(441, "Wrong Credentials"));
-        }
-        Ok(())
-    }
-
-    fn allocate(
-        &mut self,
-        from: Client,
-        msg: &[u8],
-        m: &Message,
-        txid: [u8; 12],
-        now: u64,
-    ) -> Result<(), (Reject, Option<[u8; 16]>)> {
-        // A retransmitted Allocate gets the same answer (RFC 8656 §7.2), without re-auth.
-        if let Some(&id) = self.by_client.get(&from)
-            && let Some(Some(a)) = self.allocs.get(id as usize)
-        {
-            if a.allocate_txid == txid {
-                if matches!(a.state, State::Active) {
-                    let bytes = a.allocate_response.clone();
-                    self.reply(from, bytes);
-                }
-                return Ok(());
-            }
-            let key = a.key;
-            return Err((reject(437, "Allocation Mismatch"), Some(key)));
-        }
-        let auth = match self.authenticate(from, msg, m, now, None) {
-            Ok(a) => a,
-            Err(r) => {
-                if r.code == 401 && wire::find_attr(msg, wire::ATTR_MESSAGE_INTEGRITY).is_some() {
-                    self.refused(from, &r);
-                }
-                return Err((r, None));
-            }
-        };
-        let key = Some(auth.key);
-        let fail = |this: &mut Self, r: Reject| {
-            this.refused(from, &r);
-            Err((r, key))
-        };
-        let mut transport = RequestedTransport::default();
-        if transport.get_from(m).is_err() {
-            return Err((
-                reject(400, "Bad Request: REQUESTED-TRANSPORT required"),
-                key,
-            ));
-        }
-        let tcp = match transport.protocol.0 {
-            17 => false,
-            // RFC 6062 §5.1: a TCP relay only for a client that came over TCP or TLS.
-            6 if !self.cfg.tcp_relay => {
-                return Err((reject(442, "Unsupported Transport Protocol"), key));
-            }
-            6 if from.is_stream() => true,
-            6 => {
-                return Err((
-                    reject(400, "Bad Request: TCP relay needs a TCP or TLS connection"),
-                    key,
-                ));
-            }
-            _ => return Err((reject(442, "Unsupported Transport Protocol"), key)),
-        };
-        if self.draining {
-            return fail(self, reject(508, "Insufficient Capacity: draining"));
-        }
-        let mut family = RequestedAddressFamily::default();
-        let v6 = family.get_from(m).is_ok() && family == REQUESTED_FAMILY_IPV6;
-        let Some(relay_ip) = (if v6 {
-            self.cfg.relay_v6
-        } else {
-            self.cfg.relay_v4
-        }) else {
-            return Err((reject(440, "Address Family not Supported"), key));
-        };
-        let lifetime = self.lifetime(m);
-        if lifetime == 0 {
-            return Err((reject(400, "Bad Request: zero lifetime"), key));
-        }
-        match self
-            .ledger
-            .reserve(&auth.user, self.cfg.user_quota, self.cfg.total_quota)
-        {
-            Ok(()) => {}
-            Err(QuotaRefusal::Total) => {
-                self.metrics.quota(Quota::TotalAllocations).inc();
-                return fail(self, reject(508, "Insufficient Capacity"));
-            }
-            Err(QuotaRefusal::User) => {
-                self.metrics.quota(Quota::UserAllocations).inc();
-                return fail(self, reject(486, "Allocation Quota Reached"));
-            }
-        }
-        let Some(port) = self.pick_port(v6) else {
-            self.ledger.release(&auth.user);
-            return fail(self, reject(508, "Insufficient Capacity: no relay port"));
-        };
-        let id = match self.free.pop() {
-            Some(id) => id,
-            None => {
-                self.allocs.push(None);
-                (self.allocs.len() - 1) as RelayId
-            }
-        };
-        let bind = SocketAddr::new(relay_ip.bind, port);
-        let user: Box<str> = auth.user.into();
-        let burst = bucket_capacity(self.cfg.max_bps);
-        self.allocs[id as usize] = Some(Allocation {
-            client: from,
-            username: auth.username.into(),
-            user,
-            key: auth.key,
-            public: SocketAddr::new(relay_ip.public, port),
-            bind,
-            state: State::Opening { txid, attempts: 0 },
-            lifetime,
-            expires: u64::MAX,
-            allocate_txid: txid,
-            allocate_response: Vec::new(),
-            perms: Vec::new(),
-            channels: Vec::new(),
-            up: Bucket {
-                tokens: burst,
-                last_ms: now,
-            },
-            down: Bucket {
-                tokens: burst,
-                last_ms: now,
-            },
-            packets: 0,
-            bytes: 0,
-            tcp,
-        });
-        self.by_client.insert(from, id);
-        self.commands.push_back(Command::OpenRelay {
-            relay: id,
-            bind,
-            tcp,
-        });
-        Ok(())
-    }
-
-    fn lifetime(&self, m: &Message) -> u32 {
-        let mut l = Lifetime::default();
-        if l.get_from(m).is_ok() {
-            let secs = l.0.as_secs().min(self.cfg.max_lifetime as u64) as u32;
-            if secs == 0 {
-                return 0;
-            }
-            secs.max(self.cfg.default_lifetime.min(self.cfg.max_lifetime))
-        } else {
-            self.cfg.default_lifetime.min(self.cfg.max_lifetime)
-        }
-    }
-
-    /// Refresh, CreatePermission, ChannelBind: requests on an existing allocation.
-    fn on_allocation(
-        &mut self,
-        from: Client,
-        method: Method,
-        msg: &[u8],
-        m: &Message,
-        txid: [u8; 12],
-        now: u64,
-    ) -> Result<(), (Reject, Option<[u8; 16]>)> {
-        let Some(&id) = self.by_client.get(&from) else {
-            return Err((reject(437, "Allocation Mismatch"), None));
-        };
-        let (username, key) = match self.allocs.get(id as usize) {
-            Some(Some(a)) if matches!(a.state, State::Active) => (a.username.clone(), a.key),
-            _ => return Err((reject(437, "Allocation Mismatch"), None)),
-        };
-        self.authenticate_as(from, msg, m, now, &username, key)
-            .map_err(|r| (r, None))?;
-        let key = Some(key);
-        if method == METHOD_CONNECT {
-            return self.connect(id, msg, txid, now, key);
-        }
-        let tcp = matches!(self.allocs.get(id as usize), Some(Some(a)) if a.tcp);
-        if tcp && method == METHOD_CHANNEL_BIND {
-            return Err((reject(400, "Bad Request: no channels on a TCP relay"), key));
-        }
-        let mut setters: Vec<Box<dyn Setter>> = Vec::new();
-        if method == METHOD_REFRESH {
-            let lifetime = self.lifetime(m);
-            if lifetime == 0 {
-                self.remove(id, EndReason::ClientDeleted);
-            } else if let Some(Some(a)) = self.allocs.get_mut(id as usize) {
-                a.expires = now + lifetime as u64 * 1000;
-            }
-            setters.push(Box::new(Lifetime(Duration::from_secs(lifetime as u64))));
-        } else {
-            let txid_arr = txid;
-            let peers: Vec<SocketAddr> = wire::attrs(msg)
-                .filter(|a| a.typ == wire::ATTR_XOR_PEER_ADDRESS)
-                .map(|a| wire::decode_xor_addr(a.value, &txid_arr))
-                .collect::<Option<Vec<_>>>()
-                .ok_or((reject(400, "Bad Request: XOR-PEER-ADDRESS"), key))?;
-            if peers.is_empty() || (method == METHOD_CHANNEL_BIND && peers.len() != 1) {
-                return Err((reject(400, "Bad Request: XOR-PEER-ADDRESS"), key));
-            }
-            let relay_v4 = match self.allocs.get(id as usize) {
-                Some(Some(a)) => a.public.is_ipv4(),
-                _ => return Err((reject(437, "Allocation Mismatch"), key)),
-            };
-            // The filter first: a refused address gets 403 whatever its family.
-            for p in &peers {
-                if self.cfg.filter.check(p.ip()) != Verdict::Allowed {
-                    self.metrics.peers_refused.inc();
-                    return Err((reject(403, "Forbidden: peer address not allowed"), key));
-                }
-            }
-            if peers.iter().any(|p| p.is_ipv4() != relay_v4) {
-                return Err((reject(443, "Peer Address Family Mismatch"), key));
-            }
-            let channel = if method == METHOD_CHANNEL_BIND {
-                let mut n = ChannelNumber::default();
-                if n.get_from(m).is_err() || !(0x4000..=0x7FFF).contains(&n.0) {
-                    return Err((reject(400, "Bad Request: CHANNEL-NUMBER"), key));
-                }
-                Some(n.0)
-            } else {
-                None
-            };
-            let perm_exp = now + self.cfg.permission_lifetime as u64 * 1000;
-            let chan_exp = now + self.cfg.channel_lifetime as u64 * 1000;
-            let max = self.cfg.max_permissions as usize;
-            let Some(Some(a)) = self.allocs.get_mut(id as usize) else {
-                return Err((reject(437, "Allocation Mismatch"), key));
-            };
-            if let Some(number) = channel {
-                let peer = peers[0];
-                let by_num = a.channels.iter().position(|c| c.number == number);
-                let by_peer = a.channels.iter().position(|c| c.peer == peer);
-                match (by_num, by_peer) {
-                    (Some(i), Some(j)) if i == j => a.channels[i].expires = chan_exp,
-                    (None, None) => {
-                        if a.channels.len() >= max {
-                            self.metrics.quota(Quota::Permissions).inc();
-                            return Err((reject(508, "Insufficient Capacity: channels"), key));
-                        }
-                        a.channels.push(Channel {
-                            number,
-                            peer,
-                            expires: chan_exp,
-                        });
-                    }
-                    _ => {
-                        return Err((
-                            reject(400, "Bad Request: channel bound to another peer"),
-                            key,
-                        ));
-                    }
-                }
-            }
-            let new = peers
-                .iter()
-                .filter(|p| !a.perms.iter().any(|(ip, _)| *ip == p.ip()))
-                .count();
-            if a.perms.len() + new > max {
-                self.metrics.quota(Quota::Permissions).inc();
-                return Err((reject(508, "Insufficient Capacity: permissions"), key));
-            }
-            for p in &peers {
-                match a.perms.iter_mut().find(|(ip, _)| *ip == p.ip()) {
-                    Some(entry) => entry.1 = perm_exp,
-                    None => a.perms.push((p.ip(), perm_exp)),
-                }
-            }
-        }
-        if let Some(s) = &self.cfg.software {
-            setters.push(Box::new(TextAttribute::new(ATTR_SOFTWARE, s.clone())));
-        }
-        let bytes = build(method, CLASS_SUCCESS_RESPONSE, txid, setters, key.as_ref());
-        self.reply(from, bytes);
-        Ok(())
-    }
-}
-
-// -------------------------------------------------------------------- RFC 6062 TCP relays
-
-impl Server {
-    /// A CONNECTION-ID not in use, naming this worker.
-    fn new_conn_id(&mut self) -> ConnId {
-        loop {
-            self.next_conn = (self.next_conn + 1) & 0x00FF_FFFF;
-            let id = (u32::from(self.worker) << 24) | self.next_conn;
-            if self.next_conn != 0 && !self.conns.contains_key(&id) {
-                return id;
-            }
-        }
-    }
-
-    fn tcp_connections(&self, relay: RelayId) -> usize {
-        self.conns.values().filter(|c| c.relay == relay).count()
-    }
-
-    /// Connect (RFC 6062 §5.2) on allocation `id`, authenticated: check the peer, install its
-    /// permission and ask the I/O layer to connect; the answer waits for
-    /// [`Server::peer_connected`].
-    fn connect(
-        &mut self,
-        id: RelayId,
-        msg: &[u8],
-        txid: [u8; 12],
-        now: u64,
-        key: Option<[u8; 16]>,
-    ) -> Result<(), (Reject, Option<[u8; 16]>)> {
-        let (tcp, relay_v4, bind) = match self.allocs.get(id as usize) {
-            Some(Some(a)) => (a.tcp, a.public.is_ipv4(), a.bind),
-            _ => return Err((reject(437, "Allocation Mismatch"), key)),
-        };
-        if !tcp {
-            return Err((reject(400, "Bad Request: Connect needs a TCP relay"), key));
-        }
-        let mut peers = wire::attrs(msg)
-            .filter(|a| a.typ == wire::ATTR_XOR_PEER_ADDRESS)
-            .map(|a| wire::decode_xor_addr(a.value, &txid));
-        let peer = match (peers.next(), peers.next()) {
-            (Some(Some(p)), None) => p,
-            _ => return Err((reject(400, "Bad Request: XOR-PEER-ADDRESS"), key)),
-        };
-        if self.cfg.filter.check(peer.ip()) != Verdict::Allowed {
-            self.metrics.peers_refused.inc();
-            return Err((reject(403, "Forbidden: peer address not allowed"), key));
-        }
-        if peer.is_ipv4() != relay_v4 {
-            return Err((reject(443, "Peer Address Family Mismatch"), key));
-        }
-        if self.conns.values().any(|c| c.relay == id && c.peer == peer) {
-            return Err((reject(446, "Connection Already Exists"), key));
-        }
-        if self.tcp_connections(id) >= MAX_TCP_CONNECTIONS {
-            self.metrics.quota(Quota::Permissions).inc();
-            return Err((reject(508, "Insufficient Capacity: connections"), key));
-        }
-        let perm_exp = now + self.cfg.permission_lifetime as u64 * 1000;
-        let max = self.cfg.max_permissions as usize;
-        let Some(Some(a)) = self.allocs.get_mut(id as usize) else {
-            return Err((reject(437, "Allocation Mismatch"), key));
-        };
-        let full = a.perms.len() >= max;
-        match a.perms.iter_mut().find(|(ip, _)| *ip == peer.ip()) {
-            Some(entry) => entry.1 = entry.1.max(perm_exp),
-            None if full => {
-                self.metrics.quota(Quota::Permissions).inc();
-                return Err((reject(508, "Insufficient Capacity: permissions"), key));
-            }
-            None => a.perms.push((peer.ip(), perm_exp)),
-        }
-        let cid = self.new_conn_id();
-        self.conns.insert(
-            cid,
-            PeerConn {
-                relay: id,
-                peer,
-                state: PeerConnState::Connecting { txid },
-            },
-        );
-        self.commands.push_back(Command::ConnectPeer {
-            id: cid,
-            bind,
-            peer,
-        });
-        Ok(())
-    }
-
-    /// The I/O layer's answer to [`Command::ConnectPeer`]: answers the client's Connect.
-    /// `false` when the connection is not wanted (any more): the I/O layer closes it.
-    pub fn peer_connected(&mut self, id: ConnId, ok: bool, now: u64) -> bool {
-        let Some(c) = self.conns.get_mut(&id) else {
-            return false;
-        };
-        let PeerConnState::Connecting { txid } = c.state else {
-            return false;
-        };
-        let (client, key) = match self.allocs.get(c.relay as usize) {
-            Some(Some(a)) => (a.client, a.key),
-            _ => {
-                self.conns.remove(&id);
-                return false;
-            }
-        };
-        let bytes = if ok {
-            c.state = PeerConnState::Waiting {
-                deadline: now + CONNECTION_BIND_TIMEOUT_MS,
-            };
-            let mut setters: Vec<Box<dyn Setter>> = vec![Box::new(ConnectionId(id))];
-            if let Some(s) = &self.cfg.software {
-                setters.push(Box::new(TextAttribute::new(ATTR_SOFTWARE, s.clone())));
-            }
-            build(
-                METHOD_CONNECT,
-                CLASS_SUCCESS_RESPONSE,
-                txid,
-                setters,
-                Some(&key),
-            )
-        } else {
-            self.conns.remove(&id);
-            error_response(
-                METHOD_CONNECT,
-                txid,
-                &reject(447, "Connection Timeout or Failure"),
-                None,
-                Some(&key),
-            )
-        };
-        self.reply(client, bytes);
-        ok
-    }
-
-    /// A peer opened a TCP connection to the relay of `relay` (RFC 6062 §5.3). With a
-    /// permission for its address (and the peer filter's consent), the client is told with a
-    /// ConnectionAttempt and the connection waits for its ConnectionBind under the returned
-    /// id; `None`: the I/O layer closes it.
-    pub fn peer_accepted(&mut self, relay: RelayId, peer: SocketAddr, now: u64) -> Option<ConnId> {
-        let Some(Some(a)) = self.allocs.get(relay as usize) else {
-            return None;
-        };
-        if !a.tcp || !matches!(a.state, State::Active) {
-            return None;
-        }
-        if self.cfg.filter.check(peer.ip()) != Verdict::Allowed {
-            self.metrics.peers_refused.inc();
-            return None;
-        }
-        if !a.permitted(peer.ip(), now)
-            || self.tcp_connections(relay) >= MAX_TCP_CONNECTIONS
-            || self
-                .conns
-                .values()
-                .any(|c| c.relay == relay && c.peer == peer)
-        {
-            self.stats.dropped += 1;
-            return None;
-        }
-        let client = a.client;
-        let id = self.new_conn_id();
-        self.conns.insert(
-            id,
-            PeerConn {
-                relay,
-                peer,
-                state: PeerConnState::Waiting {
-                    deadline: now + CONNECTION_BIND_TIMEOUT_MS,
-                },
-            },
-        );
-        self.data_txid = self.data_txid.wrapping_add(1);
-        let mut txid = [0u8; 12];
-        txid[4..].copy_from_slice(&self.data_txid.to_be_bytes());
-        let setters: Vec<Box<dyn Setter>> = vec![
-            Box::new(ConnectionId(id)),
-            Box::new(PeerAddress {
-                ip: peer.ip(),
-                port: peer.port(),
-            }),
-        ];
-        let bytes = build(
-            METHOD_CONNECTION_ATTEMPT,
-            CLASS_INDICATION,
-            txid,
-            setters,
-            None,
-        );
-        self.reply(client, bytes);
-        Some(id)
-    }
-
-    /// ConnectionBind (RFC 6062 §5.4) on a new client connection: with the allocation's
-    /// credentials and a waiting CONNECTION-ID, the I/O layer joins the two connections.
-    fn connection_bind(
-        &mut self,
-        from: Client,
-        msg: &[u8],
-        m: &Message,
-        txid: [u8; 12],
-        now: u64,
-    ) -> Result<(), (Reject, Option<[u8; 16]>)> {
-        if !from.is_stream() {
-            return Err((
-                reject(400, "Bad Request: ConnectionBind needs TCP or TLS"),
-                None,
-            ));
-        }
-        if self.by_client.contains_key(&from) {
-            return Err((
-                reject(400, "Bad Request: ConnectionBind on a control connection"),
-                None,
-            ));
-        }
-        let id =
-            wire::connection_id(msg).ok_or((reject(400, "Bad Request: CONNECTION-ID"), None))?;
-        let relay = match self.conns.get(&id) {
-            Some(c) if matches!(c.state, PeerConnState::Waiting { .. }) => c.relay,
-            _ => return Err((reject(400, "Bad Request: unknown CONNECTION-ID"), None)),
-        };
-        let (username, key) = match self.allocs.get(relay as usize) {
-            Some(Some(a)) => (a.username.clone(), a.key),
-            _ => return Err((reject(400, "Bad Request: unknown CONNECTION-ID"), None)),
-        };
-        self.authenticate_as(from, msg, m, now, &username, key)
-            .map_err(|r| (r, None))?;
-        if let Some(c) = self.conns.get_mut(&id) {
-            c.state = PeerConnState::Piped;
-        }
-        let mut setters: Vec<Box<dyn Setter>> = Vec::new();
-        if let Some(s) = &self.cfg.software {
-            setters.push(Box::new(TextAttribute::new(ATTR_SOFTWARE, s.clone())));
-        }
-        let response = build(
-            METHOD_CONNECTION_BIND,
-            CLASS_SUCCESS_RESPONSE,
-            txid,
-            setters,
-            Some(&key),
-        );
-        self.commands.push_back(Command::BindConnection {
-            to: from,
-            relay,
-            id,
-            response,
-        });
-        Ok(())
-    }
-
-    /// A pipe made for [`Command::BindConnection`] ended (either side closed, or it could
-    /// not be set up): the allocation may open another connection in its place.
-    pub fn pipe_closed(&mut self, id: ConnId) {
-        if self
-            .conns
-            .get(&id)
-            .is_some_and(|c| matches!(c.state, PeerConnState::Piped))
-        {
-            self.conns.remove(&id);
-        }
-    }
-
-    /// RFC 6062 connections in every state (tests and metrics).
-    pub fn tcp_connection_count(&self) -> usize {
-        self.conns.len()
-    }
-}
-
-/// The CONNECTION-ID attribute (RFC 6062 §6.2.1).
-struct ConnectionId(ConnId);
-
-impl Setter for ConnectionId {
-    fn add_to(&self, m: &mut Message) -> Result<(), stun::Error> {
-        m.add(ATTR_CONNECTION_ID, &self.0.to_be_bytes());
-        Ok(())
-    }
-}
-
-/// Burst allowance: one second of traffic at `max_bps` bytes/s (at least one full-size datagram).
-fn bucket_capacity(max_bps: u64) -> u64 {
-    max_bps.max(wire::MAX_PAYLOAD as u64)
-}
-
-/// Take `len` bytes from a token bucket refilled at `max_bps`; `true` when allowed.
-fn take(b: &mut Bucket, max_bps: u64, len: usize, now: u64) -> bool {
-    if max_bps == 0 {
-        return true;
-    }
-    if now > b.last_ms {
-        let refill = (now - b.last_ms).saturating_mul(max_bps) / 1000;
-        b.tokens = (b.tokens.saturating_add(refill)).min(bucket_capacity(max_bps));
-        b.last_ms = now;
-    }
-    if b.tokens >= len as u64 {
-        b.tokens -= len as u64;
-        true
-    } else {
-        false
-    }
-}
-
-/// Encode a message with the stun crate: type, transaction id, attributes, then
-/// MESSAGE-INTEGRITY (when `key`) and FINGERPRINT.
-fn build(
-    method: Method,
-    class: stun::message::MessageClass,
-    txid: [u8; 12],
-    mut setters: Vec<Box<dyn Setter>>,
-    key: Option<&[u8; 16]>,
-) -> Vec<u8> {
-    let mut all: Vec<Box<dyn Setter>> = Vec::with_capacity(setters.len() + 4);
-    all.push(Box::new(TransactionId(txid)));
-    all.push(Box::new(MessageType::new(method, class)));
-    all.append(&mut setters);
-    if let Some(key) = key {
-        all.push(Box::new(MessageIntegrity(key.to_vec())));
-    }
-    all.push(Box::new(FINGERPRINT));
-    let mut m = Message::new();
-    // The setters only fail on oversized attributes, which we never build; an empty answer
-    // is dropped by the I/O layer rather than panicking.
-    if m.build(&all).is_err() {
-        return Vec::new();
-    }
-    m.raw
-}
-
-fn error_response(
-    method: Method,
-    txid: [u8; 12],
-    r: &Reject,
-    challenge: Option<(&str, &str)>,
-    key: Option<&[u8; 16]>,
-) -> Vec<u8> {
-    let mut setters: Vec<Box<dyn Setter>> = vec![Box::new(ErrorCodeAttribute {
-        code: ErrorCode(r.code),
-        reason: r.reason.as_bytes().to_vec(),
-    })];
-    if let Some((realm, nonce)) = challenge {
-        setters.push(Box::new(TextAttribute::new(ATTR_REALM, realm.to_string())));
-        setters.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce.to_string())));
-    }
-    // 401/438 answers are sent before authentication succeeded: no integrity on them.
-    let key = if challenge.is_some() { None } else { key };
-    build(method, CLASS_ERROR_RESPONSE, txid, setters, key)
 }

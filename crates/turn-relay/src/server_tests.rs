@@ -48,7 +48,7 @@ fn config() -> CoreConfig {
 
 struct H {
     s: Server,
-    now: u64,
+    now: Millis,
     events: Vec<Event>,
     opened: Vec<(RelayId, SocketAddr)>,
     closed: Vec<RelayId>,
@@ -75,7 +75,7 @@ impl H {
     fn with(s: Server) -> Self {
         Self {
             s,
-            now: T0,
+            now: Millis(T0),
             events: vec![],
             opened: vec![],
             closed: vec![],
@@ -100,7 +100,7 @@ impl H {
                 Command::ToClient { to, bytes } => {
                     let mut m = Message::new();
                     m.unmarshal_binary(&bytes).unwrap();
-                    assert!(wire::fingerprint_ok(&bytes));
+                    stun::fingerprint::FINGERPRINT.check(&m).unwrap();
                     assert_eq!(to, from);
                     out.push(m);
                 }
@@ -137,7 +137,7 @@ impl H {
     }
 
     fn tick(&mut self, ms: u64) {
-        self.now += ms;
+        self.now = self.now.after_ms(ms);
         self.s.handle_timeout(self.now);
         self.run(client(1));
     }
@@ -378,9 +378,13 @@ fn allocate_with_rest_credentials() {
     l.get_from(&r).unwrap();
     assert_eq!(l.0.as_secs(), 600);
     // The success response carries MESSAGE-INTEGRITY under the client's key.
-    let mut raw = r.raw.clone();
-    raw.truncate(20 + r.length as usize);
-    assert_eq!(wire::check_integrity(&raw, &c.key()), Ok(()));
+    let mut signed = r.clone();
+    MessageIntegrity(c.key()).check(&mut signed).unwrap();
+    assert!(
+        MessageIntegrity(b"another key".to_vec())
+            .check(&mut signed)
+            .is_err()
+    );
     assert_eq!(h.s.allocation_count(), 1);
     assert_eq!(h.s.metrics().allocations_active.get(), 1);
     assert!(matches!(&h.events[0], Event::Created { user, .. } if user == "alice"));
@@ -709,7 +713,7 @@ fn bandwidth_quota() {
         .filter(|_| h.send(c.addr, &pkt).0 != Forward::None)
         .count();
     assert_eq!(sent, 100);
-    h.now += 100; // 10 kB refilled
+    h.now = h.now.after_ms(100); // 10 kB refilled
     let sent = (0..200)
         .filter(|_| h.send(c.addr, &pkt).0 != Forward::None)
         .count();
@@ -874,7 +878,7 @@ fn lifetime_expiry_frees_ports_and_emits_events() {
             .count(),
         2
     );
-    let mut c = C::new(client(9), "u9", h.now, 3600);
+    let mut c = C::new(client(9), "u9", h.now.0, 3600);
     assert!(is_success(&c.allocate(&mut h, vec![])));
 }
 
@@ -913,7 +917,8 @@ fn random_input_never_panics() {
         let _ = h.s.handle_client(c.addr, &b, h.now);
         let mut pb = peer_buf(&b);
         let _ = h.s.handle_peer(relay, peer(1), &mut pb, b.len(), h.now);
-        let _ = h.s.handle_peer(relay + 5, peer(1), &mut pb, b.len(), h.now);
+        let _ =
+            h.s.handle_peer(RelayId(relay.0 + 5), peer(1), &mut pb, b.len(), h.now);
         while h.s.poll_command().is_some() {}
     }
 }
@@ -963,7 +968,7 @@ impl C {
             METHOD_CONNECTION_BIND,
             vec![Box::new(RawAttr(
                 ATTR_CONNECTION_ID,
-                id.to_be_bytes().to_vec(),
+                id.0.to_be_bytes().to_vec(),
             ))],
             true,
         );
@@ -982,7 +987,7 @@ impl Setter for RawAttr {
 
 fn connection_id(m: &Message) -> ConnId {
     let v = m.get(ATTR_CONNECTION_ID).unwrap();
-    u32::from_be_bytes(v.try_into().unwrap())
+    ConnId(u32::from_be_bytes(v.try_into().unwrap()))
 }
 
 #[test]
@@ -1033,14 +1038,14 @@ fn connect_then_connection_bind_joins_the_connections() {
     assert_eq!(connection_id(answer), id);
     // The peer's address got a permission with the Connect: it may connect in too (from
     // another port), and the client hears of it.
-    let incoming = h.s.peer_accepted(0, peer(9050), h.now).unwrap();
+    let incoming = h.s.peer_accepted(RelayId(0), peer(9050), h.now).unwrap();
     let attempt = h.run(c.addr).remove(0);
     assert_eq!(attempt.typ.method, METHOD_CONNECTION_ATTEMPT);
     assert_ne!(incoming, id);
 
     // ConnectionBind from a new connection: an unknown id is refused, the right one binds.
     let data = stream_client(2);
-    let r = c.connection_bind(&mut h, data, id ^ 1);
+    let r = c.connection_bind(&mut h, data, ConnId(id.0 ^ 1));
     assert_eq!(code(&r[0]), Some(400));
     assert!(h.bound.is_empty());
     let r = c.connection_bind(&mut h, data, id);
@@ -1049,7 +1054,7 @@ fn connect_then_connection_bind_joins_the_connections() {
         "the success answer goes with the bind command"
     );
     let (to, relay, bound_id, response) = &h.bound[0];
-    assert_eq!((*to, *relay, *bound_id), (data, 0, id));
+    assert_eq!((*to, *relay, *bound_id), (data, RelayId(0), id));
     assert!(is_success(response) && response.typ.method == METHOD_CONNECTION_BIND);
     // Bound once: a second ConnectionBind for the same id is refused.
     let r = c.connection_bind(&mut h, stream_client(3), id);
@@ -1127,9 +1132,9 @@ fn peer_connections_need_a_permission_and_expire_unbound() {
     let mut c = C::new(stream_client(1), "alice", T0, 600);
     assert!(is_success(&c.allocate_tcp(&mut h)));
     // No permission yet: the I/O layer closes the connection.
-    assert_eq!(h.s.peer_accepted(0, peer(9100), h.now), None);
+    assert_eq!(h.s.peer_accepted(RelayId(0), peer(9100), h.now), None);
     assert!(is_success(&c.perm(&mut h, &[peer(1)])));
-    let id = h.s.peer_accepted(0, peer(9100), h.now).unwrap();
+    let id = h.s.peer_accepted(RelayId(0), peer(9100), h.now).unwrap();
     let attempt = h.run(c.addr).remove(0);
     assert_eq!(attempt.typ.method, METHOD_CONNECTION_ATTEMPT);
     assert_eq!(attempt.typ.class, CLASS_INDICATION);
@@ -1150,8 +1155,8 @@ fn ending_a_tcp_allocation_drops_its_waiting_connections() {
     let mut c = C::new(stream_client(1), "alice", T0, 600);
     assert!(is_success(&c.allocate_tcp(&mut h)));
     assert!(is_success(&c.perm(&mut h, &[peer(1)])));
-    let a = h.s.peer_accepted(0, peer(9100), h.now).unwrap();
-    let b = h.s.peer_accepted(0, peer(9101), h.now).unwrap();
+    let a = h.s.peer_accepted(RelayId(0), peer(9100), h.now).unwrap();
+    let b = h.s.peer_accepted(RelayId(0), peer(9101), h.now).unwrap();
     assert_ne!(a, b);
     h.s.client_closed(c.addr);
     h.run(c.addr);
@@ -1160,7 +1165,7 @@ fn ending_a_tcp_allocation_drops_its_waiting_connections() {
     let mut want = vec![a, b];
     want.sort_unstable();
     assert_eq!(dropped, want);
-    assert_eq!(h.closed, vec![0]);
+    assert_eq!(h.closed, vec![RelayId(0)]);
     assert_eq!(h.s.tcp_connection_count(), 0);
 }
 
@@ -1172,7 +1177,7 @@ fn connection_ids_name_their_worker() {
     assert!(is_success(&c.allocate_tcp(&mut h)));
     c.connect(&mut h, peer(9000));
     let id = h.connects[0].0;
-    assert_eq!(conn_worker(id), 3);
+    assert_eq!(id.worker(), 3);
 }
 
 #[test]
@@ -1196,7 +1201,7 @@ fn an_allocation_holds_at_most_16_tcp_connections_in_any_state() {
     }
     assert_eq!(h.bound.len(), 4);
     assert_eq!(code(&c.connect(&mut h, peer(9999))[0]), Some(508));
-    assert_eq!(h.s.peer_accepted(0, peer(9998), h.now), None);
+    assert_eq!(h.s.peer_accepted(RelayId(0), peer(9998), h.now), None);
     // One pipe ends: room for one more.
     h.s.pipe_closed(h.bound[0].2);
     assert!(c.connect(&mut h, peer(9999)).is_empty());

@@ -1,26 +1,22 @@
-//! The zero-copy part of the STUN/TURN codec: framing, a borrowing attribute walker, XOR
-//! address decoding, MESSAGE-INTEGRITY and FINGERPRINT checks, and the in-place writers for
-//! ChannelData and Data indications used by the data path.
+//! The zero-copy part of the STUN/TURN codec, for the data path and for checks over raw
+//! bytes: classification and stream framing, a borrowing attribute walker (Send
+//! indications, and the CONNECTION-ID peek that routes a ConnectionBind to the worker
+//! holding its connection before any core decodes it), XOR address values, and the
+//! in-place writers for ChannelData and Data indications.
 //!
-//! Control responses are built with the `stun`/`turn` crates (see `server.rs`); everything a
-//! relayed packet touches lives here and never allocates. Every function is total over its
-//! input bytes: malformed input yields `None`/`Err`, never a panic (see `fuzz/`).
+//! Control requests are decoded (once) and answered by the `stun`/`turn` crates (see
+//! `server/request.rs`); MESSAGE-INTEGRITY and FINGERPRINT are checked there, so no message is
+//! read by both codecs. Everything a relayed packet touches lives here and never allocates.
+//! Every function is total over its input bytes: malformed input yields `None`/`Err`, never a
+//! panic (see `fuzz/`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-
-use hmac::{Hmac, Mac};
-use sha1::Sha1;
 
 pub const MAGIC_COOKIE: u32 = 0x2112_A442;
 pub const HEADER_LEN: usize = 20;
 
-pub const ATTR_USERNAME: u16 = 0x0006;
-pub const ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
-pub const ATTR_REALM: u16 = 0x0014;
-pub const ATTR_NONCE: u16 = 0x0015;
 pub const ATTR_XOR_PEER_ADDRESS: u16 = 0x0012;
 pub const ATTR_DATA: u16 = 0x0013;
-pub const ATTR_FINGERPRINT: u16 = 0x8028;
 /// RFC 6062 §6.2.1.
 pub const ATTR_CONNECTION_ID: u16 = 0x002A;
 
@@ -74,6 +70,12 @@ pub fn classify(b: &[u8]) -> Option<Kind> {
         }),
         _ => None,
     }
+}
+
+/// Whether a STUN message type (first two header bytes) is of the request class: the
+/// check on raw bytes that keeps responses and stray indications away from the codec.
+pub const fn is_request(typ: u16) -> bool {
+    typ & 0x0110 == 0
 }
 
 /// Length of the next frame in a stream (TCP/TLS) buffer, including ChannelData padding
@@ -217,51 +219,6 @@ pub fn encode_xor_addr(out: &mut [u8], addr: SocketAddr, txid: &[u8; 12]) -> usi
     }
 }
 
-/// Why MESSAGE-INTEGRITY did not verify.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IntegrityError {
-    Missing,
-    Malformed,
-    Mismatch,
-}
-
-/// Verify MESSAGE-INTEGRITY (HMAC-SHA1, RFC 5389 §15.4) of `msg` with `key`. The HMAC covers
-/// the header, with its length field adjusted to end just after MESSAGE-INTEGRITY, and every
-/// attribute before it. Comparison is constant-time.
-pub fn check_integrity(msg: &[u8], key: &[u8]) -> Result<(), IntegrityError> {
-    let attr = find_attr(msg, ATTR_MESSAGE_INTEGRITY).ok_or(IntegrityError::Missing)?;
-    if attr.value.len() != 20 {
-        return Err(IntegrityError::Malformed);
-    }
-    let end = attr.offset + 24;
-    let adjusted = u16::try_from(end - HEADER_LEN).map_err(|_| IntegrityError::Malformed)?;
-    let mut mac =
-        <Hmac<Sha1> as Mac>::new_from_slice(key).map_err(|_| IntegrityError::Malformed)?;
-    mac.update(&msg[0..2]);
-    mac.update(&adjusted.to_be_bytes());
-    mac.update(&msg[4..attr.offset]);
-    mac.verify_slice(attr.value)
-        .map_err(|_| IntegrityError::Mismatch)
-}
-
-/// Verify FINGERPRINT when present (CRC-32 of the message up to it, XOR 0x5354554e).
-/// Returns `false` only when the attribute is present and wrong.
-pub fn fingerprint_ok(msg: &[u8]) -> bool {
-    let Some(attr) = find_attr(msg, ATTR_FINGERPRINT) else {
-        return true;
-    };
-    if attr.value.len() != 4 {
-        return false;
-    }
-    let adjusted = (attr.offset + 8 - HEADER_LEN) as u16;
-    let mut h = crc32::Hasher::new();
-    h.update(&msg[0..2]);
-    h.update(&adjusted.to_be_bytes());
-    h.update(&msg[4..attr.offset]);
-    let want = h.finish() ^ 0x5354_554e;
-    attr.value == want.to_be_bytes()
-}
-
 /// Write a ChannelData header in front of a payload at `buf[HEADROOM..HEADROOM+len]`; with
 /// `stream` the padding bytes after it are zeroed and counted. Returns the range to send.
 pub fn write_channel_data(
@@ -309,54 +266,6 @@ pub fn write_data_indication(
     start..HEADROOM + p
 }
 
-/// A small table-driven CRC-32 (IEEE), enough for FINGERPRINT checks and writes.
-pub mod crc32 {
-    const fn table() -> [u32; 256] {
-        let mut t = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            t[i] = c;
-            i += 1;
-        }
-        t
-    }
-    static TABLE: [u32; 256] = table();
-
-    pub struct Hasher(u32);
-
-    impl Default for Hasher {
-        fn default() -> Self {
-            Self::new()
-        }
-    }
-
-    impl Hasher {
-        pub fn new() -> Self {
-            Self(0xFFFF_FFFF)
-        }
-        pub fn update(&mut self, data: &[u8]) {
-            let mut c = self.0;
-            for &b in data {
-                c = TABLE[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8);
-            }
-            self.0 = c;
-        }
-        pub fn finish(&self) -> u32 {
-            self.0 ^ 0xFFFF_FFFF
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -370,14 +279,7 @@ mod tests {
             .collect()
     }
 
-    // RFC 5769 §2.1 sample request (short-term credentials).
-    const REQ: &str = "00 01 00 58 21 12 a4 42 b7 e7 a7 01 bc 34 d6 86 fa 87 df ae
-        80 22 00 10 53 54 55 4e 20 74 65 73 74 20 63 6c 69 65 6e 74
-        00 24 00 04 6e 00 01 ff 80 29 00 08 93 2f f9 b1 51 26 3b 36
-        00 06 00 09 65 76 74 6a 3a 68 36 76 59 20 20 20 00 08 00 14
-        9a ea a7 0c bf d8 cb 56 78 1e f2 b5 b2 d3 f2 49 c1 b5 71 a2
-        80 28 00 04 e5 7a 3b cf";
-    // §2.2 IPv4 response.
+    // RFC 5769 §2.2 and §2.3 sample responses (the requests are decoded in server/request.rs).
     const RESP4: &str = "01 01 00 3c 21 12 a4 42 b7 e7 a7 01 bc 34 d6 86 fa 87 df ae
         80 22 00 0b 74 65 73 74 20 76 65 63 74 6f 72 20 00 20 00 08
         00 01 a1 47 e1 12 a6 43 00 08 00 14 2b 91 f5 99 fd 9e 90 c3
@@ -388,35 +290,6 @@ mod tests {
         00 02 a1 47 01 13 a9 fa a5 d3 f1 79 bc 25 f4 b5 be d2 b9 d9
         00 08 00 14 a3 82 95 4e 4b e6 7b f1 17 84 c9 7c 82 92 c2 75
         bf e3 ed 41 80 28 00 04 c8 fb 0b 4c";
-    // §2.4 request with long-term credentials.
-    const REQ_LT: &str = "00 01 00 60 21 12 a4 42 78 ad 34 33 c6 ad 72 c0 29 da 41 2e
-        00 06 00 12 e3 83 9e e3 83 88 e3 83 aa e3 83 83 e3 82 af e3
-        82 b9 00 00 00 15 00 1c 66 2f 2f 34 39 39 6b 39 35 34 64 36
-        4f 4c 33 34 6f 4c 39 46 53 54 76 79 36 34 73 41 00 14 00 0b
-        65 78 61 6d 70 6c 65 2e 6f 72 67 00 00 08 00 14 f6 70 24 65
-        6d d6 4a 3e 02 b8 e0 71 2e 85 c9 a2 8c a8 96 66";
-
-    #[test]
-    fn rfc5769_short_term_request() {
-        let m = hex(REQ);
-        assert_eq!(
-            classify(&m),
-            Some(Kind::Stun {
-                typ: 0x0001,
-                len: m.len()
-            })
-        );
-        assert_eq!(check_integrity(&m, b"VOkJxbRl1RmTxUk/WvJxBt"), Ok(()));
-        assert_eq!(check_integrity(&m, b"wrong"), Err(IntegrityError::Mismatch));
-        assert!(fingerprint_ok(&m));
-        let mut bad = m.clone();
-        let n = bad.len();
-        bad[n - 1] ^= 1;
-        assert!(!fingerprint_ok(&bad));
-        let user = find_attr(&m, ATTR_USERNAME).unwrap();
-        assert_eq!(user.value, b"evtj:h6vY");
-    }
-
     #[test]
     fn rfc5769_responses_mapped_address() {
         for (v, want) in [
@@ -424,8 +297,6 @@ mod tests {
             (RESP6, "[2001:db8:1234:5678:11:2233:4455:6677]:32853"),
         ] {
             let m = hex(v);
-            assert!(fingerprint_ok(&m));
-            assert_eq!(check_integrity(&m, b"VOkJxbRl1RmTxUk/WvJxBt"), Ok(()));
             let txid = transaction_id(&m);
             let a = find_attr(&m, 0x0020).unwrap();
             let addr = decode_xor_addr(a.value, &txid).unwrap();
@@ -434,23 +305,6 @@ mod tests {
             let n = encode_xor_addr(&mut out, addr, &txid);
             assert_eq!(&out[..n], a.value);
         }
-    }
-
-    #[test]
-    fn rfc5769_long_term_request() {
-        let m = hex(REQ_LT);
-        // key = MD5("マトリックス:example.org:TheMatrIX"), the SASLprep'd password.
-        let key = stun::integrity::MessageIntegrity::new_long_term_integrity(
-            "マトリックス".into(),
-            "example.org".into(),
-            "TheMatrIX".into(),
-        );
-        assert_eq!(check_integrity(&m, &key.0), Ok(()));
-        assert_eq!(
-            find_attr(&m, ATTR_NONCE).unwrap().value,
-            b"f//499k954d6OL34oL9FSTvy64sA"
-        );
-        assert_eq!(find_attr(&m, ATTR_REALM).unwrap().value, b"example.org");
     }
 
     #[test]
@@ -505,8 +359,6 @@ mod tests {
             }
             let _ = classify(&b);
             let _ = attrs(&b).count();
-            let _ = check_integrity(&b, b"k");
-            let _ = fingerprint_ok(&b);
             let _ = stream_frame_len(&b);
         }
     }

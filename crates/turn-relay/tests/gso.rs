@@ -25,7 +25,7 @@ fn datagram(n: u32) -> Vec<u8> {
 }
 
 fn relay_bursts(gso: bool) -> f64 {
-    let relay = Relay::start(Opts {
+    let relay = Relay::in_process(Opts {
         allow_loopback: true,
         env: vec![("TURN_GSO".into(), gso.to_string())],
         ..Default::default()

@@ -15,7 +15,7 @@ use common::*;
 
 #[test]
 fn stunclient_gets_reflexive_address() {
-    let relay = Relay::start(Opts::default());
+    let relay = Relay::in_process(Opts::default());
     let bin = hermes_testkit::require_program("turnutils_stunclient", "coturn");
     let out = Command::new(bin)
         .args(["-p", &relay.port.to_string(), "127.0.0.1"])
@@ -31,7 +31,7 @@ fn stunclient_gets_reflexive_address() {
 }
 
 fn relay_messages(extra: &[&str]) {
-    let relay = Relay::start(Opts {
+    let relay = Relay::in_process(Opts {
         allow_loopback: true,
         ..Default::default()
     });
@@ -100,7 +100,7 @@ fn tcp_send_indications() {
 
 #[test]
 fn tcp_relays_rfc6062() {
-    let relay = Relay::start(Opts {
+    let relay = Relay::in_process(Opts {
         allow_loopback: true,
         ..Default::default()
     });
@@ -143,7 +143,7 @@ fn tcp_relays_rfc6062() {
 
 #[test]
 fn wrong_secret_is_refused() {
-    let relay = Relay::start(Opts {
+    let relay = Relay::in_process(Opts {
         allow_loopback: true,
         ..Default::default()
     });
@@ -178,7 +178,7 @@ fn ipv6_relay_to_ipv6_peer() {
         eprintln!("skipped: no IPv6 loopback on this host");
         return;
     }
-    let relay = Relay::start(Opts {
+    let relay = Relay::in_process(Opts {
         allow_loopback: true,
         env: vec![("TURN_RELAY_IP".into(), "127.0.0.1,::1".into())],
         ..Default::default()

@@ -11,7 +11,7 @@ use common::*;
 
 #[test]
 fn metrics_are_live_during_a_session() {
-    let relay = Relay::start(Opts {
+    let relay = Relay::in_process(Opts {
         allow_loopback: true,
         ..Default::default()
     });
@@ -121,7 +121,7 @@ fn drain_deadline_cuts_remaining_allocations() {
 fn stream_connections_beyond_the_limit_are_closed_at_accept() {
     use std::io::Read;
     use std::net::TcpStream;
-    let relay = Relay::start(Opts {
+    let relay = Relay::in_process(Opts {
         env: vec![("TURN_MAX_STREAM_CONNECTIONS".into(), "2".into())],
         ..Default::default()
     });

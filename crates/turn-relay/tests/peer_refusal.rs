@@ -13,7 +13,7 @@ use common::*;
 
 #[test]
 fn special_purpose_peers_get_403_and_nothing_is_relayed() {
-    let relay = Relay::start(Opts::default());
+    let relay = Relay::in_process(Opts::default());
     let victim = UdpSocket::bind("127.0.0.1:0").unwrap();
     victim
         .set_read_timeout(Some(Duration::from_millis(500)))
@@ -56,7 +56,7 @@ fn special_purpose_peers_get_403_and_nothing_is_relayed() {
 
 #[test]
 fn allow_loopback_switch_lets_tests_relay() {
-    let relay = Relay::start(Opts {
+    let relay = Relay::in_process(Opts {
         allow_loopback: true,
         ..Default::default()
     });

@@ -167,8 +167,8 @@ fn echo_both_ways(data: &mut TcpStream, peer: &mut TcpStream, tag: &str) {
     assert_eq!(buf, down.as_bytes());
 }
 
-fn four_workers(allow_loopback: bool) -> Relay {
-    Relay::start(Opts {
+fn four_workers(allow_loopback: bool) -> InProcessRelay {
+    Relay::in_process(Opts {
         allow_loopback,
         env: vec![("TURN_WORKERS".into(), "4".into())],
         ..Default::default()

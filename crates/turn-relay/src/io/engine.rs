@@ -40,7 +40,7 @@ use crate::io::gso;
 use crate::io::stream::StreamOut;
 use crate::io::stream_conn::{Close, StreamConn};
 use crate::io::tcp_relay::{self, Pipe, PipeDone, TcpRelay};
-use crate::server::{Client, Command, ConnId, Event, Forward, RelayId, Server, Via};
+use crate::server::{Client, Command, ConnId, Event, Forward, Millis, RelayId, Server, Via};
 use crate::wire;
 
 const WAKER: Token = Token(0);
@@ -246,7 +246,7 @@ struct PeerRun {
 impl PeerRun {
     fn new() -> Self {
         Self {
-            relay: 0,
+            relay: RelayId(0),
             peer: SocketAddr::from(([0, 0, 0, 0], 0)),
             segment: 0,
             total: 0,
@@ -341,7 +341,7 @@ impl Engine {
 
     /// Run on this thread until stopped, or until a drain completes.
     pub fn run(mut self) {
-        let mut wait = self.wait_for(self.core.poll_timeout(), false);
+        let mut wait = self.wait_for(self.core.poll_timeout().0, false);
         loop {
             let t = self.turn(wait);
             if t.done {
@@ -402,7 +402,7 @@ impl Engine {
             } else if t.0 >= STREAM_BASE {
                 self.stream_ready((t.0 - STREAM_BASE) as u64, now)
             } else {
-                self.peer_datagrams((t.0 - RELAY_BASE) as RelayId, now)
+                self.peer_datagrams(RelayId((t.0 - RELAY_BASE) as u32), now)
             };
             if !drained {
                 self.again.push(t);
@@ -414,7 +414,7 @@ impl Engine {
             self.core.send_failed_n(failed);
         }
         self.fold_gso_tally();
-        self.core.handle_timeout(now);
+        self.core.handle_timeout(Millis(now));
         self.commands(now);
         if now >= self.next_sweep_ms {
             self.next_sweep_ms = now + SWEEP_MS;
@@ -430,7 +430,7 @@ impl Engine {
         Turn {
             done: stop || drained,
             hot: full || !self.again.is_empty(),
-            deadline_ms: self.core.poll_timeout(),
+            deadline_ms: self.core.poll_timeout().0,
         }
     }
 
@@ -492,7 +492,7 @@ impl Engine {
                     addr: peer,
                 };
                 if let Forward::ToPeer { relay, peer, range } =
-                    self.core.handle_client(client, &frame, now)
+                    self.core.handle_client(client, &frame, Millis(now))
                 {
                     self.send_to_peer(relay, peer, &frame[range]);
                 }
@@ -516,7 +516,7 @@ impl Engine {
             }
             EngineMsg::Stop => return true,
             EngineMsg::PeerConnected { id, stream } => {
-                if self.core.peer_connected(id, stream.is_some(), now)
+                if self.core.peer_connected(id, stream.is_some(), Millis(now))
                     && let Some(stream) = stream
                 {
                     self.tcp_peers.insert(id, stream);
@@ -533,7 +533,7 @@ impl Engine {
                 // A report from a relay that has since closed (and whose id may be reused)
                 // names the old bind address: drop its connection.
                 if self.tcp_relays.get(&relay).is_some_and(|r| r.bind == bind)
-                    && let Some(id) = self.core.peer_accepted(relay, peer, now)
+                    && let Some(id) = self.core.peer_accepted(relay, peer, Millis(now))
                 {
                     self.tcp_peers.insert(id, stream);
                 }
@@ -544,7 +544,7 @@ impl Engine {
     }
 
     fn send_to_peer(&mut self, relay: RelayId, peer: SocketAddr, bytes: &[u8]) {
-        let ok = match self.relays.get(relay as usize) {
+        let ok = match self.relays.get(relay.index()) {
             Some(Some(s)) => s.send_to(bytes, peer).is_ok(),
             _ => false,
         };
@@ -580,7 +580,7 @@ impl Engine {
                 };
                 let packet = &slot[wire::HEADROOM..wire::HEADROOM + len];
                 if let Forward::ToPeer { relay, peer, range } =
-                    core.handle_client(Client::udp(0, from), packet, now)
+                    core.handle_client(Client::udp(0, from), packet, Millis(now))
                 {
                     let (start, end) = (wire::HEADROOM + range.start, wire::HEADROOM + range.end);
                     if !(*gso && to_peer.joins(relay, peer, end - start)) {
@@ -613,7 +613,7 @@ impl Engine {
             out,
             ..
         } = self;
-        let Some(Some(sock)) = relays.get(relay as usize) else {
+        let Some(Some(sock)) = relays.get(relay.index()) else {
             return true;
         };
         for _ in 0..BATCHES {
@@ -628,7 +628,7 @@ impl Engine {
                     continue;
                 };
                 if let Forward::ToClient { to, range } =
-                    core.handle_peer(relay, from, slot, len, now)
+                    core.handle_peer(relay, from, slot, len, Millis(now))
                 {
                     let ok = match to.via {
                         Via::Udp(_) => {
@@ -686,10 +686,10 @@ impl Engine {
                     } else {
                         self.open_relay(relay, bind)
                     };
-                    self.core.relay_opened(relay, ok, now);
+                    self.core.relay_opened(relay, ok, Millis(now));
                 }
                 Command::CloseRelay { relay } => {
-                    if let Some(slot) = self.relays.get_mut(relay as usize)
+                    if let Some(slot) = self.relays.get_mut(relay.index())
                         && let Some(mut s) = slot.take()
                     {
                         let _ = self.poll.registry().deregister(&mut s);
@@ -700,7 +700,7 @@ impl Engine {
                 Command::ConnectPeer { id, bind, peer } => match &self.rt {
                     Some(rt) => tcp_relay::connect(rt, id, bind, peer, self.me.clone()),
                     None => {
-                        self.core.peer_connected(id, false, now);
+                        self.core.peer_connected(id, false, Millis(now));
                     }
                 },
                 Command::BindConnection {
@@ -793,8 +793,10 @@ impl Engine {
             addr: c.peer,
         };
         let read = c.read(now, |frame| {
-            if let Forward::ToPeer { relay, peer, range } = core.handle_client(client, frame, now) {
-                let ok = match relays.get(relay as usize) {
+            if let Forward::ToPeer { relay, peer, range } =
+                core.handle_client(client, frame, Millis(now))
+            {
+                let ok = match relays.get(relay.index()) {
                     Some(Some(s)) => s.send_to(&frame[range], peer).is_ok(),
                     _ => false,
                 };
@@ -887,14 +889,14 @@ impl Engine {
             .registry()
             .register(
                 &mut sock,
-                Token(RELAY_BASE + relay as usize),
+                Token(RELAY_BASE + relay.index()),
                 Interest::READABLE,
             )
             .is_err()
         {
             return false;
         }
-        let idx = relay as usize;
+        let idx = relay.index();
         if self.relays.len() <= idx {
             self.relays.resize_with(idx + 1, || None);
         }
@@ -1010,7 +1012,7 @@ fn send_peer_run(
     if count == 0 {
         return;
     }
-    let Some(Some(sock)) = relays.get(run.relay as usize) else {
+    let Some(Some(sock)) = relays.get(run.relay.index()) else {
         core.send_failed_n(count);
         return;
     };
@@ -1045,24 +1047,36 @@ mod tests {
             SocketAddr::from(([192, 0, 2, 1], 5001)),
         );
         let mut run = PeerRun::new();
-        assert!(!run.joins(1, a, 100), "an empty run is started, not joined");
-        run.push(1, a, 0, 52, 152);
-        assert!(run.joins(1, a, 100));
-        assert!(run.joins(1, a, 60), "a shorter last datagram joins");
-        assert!(!run.joins(2, a, 100), "other relay socket");
-        assert!(!run.joins(1, b, 100), "other peer");
-        assert!(!run.joins(1, a, 101), "longer than the segment size");
-        run.push(1, a, 1, 52, 112);
-        assert!(!run.joins(1, a, 100), "closed by the shorter datagram");
+        assert!(
+            !run.joins(RelayId(1), a, 100),
+            "an empty run is started, not joined"
+        );
+        run.push(RelayId(1), a, 0, 52, 152);
+        assert!(run.joins(RelayId(1), a, 100));
+        assert!(
+            run.joins(RelayId(1), a, 60),
+            "a shorter last datagram joins"
+        );
+        assert!(!run.joins(RelayId(2), a, 100), "other relay socket");
+        assert!(!run.joins(RelayId(1), b, 100), "other peer");
+        assert!(
+            !run.joins(RelayId(1), a, 101),
+            "longer than the segment size"
+        );
+        run.push(RelayId(1), a, 1, 52, 112);
+        assert!(
+            !run.joins(RelayId(1), a, 100),
+            "closed by the shorter datagram"
+        );
         assert_eq!((run.count, run.total, run.segment), (2, 160, 100));
         assert_eq!(run.parts[1], (1, 52, 112));
         // Emptied (as `send_peer_run` does), the next push starts a new run.
         run.count = 0;
-        run.push(2, b, 5, 52, 1052);
+        run.push(RelayId(2), b, 5, 52, 1052);
         assert_eq!(
             (run.relay, run.peer, run.segment, run.total),
-            (2, b, 1000, 1000)
+            (RelayId(2), b, 1000, 1000)
         );
-        assert!(run.joins(2, b, 1000));
+        assert!(run.joins(RelayId(2), b, 1000));
     }
 }

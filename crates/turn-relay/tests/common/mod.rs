@@ -134,21 +134,13 @@ impl Relay {
 
     /// A metric's value (first sample whose line starts with `name`, labels included).
     pub fn metric(&self, name: &str) -> f64 {
-        let text = self.http_get("/metrics");
-        metric_in(&text, name).unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        metric_at(self.metrics, name)
     }
 
     /// Poll a metric until `done(value)` holds (within [`METRIC_TIMEOUT`]); returns the last
     /// value, so the caller asserts on it with its own message.
     pub fn metric_when(&self, name: &str, done: impl Fn(f64) -> bool) -> f64 {
-        let deadline = Instant::now() + METRIC_TIMEOUT;
-        loop {
-            let value = self.metric(name);
-            if done(value) || Instant::now() > deadline {
-                return value;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        metric_when_at(self.metrics, name, done)
     }
 
     /// Wait until the relay's log contains `needle` (within [`START_TIMEOUT`]).
@@ -161,6 +153,163 @@ impl Relay {
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The relay in this test process, on port 0 (`hermes_turn::run_and_report` says which ports
+/// it got), for scenarios that need no separate binary: no free-port guess to lose to
+/// another test, no process start-up. Tests of signals, exit codes, the process's RSS,
+/// threads or log lines use [`Relay`]. Dropping it shuts the relay down.
+pub struct InProcessRelay {
+    pub port: u16,
+    pub listening: hermes_turn::Listening,
+    pub metrics: SocketAddr,
+    shutdown: hermes_service::shutdown::CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    /// [`InProcessRelay::start`].
+    pub fn in_process(opts: Opts) -> InProcessRelay {
+        InProcessRelay::start(opts)
+    }
+}
+
+impl InProcessRelay {
+    /// Start with the same options as [`Relay::start`] (`env` entries become the flags of
+    /// the same names); the drain deadline is 0 s unless `drain_secs` says otherwise.
+    pub fn start(opts: Opts) -> Self {
+        let mut failures = Vec::new();
+        // The TCP listener takes the UDP port's number: another process may hold it, then
+        // the relay fails to start and we try again with another port.
+        for _ in 0..5 {
+            let (min, max) = relay_range();
+            let mut args: Vec<String> = [
+                "hermes-turn",
+                "--hermes-env",
+                "development",
+                "--turn-secret",
+                SECRET,
+                "--turn-realm",
+                "hermes.test",
+                "--turn-listen",
+                "127.0.0.1:0",
+                "--turn-metrics-listen",
+                "127.0.0.1:0",
+            ]
+            .map(String::from)
+            .to_vec();
+            let drain = opts.drain_secs.unwrap_or(0).to_string();
+            args.extend(["--turn-drain-secs".into(), drain]);
+            args.extend(["--turn-min-port".into(), min.to_string()]);
+            args.extend(["--turn-max-port".into(), max.to_string()]);
+            let redis = opts.redis_url.clone().unwrap_or_default();
+            args.extend(["--redis-url".into(), redis]);
+            args.extend([
+                "--turn-allow-loopback-peers".into(),
+                opts.allow_loopback.to_string(),
+            ]);
+            for (k, v) in &opts.env {
+                args.push(format!("--{}", k.to_lowercase().replace('_', "-")));
+                args.push(v.clone());
+            }
+            args.extend(opts.args.iter().cloned());
+            let config = <hermes_turn::Config as clap::Parser>::try_parse_from(&args)
+                .unwrap_or_else(|e| panic!("flags {args:?}: {e}"));
+            let settings = config.resolve().unwrap();
+            let shutdown = hermes_service::shutdown::CancellationToken::new();
+            let (tx, rx) = std::sync::mpsc::channel::<Result<hermes_turn::Listening, String>>();
+            let token = shutdown.clone();
+            let thread = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let up = tx.clone();
+                let result = rt.block_on(hermes_turn::run_and_report(settings, token, move |l| {
+                    let _ = up.send(Ok(l));
+                }));
+                if let Err(e) = result {
+                    let _ = tx.send(Err(e.to_string()));
+                }
+            });
+            match rx.recv_timeout(START_TIMEOUT) {
+                Ok(Ok(listening)) => {
+                    return Self {
+                        port: listening.udp.port(),
+                        metrics: listening.metrics,
+                        listening,
+                        shutdown,
+                        thread: Some(thread),
+                    };
+                }
+                Ok(Err(e)) => {
+                    let _ = thread.join();
+                    failures.push(e);
+                }
+                Err(_) => panic!("the in-process relay did not start within {START_TIMEOUT:?}"),
+            }
+        }
+        panic!("the in-process relay did not start: {failures:?}");
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.listening.udp
+    }
+
+    /// No log file in-process: failure messages say so.
+    pub fn log_text(&self) -> String {
+        "(in-process relay: no log)".into()
+    }
+
+    pub fn http_get(&self, path: &str) -> String {
+        http_get(self.metrics, path)
+    }
+
+    /// [`Relay::metric`].
+    pub fn metric(&self, name: &str) -> f64 {
+        metric_at(self.metrics, name)
+    }
+
+    /// [`Relay::metric_when`].
+    pub fn metric_when(&self, name: &str, done: impl Fn(f64) -> bool) -> f64 {
+        metric_when_at(self.metrics, name, done)
+    }
+}
+
+/// A metric's value from the `/metrics` endpoint at `addr`.
+pub fn metric_at(addr: SocketAddr, name: &str) -> f64 {
+    let text = http_get(addr, "/metrics");
+    metric_in(&text, name).unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+/// Poll a metric until `done(value)` holds (within [`METRIC_TIMEOUT`]); the last value.
+pub fn metric_when_at(addr: SocketAddr, name: &str, done: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + METRIC_TIMEOUT;
+    loop {
+        let value = metric_at(addr, name);
+        if done(value) || Instant::now() > deadline {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for InProcessRelay {
+    /// Shut down and wait (boundedly) for the drain to finish, so that the relay's sockets
+    /// and threads are gone when the test ends.
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.thread.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
     }
 }
