@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::hub::{DELIVERY_QUEUE, Delivery, JoinOutcome, RelayOutcome};
 use crate::room::{Conn, Decision, Relay, Seat, Tick};
-use crate::{AppState, SessionGuard};
+use crate::state::{AppState, SessionGuard};
 
 /// Close code when Redis is unavailable at join (RFC 6455 1013, try again later).
 const CLOSE_TRY_AGAIN: u16 = 1013;
