@@ -22,6 +22,8 @@
 # worker per core). Each row is run TURN_BENCH_REPEAT times (default 3) in rotating order, and
 # the median CPU cost per packet is reported, because a shared VM's noise between two runs of
 # the same server is often larger than 10 %.
+# With TURN_BENCH_BASE_BIN set (e.g. a build of main), that binary runs beside the others in the
+# same rotation, as base-1w and base-Nw, for before/after pairs measured in one run.
 # Only 127.0.0.1 is used. Every run is bounded (count and `timeout`).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -38,6 +40,7 @@ for p in turnserver turnutils_uclient turnutils_peer; do
 done
 BIN=${TURN_BENCH_BIN:-target/release/hermes-turn}
 [ -x "$BIN" ] || cargo build --release -p hermes-turn
+BASE_BIN=${TURN_BENCH_BASE_BIN:-}
 
 WORK="$(mktemp -d)"
 PIDS=()
@@ -72,14 +75,14 @@ turnserver --listening-ip=127.0.0.1 --relay-ip=127.0.0.1 --listening-port="$CT_P
   --simple-log --pidfile="$WORK/turnserver.pid" >"$WORK/coturn.log" 2>&1 &
 CT_PID=$!; PIDS+=($CT_PID)
 
-start_hermes() { # NAME WORKERS MIN_PORT MAX_PORT -> sets HT_PORT_<NAME>, HT_TLS_PORT_<NAME>, HT_PID_<NAME>
+start_hermes() { # NAME WORKERS MIN_PORT MAX_PORT [BIN] -> sets HT_PORT_<NAME>, HT_TLS_PORT_<NAME>, HT_PID_<NAME>
   local port tls metrics; port=$(free_port); tls=$(free_port); metrics=$(free_port)
   HERMES_ENV=development REDIS_URL= TURN_SECRET="$SECRET" TURN_REALM=bench.local \
     TURN_LISTEN="127.0.0.1:$port" TURN_METRICS_LISTEN="127.0.0.1:$metrics" \
     TURNS_LISTEN="127.0.0.1:$tls" TURN_TLS_CERT="$WORK/cert.pem" TURN_TLS_KEY="$WORK/key.pem" \
     TURN_MIN_PORT="$3" TURN_MAX_PORT="$4" TURN_ALLOW_LOOPBACK_PEERS=true TURN_MAX_BPS=1250000 \
     TURN_USER_QUOTA=0 TURN_TOTAL_QUOTA=0 TURN_WORKERS="$2" RUST_LOG=warn \
-    TURN_RELAY_SOCKET_BUFFER=${TURN_RELAY_SOCKET_BUFFER:-262144} "$BIN" >"$WORK/$1.log" 2>&1 &
+    TURN_RELAY_SOCKET_BUFFER=${TURN_RELAY_SOCKET_BUFFER:-262144} "${5:-$BIN}" >"$WORK/$1.log" 2>&1 &
   PIDS+=($!)
   printf -v "HT_PORT_$1" %s "$port"; printf -v "HT_TLS_PORT_$1" %s "$tls"; printf -v "HT_PID_$1" %s "$!"
 }
@@ -87,10 +90,18 @@ start_hermes() { # NAME WORKERS MIN_PORT MAX_PORT -> sets HT_PORT_<NAME>, HT_TLS
 # peer's own sockets live, so no allocation ever finds its port taken.
 start_hermes h1 1 25000 27499
 start_hermes hn 0 27500 29999
+NAMES=(coturn h1 hn)
+if [ -n "$BASE_BIN" ]; then
+  start_hermes b1 1 15000 17499 "$BASE_BIN"
+  start_hermes bn 0 17500 19999 "$BASE_BIN"
+  NAMES+=(b1 bn)
+fi
 WORKERS_N=$(nproc)
 sleep 1
-kill -0 "$CT_PID" "$HT_PID_h1" "$HT_PID_hn"
-declare -A IDLE_RSS=([coturn]=$(rss_kb "$CT_PID") [h1]=$(rss_kb "$HT_PID_h1") [hn]=$(rss_kb "$HT_PID_hn"))
+declare -A IDLE_RSS=([coturn]=$(rss_kb "$CT_PID"))
+for name in "${NAMES[@]:1}"; do
+  pid_var="HT_PID_$name"; kill -0 "${!pid_var}"; IDLE_RSS[$name]=$(rss_kb "${!pid_var}")
+done
 # Per server and transport: RSS before the transport's first run, and the peak during it.
 declare -A BASE_RSS=() PEAK_RSS=()
 
@@ -143,18 +154,17 @@ for size in $SIZES; do
   for rate in $RATES; do
     for r in $(seq 1 "$REPEAT"); do
       # Rotate the order so no server always runs first (or last) in a row.
-      case $(( r % 3 )) in
-        1) order="coturn h1 hn" ;; 2) order="h1 hn coturn" ;; *) order="hn coturn h1" ;;
-      esac
-      for name in $order; do
-        case $name in
-          coturn) port=$CT_PORT; [ "$transport" = tls ] && port=$CT_TLS_PORT
-                  run coturn "$CT_PID" "$port" "$size" "$rate" "$transport" >>"$RESULTS" ;;
-          h1) port=$HT_PORT_h1; [ "$transport" = tls ] && port=$HT_TLS_PORT_h1
-              run h1 "$HT_PID_h1" "$port" "$size" "$rate" "$transport" >>"$RESULTS" ;;
-          hn) port=$HT_PORT_hn; [ "$transport" = tls ] && port=$HT_TLS_PORT_hn
-              run hn "$HT_PID_hn" "$port" "$size" "$rate" "$transport" >>"$RESULTS" ;;
-        esac
+      order=()
+      for i in "${!NAMES[@]}"; do order+=("${NAMES[$(( (i + r - 1) % ${#NAMES[@]} ))]}"); done
+      for name in "${order[@]}"; do
+        if [ "$name" = coturn ]; then
+          port=$CT_PORT; [ "$transport" = tls ] && port=$CT_TLS_PORT
+          run coturn "$CT_PID" "$port" "$size" "$rate" "$transport" >>"$RESULTS"
+        else
+          port_var="HT_PORT_$name"; tls_var="HT_TLS_PORT_$name"; pid_var="HT_PID_$name"
+          port=${!port_var}; [ "$transport" = tls ] && port=${!tls_var}
+          run "$name" "${!pid_var}" "$port" "$size" "$rate" "$transport" >>"$RESULTS"
+        fi
       done
     done
   done
@@ -165,7 +175,8 @@ echo
 echo "TURN relay benchmark: $ALLOCS allocations over $TRANSPORTS, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "(ChannelData, ~${SECONDS_PER_RUN}s per run, loopback, $(nproc) cores, median of $REPEAT runs)"
 echo "hermes-1w: one data-plane worker; hermes-${WORKERS_N}w: one worker per core on ${TURN_WORKER_THREADS:-adaptive} threads (the default: adaptive)"
-python3 - "$RESULTS" "$WORKERS_N" <<'PY'
+[ -n "$BASE_BIN" ] && echo "base-1w, base-${WORKERS_N}w: the same with $BASE_BIN"
+python3 - "$RESULTS" "$WORKERS_N" "${NAMES[@]}" <<'PY'
 import sys, statistics
 rows = {}
 order = []
@@ -192,20 +203,25 @@ def cell(runs, name, key):
     rtt = f"{statistics.median(avgs):.2f}/{max(maxs)}" if avgs else "?"
     return us, loss, rtt, pps
 n = sys.argv[2]
-print(f"{'':<4} {'B':<5} {'msg/s':<6} | {'coturn':<27} | {'hermes-1w':<27} | {'hermes-'+n+'w':<27} | pkt/cpu-s vs coturn")
-print(f"{'':<4} {'':<5} {'total':<6} | {'loss%  rtt_ms  us/pkt':<27} | {'loss%  rtt_ms  us/pkt':<27} | {'loss%  rtt_ms  us/pkt':<27} | 1w     {n}w")
+names = sys.argv[3:]
+label = {"coturn": "coturn", "h1": "hermes-1w", "hn": f"hermes-{n}w", "b1": "base-1w", "bn": f"base-{n}w"}
+print(f"{'':<4} {'B':<5} {'msg/s':<6} | " + " | ".join(f"{label[x]:<27}" for x in names)
+      + " | pkt/cpu-s vs coturn")
+print(f"{'':<4} {'':<5} {'total':<6} | " + " | ".join(f"{'loss%  rtt_ms  us/pkt':<27}" for _ in names)
+      + " | " + "  ".join(f"{label[x]:<9}" for x in names[1:]))
 for key in order:
     r = rows[key]
-    c, h1, hn = cell(r["coturn"], "coturn", key), cell(r["h1"], "h1", key), cell(r["hn"], "hn", key)
+    cells = {x: cell(r[x], x, key) for x in names}
+    c = cells["coturn"]
     fmt = lambda x: f"{x[1]:<6.3f} {x[2]:<7} {x[0]:<6.2f}"
-    print(f"{key[0]:<4} {key[1]:<5} {key[2]:<6} | {fmt(c):<27} | {fmt(h1):<27} | {fmt(hn):<27} | "
-          f"{h1[3]/max(c[3], 1e-9):.2f}x  {hn[3]/max(c[3], 1e-9):.2f}x")
+    print(f"{key[0]:<4} {key[1]:<5} {key[2]:<6} | " + " | ".join(f"{fmt(cells[x]):<27}" for x in names)
+          + " | " + "  ".join(f"{cells[x][3]/max(c[3], 1e-9):<8.2f}x" for x in names[1:]))
 for name, key in failed:
     print(f"failed run left out: {name} {key[0]} {key[1]} B {key[2]} msg/s (uclient reported no totals; see above)")
 PY
 echo
 for transport in $TRANSPORTS; do
-  for name in coturn h1 hn; do
+  for name in "${NAMES[@]}"; do
     key="$name:$transport"
     kb=$(( (PEAK_RSS[$key] - BASE_RSS[$key]) * 1000 / ALLOCS ))
     printf 'memory per %s allocation (peak RSS - RSS before) / %s, %-6s: %s.%03d KB (idle RSS %s KB)\n' \
