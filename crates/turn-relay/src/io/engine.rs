@@ -38,7 +38,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::io::batch::{self, RecvBatch, SendBatch};
 use crate::io::gso;
 use crate::io::stream::StreamOut;
-use crate::io::stream_conn::{Close, StreamConn};
+use crate::io::stream_conn::{Close, ConnMap, RecordEdge, StreamConn};
 use crate::io::tcp_relay::{self, Pipe, PipeDone, TcpRelay};
 use crate::server::{Client, Command, ConnId, Event, Forward, Millis, RelayId, Server, Via};
 use crate::wire;
@@ -65,12 +65,13 @@ pub enum EngineMsg {
     },
     /// A TCP/TLS client connection for the worker to serve itself from now on: `early` holds
     /// the bytes read before the hand-over (at least its first frame), `tls` the rustls state
-    /// after the handshake, `slot` its share of `TURN_MAX_STREAM_CONNECTIONS`.
+    /// after the handshake and the record boundaries of the bytes read so far, `slot` its
+    /// share of `TURN_MAX_STREAM_CONNECTIONS`.
     StreamAdopt {
         conn: u64,
         peer: SocketAddr,
         sock: std::net::TcpStream,
-        tls: Option<Box<tokio_rustls::rustls::ServerConnection>>,
+        tls: Option<(Box<tokio_rustls::rustls::ServerConnection>, RecordEdge)>,
         early: Vec<u8>,
         slot: Option<tokio::sync::OwnedSemaphorePermit>,
     },
@@ -184,9 +185,9 @@ pub struct Engine {
     listener: UdpSocket,
     relays: Vec<Option<UdpSocket>>,
     /// RFC 6062 data connections, served by their tokio tasks.
-    streams: HashMap<u64, tokio::sync::mpsc::Sender<StreamOut>>,
+    streams: ConnMap<tokio::sync::mpsc::Sender<StreamOut>>,
     /// TCP/TLS client connections this worker serves itself.
-    conns: HashMap<u64, StreamConn>,
+    conns: ConnMap<StreamConn>,
     /// Connections with output queued this turn.
     dirty: Vec<u64>,
     /// A stream client that leaves a frame half-sent, or its output unread, this long is cut.
@@ -228,6 +229,8 @@ pub struct Turn {
     pub hot: bool,
     /// When the core next needs a turn for its timers (unix ms).
     pub deadline_ms: u64,
+    /// How long the turn waited for its sockets (zero when it was not asked to wait).
+    pub idle: Duration,
 }
 
 /// A run of datagrams from one relay socket to one peer, each a byte range of a slot of the
@@ -297,8 +300,8 @@ impl Engine {
                 core,
                 listener,
                 relays: Vec::new(),
-                streams: HashMap::new(),
-                conns: HashMap::new(),
+                streams: ConnMap::default(),
+                conns: ConnMap::default(),
                 dirty: Vec::new(),
                 stream_stall_ms: 10_000,
                 next_sweep_ms: 0,
@@ -339,6 +342,11 @@ impl Engine {
         self.poll.as_raw_fd()
     }
 
+    /// This worker's waker: wakes a thread that waits in [`Engine::turn`] (`io/runner.rs`).
+    pub fn waker(&self) -> Arc<Waker> {
+        self.me.waker.clone()
+    }
+
     /// Run on this thread until stopped, or until a drain completes.
     pub fn run(mut self) {
         let mut wait = self.wait_for(self.core.poll_timeout().0, false);
@@ -367,6 +375,7 @@ impl Engine {
     /// ready (each socket up to its batch budget), flush the sends, run the core's timers
     /// and commands.
     pub fn turn(&mut self, wait: Duration) -> Turn {
+        let before = (!wait.is_zero()).then(std::time::Instant::now);
         if let Err(e) = self.poll.poll(&mut self.polled, Some(wait))
             && e.kind() != ErrorKind::Interrupted
         {
@@ -375,8 +384,10 @@ impl Engine {
                 done: true,
                 hot: false,
                 deadline_ms: 0,
+                idle: Duration::ZERO,
             };
         }
+        let idle = before.map_or(Duration::ZERO, |b| b.elapsed());
         let now = hermes_service::unix_now_ms();
         // Sockets whose budget ran out last turn are served again first.
         let mut ready = std::mem::take(&mut self.ready);
@@ -431,6 +442,7 @@ impl Engine {
             done: stop || drained,
             hot: full || !self.again.is_empty(),
             deadline_ms: self.core.poll_timeout().0,
+            idle,
         }
     }
 
@@ -753,7 +765,7 @@ impl Engine {
         conn: u64,
         peer: SocketAddr,
         sock: std::net::TcpStream,
-        tls: Option<Box<tokio_rustls::rustls::ServerConnection>>,
+        tls: Option<(Box<tokio_rustls::rustls::ServerConnection>, RecordEdge)>,
         early: &[u8],
         slot: Option<tokio::sync::OwnedSemaphorePermit>,
         now: u64,
@@ -836,8 +848,11 @@ impl Engine {
             }
             std::mem::swap(&mut dirty, &mut self.dirty);
         }
-        // Keep the list's room for the next turn.
-        self.dirty = dirty;
+        // Keep the list's room for the next turn (the drained list is the one that has it;
+        // a fresh one each turn cost a malloc, reallocs and a free per turn).
+        if dirty.capacity() > self.dirty.capacity() {
+            self.dirty = dirty;
+        }
     }
 
     /// Cut the connections that stalled; free the buffers of those that are quiet.

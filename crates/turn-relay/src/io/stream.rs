@@ -13,16 +13,18 @@
 //! allocation goes with it.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::io::engine::{EngineMsg, Engines};
-use crate::io::stream_conn::Close;
+use crate::io::stream_conn::{Close, RecordEdge};
 use crate::io::tcp_relay::{self, Pipe};
 use crate::io::tls::TlsReloader;
 use crate::metrics::Metrics;
@@ -57,6 +59,58 @@ pub const IDLE: Duration = Duration::from_secs(600);
 const OUT_QUEUE: usize = 1024;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// A client socket under TLS that follows the record boundaries of everything read from it,
+/// handshake included, so that the worker taking the connection over knows whether rustls
+/// holds part of a record (`StreamConn::check`).
+struct Tracked {
+    io: tokio::net::TcpStream,
+    edge: RecordEdge,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        this.edge.feed(&buf.filled()[before..]);
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
 
 /// Read until the buffer holds a whole first frame (within `stall`); the bytes read, and
 /// whether that frame is a ConnectionBind.
@@ -148,6 +202,10 @@ pub async fn accept_loop(
                 metrics.tls_connections.inc();
                 let acceptor = tls.acceptor();
                 tokio::spawn(async move {
+                    let stream = Tracked {
+                        io: stream,
+                        edge: RecordEdge::default(),
+                    };
                     let mut s = match tokio::time::timeout(stall, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
@@ -167,13 +225,13 @@ pub async fn accept_loop(
                             drop(slot);
                         }
                         Ok((early, false)) => {
-                            let (io, tls) = s.into_inner();
+                            let (Tracked { io, edge }, tls) = s.into_inner();
                             match io.into_std() {
                                 Ok(sock) => engines.for_stream(conn).send(EngineMsg::StreamAdopt {
                                     conn,
                                     peer,
                                     sock,
-                                    tls: Some(Box::new(tls)),
+                                    tls: Some((Box::new(tls), edge)),
                                     early,
                                     slot: Some(slot),
                                 }),

@@ -13,7 +13,12 @@
 //! [`OUT_CAP`] bytes and further frames are dropped (as a full UDP buffer would); a frame left
 //! half-sent, or output the client does not read, for longer than the stall timeout closes
 //! the connection ([`StreamConn::check`]); so does a byte that starts neither kind of frame.
+//! Over TLS, a record left half-sent counts as a half-sent frame: rustls keeps such bytes to
+//! itself, so [`RecordEdge`] follows the record boundaries of the client's byte stream from
+//! its very first byte (the accepting task counts the handshake's records).
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
 
@@ -41,6 +46,32 @@ const READS: usize = 8;
 /// and keep permissions alive every 5, so 10 minutes of nothing means the client is gone.
 pub const IDLE_MS: u64 = 600_000;
 
+/// A map keyed by connection number, looked up for every frame queued to a client: hashed by
+/// one multiplication instead of SipHash (the numbers come from a counter, not from the
+/// network, so there is nothing to flood it with).
+pub type ConnMap<V> = HashMap<u64, V, BuildHasherDefault<ConnHasher>>;
+
+/// Fibonacci hashing of a connection number: well-spread high bits (hashbrown's tags) and a
+/// permutation of the low ones (its bucket index).
+#[derive(Default)]
+pub struct ConnHasher(u64);
+
+impl Hasher for ConnHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 /// Why a connection was closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Close {
@@ -61,6 +92,45 @@ impl Close {
             Close::Garbage => "garbage",
             Close::Stalled => "stalled",
         }
+    }
+}
+
+/// Where a client's TLS byte stream stands against its record boundaries (a record is a
+/// 5-byte header, whose last two bytes give the length of the body that follows; RFC 8446
+/// §5.1, RFC 5246 §6.2). Fed every byte read from the socket, from the first one on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordEdge {
+    header: [u8; 5],
+    /// Header bytes seen of the record that is starting.
+    have: u8,
+    /// Body bytes still to come of the current record.
+    body_left: u16,
+}
+
+impl RecordEdge {
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.body_left > 0 {
+                let k = usize::from(self.body_left).min(bytes.len());
+                self.body_left -= k as u16;
+                bytes = &bytes[k..];
+            } else {
+                let have = usize::from(self.have);
+                let k = (5 - have).min(bytes.len());
+                self.header[have..have + k].copy_from_slice(&bytes[..k]);
+                self.have += k as u8;
+                bytes = &bytes[k..];
+                if self.have == 5 {
+                    self.have = 0;
+                    self.body_left = u16::from_be_bytes([self.header[3], self.header[4]]);
+                }
+            }
+        }
+    }
+
+    /// A record has begun and not ended.
+    pub fn inside(&self) -> bool {
+        self.have > 0 || self.body_left > 0
     }
 }
 
@@ -136,9 +206,11 @@ impl InBuf {
     }
 }
 
-/// A socket reader that notes whether its last read returned less than asked for.
+/// A socket reader that notes whether its last read returned less than asked for, and
+/// follows the record boundaries of what it read.
 struct ShortRead<'a> {
     sock: &'a mut TcpStream,
+    edge: &'a mut RecordEdge,
     short: bool,
 }
 
@@ -146,6 +218,7 @@ impl Read for ShortRead<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.sock.read(buf)?;
         self.short = n < buf.len();
+        self.edge.feed(&buf[..n]);
         Ok(n)
     }
 }
@@ -155,6 +228,10 @@ pub struct StreamConn {
     pub peer: SocketAddr,
     sock: TcpStream,
     tls: Option<Box<ServerConnection>>,
+    /// TLS only: the record boundaries of what the client sent.
+    edge: RecordEdge,
+    /// TLS only: since when a record has been incomplete.
+    record_since_ms: Option<u64>,
     input: InBuf,
     /// Bytes for the client not yet written (TCP only); the first `sent` of them are gone.
     out: Vec<u8>,
@@ -173,16 +250,20 @@ pub struct StreamConn {
 
 impl StreamConn {
     /// A connection whose first bytes (`early`, already read by the accepting task) and TLS
-    /// state (handshake done) come along.
+    /// state (handshake done; `edge`: the record boundaries of all bytes read so far) come
+    /// along.
     pub fn new(
         sock: TcpStream,
         peer: SocketAddr,
-        tls: Option<Box<ServerConnection>>,
+        tls: Option<(Box<ServerConnection>, RecordEdge)>,
         early: &[u8],
         slot: Option<OwnedSemaphorePermit>,
         now: u64,
     ) -> Self {
-        let mut tls = tls;
+        let (mut tls, edge) = match tls {
+            Some((t, edge)) => (Some(t), edge),
+            None => (None, RecordEdge::default()),
+        };
         if let Some(t) = tls.as_deref_mut() {
             // Bounded by `queue` instead, which never hands rustls part of a frame.
             t.set_buffer_limit(None);
@@ -191,6 +272,8 @@ impl StreamConn {
             peer,
             sock,
             tls,
+            record_since_ms: edge.inside().then_some(now),
+            edge,
             input: InBuf::new(early),
             out: Vec::new(),
             sent: 0,
@@ -213,7 +296,22 @@ impl StreamConn {
         self.input.frames(now, &mut on_frame)?;
         match self.tls.as_deref_mut() {
             None => Self::read_tcp(&mut self.sock, &mut self.input, now, &mut on_frame),
-            Some(tls) => Self::read_tls(&mut self.sock, tls, &mut self.input, now, &mut on_frame),
+            Some(tls) => {
+                let read = Self::read_tls(
+                    &mut self.sock,
+                    tls,
+                    &mut self.edge,
+                    &mut self.input,
+                    now,
+                    &mut on_frame,
+                );
+                if !self.edge.inside() {
+                    self.record_since_ms = None;
+                } else if self.record_since_ms.is_none() {
+                    self.record_since_ms = Some(now);
+                }
+                read
+            }
         }
         .inspect(|_| self.last_rx_ms = now)
     }
@@ -249,6 +347,7 @@ impl StreamConn {
     fn read_tls(
         sock: &mut TcpStream,
         tls: &mut ServerConnection,
+        edge: &mut RecordEdge,
         input: &mut InBuf,
         now: u64,
         on_frame: &mut impl FnMut(&[u8]),
@@ -257,7 +356,11 @@ impl StreamConn {
             // Plaintext rustls holds already (handed over with the connection) comes first.
             let mut eof = false;
             let mut drained = false;
-            let mut rd = ShortRead { sock, short: false };
+            let mut rd = ShortRead {
+                sock,
+                edge,
+                short: false,
+            };
             match tls.read_tls(&mut rd) {
                 Ok(0) => eof = true,
                 // As for TCP: a short read emptied the receive queue.
@@ -379,11 +482,12 @@ impl StreamConn {
         Ok(())
     }
 
-    /// Close a connection that has stalled: a frame half-sent, or output not taken, for
-    /// `stall_ms`; or nothing received for [`IDLE_MS`].
+    /// Close a connection that has stalled: a frame (or TLS record) half-sent, or output not
+    /// taken, for `stall_ms`; or nothing received for [`IDLE_MS`].
     pub fn check(&self, now: u64, stall_ms: u64) -> Result<(), Close> {
         let over = |since: Option<u64>, limit: u64| since.is_some_and(|s| now >= s + limit);
         if over(self.input.partial_since_ms, stall_ms)
+            || over(self.record_since_ms, stall_ms)
             || over(self.blocked_since_ms, stall_ms)
             || over(Some(self.last_rx_ms), IDLE_MS)
         {
@@ -466,6 +570,48 @@ mod tests {
         let mut input = InBuf::new(&bytes);
         let (r, got) = collect(&mut input, 0);
         assert_eq!((r, got.len()), (Err(Close::Garbage), 1));
+    }
+
+    #[test]
+    fn record_edges_are_followed_across_reads_of_any_size() {
+        let record = |len: u16| {
+            let mut r = vec![0x17, 0x03, 0x03];
+            r.extend_from_slice(&len.to_be_bytes());
+            r.resize(5 + usize::from(len), 0xee);
+            r
+        };
+        let stream = [record(300), record(0), record(16_401), record(5)].concat();
+        for chunk in [1, 2, 3, 4, 5, 7, 64, 4096, stream.len()] {
+            let mut edge = RecordEdge::default();
+            let mut fed = 0;
+            for part in stream.chunks(chunk) {
+                edge.feed(part);
+                fed += part.len();
+                let at_edge = [0, 305, 310, 16_716, 16_726].contains(&fed);
+                assert_eq!(edge.inside(), !at_edge, "chunk {chunk}, after {fed} bytes");
+            }
+            assert!(!edge.inside());
+        }
+        // A header alone, or part of one, is a record begun.
+        let mut edge = RecordEdge::default();
+        edge.feed(&[0x17, 0x03]);
+        assert!(edge.inside());
+        edge.feed(&[0x03, 0x00, 0x00]);
+        assert!(!edge.inside(), "an empty record ends with its header");
+    }
+
+    #[test]
+    fn connection_numbers_spread_over_buckets_and_tags() {
+        use std::hash::BuildHasher;
+        let b = BuildHasherDefault::<ConnHasher>::default();
+        let hashes: Vec<u64> = (1..=1024u64).map(|n| b.hash_one(n)).collect();
+        let low: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 1023).collect();
+        let tags: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        assert_eq!(low.len(), 1024, "consecutive numbers take distinct buckets");
+        assert!(tags.len() > 100, "the top 7 bits vary: {}", tags.len());
+        let mut m: ConnMap<u32> = ConnMap::default();
+        m.insert(7, 1);
+        assert_eq!(m.get(&7), Some(&1));
     }
 
     #[test]
