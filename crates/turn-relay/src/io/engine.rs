@@ -418,6 +418,12 @@ impl Engine {
             if !drained {
                 self.again.push(t);
             }
+            // What this socket's packets queued for stream clients leaves now, not at the end
+            // of the turn: still one write per client for the whole batch (a relay socket
+            // feeds one client connection), without waiting for the other sockets' batches.
+            if !self.dirty.is_empty() {
+                self.flush_streams(now);
+            }
         }
         self.ready = ready;
         if !self.out.is_empty() {
@@ -990,8 +996,8 @@ impl Engine {
     }
 }
 
-/// Queue a frame for a client connection and note it for the end-of-turn flush (written at
-/// once when the queue is long); `false` when it was dropped (queue full).
+/// Queue a frame for a client connection and note it for the flush after the socket being
+/// served (written at once when the queue is long); `false` when it was dropped (queue full).
 fn queue_to_stream(
     conn: u64,
     c: &mut StreamConn,
@@ -1003,7 +1009,7 @@ fn queue_to_stream(
         return false;
     }
     if c.queue_is_long() {
-        // A failed write shows again at the end-of-turn flush, which closes the connection.
+        // A failed write shows again at that flush, which closes the connection.
         let _ = c.flush(now);
     }
     if !c.dirty {

@@ -1,12 +1,13 @@
 //! A TCP or TLS client connection served on the data plane itself: its worker reads the
 //! socket when epoll says so, splits the bytes into STUN messages and ChannelData frames in
 //! place (many frames per read, none copied, RFC 8656 §12.5 padding), and queues what goes
-//! back to the client in one buffer that leaves in one write when the worker has served
-//! everything that was ready. So a relayed packet costs no allocation, no channel and no
+//! back to the client in one buffer that leaves in one write when the worker has served the
+//! socket whose packets queued it (a batch of up to 128 datagrams from a relay socket, or the
+//! frames of a client read). So a relayed packet costs no allocation, no channel and no
 //! thread hop, as on the UDP path. TLS is rustls driven by hand (sans-IO), over the same
 //! non-blocking socket: each frame is sealed into a TLS record of its own as it is queued
 //! (some clients, coturn's `turnutils_uclient` among them, read one frame per record and
-//! lose the rest of a record), and the records queued in a turn leave in one `writev`.
+//! lose the rest of a record), and the records queued together leave in one `writev`.
 //!
 //! Bounds, so that a slow or hostile client cannot hurt the others: the input buffer grows
 //! only to the frame being read (at most [`MAX_FRAME`]); the output queue holds at most
@@ -34,7 +35,7 @@ pub const IN_START: usize = 4096;
 pub const MAX_FRAME: usize = wire::HEADER_LEN + u16::MAX as usize;
 /// Bytes queued towards one client (beyond what its socket took) before frames are dropped.
 pub const OUT_CAP: usize = 128 * 1024;
-/// Queued bytes at which the queue is written at once instead of at the end of the turn.
+/// Queued bytes at which the queue is written at once instead of after the socket being served.
 pub const FLUSH_AT: usize = 32 * 1024;
 /// The most a TLS record adds to its plaintext (TLS 1.2 AES-GCM: 5 header, 8 explicit nonce,
 /// 16 tag).
@@ -239,7 +240,7 @@ pub struct StreamConn {
     /// TLS only: bytes of records rustls holds for the client (an estimate: plaintext plus
     /// the largest record overhead), counted against [`OUT_CAP`].
     tls_pending: usize,
-    /// In the worker's list of connections to flush at the end of the turn.
+    /// In the worker's list of connections to flush after the socket being served.
     pub dirty: bool,
     last_rx_ms: u64,
     /// Since when output has been waiting without the socket taking any of it.
