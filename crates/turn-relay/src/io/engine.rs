@@ -15,8 +15,8 @@
 //! Stream (TCP/TLS) clients are accepted by tokio tasks (`io/stream.rs`, which also do the
 //! TLS handshake and read the first frame) and then handed to a worker, which serves them
 //! like its UDP sockets: read when epoll says so, frames parsed in place and handed to the
-//! core, replies and relayed packets queued per connection and written once per turn
-//! (`io/stream_conn.rs`). Only RFC 6062 data connections (first frame ConnectionBind) stay
+//! core, replies and relayed packets queued per connection and written once per served
+//! socket (`io/stream_conn.rs`). Only RFC 6062 data connections (first frame ConnectionBind) stay
 //! on tokio tasks, which pass frames in through a channel plus a mio `Waker`; RFC 6062 TCP
 //! relays (`io/tcp_relay.rs`) run as tokio tasks too; the engine keeps their listeners and
 //! the peer connections that wait for ConnectionBind.
@@ -26,7 +26,7 @@ use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Duration;
 
 use hermes_proto::CallEvent;
@@ -37,9 +37,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::io::batch::{self, RecvBatch, SendBatch};
 use crate::io::gso;
-use crate::io::stream::StreamOut;
+pub use crate::io::handoff::{EngineHandle, EngineMsg, Engines};
+use crate::io::handoff::{Pipe, PipeDone, StreamOut};
 use crate::io::stream_conn::{Close, ConnMap, RecordEdge, StreamConn};
-use crate::io::tcp_relay::{self, Pipe, PipeDone, TcpRelay};
+use crate::io::tcp_relay::{self, TcpRelay};
 use crate::server::{Client, Command, ConnId, Event, Forward, Millis, RelayId, Server, Via};
 use crate::wire;
 
@@ -55,107 +56,6 @@ const SWEEP_MS: u64 = 1000;
 /// `recvmmsg` batches read from one socket per wake-up before looking at the others, so one
 /// busy allocation cannot starve the rest (and the timer) for long.
 const BATCHES: usize = 4;
-
-/// Messages from the async side.
-#[derive(Debug)]
-pub enum EngineMsg {
-    StreamOpened {
-        conn: u64,
-        tx: tokio::sync::mpsc::Sender<StreamOut>,
-    },
-    /// A TCP/TLS client connection for the worker to serve itself from now on: `early` holds
-    /// the bytes read before the hand-over (at least its first frame), `tls` the rustls state
-    /// after the handshake and the record boundaries of the bytes read so far, `slot` its
-    /// share of `TURN_MAX_STREAM_CONNECTIONS`.
-    StreamAdopt {
-        conn: u64,
-        peer: SocketAddr,
-        sock: std::net::TcpStream,
-        tls: Option<(Box<tokio_rustls::rustls::ServerConnection>, RecordEdge)>,
-        early: Vec<u8>,
-        slot: Option<tokio::sync::OwnedSemaphorePermit>,
-    },
-    StreamFrame {
-        conn: u64,
-        peer: SocketAddr,
-        frame: Vec<u8>,
-    },
-    StreamClosed {
-        conn: u64,
-        peer: SocketAddr,
-    },
-    /// Refuse new allocations; exit when none are left or at `deadline_ms`.
-    Drain {
-        deadline_ms: u64,
-    },
-    /// Exit now.
-    Stop,
-    /// The outcome of a [`Command::ConnectPeer`] (RFC 6062).
-    PeerConnected {
-        id: ConnId,
-        stream: Option<tokio::net::TcpStream>,
-    },
-    /// The pipe of RFC 6062 connection `id` ended.
-    PipeClosed {
-        id: ConnId,
-    },
-    /// A peer connected to the TCP relay of `relay` (bound at `bind`).
-    PeerAccepted {
-        relay: RelayId,
-        bind: SocketAddr,
-        peer: SocketAddr,
-        stream: tokio::net::TcpStream,
-    },
-}
-
-/// Cloneable sender into one engine thread.
-#[derive(Clone)]
-pub struct EngineHandle {
-    tx: Sender<EngineMsg>,
-    waker: Arc<Waker>,
-}
-
-impl EngineHandle {
-    pub fn send(&self, msg: EngineMsg) {
-        if self.tx.send(msg).is_ok() {
-            let _ = self.waker.wake();
-        }
-    }
-}
-
-/// Every worker's handle. Stream (TCP/TLS) connections are spread over the workers by
-/// connection number; a connection stays on its worker for life.
-#[derive(Clone)]
-pub struct Engines(Arc<[EngineHandle]>);
-
-impl Engines {
-    /// `handles` must not be empty.
-    pub fn new(handles: Vec<EngineHandle>) -> Self {
-        assert!(!handles.is_empty(), "at least one engine");
-        Self(handles.into())
-    }
-
-    pub fn for_stream(&self, conn: u64) -> &EngineHandle {
-        &self.0[self.index_for_stream(conn)]
-    }
-
-    /// The worker number [`Engines::for_stream`] picks.
-    pub fn index_for_stream(&self, conn: u64) -> usize {
-        (conn % self.0.len() as u64) as usize
-    }
-
-    /// Worker `index`, if there is one.
-    pub fn get(&self, index: usize) -> Option<&EngineHandle> {
-        self.0.get(index)
-    }
-
-    /// Send a copy of `msg` to every worker.
-    pub fn broadcast(&self, msg: impl Fn() -> EngineMsg) {
-        for h in self.0.iter() {
-            h.send(msg());
-        }
-    }
-}
 
 /// Create a non-blocking UDP socket with the given buffer sizes; `reuse_port` lets several
 /// workers bind the same listener address.
@@ -306,10 +206,7 @@ impl Engine {
                 stream_stall_ms: 10_000,
                 next_sweep_ms: 0,
                 rt: tokio::runtime::Handle::try_current().ok(),
-                me: EngineHandle {
-                    tx: tcp_tx,
-                    waker: waker.clone(),
-                },
+                me: EngineHandle::new(tcp_tx, waker.clone()),
                 tcp_relays: HashMap::new(),
                 tcp_peers: HashMap::new(),
                 rx,
@@ -326,7 +223,7 @@ impl Engine {
                 ready: Vec::new(),
                 again: Vec::new(),
             },
-            EngineHandle { tx, waker },
+            EngineHandle::new(tx, waker),
         ))
     }
 
@@ -344,7 +241,7 @@ impl Engine {
 
     /// This worker's waker: wakes a thread that waits in [`Engine::turn`] (`io/runner.rs`).
     pub fn waker(&self) -> Arc<Waker> {
-        self.me.waker.clone()
+        self.me.waker()
     }
 
     /// Run on this thread until stopped, or until a drain completes.

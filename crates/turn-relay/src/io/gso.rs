@@ -97,7 +97,7 @@ pub fn send_each<'a>(
 fn send_one(fd: RawFd, bytes: &[u8], to: SocketAddr) -> io::Result<()> {
     // SAFETY: all-zero is a valid sockaddr_storage.
     let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = crate::io::batch::write_sockaddr(&mut addr, to);
+    let len = crate::io::sockaddr::write_sockaddr(&mut addr, to);
     // SAFETY: `bytes` and `addr` are live for the call; the kernel only reads them.
     let r = unsafe {
         libc::sendto(
@@ -163,7 +163,7 @@ pub fn send_segments(
     }
     // SAFETY: all-zero is a valid sockaddr_storage and msghdr.
     let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let addr_len = crate::io::batch::write_sockaddr(&mut addr, to);
+    let addr_len = crate::io::sockaddr::write_sockaddr(&mut addr, to);
     let mut control = ControlBuf::default();
     let control_len = control.write(segment);
     // SAFETY: as above.

@@ -23,22 +23,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
 
-use crate::io::engine::{EngineMsg, Engines};
+use crate::io::handoff::{EngineMsg, Engines, StreamOut};
 use crate::io::stream_conn::{Close, RecordEdge};
-use crate::io::tcp_relay::{self, Pipe};
+use crate::io::tcp_relay;
 use crate::io::tls::TlsReloader;
 use crate::metrics::Metrics;
 use crate::server::conn_worker;
 use crate::wire;
-
-/// What the engine sends a stream connection.
-#[derive(Debug)]
-pub enum StreamOut {
-    /// A STUN message or ChannelData frame to write.
-    Frame(Vec<u8>),
-    /// ConnectionBind succeeded: write the response, then pipe bytes to and from the peer.
-    Pipe(Box<Pipe>),
-}
 
 /// STUN type of a ConnectionBind request (RFC 6062 §6.1).
 const CONNECTION_BIND_REQUEST: u16 = 0x000B;

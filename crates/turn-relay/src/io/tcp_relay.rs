@@ -10,18 +10,16 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hermes_service::metrics::Counter;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
-use crate::io::engine::{EngineHandle, EngineMsg};
-use crate::metrics::Metrics;
+use crate::io::handoff::{Budget, EngineHandle, EngineMsg, Pipe};
 use crate::server::{ConnId, RelayId};
 
 /// How long the server tries to reach a peer on Connect before answering 447.
@@ -50,91 +48,10 @@ impl TcpRelay {
     }
 }
 
-/// The per-allocation bandwidth cap (`TURN_MAX_BPS`, each way) shared by all the pipes of one
-/// TCP relay: one-second windows counted with atomics (a pipe that overdraws a window waits
-/// for the next one).
-#[derive(Debug)]
-pub struct Budget {
-    max_bps: u64,
-    epoch: Instant,
-    up: Window,
-    down: Window,
-}
-
-#[derive(Debug, Default)]
-struct Window {
-    start_ms: AtomicU64,
-    used: AtomicU64,
-}
-
-impl Budget {
-    pub fn new(max_bps: u64) -> Self {
-        Self {
-            max_bps,
-            epoch: Instant::now(),
-            up: Window::default(),
-            down: Window::default(),
-        }
-    }
-
-    /// Count `n` bytes of one direction; how long to wait before sending more.
-    fn take(&self, to_peer: bool, n: usize) -> Option<Duration> {
-        if self.max_bps == 0 {
-            return None;
-        }
-        let w = if to_peer { &self.up } else { &self.down };
-        let now = self.epoch.elapsed().as_millis() as u64;
-        let start = w.start_ms.load(Ordering::Relaxed);
-        if now >= start + 1000
-            && w.start_ms
-                .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            w.used.store(0, Ordering::Relaxed);
-        }
-        let used = w.used.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
-        (used >= self.max_bps).then(|| {
-            let end = w.start_ms.load(Ordering::Relaxed) + 1000;
-            Duration::from_millis(end.saturating_sub(now).max(1))
-        })
-    }
-}
-
 impl Drop for TcpRelay {
     fn drop(&mut self) {
         self.accept.abort();
         let _ = self.closed.send(true);
-    }
-}
-
-/// A connected peer joined to a client's data connection (what the stream task needs).
-#[derive(Debug)]
-pub struct Pipe {
-    /// Tells the engine that holds the connection when the pipe is gone, however it ends.
-    pub done: PipeDone,
-    /// The ConnectionBind success response, written before any piped byte.
-    pub response: Vec<u8>,
-    pub peer: TcpStream,
-    pub closed: watch::Receiver<bool>,
-    pub budget: Arc<Budget>,
-    pub metrics: Arc<Metrics>,
-}
-
-/// Reports [`EngineMsg::PipeClosed`] to the engine when dropped.
-pub struct PipeDone {
-    pub id: ConnId,
-    pub engine: EngineHandle,
-}
-
-impl std::fmt::Debug for PipeDone {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PipeDone").field("id", &self.id).finish()
-    }
-}
-
-impl Drop for PipeDone {
-    fn drop(&mut self) {
-        self.engine.send(EngineMsg::PipeClosed { id: self.id });
     }
 }
 
@@ -292,23 +209,5 @@ where
         if let Some(wait) = budget.take(to_peer, n) {
             tokio::time::sleep(wait).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_budget_is_per_window_and_per_direction() {
-        let b = Budget::new(10_000);
-        assert_eq!(b.take(true, 6_000), None);
-        let wait = b.take(true, 6_000).expect("over the window's share");
-        assert!(wait <= Duration::from_secs(1) && wait > Duration::ZERO);
-        // The other direction has its own.
-        assert_eq!(b.take(false, 9_000), None);
-        // Unlimited never waits.
-        let free = Budget::new(0);
-        assert_eq!(free.take(true, usize::MAX / 2), None);
     }
 }
