@@ -50,6 +50,9 @@ const RELAY_BASE: usize = 16;
 /// Tokens of stream connections: this plus the connection number (relay tokens stay below:
 /// relay ids are u32).
 const STREAM_BASE: usize = 1 << 40;
+/// Tokens of other workers' epoll descriptors this one watches for its thread
+/// (`io/runner.rs`): this plus the worker number.
+const WATCHED_BASE: usize = usize::MAX / 2;
 /// How often stream connections are checked for stalls.
 const SWEEP_MS: u64 = 1000;
 
@@ -118,6 +121,8 @@ pub struct Engine {
     /// Sockets to serve this turn, and those whose budget ran out (served again next turn).
     ready: Vec<Token>,
     again: Vec<Token>,
+    /// Other workers whose epoll (watched from this one) was ready in the last turn.
+    watched_ready: Vec<usize>,
 }
 
 /// What one [`Engine::turn`] tells the thread that runs the worker.
@@ -222,6 +227,7 @@ impl Engine {
                 polled: Events::with_capacity(1024),
                 ready: Vec::new(),
                 again: Vec::new(),
+                watched_ready: Vec::new(),
             },
             EngineHandle::new(tx, waker),
         ))
@@ -242,6 +248,28 @@ impl Engine {
     /// This worker's waker: wakes a thread that waits in [`Engine::turn`] (`io/runner.rs`).
     pub fn waker(&self) -> Arc<Waker> {
         self.me.waker()
+    }
+
+    /// Watch worker `index`'s epoll descriptor `fd` from this worker's epoll, so that the
+    /// thread running both waits in one `epoll_wait` (see [`Engine::take_watched_ready`]).
+    pub fn watch_worker(&mut self, fd: std::os::fd::RawFd, index: usize) -> std::io::Result<()> {
+        self.poll.registry().register(
+            &mut mio::unix::SourceFd(&fd),
+            Token(WATCHED_BASE + index),
+            Interest::READABLE,
+        )
+    }
+
+    pub fn unwatch_worker(&mut self, fd: std::os::fd::RawFd) {
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut mio::unix::SourceFd(&fd));
+    }
+
+    /// Move the numbers of the watched workers that were ready in the last turn to `out`.
+    pub fn take_watched_ready(&mut self, out: &mut Vec<usize>) {
+        out.append(&mut self.watched_ready);
     }
 
     /// Run on this thread until stopped, or until a drain completes.
@@ -297,6 +325,8 @@ impl Engine {
             events += 1;
             if ev.token() == WAKER {
                 woken = true;
+            } else if ev.token().0 >= WATCHED_BASE {
+                self.watched_ready.push(ev.token().0 - WATCHED_BASE);
             } else {
                 ready.push(ev.token());
             }

@@ -2,44 +2,42 @@
 //!
 //! A worker ([`Engine`]: one SO_REUSEPORT listener socket, its allocations' relay sockets, its
 //! own sans-IO core) is owned by exactly one thread at any time, so the packet path keeps no
-//! lock; but which thread owns it can change. A thread that owns several workers waits on all
-//! of their epoll descriptors at once (each worker's epoll is registered in the thread's own,
-//! nested) and gives a turn to each worker that is ready.
+//! lock; but which thread owns it can change. A thread waits in the epoll of its first worker
+//! (the primary), in which the epoll descriptors of its other workers are registered (nested),
+//! and gives a turn to each worker that is ready.
 //!
-//! Why: on a virtual machine a thread that sleeps and is woken from another core costs about
-//! 9 µs of CPU on each side (measured here with a pipe ping-pong: 18.7 µs per round trip across
-//! cores, 2.1 µs on one core), more than relaying a packet. N threads each woken for 1/N of a
-//! light load pay that N times as often as one thread woken for all of it. So all workers
-//! start on one thread; a thread that is busy for more than the split share of its time hands
-//! half of its workers to a parked thread, and a thread that has become quiet hands its
-//! workers back to a lower-numbered one and parks. Under full load that is one thread per
-//! worker, as with `TURN_WORKER_THREADS=fixed`.
+//! Why one wait in the primary's epoll, not in an epoll of the thread's own that nests all of
+//! them: that costs a second `epoll_wait` per wake-up and a second readiness callback for
+//! every socket event (at 10k TCP packets a second, half the `epoll_wait` calls). Now the
+//! primary's sockets cost one, the others' two as before. A worker handed to a thread wakes it
+//! through its primary's waker ([`Shared::give`]).
+//!
+//! Why threads that come and go: on a virtual machine a thread that sleeps and is woken from
+//! another core costs about 9 µs of CPU on each side (measured here with a pipe ping-pong:
+//! 18.7 µs per round trip across cores, 2.1 µs on one core), more than relaying a packet. N
+//! threads each woken for 1/N of a light load pay that N times as often as one thread woken
+//! for all of it. So all workers start on one thread; a thread that is busy for more than the
+//! split share of its time hands half of its workers to a parked thread, and a thread that has
+//! become quiet hands its workers back to a lower-numbered one and parks. Under full load that
+//! is one thread per worker, as with `TURN_WORKER_THREADS=fixed`.
 //!
 //! The policy is [`Balancer::decide`], a pure function of the threads' busy shares over the
 //! last window, tested on its own.
-//!
-//! A thread that owns a single worker waits on that worker's epoll itself, not on its own:
-//! the nested wait costs a second `epoll_wait` per wake-up and a second callback on every
-//! socket's readiness, about 2 % of the CPU per packet at 10k TCP packets a second. While it
-//! waits so, a worker handed to it wakes it through that worker's waker ([`Shared::give`]).
 
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::Waker;
 
-use crate::io::engine::Engine;
+use crate::io::engine::{Engine, Turn};
 use crate::metrics::Metrics;
 
 /// How often a thread measures its busy share and may move workers.
 const WINDOW: Duration = Duration::from_millis(200);
 /// A parked thread's entry in the load table.
 const PARKED: u32 = u32::MAX;
-const WAKER: Token = Token(0);
 
 /// Where workers should go, decided from the threads' busy shares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,10 +113,10 @@ struct Shared {
     /// Busy share of each thread over its last window (per mille), [`PARKED`] when parked.
     loads: Vec<AtomicU32>,
     inboxes: Vec<Sender<Inbox>>,
-    wakers: Vec<Arc<Waker>>,
-    /// The waker of the single worker a thread waits on directly, if it does: a hand-over to
-    /// that thread wakes it too. Locked only when a worker moves, never on the packet path.
-    direct: Vec<Mutex<Option<Arc<Waker>>>>,
+    /// The waker of each thread's primary worker (the epoll it waits in), `None` while it
+    /// owns none (then it blocks on its inbox). Locked only when a worker moves, never on the
+    /// packet path.
+    primaries: Vec<Mutex<Option<Arc<Waker>>>>,
     /// Workers not finished yet.
     live: AtomicUsize,
     balancer: Balancer,
@@ -130,28 +128,26 @@ impl Shared {
         self.metrics.worker_moves.inc();
         // The receiver only goes away after Quit, when no worker is left to give.
         let _ = self.inboxes[to].send(Inbox::Worker(index, Box::new(engine)));
-        let _ = self.wakers[to].wake();
-        self.wake_direct(to);
+        self.wake(to);
     }
 
-    /// Wake thread `to` if it waits on its single worker's epoll instead of its own.
-    fn wake_direct(&self, to: usize) {
-        let direct = self.direct[to].lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(w) = direct.as_ref() {
+    /// Wake thread `to` out of its primary's epoll (a parked thread wakes on its inbox).
+    fn wake(&self, to: usize) {
+        let primary = self.primaries[to].lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = primary.as_ref() {
             let _ = w.wake();
         }
     }
 
-    /// Note (or forget, with `None`) the worker thread `me` now waits on directly.
-    fn set_direct(&self, me: usize, waker: Option<Arc<Waker>>) {
-        *self.direct[me].lock().unwrap_or_else(|e| e.into_inner()) = waker;
+    /// Note (or forget, with `None`) the waker of thread `me`'s primary worker.
+    fn set_primary(&self, me: usize, waker: Option<Arc<Waker>>) {
+        *self.primaries[me].lock().unwrap_or_else(|e| e.into_inner()) = waker;
     }
 
     fn quit_all(&self) {
-        for (to, (tx, w)) in self.inboxes.iter().zip(&self.wakers).enumerate() {
+        for (to, tx) in self.inboxes.iter().enumerate() {
             let _ = tx.send(Inbox::Quit);
-            let _ = w.wake();
-            self.wake_direct(to);
+            self.wake(to);
         }
     }
 }
@@ -165,14 +161,9 @@ pub fn spawn(
     on_done: impl Fn() + Send + Clone + 'static,
 ) -> std::io::Result<()> {
     let n = engines.len();
-    let mut polls = Vec::with_capacity(n);
-    let mut wakers = Vec::with_capacity(n);
     let mut inboxes = Vec::with_capacity(n);
     let mut receivers = Vec::with_capacity(n);
     for _ in 0..n {
-        let poll = Poll::new()?;
-        wakers.push(Arc::new(Waker::new(poll.registry(), WAKER)?));
-        polls.push(poll);
         let (tx, rx) = std::sync::mpsc::channel();
         inboxes.push(tx);
         receivers.push(rx);
@@ -182,8 +173,7 @@ pub fn spawn(
             .map(|i| AtomicU32::new(if i == 0 { 0 } else { PARKED }))
             .collect(),
         inboxes,
-        wakers,
-        direct: (0..n).map(|_| Mutex::new(None)).collect(),
+        primaries: (0..n).map(|_| Mutex::new(None)).collect(),
         live: AtomicUsize::new(n),
         balancer,
         metrics: metrics.clone(),
@@ -192,12 +182,12 @@ pub fn spawn(
         let _ = shared.inboxes[0].send(Inbox::Worker(index, Box::new(engine)));
     }
     metrics.worker_threads.set(0);
-    for (me, (poll, inbox)) in polls.into_iter().zip(receivers).enumerate() {
+    for (me, inbox) in receivers.into_iter().enumerate() {
         let shared = shared.clone();
         let on_done = on_done.clone();
         std::thread::Builder::new()
             .name(format!("turn-relay-{me}"))
-            .spawn(move || Thread::new(me, shared, poll, inbox).run(on_done))?;
+            .spawn(move || Thread::new(me, shared, inbox).run(on_done))?;
     }
     Ok(())
 }
@@ -205,7 +195,6 @@ pub fn spawn(
 /// A worker this thread owns.
 struct Owned {
     index: usize,
-    fd: RawFd,
     engine: Engine,
     hot: bool,
     deadline_ms: u64,
@@ -215,24 +204,25 @@ struct Owned {
 struct Thread {
     me: usize,
     shared: Arc<Shared>,
-    poll: Poll,
     inbox: Receiver<Inbox>,
+    /// `owned[0]` is the primary: the thread waits in its epoll, which watches the others'.
     owned: Vec<Owned>,
+    /// Workers whose epoll the primary's reported ready (reused, no allocation per turn).
+    woken: Vec<usize>,
 }
 
 impl Thread {
-    fn new(me: usize, shared: Arc<Shared>, poll: Poll, inbox: Receiver<Inbox>) -> Self {
+    fn new(me: usize, shared: Arc<Shared>, inbox: Receiver<Inbox>) -> Self {
         Self {
             me,
             shared,
-            poll,
             inbox,
             owned: Vec::new(),
+            woken: Vec::new(),
         }
     }
 
     fn run(mut self, on_done: impl Fn()) {
-        let mut events = Events::with_capacity(64);
         let mut window_start = Instant::now();
         let mut idle = Duration::ZERO;
         loop {
@@ -261,33 +251,41 @@ impl Thread {
                 }
             }
 
-            if self.owned.len() == 1 {
-                // Wait on the worker's own epoll: one epoll_wait per wake-up instead of two.
-                let o = &mut self.owned[0];
-                let wait = if o.ready {
-                    Duration::ZERO
-                } else {
-                    o.engine.wait_for(o.deadline_ms, o.hot)
-                };
-                o.ready = false;
-                let t = o.engine.turn(wait);
-                idle += t.idle;
-                self.turned(0, t, &on_done);
+            // The primary's turn: wait in its epoll (for its sockets, the other workers'
+            // epolls and hand-overs) as long as the soonest timer of any worker allows.
+            let wait = if self.owned.iter().any(|o| o.ready || o.hot) {
+                Duration::ZERO
             } else {
-                idle += self.wait_nested(&mut events);
-                let now = hermes_service::unix_now_ms();
-                let mut i = 0;
-                while i < self.owned.len() {
-                    let o = &mut self.owned[i];
-                    if !(o.ready || o.hot || now >= o.deadline_ms) {
-                        i += 1;
-                        continue;
-                    }
-                    o.ready = false;
-                    let t = o.engine.turn(Duration::ZERO);
-                    if !self.turned(i, t, &on_done) {
-                        i += 1;
-                    }
+                self.owned
+                    .iter()
+                    .map(|o| o.engine.wait_for(o.deadline_ms, false))
+                    .min()
+                    .unwrap_or(Duration::ZERO)
+            };
+            let primary = &mut self.owned[0];
+            primary.ready = false;
+            let t = primary.engine.turn(wait);
+            idle += t.idle;
+            primary.engine.take_watched_ready(&mut self.woken);
+            for index in self.woken.drain(..) {
+                if let Some(o) = self.owned.iter_mut().find(|o| o.index == index) {
+                    o.ready = true;
+                }
+            }
+            // The others: those that are ready, hot or due (all of them again from the first
+            // when the primary finished and another took its place).
+            let mut i = if self.turned(0, t, &on_done) { 0 } else { 1 };
+            let now = hermes_service::unix_now_ms();
+            while i < self.owned.len() {
+                let o = &mut self.owned[i];
+                if !(o.ready || o.hot || now >= o.deadline_ms) {
+                    i += 1;
+                    continue;
+                }
+                o.ready = false;
+                let t = o.engine.turn(Duration::ZERO);
+                if !self.turned(i, t, &on_done) {
+                    i += 1;
                 }
             }
 
@@ -303,36 +301,8 @@ impl Thread {
         }
     }
 
-    /// Wait on this thread's own epoll (several workers' descriptors) and mark the workers
-    /// that are ready; the time spent waiting.
-    fn wait_nested(&mut self, events: &mut Events) -> Duration {
-        let wait = self
-            .owned
-            .iter()
-            .map(|o| o.engine.wait_for(o.deadline_ms, o.hot))
-            .min()
-            .unwrap_or(Duration::ZERO);
-        let before = Instant::now();
-        if let Err(e) = self.poll.poll(events, Some(wait))
-            && e.kind() != std::io::ErrorKind::Interrupted
-        {
-            tracing::error!(error = %e, "worker thread poll failed");
-        }
-        let idle = before.elapsed();
-        for ev in events.iter() {
-            if let Some(o) = self
-                .owned
-                .iter_mut()
-                .find(|o| Token(o.index + 1) == ev.token())
-            {
-                o.ready = true;
-            }
-        }
-        idle
-    }
-
     /// Take note of worker `i`'s turn; `true` when the worker finished (and was removed).
-    fn turned(&mut self, i: usize, t: crate::io::engine::Turn, on_done: &impl Fn()) -> bool {
+    fn turned(&mut self, i: usize, t: Turn, on_done: &impl Fn()) -> bool {
         let o = &mut self.owned[i];
         o.hot = t.hot;
         o.deadline_ms = t.deadline_ms;
@@ -351,64 +321,50 @@ impl Thread {
         true
     }
 
-    /// Watch worker `i`'s epoll descriptor from this thread's epoll.
-    fn watch(&mut self, i: usize) {
-        let o = &mut self.owned[i];
-        if let Err(e) = self.poll.registry().register(
-            &mut SourceFd(&o.fd),
-            Token(o.index + 1),
-            Interest::READABLE,
-        ) {
-            tracing::error!(error = %e, "cannot watch a relay worker; it keeps running unwatched");
+    /// Make `owned[0]` the primary: it watches every other worker's epoll, and hand-overs to
+    /// this thread wake it. Every worker is served once at once (what became ready while it
+    /// was watched elsewhere raised no event here).
+    fn establish_primary(&mut self) {
+        let Some((primary, others)) = self.owned.split_first_mut() else {
+            self.shared.set_primary(self.me, None);
+            return;
+        };
+        for o in others.iter_mut() {
+            if let Err(e) = primary.engine.watch_worker(o.engine.poll_fd(), o.index) {
+                tracing::error!(error = %e, "cannot watch a relay worker; it keeps running unwatched");
+            }
+            o.ready = true;
         }
-        // What became ready before it was registered raised no event here: serve it at once.
-        o.ready = true;
+        primary.ready = true;
+        self.shared
+            .set_primary(self.me, Some(primary.engine.waker()));
     }
 
-    fn unwatch(&mut self, fd: RawFd) {
-        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+    /// Undo [`Thread::establish_primary`]: the primary watches no other worker.
+    fn drop_primary(&mut self) {
+        if let Some((primary, others)) = self.owned.split_first_mut() {
+            for o in others.iter() {
+                primary.engine.unwatch_worker(o.engine.poll_fd());
+            }
+        }
     }
 
-    /// With one worker the thread waits on that worker's epoll (and notes its waker for
-    /// hand-overs); with several, on its own, which watches theirs.
     fn adopt(&mut self, index: usize, engine: Engine) {
-        let fd = engine.poll_fd();
+        self.drop_primary();
         self.owned.push(Owned {
             index,
-            fd,
             engine,
             hot: true,
             deadline_ms: 0,
             ready: true,
         });
-        match self.owned.len() {
-            1 => self
-                .shared
-                .set_direct(self.me, Some(self.owned[0].engine.waker())),
-            2 => {
-                self.shared.set_direct(self.me, None);
-                self.watch(0);
-                self.watch(1);
-            }
-            n => self.watch(n - 1),
-        }
+        self.establish_primary();
     }
 
     fn release(&mut self, i: usize) -> Owned {
-        let was = self.owned.len();
+        self.drop_primary();
         let o = self.owned.swap_remove(i);
-        match was {
-            1 => self.shared.set_direct(self.me, None),
-            2 => {
-                self.unwatch(o.fd);
-                let left = self.owned[0].fd;
-                self.unwatch(left);
-                self.owned[0].ready = true;
-                self.shared
-                    .set_direct(self.me, Some(self.owned[0].engine.waker()));
-            }
-            _ => self.unwatch(o.fd),
-        }
+        self.establish_primary();
         o
     }
 
