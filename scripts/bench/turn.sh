@@ -215,7 +215,7 @@ for key in order:
     c = cells["coturn"]
     fmt = lambda x: f"{x[1]:<6.3f} {x[2]:<7} {x[0]:<6.2f}"
     print(f"{key[0]:<4} {key[1]:<5} {key[2]:<6} | " + " | ".join(f"{fmt(cells[x]):<27}" for x in names)
-          + " | " + "  ".join(f"{cells[x][3]/max(c[3], 1e-9):<8.2f}x" for x in names[1:]))
+          + " | " + "  ".join(f"{cells[x][3] / max(c[3], 1e-9):.2f}x".ljust(9) for x in names[1:]))
 for name, key in failed:
     print(f"failed run left out: {name} {key[0]} {key[1]} B {key[2]} msg/s (uclient reported no totals; see above)")
 PY
