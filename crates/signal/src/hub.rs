@@ -47,6 +47,8 @@ use fred::prelude::*;
 use hermes_proto::signal::{CallControl, PeerInfo, ServerMessage};
 use hermes_proto::{CallId, ParticipantId, Role, keys};
 use hermes_service::redis::Script;
+
+pub use crate::error::HubError;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
@@ -238,7 +240,7 @@ struct PendingSubscription {
     since: std::time::Instant,
     /// No probe in flight (new channel, or SUBSCRIBE / the probe PUBLISH failed).
     failed: bool,
-    waiters: Vec<oneshot::Sender<Result<(), Error>>>,
+    waiters: Vec<oneshot::Sender<Result<(), HubError>>>,
     /// When the oldest registration still waiting started to wait (readiness).
     waiting_since: Option<std::time::Instant>,
 }
@@ -283,7 +285,7 @@ enum Cmd {
         channel: String,
         call: CallId,
         local: Local,
-        ready: oneshot::Sender<Result<(), Error>>,
+        ready: oneshot::Sender<Result<(), HubError>>,
     },
     Unregister {
         channel: String,
@@ -363,12 +365,15 @@ impl std::fmt::Debug for Hub {
 /// The subscriber connection, with a broadcast ring of [`BROADCAST_CAPACITY`] (a replica's
 /// fan-out takes bursts). Like every Hermes client it retries the first connection too: a
 /// replica started before Redis must still become ready.
-async fn connect_subscriber(url: &str) -> Result<SubscriberClient, Error> {
+async fn connect_subscriber(url: &str) -> Result<SubscriberClient, HubError> {
     let options = hermes_service::redis::ClientOptions {
         broadcast_capacity: Some(BROADCAST_CAPACITY),
         ..Default::default()
     };
-    hermes_service::redis::connect_subscriber_with(url, Duration::from_secs(5), &options).await
+    Ok(
+        hermes_service::redis::connect_subscriber_with(url, Duration::from_secs(5), &options)
+            .await?,
+    )
 }
 
 impl Hub {
@@ -378,7 +383,7 @@ impl Hub {
         client: Client,
         times: HubTimes,
         metrics: Arc<Metrics>,
-    ) -> Result<Arc<Self>, Error> {
+    ) -> Result<Arc<Self>, HubError> {
         let subscriber = connect_subscriber(redis_url).await?;
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
@@ -474,7 +479,7 @@ impl Hub {
         conn: Arc<str>,
         tx: mpsc::Sender<Delivery>,
         resync: Arc<AtomicBool>,
-    ) -> Result<(), Error> {
+    ) -> Result<(), HubError> {
         let (ready, done) = oneshot::channel();
         let local = Local {
             id,
@@ -493,14 +498,11 @@ impl Hub {
                 local,
                 ready,
             })
-            .map_err(|_| Error::new(ErrorKind::Canceled, "hub stopped"))?;
+            .map_err(|_| HubError::Stopped)?;
         match tokio::time::timeout(SUBSCRIBE_TIMEOUT, done).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Error::new(ErrorKind::Canceled, "hub stopped")),
-            Err(_) => Err(Error::new(
-                ErrorKind::Timeout,
-                "the call's subscription was not confirmed in time",
-            )),
+            Ok(Err(_)) => Err(HubError::Stopped),
+            Err(_) => Err(HubError::SubscribeTimeout),
         }
     }
 
@@ -544,7 +546,7 @@ impl Hub {
         conn: &str,
         last_seq: Option<u64>,
         now_ms: u64,
-    ) -> Result<JoinOutcome, Error> {
+    ) -> Result<JoinOutcome, HubError> {
         let reply: Vec<Value> = self
             .scripts
             .join
@@ -599,10 +601,7 @@ impl Hub {
                     peers,
                 })
             }
-            _ => Err(Error::new(
-                ErrorKind::Parse,
-                "unexpected reply from the join script",
-            )),
+            _ => Err(HubError::BadReply("join")),
         }
     }
 
@@ -618,9 +617,8 @@ impl Hub {
         message: &ServerMessage,
         floor: u64,
         now_ms: u64,
-    ) -> Result<RelayOutcome, Error> {
-        let (head, tail) = split_at_seq(message)
-            .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "message has no seq"))?;
+    ) -> Result<RelayOutcome, HubError> {
+        let (head, tail) = split_at_seq(message).ok_or(HubError::NotRelayable)?;
         let (reply, done) = oneshot::channel();
         let job = RelayJob {
             keys: [
@@ -641,12 +639,8 @@ impl Hub {
             ],
             reply,
         };
-        self.relay_tx
-            .send(job)
-            .map_err(|_| Error::new(ErrorKind::Canceled, "hub stopped"))?;
-        let seq = done
-            .await
-            .map_err(|_| Error::new(ErrorKind::Canceled, "hub stopped"))??;
+        self.relay_tx.send(job).map_err(|_| HubError::Stopped)?;
+        let seq = done.await.map_err(|_| HubError::Stopped)??;
         Ok(match seq {
             -1 => RelayOutcome::Replaced,
             -2 => RelayOutcome::Ended,
@@ -662,7 +656,7 @@ impl Hub {
         role: Role,
         conn: &str,
         now_ms: u64,
-    ) -> Result<bool, Error> {
+    ) -> Result<bool, HubError> {
         let away = SeatEntry {
             role,
             live: false,
@@ -690,7 +684,7 @@ impl Hub {
         participant: &ParticipantId,
         conn: &str,
         reason: &str,
-    ) -> Result<bool, Error> {
+    ) -> Result<bool, HubError> {
         let n: i64 = self
             .scripts
             .leave
@@ -705,11 +699,11 @@ impl Hub {
 
     /// End the call: status `ended`, seats, log and acks dropped, `call-ended` published (when
     /// `publish`). Returns whether this call ended it.
-    pub async fn end(&self, call: &CallId, reason: &str, publish: bool) -> Result<bool, Error> {
+    pub async fn end(&self, call: &CallId, reason: &str, publish: bool) -> Result<bool, HubError> {
         let ended = serde_json::to_string(&ServerMessage::CallEnded {
             reason: reason.to_owned(),
         })
-        .map_err(|e| Error::new(ErrorKind::Parse, e.to_string()))?;
+        .map_err(|e| HubError::Encode(e.to_string()))?;
         let n: i64 = self
             .scripts
             .end
@@ -739,7 +733,7 @@ impl Hub {
         call: &CallId,
         participant: &ParticipantId,
         after: u64,
-    ) -> Result<Vec<(u64, String)>, Error> {
+    ) -> Result<Vec<(u64, String)>, HubError> {
         // The log is capped at `log_cap` entries (approximately: `MAXLEN ~` trims whole
         // nodes), so this bound reads all of it.
         let entries: Vec<(String, HashMap<String, String>)> = self
@@ -772,7 +766,7 @@ impl Hub {
         participant: &ParticipantId,
         conn: &str,
         acked: u64,
-    ) -> Result<bool, Error> {
+    ) -> Result<bool, HubError> {
         let n: i64 = self
             .scripts
             .ack
@@ -844,8 +838,12 @@ impl Hub {
                 args.push(self.live_entry(*role, conn, now_ms));
             }
         }
-        let reply: Result<Vec<Value>, Error> =
-            self.scripts.tick.run(&self.client, keys, args).await;
+        let reply: Result<Vec<Value>, HubError> = self
+            .scripts
+            .tick
+            .run(&self.client, keys, args)
+            .await
+            .map_err(HubError::from);
         let replies = match reply {
             Ok(r) => r,
             Err(e) => {
@@ -981,7 +979,7 @@ fn log_ttl_ms(times: &HubTimes) -> u64 {
 struct RelayJob {
     keys: [String; 6],
     args: [String; 6],
-    reply: oneshot::Sender<Result<i64, Error>>,
+    reply: oneshot::Sender<Result<i64, HubError>>,
 }
 
 /// Relay batches in flight at once. While they are, new relays queue and go together in the
@@ -1021,26 +1019,26 @@ async fn relay_batcher(
             replies.push(job.reply);
         }
         tokio::spawn(async move {
-            let result: Result<Vec<Value>, Error> = script.run(&client, keys, args).await;
+            let result: Result<Vec<Value>, HubError> = script
+                .run(&client, keys, args)
+                .await
+                .map_err(HubError::from);
             drop(slot);
             match result {
                 Ok(values) if values.len() == replies.len() => {
                     for (reply, value) in replies.into_iter().zip(values) {
                         let outcome = match value {
                             Value::Integer(n) => Ok(n),
-                            other => Err(Error::new(
-                                ErrorKind::Unknown,
-                                other
-                                    .as_str()
-                                    .map(|s| s.into_owned())
-                                    .unwrap_or_else(|| "unexpected relay reply".into()),
-                            )),
+                            other => Err(other
+                                .as_str()
+                                .map(|s| HubError::Script(s.into_owned()))
+                                .unwrap_or(HubError::BadReply("relay"))),
                         };
                         let _ = reply.send(outcome);
                     }
                 }
                 Ok(_) => {
-                    let e = Error::new(ErrorKind::Parse, "relay reply of the wrong length");
+                    let e = HubError::BadReply("relay (wrong length)");
                     for reply in replies {
                         let _ = reply.send(Err(e.clone()));
                     }
@@ -1237,7 +1235,7 @@ async fn router(
                             && let Some(p) = entry.pending.take()
                         {
                             for w in p.waiters {
-                                let _ = w.send(Err(error.clone()));
+                                let _ = w.send(Err(HubError::from(error.clone())));
                             }
                             // The next registration subscribes again.
                             entry.pending = Some(PendingSubscription::unsent());
