@@ -10,7 +10,7 @@
 //!   step: a code is claimed with one `SET NX` and consumed with one script (GET + DEL), so it
 //!   stays single use; a call record written before its code was claimed only expires unused.
 //!
-//! The split costs one more round trip per flow (measured in docs/scaling.md), which is why a
+//! The split costs one more round trip per flow (measured in docs/operations.md), which is why a
 //! single Redis keeps the one-script shape. Which shape runs is the client's to say
 //! ([`Client::is_clustered`]); both are tested (tests/flow.rs, tests/cluster.rs).
 //!
