@@ -7,6 +7,10 @@
 //! same run, N create→resolve→join flows against hermes-api and the same number of requests
 //! (3 per flow) against the bare handler, with C concurrent workers, and prints a table with
 //! throughput, p50/p99 latency and the ratio. Bounded in count (N) and time (S per phase).
+//!
+//! `api_bench ab --a URL --b URL [--a-name A] [--b-name B] --flows N --concurrency C` drives
+//! the same create→resolve→join flows against two hermes-api builds (e.g. before and after a
+//! change), alternating rounds, and prints per-request p50/p99 and flows/s side by side.
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
@@ -31,9 +35,10 @@ async fn main() {
     match args.get(1).map(String::as_str) {
         Some("bare") => bare(&args).await,
         Some("load") => load(&args).await,
+        Some("ab") => ab(&args).await,
         _ => {
             eprintln!(
-                "usage: api_bench bare --listen ADDR --redis-url URL | load --api URL --bare URL [--flows N] [--concurrency C] [--max-secs S] [--rounds R]"
+                "usage: api_bench bare --listen ADDR --redis-url URL | load --api URL --bare URL [--flows N] [--concurrency C] [--max-secs S] [--rounds R] | ab --a URL --b URL [--a-name A] [--b-name B] [--flows N] [--concurrency C] [--max-secs S] [--rounds R]"
             );
             std::process::exit(2);
         }
@@ -282,6 +287,133 @@ async fn load(args: &[String]) {
     println!("throughput ratio (ours / reference req/s): {ratio:.2}  (target >= 0.5)");
     println!("p99 ratio (reference p99 / ours p99): {p99_ratio:.2}");
     if ours.errors > 0 || reference.errors > 0 {
+        eprintln!("api bench: errors during the run");
+        std::process::exit(1);
+    }
+}
+
+/// Latencies of each request of a flow (create, resolve, join), kept apart.
+#[derive(Default)]
+struct Steps {
+    us: [Vec<u64>; 3],
+    flows: usize,
+    errors: usize,
+    elapsed: Duration,
+}
+
+async fn run_steps(api: Arc<String>, flows: usize, concurrency: usize, max: Duration) -> Steps {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(concurrency)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let deadline = start + max;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (next, client, api) = (next.clone(), client.clone(), api.clone());
+        set.spawn(async move {
+            let mut steps = Steps::default();
+            while next.fetch_add(1, Ordering::Relaxed) < flows && Instant::now() < deadline {
+                let (lat, errors) = api_flow(client.clone(), api.clone()).await;
+                for (i, l) in lat.into_iter().enumerate() {
+                    steps.us[i].push(l);
+                }
+                steps.errors += errors;
+                steps.flows += usize::from(errors == 0);
+            }
+            steps
+        });
+    }
+    let mut all = Steps::default();
+    for s in set.join_all().await {
+        for i in 0..3 {
+            all.us[i].extend(&s.us[i]);
+        }
+        all.flows += s.flows;
+        all.errors += s.errors;
+    }
+    all.elapsed = start.elapsed();
+    all
+}
+
+async fn ab(args: &[String]) {
+    let a = Arc::new(arg(args, "--a").expect("--a"));
+    let b = Arc::new(arg(args, "--b").expect("--b"));
+    let a_name = arg(args, "--a-name").unwrap_or_else(|| "a".into());
+    let b_name = arg(args, "--b-name").unwrap_or_else(|| "b".into());
+    let flows: usize = arg(args, "--flows").map_or(6000, |v| v.parse().expect("flows"));
+    let concurrency: usize = arg(args, "--concurrency").map_or(32, |v| v.parse().expect("c"));
+    let max = Duration::from_secs(arg(args, "--max-secs").map_or(60, |v| v.parse().expect("s")));
+    let rounds: usize = arg(args, "--rounds").map_or(4, |v| v.parse().expect("rounds"));
+    let rounds = rounds.max(1);
+
+    // Warm-up: connections, script cache, allocator.
+    run_steps(a.clone(), 200, concurrency, max).await;
+    run_steps(b.clone(), 200, concurrency, max).await;
+
+    // Alternate the sides (and which goes first) so unrelated load on the shared machine hits
+    // both alike.
+    let per_round = flows.div_ceil(rounds);
+    let (mut sa, mut sb) = (Steps::default(), Steps::default());
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for side in order {
+            let (url, acc) = if side == 0 {
+                (a.clone(), &mut sa)
+            } else {
+                (b.clone(), &mut sb)
+            };
+            let s = run_steps(url, per_round, concurrency, max).await;
+            for i in 0..3 {
+                acc.us[i].extend(&s.us[i]);
+            }
+            acc.flows += s.flows;
+            acc.errors += s.errors;
+            acc.elapsed += s.elapsed;
+        }
+    }
+    println!(
+        "hermes-api A/B: {} flows per side (create+resolve+join), {concurrency} concurrent clients, {rounds} alternating rounds",
+        per_round * rounds
+    );
+    println!(
+        "| {:<24} | {:>8} | {:>10} | {:>10} | {:>11} | {:>11} | {:>9} | {:>9} | {:>6} |",
+        "side",
+        "flows/s",
+        "create p50",
+        "create p99",
+        "resolve p50",
+        "resolve p99",
+        "join p50",
+        "join p99",
+        "errors"
+    );
+    for (name, s) in [(&a_name, &mut sa), (&b_name, &mut sb)] {
+        for v in s.us.iter_mut() {
+            v.sort_unstable();
+        }
+        println!(
+            "| {:<24} | {:>8.0} | {:>10.2} | {:>10.2} | {:>11.2} | {:>11.2} | {:>9.2} | {:>9.2} | {:>6} |",
+            name,
+            s.flows as f64 / s.elapsed.as_secs_f64(),
+            pct(&s.us[0], 0.5),
+            pct(&s.us[0], 0.99),
+            pct(&s.us[1], 0.5),
+            pct(&s.us[1], 0.99),
+            pct(&s.us[2], 0.5),
+            pct(&s.us[2], 0.99),
+            s.errors
+        );
+    }
+    let rate = |s: &Steps| s.flows as f64 / s.elapsed.as_secs_f64();
+    println!(
+        "flows/s ratio ({b_name} / {a_name}): {:.3}",
+        rate(&sb) / rate(&sa)
+    );
+    if sa.errors > 0 || sb.errors > 0 {
         eprintln!("api bench: errors during the run");
         std::process::exit(1);
     }

@@ -2,11 +2,17 @@
 //! want (claim a code for a new call, resolve a code, end a call…) and get typed answers; the
 //! KEYS and ARGV each Lua script expects are built here and only here, next to the script.
 //!
-//! Every script touches the keys of one cluster slot only (one call's `call:{<id>}…` keys, or
-//! one code), so the same scripts run on a single Redis and on Redis Cluster. A flow across a
-//! code and a call is two single-slot steps, ordered so that what must be atomic is one step:
-//! a code is claimed with one `SET NX` and consumed with one script (GET + DEL), so it stays
-//! single use; a call record written before its code was claimed only expires unused.
+//! A flow across a code and a call (create, resolve, new code) runs in one of two shapes:
+//! - on a single Redis (or Sentinel), one script touches both the code and the call, so the
+//!   flow is one atomic step and one round trip, as it always was;
+//! - on Redis Cluster, where a script may touch one slot only (one call's `call:{<id>}…` keys,
+//!   or one code), it is two single-slot steps, ordered so that what must be atomic is one
+//!   step: a code is claimed with one `SET NX` and consumed with one script (GET + DEL), so it
+//!   stays single use; a call record written before its code was claimed only expires unused.
+//!
+//! The split costs one more round trip per flow (measured in docs/operations.md), which is why a
+//! single Redis keeps the one-script shape. Which shape runs is the client's to say
+//! ([`Client::is_clustered`]); both are tested (tests/flow.rs, tests/cluster.rs).
 //!
 //! The scripts of `create`, `resolve`, `new_code` and `join_status` apply the request's rate
 //! limits first (see [`Limiter::guarded`]: in the same script on a single Redis, one step
@@ -26,8 +32,43 @@ use hermes_service::redis::{AckPolicy, Script};
 use crate::metrics::Metrics;
 use crate::ratelimit::{GUARD_PRELUDE, GuardError, Limit, Limiter};
 
+/// After [`GUARD_PRELUDE`], single Redis only (two slots): KEYS otc, call; ARGV callId, code
+/// TTL ms, now (unix s), call TTL s. Claims the code with SET NX and, only if it was free,
+/// writes the call record. `{'ok', 1}` created, `{'ok', 0}` code taken.
+const CREATE_WITH_CODE_BODY: &str = r#"
+if not redis.call('SET', KEYS[K + 1], ARGV[A + 1], 'NX', 'PX', ARGV[A + 2]) then return {'ok', 0} end
+redis.call('HSET', KEYS[K + 2], 'status', 'created', 'createdAt', ARGV[A + 3])
+redis.call('EXPIRE', KEYS[K + 2], ARGV[A + 4])
+return {'ok', 1}
+"#;
+
+/// After [`GUARD_PRELUDE`], single Redis only (two slots): KEYS otc, call; ARGV otc value,
+/// code TTL ms. A fresh code for a live call: `{'ok', 1}` stored, `{'ok', 0}` code taken,
+/// `{'ok', -1}` no such call, `{'ok', -2}` call ended.
+const NEW_CODE_BODY: &str = r#"
+local status = redis.call('HGET', KEYS[K + 2], 'status')
+if not status then return {'ok', -1} end
+if status == 'ended' then return {'ok', -2} end
+if not redis.call('SET', KEYS[K + 1], ARGV[A + 1], 'NX', 'PX', ARGV[A + 2]) then return {'ok', 0} end
+return {'ok', 1}
+"#;
+
+/// After [`GUARD_PRELUDE`], single Redis only (it reads a call key it builds from the code's
+/// value, in another slot): KEYS otc; ARGV the call key's prefix and suffix around the id
+/// (see [`call_key_affixes`]). [`RESOLVE_BODY`] and the call's status in one atomic step:
+/// `{'ok'}` for an unknown or used code, else `{'ok', value, remaining ms, status or ''}`.
+const RESOLVE_WITH_STATUS_BODY: &str = r#"
+local value = redis.call('GET', KEYS[K + 1])
+if not value then return {'ok'} end
+local ttl = redis.call('PTTL', KEYS[K + 1])
+redis.call('DEL', KEYS[K + 1])
+local id = string.match(value, '^([^|]*)')
+local status = redis.call('HGET', ARGV[A + 1] .. id .. ARGV[A + 2], 'status')
+return {'ok', value, tostring(ttl), status or ''}
+"#;
+
 /// After [`GUARD_PRELUDE`]: KEYS call; ARGV now (unix s), call TTL s. Writes a new call's
-/// record. `{'ok'}`.
+/// record (the first step of a create on a cluster). `{'ok'}`.
 const CREATE_BODY: &str = r#"
 redis.call('HSET', KEYS[K + 1], 'status', 'created', 'createdAt', ARGV[A + 1])
 redis.call('EXPIRE', KEYS[K + 1], ARGV[A + 2])
@@ -65,6 +106,11 @@ return {'ok', redis.call('HGET', KEYS[K + 1], 'status') or ''}
 static CREATE_LUA: LazyLock<String> = LazyLock::new(|| format!("{GUARD_PRELUDE}{CREATE_BODY}"));
 static RESOLVE_LUA: LazyLock<String> = LazyLock::new(|| format!("{GUARD_PRELUDE}{RESOLVE_BODY}"));
 static STATUS_LUA: LazyLock<String> = LazyLock::new(|| format!("{GUARD_PRELUDE}{STATUS_BODY}"));
+static CREATE_WITH_CODE_LUA: LazyLock<String> =
+    LazyLock::new(|| format!("{GUARD_PRELUDE}{CREATE_WITH_CODE_BODY}"));
+static NEW_CODE_LUA: LazyLock<String> = LazyLock::new(|| format!("{GUARD_PRELUDE}{NEW_CODE_BODY}"));
+static RESOLVE_WITH_STATUS_LUA: LazyLock<String> =
+    LazyLock::new(|| format!("{GUARD_PRELUDE}{RESOLVE_WITH_STATUS_BODY}"));
 
 /// KEYS: call, call channel, call peers. ARGV: now (unix s), end-call control JSON.
 /// -1: no such call; 0: already ended; 1: ended now (and the notice was published).
@@ -168,6 +214,11 @@ pub struct CallStore {
     status: Script,
     end: Script,
     restore: Script,
+    create_with_code: Script,
+    new_code: Script,
+    resolve_with_status: Script,
+    /// See [`call_key_affixes`].
+    call_affixes: (String, String),
 }
 
 impl Default for CallStore {
@@ -178,6 +229,10 @@ impl Default for CallStore {
             status: Script::new(STATUS_LUA.as_str()),
             end: Script::new(END_LUA),
             restore: Script::new(RESTORE_LUA),
+            create_with_code: Script::new(CREATE_WITH_CODE_LUA.as_str()),
+            new_code: Script::new(NEW_CODE_LUA.as_str()),
+            resolve_with_status: Script::new(RESOLVE_WITH_STATUS_LUA.as_str()),
+            call_affixes: call_key_affixes(),
         }
     }
 }
@@ -255,9 +310,71 @@ impl Guard<'_> {
 
 impl CallStore {
     /// Store a fresh random one-time code for `what`, drawing another while the code is taken.
-    /// First, counting `limits`, the call's side (a new call's record is written; an existing
-    /// call must be live), then the code alone with `SET NX`.
+    /// On a single Redis one script per attempt does it all (the limits count once, on the
+    /// first attempt); on a cluster see [`Self::claim_code_in_steps`].
     pub async fn claim_code(
+        &self,
+        guard: Guard<'_>,
+        limits: &Limits,
+        what: CodeFor<'_>,
+    ) -> Result<(OneTimeCode, Claimed), StoreError> {
+        if guard.redis.is_clustered() {
+            return self.claim_code_in_steps(guard, limits, what).await;
+        }
+        let (script, call, args) = match what {
+            CodeFor::NewCall {
+                call,
+                now,
+                code_ttl,
+                call_ttl,
+            } => (
+                &self.create_with_code,
+                call,
+                vec![
+                    call.to_string(),
+                    code_ttl.as_millis().to_string(),
+                    now.to_string(),
+                    call_ttl.as_secs().max(1).to_string(),
+                ],
+            ),
+            CodeFor::Invite {
+                call,
+                seat,
+                code_ttl,
+            } => (
+                &self.new_code,
+                call,
+                vec![code_value(call, seat), code_ttl.as_millis().to_string()],
+            ),
+        };
+        let mut limits = limits;
+        for _ in 0..MAX_CODE_ATTEMPTS {
+            let code = OneTimeCode::random(&mut rand::rng());
+            let reply = guard
+                .run(
+                    script,
+                    limits,
+                    vec![keys::otc(&code), keys::call(call)],
+                    args.clone(),
+                )
+                .await?;
+            limits = &[];
+            match reply.first().and_then(Value::as_i64) {
+                Some(0) => tracing::debug!("one-time code collision, drawing another"),
+                Some(1) => return Ok((code, Claimed::Stored)),
+                Some(-1) => return Ok((code, Claimed::CallNotFound)),
+                Some(-2) => return Ok((code, Claimed::CallEnded)),
+                _ => return Err(StoreError::Unexpected("reply of a code script")),
+            }
+        }
+        tracing::error!("no free one-time code after {MAX_CODE_ATTEMPTS} attempts");
+        Err(StoreError::Unexpected("no free one-time code"))
+    }
+
+    /// [`Self::claim_code`] on a cluster: first, counting `limits`, the call's side (a new
+    /// call's record is written; an existing call must be live), then the code alone with
+    /// `SET NX`.
+    async fn claim_code_in_steps(
         &self,
         guard: Guard<'_>,
         limits: &Limits,
@@ -298,11 +415,7 @@ impl CallStore {
                     Some(_) => {}
                     None => return Err(StoreError::Unexpected("reply of the status script")),
                 }
-                let value = match seat {
-                    Role::Offerer => format!("{call}{OFFERER_SEAT}"),
-                    _ => call.to_string(),
-                };
-                (value, code_ttl)
+                (code_value(call, seat), code_ttl)
             }
         };
         let ttl_ms = i64::try_from(code_ttl.as_millis()).unwrap_or(i64::MAX);
@@ -327,22 +440,36 @@ impl CallStore {
         Err(StoreError::Unexpected("no free one-time code"))
     }
 
-    /// Consume `code` (one atomic step, counting `limits`), then read its call's status. None
-    /// for an unknown or used code. The consumption must survive a failover, so it waits for a
-    /// replica as the guard's [`AckPolicy`] says (see [`Guard::run_durable`]).
+    /// Consume `code` (one atomic step, counting `limits`) and read its call's status: in the
+    /// same script on a single Redis, one step after it on a cluster. None for an unknown or
+    /// used code. The consumption must survive a failover, so it waits for a replica as the
+    /// guard's [`AckPolicy`] says (see [`Guard::run_durable`]).
     pub async fn resolve(
         &self,
         guard: Guard<'_>,
         limits: &Limits,
         code: &OneTimeCode,
     ) -> Result<Option<Resolved>, StoreError> {
+        let in_steps = guard.redis.is_clustered();
+        let (script, args) = if in_steps {
+            (&self.resolve, Vec::new())
+        } else {
+            let (prefix, suffix) = &self.call_affixes;
+            (
+                &self.resolve_with_status,
+                vec![prefix.clone(), suffix.clone()],
+            )
+        };
         let (reply, refused) = guard
-            .run_durable(&self.resolve, limits, vec![keys::otc(code)], Vec::new())
+            .run_durable(script, limits, vec![keys::otc(code)], args)
             .await?;
         let found: Vec<String> = reply.iter().filter_map(Value::as_string).collect();
-        let [value, ttl_ms] = found.as_slice() else {
+        let (value, ttl_ms, status) = match found.as_slice() {
+            [value, ttl_ms] if in_steps => (value, ttl_ms, None),
+            [value, ttl_ms, status] if !in_steps => (value, ttl_ms, Some(status)),
             // Unknown or used: nothing was consumed, so nothing needs a replica.
-            return Ok(None);
+            [] => return Ok(None),
+            _ => return Err(StoreError::Unexpected("reply of the resolve script")),
         };
         if refused {
             let _: i64 = self
@@ -361,7 +488,10 @@ impl CallStore {
         };
         let call = CallId::parse(call_id)
             .map_err(|_| StoreError::Unexpected("otc entry with a malformed call id"))?;
-        let status: Option<String> = guard.redis.hget(keys::call(&call), "status").await?;
+        let status: Option<String> = match status {
+            Some(status) => (!status.is_empty()).then(|| status.clone()),
+            None => guard.redis.hget(keys::call(&call), "status").await?,
+        };
         Ok(Some(Resolved { call, status, role }))
     }
 
@@ -456,5 +586,38 @@ impl CallStore {
             participants: media,
             observers,
         }))
+    }
+}
+
+/// The value of a code that admits `seat` to `call`.
+fn code_value(call: &CallId, seat: Role) -> String {
+    match seat {
+        Role::Offerer => format!("{call}{OFFERER_SEAT}"),
+        _ => call.to_string(),
+    }
+}
+
+/// The `call:{id}` key's text before and after the id, for the one script that builds a call
+/// key from a value it read (derived from [`keys::call`] so the schema stays spelled in one
+/// place).
+fn call_key_affixes() -> (String, String) {
+    let id =
+        CallId::parse(&"0".repeat(hermes_proto::ids::ID_LEN)).expect("26 zeros are a valid id");
+    let key = keys::call(&id);
+    let (prefix, suffix) = key
+        .split_once(id.as_str())
+        .expect("call keys hold the id once");
+    (prefix.to_owned(), suffix.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_key_affixes_match_the_key_schema() {
+        let id = CallId::random(&mut rand::rng());
+        let (prefix, suffix) = call_key_affixes();
+        assert_eq!(format!("{prefix}{id}{suffix}"), keys::call(&id));
     }
 }

@@ -3,7 +3,8 @@
 //! script must touch one slot (a cross-slot script fails with CROSSSLOT, so any slip fails
 //! these tests): create → resolve → join → new code → status → end, a code admitting exactly
 //! one of many concurrent resolves, the end-call notice reaching a subscriber, and rate limits
-//! whose counters live on different primaries.
+//! whose counters live on different primaries; a primary's failover, and `/readyz` while a
+//! primary is down or hung.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -231,5 +232,110 @@ async fn a_call_survives_the_failover_of_its_primary() {
     for _ in 0..10 {
         assert_eq!(api.create().await.status, 201);
     }
+    api.stop().await;
+}
+
+/// `/readyz` pings every primary: one SIGKILLed primary makes it answer 503 (its slots' keys
+/// would fail) for as long as the cluster has not promoted its replica, and 200 again once
+/// the replica serves those slots and the api's client follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_while_a_primary_is_down() {
+    let mut cluster = tokio::task::block_in_place(ClusterSet::start);
+    let api = api_on(&cluster, &[]).await;
+    let victim = cluster.primary_ports()[0];
+    // A key of one of the victim's slots, to tell when those slots are served again.
+    let key = (0..)
+        .map(|i| format!("probe:{i}"))
+        .find(|k| cluster.owner_of(k).unwrap() == victim)
+        .unwrap();
+    let readyz = || async { api.send(api.http.get(api.url("/readyz"))).await.status };
+    assert_eq!(readyz().await, 200);
+
+    let killed_at = cluster.kill_node(victim);
+    let deadline = killed_at + Duration::from_secs(10);
+    while readyz().await != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz still 200 with a primary down"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let unready_after = killed_at.elapsed();
+    // Until the failover is over, never ready (the answer is read before the cluster's state,
+    // so a failover finishing in between cannot excuse a 200).
+    let mut unready = 0;
+    loop {
+        let status = readyz().await;
+        let failed_over = tokio::task::block_in_place(|| cluster.serves(&key));
+        if failed_over {
+            break;
+        }
+        assert_eq!(status, 503, "/readyz ready before the failover");
+        unready += 1;
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(30),
+            "no failover within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let promoted = killed_at.elapsed();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while readyz().await != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never ready again after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "cluster readyz: 503 {unready_after:?} after the kill ({unready} checks while down), \
+         replica promoted at {promoted:?}, ready again at {:?}",
+        killed_at.elapsed()
+    );
+    api.stop().await;
+}
+
+/// A primary that hangs (SIGSTOP: its connections stay open, nothing answers) is what a ping
+/// of just any node misses: `/readyz` must answer 503 while it hangs, and 200 again once its
+/// replica took over and the hung process is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_while_a_primary_hangs() {
+    let mut cluster = tokio::task::block_in_place(ClusterSet::start);
+    let api = api_on(&cluster, &[]).await;
+    let victim = cluster.primary_ports()[0];
+    let key = (0..)
+        .map(|i| format!("probe:{i}"))
+        .find(|k| cluster.owner_of(k).unwrap() == victim)
+        .unwrap();
+    let readyz = || async { api.send(api.http.get(api.url("/readyz"))).await.status };
+    assert_eq!(readyz().await, 200);
+
+    let frozen_at = cluster.freeze_node(victim);
+    let deadline = frozen_at + Duration::from_secs(10);
+    while readyz().await != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz still 200 with a primary hung"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let unready_after = frozen_at.elapsed();
+    let promoted = tokio::task::block_in_place(|| {
+        cluster.wait_for_failover(&key, frozen_at, Duration::from_secs(30))
+    });
+    cluster.kill_node(victim);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while readyz().await != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never ready again after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "cluster readyz (hung primary): 503 {unready_after:?} after the freeze, replica promoted \
+         at {promoted:?}, ready again at {:?} (the hung process killed at promotion)",
+        frozen_at.elapsed()
+    );
     api.stop().await;
 }

@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use fred::clients::SubscriberClient;
+use fred::interfaces::ClusterInterface;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, FromValue};
 use sha1::{Digest, Sha1};
@@ -106,12 +107,35 @@ pub async fn connect_subscriber_with(
     Ok(client)
 }
 
-/// True when Redis answers PING within the command timeout.
+/// True when Redis answers PING within the command timeout. On a cluster, every primary of
+/// the client's routing table must answer (pinged all at once): a key's slot can live on any
+/// of them, so one unreachable primary fails every request that lands on it, until a replica
+/// takes over its slots and the client's routing follows.
 pub async fn is_ready(client: &Client) -> bool {
-    matches!(
-        tokio::time::timeout(COMMAND_TIMEOUT, client.ping::<String>(None)).await,
-        Ok(Ok(_))
-    )
+    if client.is_clustered() {
+        return every_primary_answers(client).await;
+    }
+    answers_ping(client.ping::<String>(None)).await
+}
+
+async fn answers_ping(ping: impl Future<Output = Result<String, Error>>) -> bool {
+    matches!(tokio::time::timeout(COMMAND_TIMEOUT, ping).await, Ok(Ok(_)))
+}
+
+async fn every_primary_answers(client: &Client) -> bool {
+    let primaries = client
+        .cached_cluster_state()
+        .map(|routing| routing.unique_primary_nodes())
+        .unwrap_or_default();
+    if primaries.is_empty() {
+        return false;
+    }
+    let mut pings = tokio::task::JoinSet::new();
+    for server in primaries {
+        let node = client.with_cluster_node(server);
+        pings.spawn(async move { answers_ping(node.ping::<String>(None)).await });
+    }
+    pings.join_all().await.into_iter().all(|answered| answered)
 }
 
 /// Whether a write that must survive a failover waits for a replica to acknowledge it

@@ -37,6 +37,8 @@ struct Node {
     process: ChildGuard,
     /// SIGKILLed by [`ClusterSet::kill_node`].
     killed: bool,
+    /// SIGSTOPped by [`ClusterSet::freeze_node`] (and not asked anything until killed).
+    frozen: bool,
 }
 
 /// Six cluster nodes; see the module doc.
@@ -163,16 +165,31 @@ impl ClusterSet {
         Instant::now()
     }
 
+    /// SIGSTOP the node on `port`: its connections stay open and unanswered, as with a hung
+    /// process or a partition; the cluster fails it over after [`NODE_TIMEOUT_MS`]. The set's
+    /// own checks skip it from then on; [`Self::kill_node`] ends it.
+    pub fn freeze_node(&mut self, port: u16) -> Instant {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster");
+        let pid = node.process.id().expect("node running");
+        let status = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -STOP {pid} failed");
+        node.frozen = true;
+        Instant::now()
+    }
+
     /// Wait until a live primary serves `key`'s slot again and every live node reports the
     /// cluster ok; how long that took since `killed_at`.
     pub fn wait_for_failover(&self, key: &str, killed_at: Instant, timeout: Duration) -> Duration {
         let deadline = killed_at + timeout;
         loop {
-            let ok = self.owner_of(key).is_ok()
-                && self.live_ports().into_iter().all(|p| {
-                    raw_command(p, "CLUSTER INFO").is_ok_and(|i| i.contains("cluster_state:ok"))
-                });
-            if ok {
+            if self.serves(key) {
                 return killed_at.elapsed();
             }
             assert!(Instant::now() < deadline, "no failover of {key}'s primary");
@@ -180,10 +197,19 @@ impl ClusterSet {
         }
     }
 
+    /// Whether a live primary serves `key`'s slot and every live node reports the cluster ok
+    /// (after a kill: whether the failover is over), without waiting.
+    pub fn serves(&self, key: &str) -> bool {
+        self.owner_of(key).is_ok()
+            && self.live_ports().into_iter().all(|p| {
+                raw_command(p, "CLUSTER INFO").is_ok_and(|i| i.contains("cluster_state:ok"))
+            })
+    }
+
     fn live_ports(&self) -> Vec<u16> {
         self.nodes
             .iter()
-            .filter(|n| !n.killed)
+            .filter(|n| !n.killed && !n.frozen)
             .map(|n| n.port)
             .collect()
     }
@@ -288,6 +314,7 @@ fn spawn_node(dir: &Path, index: usize) -> Node {
                     port,
                     process,
                     killed: false,
+                    frozen: false,
                 };
             }
             Err(e) => last_err = e,
