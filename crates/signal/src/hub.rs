@@ -132,6 +132,10 @@ impl HubTimes {
     }
 }
 
+/// Helpers every script starts with: the presence rule over a stored seat (the Lua form of
+/// [`hermes_proto::SeatEntry::presence`]) and `frame`, which encodes the presence and control
+/// frames a script publishes with cjson from their fields (no JSON by concatenation; relayed
+/// messages are built in Rust and only get their `seq` spliced in).
 const PRESENCE_LUA: &str = include_str!("lua/presence.lua");
 
 /// KEYS: call, peers, channel, seq.
