@@ -6,7 +6,8 @@
 //! one and a participant can resume on any replica.
 //!
 //! Map: [`config`] (flags/env), [`room`] (sans-IO per-connection rules and seat logic),
-//! [`hub`] (Redis scripts, pub/sub router, leases), [`session`] (one WebSocket task),
+//! [`hub`] (Redis scripts, leases), [`router`] (pub/sub subscriptions and fan-out to local
+//! sessions), [`session`] (one WebSocket task),
 //! [`metrics`], [`state`] (the replica's shared state), [`http`] (the router). Entry points:
 //! [`app`] (the router, for tests), [`serve`] (on a bound listener) and [`run`] (binds
 //! `SIGNAL_LISTEN`).
@@ -17,6 +18,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod room;
+pub mod router;
 pub mod session;
 pub mod state;
 

@@ -1,0 +1,582 @@
+//! The replica's pub/sub side: one actor (the router task) owns the channel → local sessions
+//! map and forwards each frame published on a call's channel, as the same bytes, to the local
+//! sessions it concerns; the subscription manager runs the SUBSCRIBE / UNSUBSCRIBE commands the
+//! router asks for.
+//!
+//! It lives apart from [`crate::hub`] (the Redis scripts and the calls sessions make) because
+//! it is a different job: the hub changes state in Redis, the router only watches what Redis
+//! publishes. Its map has a single owner, so nothing here takes a lock; sessions and the hub
+//! talk to it through [`Cmd`] messages.
+//!
+//! A channel's subscription is proven before a session waits on it: after SUBSCRIBE the router
+//! publishes a probe and answers the registration only when the probe comes back through the
+//! subscription (retried with a new SUBSCRIBE after [`PROBE_RETRY`]). A jump in a call's `seq`
+//! or a lagging broadcast makes the call's sessions resync from the call's log.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use hermes_proto::signal::CallControl;
+use hermes_proto::{CallId, ParticipantId, Role};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::HubError;
+use crate::hub::{Hub, ended_frame};
+use crate::metrics::Metrics;
+
+/// What the router hands a session.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// A frame to forward as is; `seq` for relayed messages (deduplicated by the session).
+    Frame { text: Utf8Bytes, seq: Option<u64> },
+    /// `call-ended` to forward, then close with 4003.
+    Ended(Utf8Bytes),
+    /// Another connection took over this seat: close with 4002.
+    Replaced,
+    /// Pub/sub may have lost messages: fetch everything after the last delivered `seq` from
+    /// the call's log.
+    Resync,
+    /// This connection's own join script has been seen on the channel: presence events from
+    /// here on happened after the `joined` snapshot; earlier ones are already in it.
+    Seam,
+}
+
+/// A local session as the router knows it.
+pub(crate) struct Local {
+    pub(crate) id: u64,
+    pub(crate) participant: ParticipantId,
+    pub(crate) role: Role,
+    pub(crate) conn: Arc<str>,
+    pub(crate) tx: mpsc::Sender<Delivery>,
+    pub(crate) resync: Arc<AtomicBool>,
+    /// Set once the join script admitted it: only seated sessions have leases to renew.
+    pub(crate) seated: bool,
+    /// Its own join's `seat` marker came through the channel: a `replaced` routed from here
+    /// on was published by a newer join. One routed before it is older than this connection
+    /// (a stale takeover of an earlier connection of the same participant) and must not
+    /// close it.
+    pub(crate) seam: bool,
+}
+
+struct CallLocal {
+    call: CallId,
+    locals: Vec<Local>,
+    last_seq: u64,
+    /// While the channel's subscription is not yet proven: the probe id awaited, when it was
+    /// requested, and the registrations waiting for it.
+    pending: Option<PendingSubscription>,
+}
+
+struct PendingSubscription {
+    probe: u64,
+    since: std::time::Instant,
+    /// No probe in flight (new channel, or SUBSCRIBE / the probe PUBLISH failed).
+    failed: bool,
+    waiters: Vec<oneshot::Sender<Result<(), HubError>>>,
+    /// When the oldest registration still waiting started to wait (readiness).
+    waiting_since: Option<std::time::Instant>,
+}
+
+impl PendingSubscription {
+    /// Nothing sent yet: the first [`due`](Self::due) check sends it.
+    fn unsent() -> Self {
+        Self {
+            probe: 0,
+            since: std::time::Instant::now(),
+            failed: true,
+            waiters: Vec::new(),
+            waiting_since: None,
+        }
+    }
+
+    /// Whether to (re)subscribe and probe now.
+    fn due(&self) -> bool {
+        self.failed || self.since.elapsed() >= PROBE_RETRY
+    }
+
+    /// SUBSCRIBE and probe again under a new probe id.
+    fn send(
+        &mut self,
+        channel: &str,
+        next_probe: &mut u64,
+        sub_tx: &mpsc::UnboundedSender<SubCmd>,
+    ) {
+        *next_probe += 1;
+        self.probe = *next_probe;
+        self.since = std::time::Instant::now();
+        self.failed = false;
+        let _ = sub_tx.send(SubCmd::Subscribe {
+            channel: channel.to_owned(),
+            probe: self.probe,
+        });
+    }
+}
+
+pub(crate) enum Cmd {
+    Register {
+        channel: String,
+        call: CallId,
+        local: Local,
+        ready: oneshot::Sender<Result<(), HubError>>,
+    },
+    Unregister {
+        channel: String,
+        id: u64,
+    },
+    /// The session with this id holds its seat now.
+    Seated {
+        channel: String,
+        id: u64,
+    },
+    /// SUBSCRIBE or the probe PUBLISH failed.
+    SubscribeFailed {
+        channel: String,
+        probe: u64,
+        error: Error,
+    },
+    Snapshot(oneshot::Sender<Vec<CallSnapshot>>),
+    ResyncAll,
+    /// Readiness: answered `true` once a fresh probe came back through this replica's health
+    /// channel and no registration has waited longer than [`SUBSCRIBE_TIMEOUT`].
+    Ready(oneshot::Sender<bool>),
+}
+
+pub(crate) enum SubCmd {
+    /// SUBSCRIBE, then PUBLISH a probe the router waits for on the channel.
+    Subscribe {
+        channel: String,
+        probe: u64,
+    },
+    Unsubscribe(String),
+}
+
+impl SubCmd {
+    fn channel(&self) -> &str {
+        match self {
+            SubCmd::Subscribe { channel, .. } | SubCmd::Unsubscribe(channel) => channel,
+        }
+    }
+}
+
+/// How long a registration waits for its channel's subscription to be proven.
+pub(crate) const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A probe not seen after this long is sent again, with a new SUBSCRIBE (fred may leave a
+/// SUBSCRIBE unflushed; measured here, a few percent of them without the PING, some with it).
+const PROBE_RETRY: Duration = Duration::from_millis(800);
+
+/// One call's local sessions, for the lease tick.
+pub(crate) struct CallSnapshot {
+    pub(crate) call: CallId,
+    /// Highest `seq` the router has seen published for this call.
+    pub(crate) last_seq: u64,
+    pub(crate) locals: Vec<(ParticipantId, Role, Arc<str>, mpsc::Sender<Delivery>)>,
+}
+
+/// The fields of a published frame the router needs, borrowed from the payload.
+#[derive(Deserialize)]
+pub(crate) struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    pub(crate) kind: &'a str,
+    #[serde(default, borrow)]
+    pub(crate) from: Option<&'a str>,
+    #[serde(default, borrow, rename = "participantId")]
+    pub(crate) participant: Option<&'a str>,
+    #[serde(default)]
+    pub(crate) seq: Option<u64>,
+    #[serde(default, borrow)]
+    pub(crate) conn: Option<&'a str>,
+    #[serde(default, borrow)]
+    pub(crate) replica: Option<&'a str>,
+    #[serde(default)]
+    pub(crate) probe: Option<u64>,
+}
+
+/// One SUBSCRIBE (+ PING + probe PUBLISH) or UNSUBSCRIBE (+ PING).
+async fn subscription_op(
+    subscriber: SubscriberClient,
+    client: Client,
+    replica: Arc<str>,
+    cmd: SubCmd,
+    cmd_tx: mpsc::UnboundedSender<Cmd>,
+) {
+    match cmd {
+        SubCmd::Subscribe { channel, probe } => {
+            // fred answers SUBSCRIBE before writing it, and may leave it unflushed in the
+            // socket buffer: a PING flushes it, and only the probe coming back through the
+            // subscription proves Redis applied it.
+            let mut result = subscriber.subscribe(channel.clone()).await;
+            if result.is_ok() {
+                result = subscriber.ping::<Value>(None).await.map(|_| ());
+            }
+            if result.is_ok() {
+                let text = CallControl::Probe {
+                    replica: replica.to_string(),
+                    probe,
+                }
+                .to_json();
+                result = client
+                    .publish::<i64, _, _>(channel.clone(), text)
+                    .await
+                    .map(|_| ());
+            }
+            if let Err(error) = result {
+                let _ = cmd_tx.send(Cmd::SubscribeFailed {
+                    channel,
+                    probe,
+                    error,
+                });
+            }
+        }
+        SubCmd::Unsubscribe(channel) => {
+            if subscriber.unsubscribe(channel).await.is_ok() {
+                let _ = subscriber.ping::<Value>(None).await;
+            }
+        }
+    }
+}
+
+/// Runs SUBSCRIBE / UNSUBSCRIBE operations: in order per channel (a late UNSUBSCRIBE never
+/// overtakes a later SUBSCRIBE of the same call), concurrently across channels, so one slow
+/// or retried subscription never holds up the others (a fresh replica once logged
+/// "subscription not confirmed in time" for more than 20 s behind a serial queue).
+pub(crate) async fn subscription_manager(
+    subscriber: SubscriberClient,
+    client: Client,
+    replica: Arc<str>,
+    mut rx: mpsc::UnboundedReceiver<SubCmd>,
+    cmd_tx: mpsc::UnboundedSender<Cmd>,
+) {
+    // Channels with an operation in flight, and what waits behind it.
+    let mut busy: HashMap<String, std::collections::VecDeque<SubCmd>> = HashMap::new();
+    let mut running: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
+    // Which channel each running operation is for (found again even if one panicked).
+    let mut owners: HashMap<tokio::task::Id, String> = HashMap::new();
+    let spawn = |running: &mut tokio::task::JoinSet<()>,
+                 owners: &mut HashMap<tokio::task::Id, String>,
+                 cmd: SubCmd| {
+        let channel = cmd.channel().to_owned();
+        let op = subscription_op(
+            subscriber.clone(),
+            client.clone(),
+            replica.clone(),
+            cmd,
+            cmd_tx.clone(),
+        );
+        owners.insert(running.spawn(op).id(), channel);
+    };
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { break };
+                match busy.get_mut(cmd.channel()) {
+                    Some(queue) => queue.push_back(cmd),
+                    None => {
+                        busy.insert(cmd.channel().to_owned(), Default::default());
+                        spawn(&mut running, &mut owners, cmd);
+                    }
+                }
+            }
+            Some(done) = running.join_next_with_id() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                };
+                let Some(channel) = owners.remove(&id) else { continue };
+                let next = busy.get_mut(&channel).and_then(|q| q.pop_front());
+                match next {
+                    Some(cmd) => spawn(&mut running, &mut owners, cmd),
+                    None => {
+                        busy.remove(&channel);
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(crate) async fn router(
+    hub: std::sync::Weak<Hub>,
+    metrics: Arc<Metrics>,
+    replica: Arc<str>,
+    subscriber: SubscriberClient,
+    mut cmd_rx: mpsc::UnboundedReceiver<Cmd>,
+    sub_tx: mpsc::UnboundedSender<SubCmd>,
+) {
+    let mut messages = subscriber.message_rx();
+    let mut next_probe: u64 = 0;
+    let mut calls: HashMap<String, CallLocal> = HashMap::new();
+    // This replica's own channel for readiness probes (never a call's).
+    let health_channel = format!("signal:replica:{replica}:health");
+    let mut health_waiters: Vec<(u64, oneshot::Sender<bool>)> = Vec::new();
+    let mut retry = tokio::time::interval(PROBE_RETRY / 2);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = retry.tick() => {
+                // Subscriptions whose probe has not come back: subscribe and probe again.
+                for (channel, entry) in &mut calls {
+                    if let Some(p) = &mut entry.pending
+                        && !p.waiters.is_empty()
+                        && p.due()
+                    {
+                        p.send(channel, &mut next_probe, &sub_tx);
+                    }
+                }
+                // Readiness checks whose caller gave up.
+                health_waiters.retain(|(_, w)| !w.is_closed());
+            }
+            cmd = cmd_rx.recv() => {
+                let Some(cmd) = cmd else { break };
+                match cmd {
+                    Cmd::Register { channel, call, local, ready } => {
+                        // A new channel starts unproven; a proven one answers at once.
+                        let entry = calls.entry(channel.clone()).or_insert_with(|| CallLocal {
+                            call,
+                            locals: Vec::new(),
+                            last_seq: 0,
+                            pending: Some(PendingSubscription::unsent()),
+                        });
+                        entry.locals.push(local);
+                        match &mut entry.pending {
+                            None => {
+                                let _ = ready.send(Ok(()));
+                            }
+                            Some(p) => {
+                                p.waiting_since.get_or_insert_with(std::time::Instant::now);
+                                p.waiters.push(ready);
+                                if p.due() {
+                                    p.send(&channel, &mut next_probe, &sub_tx);
+                                }
+                            }
+                        }
+                        metrics.calls.set(calls.len() as i64);
+                    }
+                    Cmd::Seated { channel, id } => {
+                        if let Some(entry) = calls.get_mut(&channel) {
+                            for l in entry.locals.iter_mut().filter(|l| l.id == id) {
+                                l.seated = true;
+                            }
+                        }
+                    }
+                    Cmd::SubscribeFailed { channel, probe, error } => {
+                        if channel == health_channel {
+                            // Dropping the sender answers "not ready".
+                            health_waiters.retain(|(p, _)| *p != probe);
+                            continue;
+                        }
+                        if let Some(entry) = calls.get_mut(&channel)
+                            && entry.pending.as_ref().is_some_and(|p| p.probe == probe)
+                            && let Some(p) = entry.pending.take()
+                        {
+                            for w in p.waiters {
+                                let _ = w.send(Err(HubError::from(error.clone())));
+                            }
+                            // The next registration subscribes again.
+                            entry.pending = Some(PendingSubscription::unsent());
+                        }
+                    }
+                    Cmd::Unregister { channel, id } => {
+                        if let Some(entry) = calls.get_mut(&channel) {
+                            entry.locals.retain(|l| l.id != id);
+                            if entry.locals.is_empty() {
+                                calls.remove(&channel);
+                                let _ = sub_tx.send(SubCmd::Unsubscribe(channel));
+                            }
+                        }
+                        metrics.calls.set(calls.len() as i64);
+                    }
+                    Cmd::Snapshot(reply) => {
+                        let snap = calls
+                            .values()
+                            .map(|c| CallSnapshot {
+                                call: c.call.clone(),
+                                last_seq: c.last_seq,
+                                locals: c
+                                    .locals
+                                    .iter()
+                                    .filter(|l| l.seated)
+                                    .map(|l| (l.participant.clone(), l.role, l.conn.clone(), l.tx.clone()))
+                                    .collect(),
+                            })
+                            .collect();
+                        let _ = reply.send(snap);
+                    }
+                    Cmd::ResyncAll => {
+                        for c in calls.values_mut() {
+                            resync(c);
+                        }
+                    }
+                    Cmd::Ready(reply) => {
+                        next_probe += 1;
+                        health_waiters.push((next_probe, reply));
+                        let _ = sub_tx.send(SubCmd::Subscribe {
+                            channel: health_channel.clone(),
+                            probe: next_probe,
+                        });
+                    }
+                }
+            }
+            msg = messages.recv() => {
+                match msg {
+                    Ok(msg) => {
+                        if *msg.channel == *health_channel {
+                            let probe = msg
+                                .value
+                                .as_str()
+                                .and_then(|t| serde_json::from_str::<Head<'_>>(&t).ok().and_then(|h| {
+                                    (h.replica == Some(&*replica)).then_some(h.probe).flatten()
+                                }));
+                            if let Some(probe) = probe {
+                                let stuck = calls.values().any(|c| {
+                                    c.pending.as_ref().is_some_and(|p| {
+                                        p.waiting_since.is_some_and(|t| t.elapsed() > SUBSCRIBE_TIMEOUT)
+                                    })
+                                });
+                                let (answered, rest) = std::mem::take(&mut health_waiters)
+                                    .into_iter()
+                                    .partition(|(p, _)| *p <= probe);
+                                health_waiters = rest;
+                                for (_, w) in answered {
+                                    let _ = w.send(!stuck);
+                                }
+                            }
+                            continue;
+                        }
+                        let Some(entry) = calls.get_mut(&*msg.channel) else { continue };
+                        let Some(bytes) = msg.value.into_bytes() else { continue };
+                        let Ok(text) = Utf8Bytes::try_from(bytes) else { continue };
+                        route(entry, text, &hub, &replica);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(lost = n, "pub/sub queue lagged; sessions resync from the call log");
+                        for c in calls.values_mut() {
+                            resync(c);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        }
+    }
+}
+
+fn resync(entry: &mut CallLocal) {
+    for l in &entry.locals {
+        let _ = l.tx.try_send(Delivery::Resync);
+    }
+}
+
+/// Deliver one published frame to the local sessions it concerns.
+fn route(entry: &mut CallLocal, text: Utf8Bytes, hub: &std::sync::Weak<Hub>, replica: &str) {
+    let Ok(head) = serde_json::from_str::<Head<'_>>(&text) else {
+        return;
+    };
+    match head.kind {
+        "offer" | "answer" | "ice-candidate" | "hangup" => {
+            let (Some(from), Some(seq)) = (head.from, head.seq) else {
+                return;
+            };
+            let gap = entry.last_seq != 0 && seq > entry.last_seq + 1;
+            entry.last_seq = entry.last_seq.max(seq);
+            for l in &entry.locals {
+                if l.participant.as_str() != from {
+                    if gap {
+                        let _ = l.tx.try_send(Delivery::Resync);
+                    }
+                    offer(
+                        l,
+                        Delivery::Frame {
+                            text: text.clone(),
+                            seq: Some(seq),
+                        },
+                    );
+                }
+            }
+        }
+        "peer-joined" | "peer-left" | "peer-reconnecting" | "peer-resumed" => {
+            let Some(subject) = head.participant else {
+                return;
+            };
+            for l in &entry.locals {
+                if l.participant.as_str() != subject {
+                    offer(
+                        l,
+                        Delivery::Frame {
+                            text: text.clone(),
+                            seq: None,
+                        },
+                    );
+                }
+            }
+        }
+        "call-ended" => {
+            for l in &entry.locals {
+                offer(l, Delivery::Ended(text.clone()));
+            }
+        }
+        "end-call" => {
+            let Ok(CallControl::EndCall { reason }) = serde_json::from_str::<CallControl>(&text)
+            else {
+                return;
+            };
+            let frame = ended_frame(&reason);
+            for l in &entry.locals {
+                offer(l, Delivery::Ended(frame.clone()));
+            }
+            // The API marked the call ended; drop its seats, log and acks (idempotent).
+            if let Some(hub) = hub.upgrade() {
+                let call = entry.call.clone();
+                tokio::spawn(async move {
+                    let _ = hub.end(&call, &reason, false).await;
+                });
+            }
+        }
+        "probe" => {
+            if head.replica == Some(replica)
+                && head.probe.is_some()
+                && entry.pending.as_ref().map(|p| p.probe) == head.probe
+                && let Some(p) = entry.pending.take()
+            {
+                for w in p.waiters {
+                    let _ = w.send(Ok(()));
+                }
+            }
+        }
+        "seat" => {
+            let (Some(subject), Some(conn)) = (head.participant, head.conn) else {
+                return;
+            };
+            for l in &mut entry.locals {
+                if l.participant.as_str() == subject && &*l.conn == conn {
+                    l.seam = true;
+                    offer(l, Delivery::Seam);
+                }
+            }
+        }
+        "replaced" => {
+            let (Some(subject), Some(conn)) = (head.participant, head.conn) else {
+                return;
+            };
+            for l in &entry.locals {
+                if l.participant.as_str() == subject && &*l.conn != conn && l.seam {
+                    offer(l, Delivery::Replaced);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Queue a delivery without waiting; a session whose queue is full is flagged to resync
+/// once it drains (the call's log holds the relayed messages it missed).
+fn offer(local: &Local, delivery: Delivery) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = local.tx.try_send(delivery) {
+        local.resync.store(true, Ordering::Relaxed);
+    }
+}
