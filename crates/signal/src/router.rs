@@ -6,7 +6,10 @@
 //! It lives apart from [`crate::hub`] (the Redis scripts and the calls sessions make) because
 //! it is a different job: the hub changes state in Redis, the router only watches what Redis
 //! publishes. Its map has a single owner, so nothing here takes a lock; sessions and the hub
-//! talk to it through [`Cmd`] messages.
+//! talk to it through [`Cmd`] messages. Deciding what a published frame means is a plain
+//! function (`route`: the frame and the call's local sessions in, deliveries and a follow-up
+//! action out, no I/O, unit-tested here); the actor loop queues the deliveries and performs
+//! the action (answer the registrations a probe proved, end a call the API ended).
 //!
 //! A channel's subscription is proven before a session waits on it: after SUBSCRIBE the router
 //! publishes a probe and answers the registration only when the probe comes back through the
@@ -311,6 +314,8 @@ pub(crate) async fn router(
     let mut messages = subscriber.message_rx();
     let mut next_probe: u64 = 0;
     let mut calls: HashMap<String, CallLocal> = HashMap::new();
+    // Deliveries of the frame being routed (reused: routing allocates nothing per frame).
+    let mut routed: Vec<(usize, Delivery)> = Vec::new();
     // This replica's own channel for readiness probes (never a call's).
     let health_channel = format!("signal:replica:{replica}:health");
     let mut health_waiters: Vec<(u64, oneshot::Sender<bool>)> = Vec::new();
@@ -451,7 +456,28 @@ pub(crate) async fn router(
                         let Some(entry) = calls.get_mut(&*msg.channel) else { continue };
                         let Some(bytes) = msg.value.into_bytes() else { continue };
                         let Ok(text) = Utf8Bytes::try_from(bytes) else { continue };
-                        route(entry, text, &hub, &replica);
+                        let action = route(entry, &text, &replica, &mut routed);
+                        for (i, delivery) in routed.drain(..) {
+                            offer(&entry.locals[i], delivery);
+                        }
+                        match action {
+                            None => {}
+                            Some(Action::Proven) => {
+                                if let Some(p) = entry.pending.take() {
+                                    for w in p.waiters {
+                                        let _ = w.send(Ok(()));
+                                    }
+                                }
+                            }
+                            Some(Action::EndCall { reason }) => {
+                                if let Some(hub) = hub.upgrade() {
+                                    let call = entry.call.clone();
+                                    tokio::spawn(async move {
+                                        let _ = hub.end(&call, &reason, false).await;
+                                    });
+                                }
+                            }
+                        }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(lost = n, "pub/sub queue lagged; sessions resync from the call log");
@@ -472,105 +498,106 @@ fn resync(entry: &mut CallLocal) {
     }
 }
 
-/// Deliver one published frame to the local sessions it concerns.
-fn route(entry: &mut CallLocal, text: Utf8Bytes, hub: &std::sync::Weak<Hub>, replica: &str) {
-    let Ok(head) = serde_json::from_str::<Head<'_>>(&text) else {
-        return;
-    };
+/// What routing a frame asks the router to do besides delivering it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Action {
+    /// The API ended the call: end it here too (drop its seats, log and acks; idempotent).
+    EndCall { reason: String },
+    /// The channel's pending subscription probe came back: answer its waiting registrations.
+    Proven,
+}
+
+/// Decide what one frame published on a call's channel means for the call's local sessions:
+/// push `(index into entry.locals, delivery)` pairs onto `out` (a buffer the caller reuses, so
+/// routing allocates nothing per frame) and return the follow-up action, if any. No I/O: the
+/// router loop queues the deliveries and performs the action. It updates the entry's own state
+/// (the highest `seq` seen, which locals have seen their `seat` marker).
+fn route(
+    entry: &mut CallLocal,
+    text: &Utf8Bytes,
+    replica: &str,
+    out: &mut Vec<(usize, Delivery)>,
+) -> Option<Action> {
+    let head = serde_json::from_str::<Head<'_>>(text).ok()?;
     match head.kind {
         "offer" | "answer" | "ice-candidate" | "hangup" => {
             let (Some(from), Some(seq)) = (head.from, head.seq) else {
-                return;
+                return None;
             };
             let gap = entry.last_seq != 0 && seq > entry.last_seq + 1;
             entry.last_seq = entry.last_seq.max(seq);
-            for l in &entry.locals {
+            for (i, l) in entry.locals.iter().enumerate() {
                 if l.participant.as_str() != from {
                     if gap {
-                        let _ = l.tx.try_send(Delivery::Resync);
+                        out.push((i, Delivery::Resync));
                     }
-                    offer(
-                        l,
+                    out.push((
+                        i,
                         Delivery::Frame {
                             text: text.clone(),
                             seq: Some(seq),
                         },
-                    );
+                    ));
                 }
             }
         }
         "peer-joined" | "peer-left" | "peer-reconnecting" | "peer-resumed" => {
-            let Some(subject) = head.participant else {
-                return;
-            };
-            for l in &entry.locals {
+            let subject = head.participant?;
+            for (i, l) in entry.locals.iter().enumerate() {
                 if l.participant.as_str() != subject {
-                    offer(
-                        l,
+                    out.push((
+                        i,
                         Delivery::Frame {
                             text: text.clone(),
                             seq: None,
                         },
-                    );
+                    ));
                 }
             }
         }
         "call-ended" => {
-            for l in &entry.locals {
-                offer(l, Delivery::Ended(text.clone()));
-            }
+            out.extend((0..entry.locals.len()).map(|i| (i, Delivery::Ended(text.clone()))));
         }
         "end-call" => {
-            let Ok(CallControl::EndCall { reason }) = serde_json::from_str::<CallControl>(&text)
+            let Ok(CallControl::EndCall { reason }) = serde_json::from_str::<CallControl>(text)
             else {
-                return;
+                return None;
             };
             let frame = ended_frame(&reason);
-            for l in &entry.locals {
-                offer(l, Delivery::Ended(frame.clone()));
-            }
-            // The API marked the call ended; drop its seats, log and acks (idempotent).
-            if let Some(hub) = hub.upgrade() {
-                let call = entry.call.clone();
-                tokio::spawn(async move {
-                    let _ = hub.end(&call, &reason, false).await;
-                });
-            }
+            out.extend((0..entry.locals.len()).map(|i| (i, Delivery::Ended(frame.clone()))));
+            return Some(Action::EndCall { reason });
         }
-        "probe" => {
+        "probe"
             if head.replica == Some(replica)
                 && head.probe.is_some()
-                && entry.pending.as_ref().map(|p| p.probe) == head.probe
-                && let Some(p) = entry.pending.take()
-            {
-                for w in p.waiters {
-                    let _ = w.send(Ok(()));
-                }
-            }
+                && entry.pending.as_ref().map(|p| p.probe) == head.probe =>
+        {
+            return Some(Action::Proven);
         }
         "seat" => {
             let (Some(subject), Some(conn)) = (head.participant, head.conn) else {
-                return;
+                return None;
             };
-            for l in &mut entry.locals {
+            for (i, l) in entry.locals.iter_mut().enumerate() {
                 if l.participant.as_str() == subject && &*l.conn == conn {
                     l.seam = true;
-                    offer(l, Delivery::Seam);
+                    out.push((i, Delivery::Seam));
                 }
             }
         }
         "replaced" => {
             let (Some(subject), Some(conn)) = (head.participant, head.conn) else {
-                return;
+                return None;
             };
-            for l in &entry.locals {
+            for (i, l) in entry.locals.iter().enumerate() {
                 if l.participant.as_str() == subject && &*l.conn != conn && l.seam {
-                    offer(l, Delivery::Replaced);
+                    out.push((i, Delivery::Replaced));
                 }
             }
         }
         _ => {}
     }
+    None
 }
 
 /// Queue a delivery without waiting; a session whose queue is full is flagged to resync
@@ -578,5 +605,165 @@ fn route(entry: &mut CallLocal, text: Utf8Bytes, hub: &std::sync::Weak<Hub>, rep
 fn offer(local: &Local, delivery: Delivery) {
     if let Err(mpsc::error::TrySendError::Full(_)) = local.tx.try_send(delivery) {
         local.resync.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use hermes_proto::signal::ServerMessage;
+    use rand::SeedableRng;
+
+    /// A local session with a queue nobody reads: `route` never touches it.
+    fn local(id: u64, participant: &ParticipantId, conn: &str) -> Local {
+        let (tx, _rx) = mpsc::channel(1);
+        Local {
+            id,
+            participant: participant.clone(),
+            role: Role::Offerer,
+            conn: conn.into(),
+            tx,
+            resync: Arc::new(AtomicBool::new(false)),
+            seated: true,
+            seam: false,
+        }
+    }
+
+    /// Participants a (two connections: "a1", "a2") and b ("b1"), plus observer o ("o1").
+    fn entry() -> (CallLocal, [ParticipantId; 3]) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(20);
+        let ids = [
+            ParticipantId::random(&mut rng),
+            ParticipantId::random(&mut rng),
+            ParticipantId::random(&mut rng),
+        ];
+        let entry = CallLocal {
+            call: CallId::random(&mut rng),
+            locals: vec![
+                local(1, &ids[0], "a1"),
+                local(2, &ids[0], "a2"),
+                local(3, &ids[1], "b1"),
+                local(4, &ids[2], "o1"),
+            ],
+            last_seq: 0,
+            pending: None,
+        };
+        (entry, ids)
+    }
+
+    fn run(entry: &mut CallLocal, text: &str) -> (Vec<(usize, Delivery)>, Option<Action>) {
+        let mut out = Vec::new();
+        let action = route(entry, &Utf8Bytes::from(text.to_owned()), "r1", &mut out);
+        (out, action)
+    }
+
+    #[test]
+    fn a_relayed_message_reaches_the_others_but_not_its_sender() {
+        let (mut e, ids) = entry();
+        let hangup = |seq| {
+            serde_json::to_string(&ServerMessage::Hangup {
+                from: ids[0].clone(),
+                seq,
+            })
+            .unwrap()
+        };
+        let (out, action) = run(&mut e, &hangup(1));
+        assert_eq!(action, None);
+        let targets: Vec<usize> = out.iter().map(|(i, _)| *i).collect();
+        assert_eq!(targets, [2, 3]);
+        for (_, d) in &out {
+            assert!(matches!(d, Delivery::Frame { seq: Some(1), text } if **text == hangup(1)));
+        }
+        assert_eq!(e.last_seq, 1);
+        // A jump in seq (2 was lost) makes each recipient resync before the frame.
+        let (out, _) = run(&mut e, &hangup(3));
+        assert!(matches!(
+            out[..],
+            [
+                (2, Delivery::Resync),
+                (2, Delivery::Frame { seq: Some(3), .. }),
+                (3, Delivery::Resync),
+                (3, Delivery::Frame { seq: Some(3), .. }),
+            ]
+        ));
+        assert_eq!(e.last_seq, 3);
+    }
+
+    #[test]
+    fn seat_marks_only_the_matching_connection() {
+        let (mut e, ids) = entry();
+        let seat = CallControl::Seat {
+            participant_id: ids[0].clone(),
+            conn: "a2".into(),
+        }
+        .to_json();
+        let (out, action) = run(&mut e, &seat);
+        assert_eq!(action, None);
+        assert!(matches!(out[..], [(1, Delivery::Seam)]));
+        let seams: Vec<bool> = e.locals.iter().map(|l| l.seam).collect();
+        assert_eq!(seams, [false, true, false, false]);
+    }
+
+    #[test]
+    fn replaced_targets_only_the_other_connections_of_the_participant() {
+        let (mut e, ids) = entry();
+        for l in &mut e.locals {
+            l.seam = true;
+        }
+        let replaced = CallControl::Replaced {
+            participant_id: ids[0].clone(),
+            conn: "a2".into(),
+        }
+        .to_json();
+        let (out, action) = run(&mut e, &replaced);
+        assert_eq!(action, None);
+        assert!(matches!(out[..], [(0, Delivery::Replaced)]));
+        // A connection that has not seen its own seat marker yet is older news: left alone.
+        e.locals[0].seam = false;
+        let (out, _) = run(&mut e, &replaced);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn end_call_ends_every_local_session_and_asks_to_end_the_call() {
+        let (mut e, _) = entry();
+        let text = CallControl::EndCall {
+            reason: "admin".into(),
+        }
+        .to_json();
+        let (out, action) = run(&mut e, &text);
+        assert_eq!(
+            action,
+            Some(Action::EndCall {
+                reason: "admin".into()
+            })
+        );
+        let targets: Vec<usize> = out.iter().map(|(i, _)| *i).collect();
+        assert_eq!(targets, [0, 1, 2, 3]);
+        let expected = ended_frame("admin");
+        for (_, d) in &out {
+            assert!(matches!(d, Delivery::Ended(f) if *f == expected));
+        }
+    }
+
+    #[test]
+    fn only_this_replicas_awaited_probe_proves_the_subscription() {
+        let (mut e, _) = entry();
+        let mut pending = PendingSubscription::unsent();
+        pending.probe = 7;
+        e.pending = Some(pending);
+        let probe = |replica: &str, probe: u64| {
+            CallControl::Probe {
+                replica: replica.into(),
+                probe,
+            }
+            .to_json()
+        };
+        assert_eq!(run(&mut e, &probe("r2", 7)).1, None);
+        assert_eq!(run(&mut e, &probe("r1", 6)).1, None);
+        let (out, action) = run(&mut e, &probe("r1", 7));
+        assert_eq!(action, Some(Action::Proven));
+        assert!(out.is_empty());
     }
 }
