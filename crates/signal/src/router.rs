@@ -6,14 +6,14 @@
 //! It lives apart from [`crate::hub`] (the Redis scripts and the calls sessions make) because
 //! it is a different job: the hub changes state in Redis, the router only watches what Redis
 //! publishes. Its map has a single owner, so nothing here takes a lock; sessions and the hub
-//! talk to it through [`Cmd`] messages. Deciding what a published frame means is a plain
+//! talk to it through `Cmd` messages. Deciding what a published frame means is a plain
 //! function (`route`: the frame and the call's local sessions in, deliveries and a follow-up
 //! action out, no I/O, unit-tested here); the actor loop queues the deliveries and performs
 //! the action (answer the registrations a probe proved, end a call the API ended).
 //!
 //! A channel's subscription is proven before a session waits on it: after SUBSCRIBE the router
 //! publishes a probe and answers the registration only when the probe comes back through the
-//! subscription (retried with a new SUBSCRIBE after [`PROBE_RETRY`]). A jump in a call's `seq`
+//! subscription (retried with a new SUBSCRIBE after `PROBE_RETRY`). A jump in a call's `seq`
 //! or a lagging broadcast makes the call's sessions resync from the call's log.
 
 use std::collections::HashMap;
