@@ -8,7 +8,7 @@
 //! Map: [`config`] (flags/env), [`room`] (sans-IO per-connection rules and seat logic),
 //! [`hub`] (Redis scripts, leases), [`router`] (pub/sub subscriptions and fan-out to local
 //! sessions), [`session`] (one WebSocket task),
-//! [`metrics`], [`state`] (the replica's shared state), [`http`] (the router). Entry points:
+//! [`metrics`], [`state`](mod@state) (the replica's shared state), [`http`] (the router). Entry points:
 //! [`app`] (the router, for tests), [`serve`] (on a bound listener) and [`run`] (binds
 //! `SIGNAL_LISTEN`).
 
