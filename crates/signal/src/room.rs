@@ -197,16 +197,8 @@ impl Conn {
 
     /// Classify one text frame.
     pub fn on_frame(&mut self, text: &str, now_ms: u64) -> Decision {
-        self.on_activity(now_ms);
-        if !self.rate.take(now_ms) {
-            return self.violation(
-                SignalErrorCode::RateLimited,
-                format!(
-                    "more than {} messages per second; message dropped, slow down and resend",
-                    self.limits.rate_per_sec
-                ),
-                now_ms,
-            );
+        if let Some(refused) = self.over_rate(now_ms) {
+            return refused;
         }
         let msg = match decode_client(text) {
             Ok(msg) => msg,
@@ -285,6 +277,35 @@ impl Conn {
             );
         }
         Decision::Relay(relay)
+    }
+
+    /// A binary WebSocket frame: the protocol is JSON text only, so it is a bad message (it
+    /// counts against the rate and the abuse budget like any other frame).
+    pub fn on_binary_frame(&mut self, now_ms: u64) -> Decision {
+        if let Some(refused) = self.over_rate(now_ms) {
+            return refused;
+        }
+        self.violation(
+            SignalErrorCode::BadMessage,
+            "binary frames are not supported; send JSON text".into(),
+            now_ms,
+        )
+    }
+
+    /// Count a frame as activity and against the message rate; the refusal when over it.
+    fn over_rate(&mut self, now_ms: u64) -> Option<Decision> {
+        self.on_activity(now_ms);
+        if self.rate.take(now_ms) {
+            return None;
+        }
+        Some(self.violation(
+            SignalErrorCode::RateLimited,
+            format!(
+                "more than {} messages per second; message dropped, slow down and resend",
+                self.limits.rate_per_sec
+            ),
+            now_ms,
+        ))
     }
 
     fn violation(&mut self, error: SignalErrorCode, message: String, now_ms: u64) -> Decision {
@@ -633,6 +654,29 @@ mod tests {
             let relays = matches!(d, Decision::Relay(_));
             proptest::prop_assert!(!relays, "observers never relay");
         }
+    }
+
+    #[test]
+    fn binary_frames_are_bad_messages_within_the_abuse_budget() {
+        let limits = Limits::default();
+        let mut c = Conn::new(limits, T0);
+        let first = c.on_binary_frame(T0);
+        assert!(
+            matches!(first, Decision::Reply(SignalErrorCode::BadMessage, ref m) if m.contains("binary frames")),
+            "{first:?}"
+        );
+        let mut closed = None;
+        // Well under the message rate: only the abuse budget can close.
+        for i in 1..=3 * limits.max_violations_per_min {
+            if let d @ Decision::Close { .. } = c.on_binary_frame(T0 + 100 * u64::from(i)) {
+                closed = Some(d);
+                break;
+            }
+        }
+        assert!(
+            matches!(closed, Some(Decision::Close { code: CLOSE_POLICY_VIOLATION, ref message, .. }) if message.contains("binary frames")),
+            "{closed:?}"
+        );
     }
 
     #[test]

@@ -142,14 +142,7 @@ impl Session {
                             }
                         }
                         Some(Ok(Message::Binary(_))) => {
-                            let d = self.conn.on_frame("\u{1}binary", now);
-                            let d = match d {
-                                Decision::Reply(SignalErrorCode::BadMessage, _) => Decision::Reply(
-                                    SignalErrorCode::BadMessage,
-                                    "binary frames are not supported; send JSON text".into(),
-                                ),
-                                other => other,
-                            };
+                            let d = self.conn.on_binary_frame(now);
                             if let Some(exit) = self.decide(d, now).await {
                                 return exit;
                             }

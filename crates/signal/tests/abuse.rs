@@ -131,3 +131,25 @@ async fn after_1008_or_1009_the_peer_hears_peer_left_at_once() {
     assert_eq!(b.try_recv(Duration::from_millis(300)).await, None);
     let _ = pb;
 }
+
+/// A binary frame is refused with a clear error and the connection stays: JSON text only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_frame_gets_a_clear_error_and_the_connection_stays() {
+    let redis = RedisServer::start();
+    let r = Replica::start(&redis.url(), &[]).await;
+    let TwoParty { mut a, mut b, .. } = TwoParty::join_one(&redis, &r.url()).await;
+    a.ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    let reply = a.recv().await;
+    assert!(
+        matches!(
+            reply,
+            ServerMessage::Error { code: SignalErrorCode::BadMessage, ref message }
+                if message.contains("binary frames are not supported")
+        ),
+        "{reply:?}"
+    );
+    // Still joined: a relayed offer reaches the other side.
+    a.send(&hermes_proto::signal::ClientMessage::Offer { sdp: "v=0".into() })
+        .await;
+    assert!(matches!(b.recv().await, ServerMessage::Offer { .. }));
+}
