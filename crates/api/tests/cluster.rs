@@ -244,10 +244,7 @@ async fn readyz_fails_while_a_primary_is_down() {
     let api = api_on(&cluster, &[]).await;
     let victim = cluster.primary_ports()[0];
     // A key of one of the victim's slots, to tell when those slots are served again.
-    let key = (0..)
-        .map(|i| format!("probe:{i}"))
-        .find(|k| cluster.owner_of(k).unwrap() == victim)
-        .unwrap();
+    let key = cluster.key_owned_by(victim);
     let readyz = || async { api.send(api.http.get(api.url("/readyz"))).await.status };
     assert_eq!(readyz().await, 200);
 
@@ -303,10 +300,7 @@ async fn readyz_fails_while_a_primary_hangs() {
     let mut cluster = tokio::task::block_in_place(ClusterSet::start);
     let api = api_on(&cluster, &[]).await;
     let victim = cluster.primary_ports()[0];
-    let key = (0..)
-        .map(|i| format!("probe:{i}"))
-        .find(|k| cluster.owner_of(k).unwrap() == victim)
-        .unwrap();
+    let key = cluster.key_owned_by(victim);
     let readyz = || async { api.send(api.http.get(api.url("/readyz"))).await.status };
     assert_eq!(readyz().await, 200);
 

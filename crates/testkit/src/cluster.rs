@@ -127,6 +127,15 @@ impl ClusterSet {
             .ok_or_else(|| std::io::Error::other(format!("no primary owns slot {slot}")))
     }
 
+    /// A key (`probe:<n>`) whose slot the primary on `port` serves now, to tell later when
+    /// those slots are served again.
+    pub fn key_owned_by(&self, port: u16) -> String {
+        (0..100_000)
+            .map(|i| format!("probe:{i}"))
+            .find(|k| self.owner_of(k).is_ok_and(|owner| owner == port))
+            .unwrap_or_else(|| panic!("no key of the primary on port {port}"))
+    }
+
     /// Wait (at most 10 s) until every live replica has applied everything its primary wrote,
     /// so the writes so far survive a failover.
     pub fn wait_replicated(&self) {

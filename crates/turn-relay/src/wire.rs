@@ -267,11 +267,13 @@ pub fn write_data_indication(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn hex(s: &str) -> Vec<u8> {
+    /// Bytes from a spaced hex dump (the RFC 5769 vectors); also used by the request decoder's
+    /// tests.
+    pub(crate) fn hex(s: &str) -> Vec<u8> {
         let s: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
         (0..s.len())
             .step_by(2)

@@ -191,14 +191,7 @@ fn one_peer(m: &Message) -> Option<SocketAddr> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::wire::tests::hex;
 
     // RFC 5769 §2.1 sample request (short-term credentials).
     const REQ: &str = "00 01 00 58 21 12 a4 42 b7 e7 a7 01 bc 34 d6 86 fa 87 df ae
