@@ -8,6 +8,15 @@
 //! close with 1008). `on_tick(now)` decides join timeout, idle timeout and keep-alive pings.
 //! `accept_delivery(seq)` drops relayed messages already delivered (resume overlap).
 //!
+//! The join flow is decided here too, in two steps around the hub's I/O: [`Conn::on_token`]
+//! checks the verified token against the `join` frame (a seat, or a [`Refusal`]), and
+//! [`Conn::on_admission`] turns the join script's answer ([`Admission`]) into a [`JoinStep`]
+//! (seated, or refused with error code, close code and message). Once seated,
+//! [`Conn::accept_frame`] owns the presence rule: presence frames published before this
+//! connection's own join is seen on the channel are dropped (the `joined` snapshot already
+//! holds them) until a relayed message, a resync or the seam opens presence. [`join_event`]
+//! names the log event of an admission.
+//!
 //! [`admits`] decides whether a role may take a seat, given the other seats
 //! ([`SeatEntry`], defined with its stored format and presence rule in hermes-proto); it is the
 //! rule the Lua scripts in [`crate::hub`] apply atomically inside Redis, and the integration
@@ -15,10 +24,10 @@
 
 pub use hermes_proto::call_state::{Presence, SeatEntry};
 use hermes_proto::signal::{
-    CLOSE_POLICY_VIOLATION, CLOSE_UNAUTHORIZED, CallStats, ClientMessage, IceCandidate, MAX_SEQ,
-    SignalErrorCode, decode_client,
+    CLOSE_CALL_ENDED, CLOSE_CALL_FULL, CLOSE_POLICY_VIOLATION, CLOSE_UNAUTHORIZED, CallStats,
+    ClientMessage, IceCandidate, MAX_SEQ, SignalErrorCode, decode_client,
 };
-use hermes_proto::{CallId, ParticipantId, Role};
+use hermes_proto::{CallEvent, CallId, JoinClaims, ParticipantId, ProtoError, Role};
 
 /// Limits of one connection (see `config.rs` for the defaults and their trade-offs).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -135,6 +144,72 @@ pub enum Tick {
 
 /// Close code for an idle connection (RFC 6455 1001, going away).
 pub const CLOSE_IDLE: u16 = 1001;
+/// Close code when Redis is unavailable at join (RFC 6455 1013, try again later).
+pub const CLOSE_TRY_AGAIN: u16 = 1013;
+
+/// A `join` that is refused: answer with `error` and `message`, close with `close`, and log
+/// the refusal under `call` (when the token named one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub error: SignalErrorCode,
+    pub message: String,
+    pub close: u16,
+    pub call: Option<CallId>,
+}
+
+impl Refusal {
+    /// Redis could not be reached while joining `call`: the client retries later.
+    pub fn unavailable(call: CallId) -> Self {
+        Self {
+            error: SignalErrorCode::Unavailable,
+            message: "signaling storage unavailable; retry shortly".into(),
+            close: CLOSE_TRY_AGAIN,
+            call: Some(call),
+        }
+    }
+}
+
+/// The hub's answer to a seat claim (its join script), without the data it carries along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Seated; `after` is where live delivery starts (the log before it is replayed on resume).
+    Admitted { resumed: bool, after: u64 },
+    /// Two media participants already hold the seats.
+    Full,
+    /// The call has ended (or never existed).
+    Ended,
+    /// Redis failed during the claim (subscribing or running the script).
+    Unavailable,
+}
+
+/// What the I/O layer does after the seat claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinStep {
+    /// Seated: send `joined`, then replay the call's log when `resumed`.
+    Seated { resumed: bool },
+    /// Leave the call's channel again and refuse.
+    Refuse(Refusal),
+}
+
+/// The log event of an admission: `peer.resumed` for a resume, `peer.joined` otherwise.
+pub fn join_event(seat: &Seat, resumed: bool, replayed: u64) -> CallEvent {
+    let (participant_id, role) = (seat.participant.clone(), seat.role);
+    if resumed {
+        CallEvent::PeerResumed {
+            participant_id,
+            role,
+            resumed,
+            replayed,
+        }
+    } else {
+        CallEvent::PeerJoined {
+            participant_id,
+            role,
+            resumed,
+            replayed,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 enum Phase {
@@ -157,6 +232,10 @@ pub struct Conn {
     last_delivered: u64,
     acked: u64,
     acked_flushed: u64,
+    /// False until this connection's own join is seen on the channel (or a relayed message
+    /// newer than the snapshot arrives, or a resync): presence frames before that are already
+    /// in `joined`.
+    presence_live: bool,
 }
 
 impl Conn {
@@ -173,6 +252,7 @@ impl Conn {
             last_delivered: 0,
             acked: 0,
             acked_flushed: 0,
+            presence_live: false,
         }
     }
 
@@ -184,10 +264,91 @@ impl Conn {
     }
 
     /// Admission succeeded: from now on relayed messages with `seq <= base_seq` are not
-    /// delivered live (they were before this connection, or come from the log replay).
+    /// delivered live (they were before this connection, or come from the log replay), and
+    /// presence waits for the seam.
     pub fn joined(&mut self, seat: Seat, base_seq: u64) {
         self.phase = Phase::Joined(seat);
         self.last_delivered = base_seq;
+        self.presence_live = false;
+    }
+
+    /// The `join` frame's token, verified by the caller at `now`: the seat it grants, or the
+    /// refusal (a bad or expired token; a token for another call than the frame's `callId`).
+    pub fn on_token(
+        &self,
+        verified: Result<JoinClaims, ProtoError>,
+        call_id: Option<&CallId>,
+    ) -> Result<Seat, Refusal> {
+        let claims = verified.map_err(|e| Refusal {
+            error: SignalErrorCode::Unauthorized,
+            message: format!("join token refused: {e}"),
+            close: CLOSE_UNAUTHORIZED,
+            call: None,
+        })?;
+        if call_id.is_some_and(|c| *c != claims.cid) {
+            return Err(Refusal {
+                error: SignalErrorCode::Unauthorized,
+                message: "join token is for another call".into(),
+                close: CLOSE_UNAUTHORIZED,
+                call: Some(claims.cid),
+            });
+        }
+        Ok(Seat {
+            call: claims.cid,
+            participant: claims.pid,
+            role: claims.role,
+        })
+    }
+
+    /// The hub's answer to `seat`'s claim: seat the connection, or refuse it.
+    pub fn on_admission(&mut self, seat: Seat, admission: Admission) -> JoinStep {
+        let refusal = |error, message: &str, close| {
+            JoinStep::Refuse(Refusal {
+                error,
+                message: message.into(),
+                close,
+                call: Some(seat.call.clone()),
+            })
+        };
+        match admission {
+            Admission::Admitted { resumed, after } => {
+                self.joined(seat, after);
+                JoinStep::Seated { resumed }
+            }
+            Admission::Full => refusal(
+                SignalErrorCode::CallFull,
+                "this call already has two participants",
+                CLOSE_CALL_FULL,
+            ),
+            Admission::Ended => refusal(
+                SignalErrorCode::CallEnded,
+                "this call has ended",
+                CLOSE_CALL_ENDED,
+            ),
+            Admission::Unavailable => JoinStep::Refuse(Refusal::unavailable(seat.call.clone())),
+        }
+    }
+
+    /// Whether a frame from the call's channel goes to this client: a relayed message (`seq`)
+    /// when newer than the last delivered one (it also opens presence: it was published after
+    /// our join); a presence frame (no `seq`) only once presence is open.
+    pub fn accept_frame(&mut self, seq: Option<u64>) -> bool {
+        match seq {
+            Some(seq) => {
+                let fresh = self.accept_delivery(seq);
+                if fresh {
+                    self.presence_live = true;
+                }
+                fresh
+            }
+            None => self.presence_live,
+        }
+    }
+
+    /// This connection's own join came through the channel (the seam), or a resync replays
+    /// the log: presence frames from here on are news to the client.
+    pub fn open_presence(&mut self) {
+        self.presence_live = true;
     }
 
     /// Any frame (data, ping, pong) arrived: the connection is alive.
@@ -677,6 +838,158 @@ mod tests {
             matches!(closed, Some(Decision::Close { code: CLOSE_POLICY_VIOLATION, ref message, .. }) if message.contains("binary frames")),
             "{closed:?}"
         );
+    }
+
+    fn claims(seat: &Seat) -> JoinClaims {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        JoinClaims::new(
+            seat.call.clone(),
+            seat.participant.clone(),
+            seat.role,
+            T0 / 1000,
+            600,
+            &mut rng,
+        )
+    }
+
+    #[test]
+    fn a_refused_token_closes_unauthorized_without_a_call() {
+        let c = Conn::new(Limits::default(), T0);
+        let r = c.on_token(Err(ProtoError::TokenExpired), None).unwrap_err();
+        assert_eq!(r.error, SignalErrorCode::Unauthorized);
+        assert_eq!(r.close, CLOSE_UNAUTHORIZED);
+        assert_eq!(
+            r.call, None,
+            "an unverified token names no call to log under"
+        );
+        assert!(
+            r.message.starts_with("join token refused: "),
+            "{}",
+            r.message
+        );
+    }
+
+    #[test]
+    fn a_token_for_another_call_is_refused_under_the_token_call() {
+        let c = Conn::new(Limits::default(), T0);
+        let mine = seat(Role::Answerer);
+        let other = CallId::random(&mut rand::rngs::StdRng::seed_from_u64(2));
+        assert_ne!(other, mine.call);
+        let r = c.on_token(Ok(claims(&mine)), Some(&other)).unwrap_err();
+        assert_eq!(
+            r,
+            Refusal {
+                error: SignalErrorCode::Unauthorized,
+                message: "join token is for another call".into(),
+                close: CLOSE_UNAUTHORIZED,
+                call: Some(mine.call.clone()),
+            }
+        );
+        // The same call id, or none, grants the token's seat.
+        assert_eq!(
+            c.on_token(Ok(claims(&mine)), Some(&mine.call)),
+            Ok(mine.clone())
+        );
+        assert_eq!(c.on_token(Ok(claims(&mine)), None), Ok(mine));
+    }
+
+    #[test]
+    fn admission_outcomes_map_to_codes() {
+        let s = seat(Role::Offerer);
+        let refused = |admission| {
+            let mut c = Conn::new(Limits::default(), T0);
+            match c.on_admission(s.clone(), admission) {
+                JoinStep::Refuse(r) => {
+                    assert_eq!(c.seat(), None, "a refused connection holds no seat");
+                    assert_eq!(r.call.as_ref(), Some(&s.call));
+                    (r.error, r.close, r.message)
+                }
+                step => panic!("{admission:?} gave {step:?}"),
+            }
+        };
+        assert_eq!(
+            refused(Admission::Full),
+            (
+                SignalErrorCode::CallFull,
+                CLOSE_CALL_FULL,
+                "this call already has two participants".into()
+            )
+        );
+        assert_eq!(
+            refused(Admission::Ended),
+            (
+                SignalErrorCode::CallEnded,
+                CLOSE_CALL_ENDED,
+                "this call has ended".into()
+            )
+        );
+        assert_eq!(
+            refused(Admission::Unavailable),
+            (
+                SignalErrorCode::Unavailable,
+                CLOSE_TRY_AGAIN,
+                "signaling storage unavailable; retry shortly".into()
+            )
+        );
+        let mut c = Conn::new(Limits::default(), T0);
+        assert_eq!(
+            c.on_admission(
+                s.clone(),
+                Admission::Admitted {
+                    resumed: true,
+                    after: 6
+                }
+            ),
+            JoinStep::Seated { resumed: true }
+        );
+        assert_eq!(c.seat(), Some(&s));
+        assert_eq!(c.last_delivered(), 6, "live delivery starts after `after`");
+    }
+
+    #[test]
+    fn presence_waits_for_the_seam_a_newer_relay_or_a_resync() {
+        let open_by = |open: &dyn Fn(&mut Conn)| {
+            let mut c = Conn::new(Limits::default(), T0);
+            c.joined(seat(Role::Answerer), 4);
+            assert!(
+                !c.accept_frame(None),
+                "presence before our join is in `joined`"
+            );
+            open(&mut c);
+            assert!(c.accept_frame(None), "presence after the opening is news");
+            c
+        };
+        open_by(&|c| c.open_presence());
+        let c = open_by(&|c| assert!(c.accept_frame(Some(5))));
+        assert_eq!(c.last_delivered(), 5);
+        // A relayed message already delivered (resume overlap) opens nothing.
+        let mut c = Conn::new(Limits::default(), T0);
+        c.joined(seat(Role::Answerer), 4);
+        assert!(!c.accept_frame(Some(4)));
+        assert!(!c.accept_frame(None));
+        // A new admission (a resume on a fresh connection) starts closed again.
+        c.open_presence();
+        c.joined(seat(Role::Answerer), 9);
+        assert!(!c.accept_frame(None));
+    }
+
+    #[test]
+    fn join_event_names_a_resume() {
+        let s = seat(Role::Observer);
+        assert!(matches!(
+            join_event(&s, false, 0),
+            CallEvent::PeerJoined {
+                resumed: false,
+                replayed: 0,
+                role: Role::Observer,
+                ..
+            }
+        ));
+        assert!(matches!(
+            join_event(&s, true, 3),
+            CallEvent::PeerResumed { resumed: true, replayed: 3, ref participant_id, .. }
+                if *participant_id == s.participant
+        ));
     }
 
     #[test]

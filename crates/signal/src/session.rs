@@ -1,5 +1,8 @@
 //! One WebSocket connection: a thin loop around [`crate::room::Conn`] that reads frames,
-//! talks to the [`crate::hub::Hub`], forwards deliveries and runs the timers.
+//! talks to the [`crate::hub::Hub`], forwards deliveries and runs the timers. The rules (what
+//! a frame means, who is admitted or refused with which codes, which channel frames reach the
+//! client, which event is logged) are `room`'s; this file carries them out on the socket and
+//! the hub.
 //!
 //! Life of a connection: upgrade → `join` within the join timeout (token verified, seat taken
 //! in Redis, subscribed to the call's channel *before* the seat is taken so nothing published
@@ -13,8 +16,8 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use hermes_proto::signal::{
-    CLOSE_CALL_ENDED, CLOSE_CALL_FULL, CLOSE_POLICY_VIOLATION, CLOSE_REPLACED,
-    CLOSE_SERVICE_RESTART, CLOSE_UNAUTHORIZED, ServerMessage, SignalErrorCode,
+    CLOSE_CALL_ENDED, CLOSE_POLICY_VIOLATION, CLOSE_REPLACED, CLOSE_SERVICE_RESTART,
+    CLOSE_UNAUTHORIZED, ServerMessage, SignalErrorCode,
 };
 use hermes_proto::{CallEvent, CallId};
 use hermes_service::unix_now_ms;
@@ -24,11 +27,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::hub::{DELIVERY_QUEUE, Delivery, JoinOutcome, RelayOutcome};
-use crate::room::{Conn, Decision, Relay, Seat, Tick};
+use crate::room::{self, Admission, Conn, Decision, JoinStep, Refusal, Relay, Seat, Tick};
 use crate::state::{AppState, SessionGuard};
 
-/// Close code when Redis is unavailable at join (RFC 6455 1013, try again later).
-const CLOSE_TRY_AGAIN: u16 = 1013;
 /// Close code after the client's `leave` (RFC 6455 1000, normal closure).
 const CLOSE_NORMAL: u16 = 1000;
 /// Close code for an internal failure (RFC 6455 1011).
@@ -68,9 +69,6 @@ struct Joined {
     rx: mpsc::Receiver<Delivery>,
     /// Highest `seq` this connection relayed (a floor for the call's counter).
     last_sent: u64,
-    /// False until this connection's join is seen on the channel (or a relayed message newer
-    /// than the snapshot arrives): presence events before that are already in `joined`.
-    presence_live: bool,
     relayed: u64,
     delivered: u64,
 }
@@ -171,7 +169,7 @@ impl Session {
                                 .as_ref()
                                 .is_some_and(|j| j.resync.swap(false, Ordering::Relaxed));
                             if lagged {
-                                self.open_presence();
+                                self.conn.open_presence();
                                 if let Err(exit) = self.replay().await {
                                     return exit;
                                 }
@@ -281,6 +279,8 @@ impl Session {
         }
     }
 
+    /// The join flow: room decides (token, admission, log event), this does the I/O (verify,
+    /// subscribe, the join script, `joined`, the replay).
     async fn join(
         &mut self,
         token: &str,
@@ -289,40 +289,15 @@ impl Session {
         now: u64,
     ) -> Option<Exit> {
         let state = self.state.clone();
-        let claims = match state.keys.verify(token, now / 1000) {
-            Ok(c) => c,
-            Err(e) => {
-                return Some(
-                    self.refuse(
-                        SignalErrorCode::Unauthorized,
-                        &format!("join token refused: {e}"),
-                        CLOSE_UNAUTHORIZED,
-                        None,
-                    )
-                    .await,
-                );
-            }
-        };
-        if call_id.as_ref().is_some_and(|c| *c != claims.cid) {
-            return Some(
-                self.refuse(
-                    SignalErrorCode::Unauthorized,
-                    "join token is for another call",
-                    CLOSE_UNAUTHORIZED,
-                    Some(&claims.cid),
-                )
-                .await,
-            );
-        }
-        let seat = Seat {
-            call: claims.cid,
-            participant: claims.pid,
-            role: claims.role,
+        let verified = state.keys.verify(token, now / 1000);
+        let seat = match self.conn.on_token(verified, call_id.as_ref()) {
+            Ok(seat) => seat,
+            Err(refusal) => return Some(self.refuse(refusal).await),
         };
         let (tx, rx) = mpsc::channel(DELIVERY_QUEUE);
         let resync = Arc::new(AtomicBool::new(false));
         // Subscribe first: everything published after the seat is taken reaches us.
-        if let Err(e) = state
+        let subscribed = state
             .hub
             .register(
                 self.id,
@@ -333,62 +308,49 @@ impl Session {
                 tx,
                 resync.clone(),
             )
-            .await
-        {
-            tracing::warn!(error = %e, "subscribe failed");
-            state.hub.unregister(self.id, &seat.call);
-            return Some(self.unavailable(&seat.call).await);
-        }
-        let outcome = state
-            .hub
-            .join(
-                &seat.call,
-                &seat.participant,
-                seat.role,
-                &self.conn_id,
-                last_seq,
-                now,
-            )
             .await;
-        let (resumed, after, peers) = match outcome {
-            Ok(JoinOutcome::Admitted {
-                resumed,
-                after,
-                peers,
-                ..
-            }) => (resumed, after, peers),
-            Ok(JoinOutcome::Full) => {
-                state.hub.unregister(self.id, &seat.call);
-                return Some(
-                    self.refuse(
-                        SignalErrorCode::CallFull,
-                        "this call already has two participants",
-                        CLOSE_CALL_FULL,
-                        Some(&seat.call),
-                    )
-                    .await,
-                );
-            }
-            Ok(JoinOutcome::Ended) => {
-                state.hub.unregister(self.id, &seat.call);
-                return Some(
-                    self.refuse(
-                        SignalErrorCode::CallEnded,
-                        "this call has ended",
-                        CLOSE_CALL_ENDED,
-                        Some(&seat.call),
-                    )
-                    .await,
-                );
-            }
+        let (admission, peers) = match subscribed {
             Err(e) => {
-                tracing::warn!(error = %e, "join script failed");
+                tracing::warn!(error = %e, "subscribe failed");
+                (Admission::Unavailable, Vec::new())
+            }
+            Ok(()) => match state
+                .hub
+                .join(
+                    &seat.call,
+                    &seat.participant,
+                    seat.role,
+                    &self.conn_id,
+                    last_seq,
+                    now,
+                )
+                .await
+            {
+                Ok(JoinOutcome::Admitted {
+                    resumed,
+                    after,
+                    peers,
+                    ..
+                }) => (Admission::Admitted { resumed, after }, peers),
+                Ok(JoinOutcome::Full) => (Admission::Full, Vec::new()),
+                Ok(JoinOutcome::Ended) => (Admission::Ended, Vec::new()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "join script failed");
+                    (Admission::Unavailable, Vec::new())
+                }
+            },
+        };
+        if admission == Admission::Unavailable {
+            state.metrics.redis_errors.inc();
+        }
+        let resumed = match self.conn.on_admission(seat.clone(), admission) {
+            JoinStep::Seated { resumed } => resumed,
+            JoinStep::Refuse(refusal) => {
                 state.hub.unregister(self.id, &seat.call);
-                return Some(self.unavailable(&seat.call).await);
+                return Some(self.refuse(refusal).await);
             }
         };
         state.hub.seated(self.id, &seat.call);
-        self.conn.joined(seat.clone(), after);
         state.metrics.joins.inc();
         if resumed {
             state.metrics.resumes.inc();
@@ -405,7 +367,6 @@ impl Session {
             resync,
             rx,
             last_sent: 0,
-            presence_live: false,
             relayed: 0,
             delivered: 0,
         });
@@ -419,25 +380,9 @@ impl Session {
                 Err(exit) => return Some(exit),
             }
         }
-        let (participant_id, role) = (seat.participant.clone(), seat.role);
-        state.events.publish(
-            Some(&seat.call),
-            if resumed {
-                CallEvent::PeerResumed {
-                    participant_id,
-                    role,
-                    resumed,
-                    replayed,
-                }
-            } else {
-                CallEvent::PeerJoined {
-                    participant_id,
-                    role,
-                    resumed,
-                    replayed,
-                }
-            },
-        );
+        state
+            .events
+            .publish(Some(&seat.call), room::join_event(&seat, resumed, replayed));
         None
     }
 
@@ -576,15 +521,8 @@ impl Session {
     async fn on_delivery(&mut self, delivery: Delivery) -> Option<Exit> {
         match delivery {
             Delivery::Frame { text, seq } => {
-                match seq {
-                    Some(seq) if !self.conn.accept_delivery(seq) => return None,
-                    Some(_) => self.open_presence(),
-                    None => {
-                        if !self.joined.as_ref().is_some_and(|j| j.presence_live) {
-                            // Published before our join: `joined` already told the client.
-                            return None;
-                        }
-                    }
+                if !self.conn.accept_frame(seq) {
+                    return None;
                 }
                 if self.socket.send(Message::Text(text)).await.is_err() {
                     return Some(Exit::Away);
@@ -606,19 +544,13 @@ impl Session {
                 Some(Exit::Final)
             }
             Delivery::Resync => {
-                self.open_presence();
+                self.conn.open_presence();
                 self.replay().await.err()
             }
             Delivery::Seam => {
-                self.open_presence();
+                self.conn.open_presence();
                 None
             }
-        }
-    }
-
-    fn open_presence(&mut self) {
-        if let Some(j) = &mut self.joined {
-            j.presence_live = true;
         }
     }
 
@@ -637,35 +569,18 @@ impl Session {
         }
     }
 
-    async fn refuse(
-        &mut self,
-        code: SignalErrorCode,
-        message: &str,
-        close: u16,
-        call: Option<&CallId>,
-    ) -> Exit {
+    async fn refuse(&mut self, refusal: Refusal) -> Exit {
         self.state.metrics.refused.inc();
         self.state.events.publish(
-            call,
+            refusal.call.as_ref(),
             CallEvent::PeerRefused {
-                code,
-                reason: message.to_owned(),
+                code: refusal.error,
+                reason: refusal.message.clone(),
             },
         );
-        self.send_error(code, message).await;
-        self.close(close, message).await;
+        self.send_error(refusal.error, &refusal.message).await;
+        self.close(refusal.close, &refusal.message).await;
         Exit::Final
-    }
-
-    async fn unavailable(&mut self, call: &CallId) -> Exit {
-        self.state.metrics.redis_errors.inc();
-        self.refuse(
-            SignalErrorCode::Unavailable,
-            "signaling storage unavailable; retry shortly",
-            CLOSE_TRY_AGAIN,
-            Some(call),
-        )
-        .await
     }
 
     async fn send(&mut self, message: &ServerMessage) -> bool {
