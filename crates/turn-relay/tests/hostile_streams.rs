@@ -22,9 +22,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use hermes_testkit::{Transport, free_tcp_port, port_owner, require_program};
 use rustls::pki_types::ServerName;
-use stun::attributes::*;
 use stun::message::*;
-use stun::textattrs::TextAttribute;
 use turn::proto::PROTO_UDP;
 use turn::proto::channum::ChannelNumber;
 use turn::proto::peeraddr::PeerAddress;
@@ -80,21 +78,11 @@ struct StreamTurn {
     sock: Wire,
     /// The TCP socket under `sock` (for timeouts, and raw bytes under TLS).
     raw: TcpStream,
-    username: String,
-    password: String,
-    realm: String,
-    nonce: String,
-    txn: u32,
+    auth: LongTermAuth,
 }
 
 impl StreamTurn {
     fn connect(target: &Target, user: &str, recv_buffer: Option<usize>) -> Self {
-        let creds = hermes_proto::turn_credentials::TurnCredentials::mint(
-            SECRET.as_bytes(),
-            user,
-            hermes_service::unix_now(),
-            600,
-        );
         let sock =
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         if let Some(size) = recv_buffer {
@@ -120,11 +108,7 @@ impl StreamTurn {
         Self {
             sock,
             raw,
-            username: creds.username,
-            password: creds.password,
-            realm: String::new(),
-            nonce: String::new(),
-            txn: 0,
+            auth: LongTermAuth::mint(user, 5),
         }
     }
 
@@ -145,16 +129,7 @@ impl StreamTurn {
     }
 
     fn request(&mut self, method: Method, attrs: Vec<Box<dyn Setter>>, auth: bool) -> Message {
-        self.txn += 1;
-        let mut txid = [5u8; 12];
-        txid[..4].copy_from_slice(&self.txn.to_be_bytes());
-        let creds = auth.then_some(Credentials {
-            username: &self.username,
-            password: &self.password,
-            realm: &self.realm,
-            nonce: &self.nonce,
-        });
-        let raw = encode_request(method, txid, attrs, creds);
+        let (txid, raw) = self.auth.request(method, attrs, auth);
         self.send(&raw);
         loop {
             let raw = self.read_frame();
@@ -177,9 +152,7 @@ impl StreamTurn {
             })]
         };
         let r = self.request(METHOD_ALLOCATE, udp(), false);
-        assert_eq!(error_code(&r), Some(401));
-        self.realm = TextAttribute::get_from_as(&r, ATTR_REALM).unwrap().text;
-        self.nonce = TextAttribute::get_from_as(&r, ATTR_NONCE).unwrap().text;
+        self.auth.answer_challenge(&r);
         let r = self.request(METHOD_ALLOCATE, udp(), true);
         assert_eq!(error_code(&r), None, "{r:?}");
         let r = self.request(

@@ -43,12 +43,12 @@ fn allocation_events_are_published_and_redis_is_optional() {
     );
     assert!(h.contains("participant-1"), "{h}");
     // Never the password.
-    assert!(!h.contains(&c.password), "{h}");
+    assert!(!h.contains(&c.auth.password), "{h}");
 
     // Without Redis the relay still allocates and relays.
     redis.kill();
     let mut d = TurnClient::new(relay.addr(), "participant-2");
     d.allocate().expect("allocation without Redis");
     assert_eq!(d.refresh(0), None);
-    assert!(!relay.log_text().contains(&d.password));
+    assert!(!relay.log_text().contains(&d.auth.password));
 }

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use stun::attributes::*;
 use stun::message::*;
-use stun::textattrs::TextAttribute;
 use turn::proto::PROTO_TCP;
 use turn::proto::lifetime::Lifetime;
 use turn::proto::peeraddr::PeerAddress;
@@ -33,40 +32,23 @@ impl Setter for RawAttr {
 /// STUN over one TCP connection, with REST credentials.
 struct StreamClient {
     sock: TcpStream,
-    username: String,
-    password: String,
-    realm: String,
-    nonce: String,
-    txn: u32,
+    auth: LongTermAuth,
 }
 
 impl StreamClient {
     fn connect(server: SocketAddr, user: &str) -> Self {
-        let creds = hermes_proto::turn_credentials::TurnCredentials::mint(
-            SECRET.as_bytes(),
-            user,
-            hermes_service::unix_now(),
-            600,
-        );
         let sock = TcpStream::connect(server).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         Self {
             sock,
-            username: creds.username,
-            password: creds.password,
-            realm: String::new(),
-            nonce: String::new(),
-            txn: 0,
+            auth: LongTermAuth::mint(user, 3),
         }
     }
 
     /// A data connection with the same credentials and nonce.
     fn data_connection(&self, server: SocketAddr) -> Self {
         let mut c = Self::connect(server, "unused");
-        c.username = self.username.clone();
-        c.password = self.password.clone();
-        c.realm = self.realm.clone();
-        c.nonce = self.nonce.clone();
+        c.auth = self.auth.clone();
         c
     }
 
@@ -83,16 +65,7 @@ impl StreamClient {
     }
 
     fn request(&mut self, method: Method, attrs: Vec<Box<dyn Setter>>, auth: bool) -> Message {
-        self.txn += 1;
-        let mut txid = [3u8; 12];
-        txid[..4].copy_from_slice(&self.txn.to_be_bytes());
-        let creds = auth.then_some(Credentials {
-            username: &self.username,
-            password: &self.password,
-            realm: &self.realm,
-            nonce: &self.nonce,
-        });
-        let raw = encode_request(method, txid, attrs, creds);
+        let (txid, raw) = self.auth.request(method, attrs, auth);
         self.sock.write_all(&raw).unwrap();
         loop {
             let r = self.read_message();
@@ -109,9 +82,7 @@ impl StreamClient {
             })]
         };
         let r = self.request(METHOD_ALLOCATE, transport(), false);
-        assert_eq!(error_code(&r), Some(401));
-        self.realm = TextAttribute::get_from_as(&r, ATTR_REALM).unwrap().text;
-        self.nonce = TextAttribute::get_from_as(&r, ATTR_NONCE).unwrap().text;
+        self.auth.answer_challenge(&r);
         let r = self.request(METHOD_ALLOCATE, transport(), true);
         assert_eq!(error_code(&r), None, "{r:?}");
         let mut relayed = RelayedAddress::default();

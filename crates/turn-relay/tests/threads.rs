@@ -69,7 +69,7 @@ impl Drop for Echo {
 /// One ChannelData round trip through the relay and the echo peer: the payload must come
 /// back whole, on the client's channel.
 fn round_trip(c: &mut TurnClient, channel: u16, seq: u64) {
-    let payload = format!("client {} seq {seq}", c.username);
+    let payload = format!("client {} seq {seq}", c.auth.username);
     c.channel_data(channel, payload.as_bytes());
     let mut buf = [0u8; 2048];
     let (n, from) = c.sock.recv_from(&mut buf).expect("the echo within 3 s");

@@ -431,11 +431,72 @@ pub fn uclient(args: &[&str], timeout: Duration) -> UclientReport {
 pub struct TurnClient {
     pub sock: UdpSocket,
     pub server: SocketAddr,
+    pub auth: LongTermAuth,
+}
+
+/// What every test client needs to sign its requests: REST credentials minted for a user with
+/// [`SECRET`], the realm and nonce of the server's 401 challenge, and a transaction counter.
+/// Transaction ids carry the counter in their first four bytes and the client's `tag` in the
+/// rest, so each kind of client's ids are told apart in a capture.
+#[derive(Clone)]
+pub struct LongTermAuth {
     pub username: String,
     pub password: String,
     pub realm: String,
     pub nonce: String,
     txn: u32,
+    tag: u8,
+}
+
+impl LongTermAuth {
+    /// Credentials for `user`, valid ten minutes; no realm or nonce yet.
+    pub fn mint(user: &str, tag: u8) -> Self {
+        let creds = hermes_proto::turn_credentials::TurnCredentials::mint(
+            SECRET.as_bytes(),
+            user,
+            hermes_service::unix_now(),
+            600,
+        );
+        Self {
+            username: creds.username,
+            password: creds.password,
+            realm: String::new(),
+            nonce: String::new(),
+            txn: 0,
+            tag,
+        }
+    }
+
+    /// The next request of `method` with `attrs`: its transaction id and its bytes, with
+    /// USERNAME, REALM, NONCE and MESSAGE-INTEGRITY when `signed`.
+    pub fn request(
+        &mut self,
+        method: Method,
+        attrs: Vec<Box<dyn Setter>>,
+        signed: bool,
+    ) -> ([u8; 12], Vec<u8>) {
+        self.txn += 1;
+        let mut txid = [self.tag; 12];
+        txid[..4].copy_from_slice(&self.txn.to_be_bytes());
+        let creds = signed.then_some(Credentials {
+            username: &self.username,
+            password: &self.password,
+            realm: &self.realm,
+            nonce: &self.nonce,
+        });
+        (txid, encode_request(method, txid, attrs, creds))
+    }
+
+    /// Learn realm and nonce from `challenge`, which must be a 401.
+    pub fn answer_challenge(&mut self, challenge: &Message) {
+        assert_eq!(error_code(challenge), Some(401), "{challenge:?}");
+        self.realm = TextAttribute::get_from_as(challenge, ATTR_REALM)
+            .unwrap()
+            .text;
+        self.nonce = TextAttribute::get_from_as(challenge, ATTR_NONCE)
+            .unwrap()
+            .text;
+    }
 }
 
 /// Long-term credentials and the server's realm and nonce, for an authenticated request.
@@ -484,36 +545,17 @@ pub fn error_code(m: &Message) -> Option<u16> {
 
 impl TurnClient {
     pub fn new(server: SocketAddr, user: &str) -> Self {
-        let creds = hermes_proto::turn_credentials::TurnCredentials::mint(
-            SECRET.as_bytes(),
-            user,
-            hermes_service::unix_now(),
-            600,
-        );
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         Self {
             sock,
             server,
-            username: creds.username,
-            password: creds.password,
-            realm: String::new(),
-            nonce: String::new(),
-            txn: 0,
+            auth: LongTermAuth::mint(user, 7),
         }
     }
 
     fn request(&mut self, method: Method, attrs: Vec<Box<dyn Setter>>, auth: bool) -> Message {
-        self.txn += 1;
-        let mut txid = [7u8; 12];
-        txid[..4].copy_from_slice(&self.txn.to_be_bytes());
-        let creds = auth.then_some(Credentials {
-            username: &self.username,
-            password: &self.password,
-            realm: &self.realm,
-            nonce: &self.nonce,
-        });
-        let raw = encode_request(method, txid, attrs, creds);
+        let (txid, raw) = self.auth.request(method, attrs, auth);
         self.sock.send_to(&raw, self.server).unwrap();
         let mut buf = [0u8; 2048];
         loop {
@@ -537,9 +579,7 @@ impl TurnClient {
             })],
             false,
         );
-        assert_eq!(error_code(&r), Some(401));
-        self.realm = TextAttribute::get_from_as(&r, ATTR_REALM).unwrap().text;
-        self.nonce = TextAttribute::get_from_as(&r, ATTR_NONCE).unwrap().text;
+        self.auth.answer_challenge(&r);
         let r = self.request(
             METHOD_ALLOCATE,
             vec![Box::new(RequestedTransport {
