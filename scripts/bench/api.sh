@@ -16,7 +16,8 @@ for p in redis-server redis-cli python3 curl timeout; do
   command -v "$p" >/dev/null || { echo "api bench: $p is missing" >&2; exit 1; }
 done
 cargo build --release --locked -p hermes-api --bin hermes-api --example api_bench
-bin=target/release/hermes-api
+# API_BENCH_BIN: another hermes-api build (say, the base of a change) to measure in its place.
+bin=${API_BENCH_BIN:-target/release/hermes-api}
 bench=target/release/examples/api_bench
 
 work=$(mktemp -d)

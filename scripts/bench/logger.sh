@@ -19,7 +19,8 @@ cd "$(dirname "$0")/../.."
 
 N="${LOGGER_BENCH_EVENTS:-200000}"
 LIMIT="${LOGGER_BENCH_TIMEOUT:-120}"
-bin=target/release/hermes-logger
+# LOGGER_BENCH_BIN: another hermes-logger build (say, the base of a change) to measure in its place.
+bin=${LOGGER_BENCH_BIN:-target/release/hermes-logger}
 if [ ! -x "$bin" ]; then
   cargo build --release -p hermes-logger --locked
 fi
