@@ -158,9 +158,11 @@ const DISCONNECT_LUA: &str = include_str!("lua/disconnect.lua");
 
 /// Several calls per script run (one EVALSHA per [`TICK_BATCH`] calls, not per call).
 /// KEYS: (call, peers, channel, seq, log) per call. ARGV: now_ms, grace_ms, ttl_s, log ttl ms,
+/// whether to renew the TTLs ('1' every [`TICK_TTL_ROUNDS`]th round and after a reconnect),
 /// then per call: number of local connections, (pid, conn, live entry) per local connection.
-/// A renewed lease renews the call log's TTL too (relays set it only when they create the
-/// log). Reply: per call, `{'ended'}` or `{'ok', seq, stale 'pid|conn'...}`.
+/// A renewed lease renews the call log's TTL too (relays set it only every 64th number) and
+/// the seats' hash TTL, on the rounds that renew TTLs (a seat the tick re-creates gets its
+/// hash TTL at once). Reply: per call, `{'ended'}` or `{'ok', seq, stale 'pid|conn'...}`.
 const TICK_LUA: &str = include_str!("lua/tick.lua");
 
 /// KEYS: peers, channel. ARGV: pid, conn, peer-left reason.
@@ -207,6 +209,10 @@ impl Scripts {
 
 /// Calls renewed by one run of the tick script (its Redis time stays short: about 0.2 ms).
 const TICK_BATCH: usize = 16;
+/// The tick renews the TTLs of the seats' hash (a day) and of the call's log (more than a
+/// minute plus two leases) every this many rounds (two leases), not at each: two commands
+/// per call per replica saved on the other rounds.
+const TICK_TTL_ROUNDS: u64 = 6;
 /// Handle shared by all sessions of this replica.
 pub struct Hub {
     client: Client,
@@ -216,6 +222,8 @@ pub struct Hub {
     cmd_tx: mpsc::UnboundedSender<Cmd>,
     /// Random id of this replica, to recognise its own subscription probes.
     replica: Arc<str>,
+    /// Paced tick rounds so far (every [`TICK_TTL_ROUNDS`]th renews the TTLs).
+    tick_rounds: std::sync::atomic::AtomicU64,
     scripts: Scripts,
     times: HubTimes,
     metrics: Arc<Metrics>,
@@ -273,6 +281,7 @@ impl Hub {
             subscriber: subscriber.clone(),
             cmd_tx: cmd_tx.clone(),
             replica: replica.clone(),
+            tick_rounds: Default::default(),
             scripts,
             times,
             metrics,
@@ -664,6 +673,11 @@ impl Hub {
             return;
         }
         let Ok(calls) = rx.await else { return };
+        // After a reconnect (not paced) every TTL is written again: Redis may have lost them.
+        let round = self
+            .tick_rounds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let renew_ttls = spread.is_none() || round.is_multiple_of(TICK_TTL_ROUNDS);
         // Bounded concurrency: one script in flight when paced, four when catching up.
         let in_flight = if spread.is_some() { 1 } else { 4 };
         let chunk_len = TICK_BATCH * in_flight;
@@ -672,7 +686,9 @@ impl Hub {
         let mut next = tokio::time::Instant::now();
         for chunk in calls.chunks(chunk_len) {
             let now = hermes_service::unix_now_ms();
-            let futures = chunk.chunks(TICK_BATCH).map(|b| self.tick_calls(b, now));
+            let futures = chunk
+                .chunks(TICK_BATCH)
+                .map(|b| self.tick_calls(b, now, renew_ttls));
             futures_util::future::join_all(futures).await;
             if let Some(pause) = pause {
                 next += pause;
@@ -681,13 +697,14 @@ impl Hub {
         }
     }
 
-    async fn tick_calls(&self, snaps: &[CallSnapshot], now_ms: u64) {
+    async fn tick_calls(&self, snaps: &[CallSnapshot], now_ms: u64, renew_ttls: bool) {
         let mut keys = Vec::with_capacity(5 * snaps.len());
         let mut args = vec![
             now_ms.to_string(),
             self.times.grace_ms.to_string(),
             CALL_TTL_SECS.to_string(),
             self.log_ttl_ms().to_string(),
+            if renew_ttls { "1" } else { "0" }.to_owned(),
         ];
         for snap in snaps {
             let call = &snap.call;
