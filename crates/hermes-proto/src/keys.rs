@@ -69,8 +69,9 @@ pub fn call_inbox_prefix(call: &CallId) -> String {
 }
 
 /// Capped stream of a call's relayed messages, one entry per message whoever receives it (id
-/// `seq-1`, fields `f` sender and `m` message text): a resuming participant reads the entries
-/// after its last `seq` that others sent.
+/// `seq-0`, one field: the sender's participant id → the message text; entries written before
+/// that have id `seq-1` and fields `f` sender and `m` text): a resuming participant reads the
+/// entries after its last `seq` that others sent.
 pub fn call_log(call: &CallId) -> String {
     format!("call:{{{call}}}:log")
 }

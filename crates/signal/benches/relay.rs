@@ -311,6 +311,147 @@ async fn redis_pid(admin: &Client) -> u32 {
         .unwrap()
 }
 
+/// `SIGNAL_BENCH_CALLGRIND=1`: redis-server runs under `valgrind --tool=callgrind`, and each
+/// metered phase counts the instructions it executed (counters zeroed at the meter's start,
+/// dumped at its end): a cost per message that the load of a shared machine cannot move.
+struct Callgrind {
+    pid: u32,
+    dir: std::path::PathBuf,
+}
+
+static CALLGRIND: std::sync::OnceLock<Callgrind> = std::sync::OnceLock::new();
+
+impl Callgrind {
+    fn control(&self, flag: &str) {
+        let status = std::process::Command::new("callgrind_control")
+            .args([flag, &self.pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "callgrind_control {flag} failed");
+    }
+
+    fn zero(&self) {
+        self.control("-z");
+    }
+
+    /// Dump the counters since the last zero and return their total instruction count.
+    fn dump(&self) -> u64 {
+        let before = self.dumps();
+        self.control("-d");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let new: Vec<_> = self
+                .dumps()
+                .into_iter()
+                .filter(|p| !before.contains(p))
+                .collect();
+            // The dump is complete once its totals line is written.
+            if let Some(total) = new.iter().find_map(|p| {
+                let text = std::fs::read_to_string(p).ok()?;
+                text.lines()
+                    .find_map(|l| l.strip_prefix("totals:"))?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            }) {
+                return total;
+            }
+            assert!(Instant::now() < deadline, "no callgrind dump");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn dumps(&self) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&self.dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().contains("callgrind.out"))
+            .collect()
+    }
+}
+
+/// redis-server under callgrind on a free port (its data and dumps in `dir`).
+fn start_redis_under_callgrind(dir: &std::path::Path) -> (ChildGuard, String) {
+    let port = free_tcp_port();
+    let guard = ChildGuard::spawn(
+        "redis-server (callgrind)",
+        std::process::Command::new("valgrind")
+            .args(["--tool=callgrind", "--quiet"])
+            .arg(format!(
+                "--callgrind-out-file={}/callgrind.out.%p",
+                dir.display()
+            ))
+            .args(["redis-server", "--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(std::process::Stdio::null()),
+    )
+    .unwrap();
+    wait_for_tcp(([127, 0, 0, 1], port).into(), Duration::from_secs(60)).unwrap();
+    (guard, format!("redis://127.0.0.1:{port}"))
+}
+
+/// The closed-loop rows only, with redis-server's instructions per message.
+async fn callgrind_main(calls: usize, rounds: usize, keep: bool) {
+    // Its own directory for Redis's files and the dumps, removed at the end.
+    let dir = std::env::temp_dir().join(format!("hermes-signal-callgrind-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (redis, url) = start_redis_under_callgrind(&dir);
+    let admin = Builder::from_config(Config::from_url(&url).unwrap())
+        .build()
+        .unwrap();
+    admin.init().await.unwrap();
+    let pid = redis_pid(&admin).await;
+    let _ = CALLGRIND.set(Callgrind {
+        pid,
+        dir: dir.clone(),
+    });
+    let procs = [("redis", pid)];
+    eprintln!("callgrind: bare forwarder, {calls} calls × {rounds}");
+    let (f1, f2) = (start_forwarder(&url), start_forwarder(&url));
+    let (fwd, fwd_cost) = relay_run(&f1.url, &f2.url, calls, rounds, &admin, &procs).await;
+    drop((f1, f2));
+    let (r1, r2) = (start_replica(&url), start_replica(&url));
+    eprintln!("callgrind: same replica");
+    let (same, same_cost) = relay_run(&r1.url, &r1.url, calls, rounds, &admin, &procs).await;
+    eprintln!("callgrind: cross replica");
+    let (cross, cross_cost) = relay_run(&r1.url, &r2.url, calls, rounds, &admin, &procs).await;
+    drop((r1, r2, redis));
+    if keep {
+        // The dumps, one per metered phase in order: forwarder, same, cross.
+        eprintln!("callgrind dumps kept in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    println!();
+    println!(
+        "redis-server under callgrind: {calls} concurrent calls, closed loop, {rounds} messages per call"
+    );
+    println!(
+        "| path | messages | instructions/msg | / forwarder | Redis cmds/msg | top commands per message |"
+    );
+    println!("|---|---:|---:|---:|---:|---|");
+    let base = fwd_cost.instructions.unwrap_or(f64::NAN);
+    for (name, r, c) in [
+        ("bare forwarder, two processes", &fwd, &fwd_cost),
+        ("same replica", &same, &same_cost),
+        ("cross replica", &cross, &cross_cost),
+    ] {
+        let i = c.instructions.unwrap_or(f64::NAN);
+        println!(
+            "| {name} | {} | {i:.0} | {:.2} | {:.2} | {} |",
+            r.samples.len(),
+            i / base,
+            c.commands,
+            c.top
+        );
+    }
+}
+
 /// What one run cost: CPU of each process and Redis commands, per delivered message.
 struct Cost {
     /// (process, CPU µs per message)
@@ -318,6 +459,8 @@ struct Cost {
     commands: f64,
     /// The commands Redis ran most, per message.
     top: String,
+    /// Instructions redis-server executed per message (callgrind mode only).
+    instructions: Option<f64>,
 }
 
 /// Snapshot before a run; [`Meter::cost`] after it.
@@ -328,17 +471,23 @@ struct Meter {
 
 impl Meter {
     async fn start(admin: &Client, procs: &[(&'static str, u32)]) -> Self {
+        let commands = redis_commands(admin).await;
+        if let Some(cg) = CALLGRIND.get() {
+            cg.zero();
+        }
         Self {
             procs: procs
                 .iter()
                 .map(|&(name, pid)| (name, pid, cpu_micros(pid)))
                 .collect(),
-            commands: redis_commands(admin).await,
+            commands,
         }
     }
 
     async fn cost(&self, admin: &Client, messages: usize) -> Cost {
         let n = messages.max(1) as f64;
+        // Before the INFO below, which is not the path's.
+        let instructions = CALLGRIND.get().map(|cg| cg.dump() as f64 / n);
         let cpu = self
             .procs
             .iter()
@@ -362,7 +511,12 @@ impl Meter {
             .map(|(k, d)| format!("{k} {:.2}", *d as f64 / n))
             .collect::<Vec<_>>()
             .join(", ");
-        Cost { cpu, commands, top }
+        Cost {
+            cpu,
+            commands,
+            top,
+            instructions,
+        }
     }
 
     fn cpu_of(cost: &Cost, prefix: &str) -> f64 {
@@ -500,22 +654,28 @@ async fn relay_run(
                     match tokio::time::timeout(Duration::from_secs(10), b.next()).await {
                         Ok(Some(Ok(Message::Text(t)))) if t.contains(&needle) => break,
                         Ok(Some(Ok(_))) => continue,
-                        _ => return samples,
+                        _ => return (samples, a, b),
                     }
                 }
                 samples.push(sent.elapsed().as_micros() as u64);
                 // Drain a's side (peer events) without blocking.
                 while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, a.next()).await {}
             }
-            samples
+            (samples, a, b)
         });
     }
     let mut samples = Vec::new();
+    // Kept open until the meter has read: a call's teardown (seats marked away, unsubscribes,
+    // events) is not the cost of its messages.
+    let mut sockets = Vec::with_capacity(2 * calls);
     while let Some(r) = tasks.join_next().await {
-        samples.extend(r.unwrap());
+        let (s, a, b) = r.unwrap();
+        samples.extend(s);
+        sockets.extend([a, b]);
     }
     let wall = start.elapsed();
     let cost = meter.cost(admin, samples.len()).await;
+    drop(sockets);
     (Run { samples, wall }, cost)
 }
 
@@ -956,6 +1116,12 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // `1`: instruction counts; `keep`: also keep the dumps for callgrind_annotate.
+    match std::env::var("SIGNAL_BENCH_CALLGRIND").as_deref() {
+        Ok("1") => return rt.block_on(callgrind_main(calls, rounds, false)),
+        Ok("keep") => return rt.block_on(callgrind_main(calls, rounds, true)),
+        _ => {}
+    }
     rt.block_on(async move {
         let redis = RedisServer::start();
         let url = redis.url();

@@ -132,17 +132,25 @@ const JOIN_LUA: &str = include_str!("lua/join.lua");
 /// Relays, several per script run: a replica batches the relays queued while its earlier
 /// batches are in flight (one EVALSHA per batch, not per message: the script call's fixed cost
 /// was most of Redis's time per relay).
-/// KEYS: (peers, seq, channel, call, seq epoch, log) per relay. ARGV: log cap, log ttl ms,
-/// ttl s, whether to check the seq epoch ('1' under Sentinel: it costs Redis about 6 µs), then
-/// per relay: from, conn, head, tail, floor, own live entry.
+/// KEYS: (peers, seq, channel, log) per relay. ARGV: log cap, log ttl ms, ttl s, whether to
+/// check the seq epoch ('1' under Sentinel: it costs Redis about 6 µs), the expiry (ms) of a
+/// seat this batch rewrites, then per relay: from, conn, head, tail, floor, role.
 /// Reply: per relay, its `seq`, -1 (the seat belongs to a newer connection), -2 (the call
 /// ended), or an error text (nothing sent).
 ///
 /// Four commands per message, whatever the number of recipients (own seat, counter, log,
 /// publish): the log is one stream per call, so no list of recipients is read; the call's
 /// status is read only when the sender has no seat (ending a call drops its seats in the same
-/// script); the counter's TTL is refreshed on its creation, on a lift and every 64th number;
-/// the log gets its TTL when this script creates it and the lease tick renews it (`TICK`).
+/// script). Every 64th number (the first creates the log) and after a lift, three more: the
+/// counter's and the log's TTLs (the lease tick renews the log's, `TICK`) and the log's cap
+/// (`XTRIM MAXLEN ~`, so the log may run up to 63 entries past its cap between two trims).
+///
+/// Redis hashes every byte of every argument and string a script builds, and each redis.call
+/// converts its arguments and reply (callgrind: about 2 000 instructions per argument, 3 000
+/// per call besides the command itself). So a relay passes four keys and six short arguments
+/// (the call's record and seq-epoch keys, read only on rare paths, are built from the peers
+/// key, which carries the same hash tag), the log entry's id is the number itself (`n-0`), its
+/// one field is the sender, and the seat's connection is compared in place.
 const RELAY_LUA: &str = include_str!("lua/relay.lua");
 
 /// KEYS: peers, channel. ARGV: pid, conn, away entry.
@@ -150,9 +158,11 @@ const DISCONNECT_LUA: &str = include_str!("lua/disconnect.lua");
 
 /// Several calls per script run (one EVALSHA per [`TICK_BATCH`] calls, not per call).
 /// KEYS: (call, peers, channel, seq, log) per call. ARGV: now_ms, grace_ms, ttl_s, log ttl ms,
+/// whether to renew the TTLs ('1' every [`TICK_TTL_ROUNDS`]th round and after a reconnect),
 /// then per call: number of local connections, (pid, conn, live entry) per local connection.
-/// A renewed lease renews the call log's TTL too (relays set it only when they create the
-/// log). Reply: per call, `{'ended'}` or `{'ok', seq, stale 'pid|conn'...}`.
+/// A renewed lease renews the call log's TTL too (relays set it only every 64th number) and
+/// the seats' hash TTL, on the rounds that renew TTLs (a seat the tick re-creates gets its
+/// hash TTL at once). Reply: per call, `{'ended'}` or `{'ok', seq, stale 'pid|conn'...}`.
 const TICK_LUA: &str = include_str!("lua/tick.lua");
 
 /// KEYS: peers, channel. ARGV: pid, conn, peer-left reason.
@@ -199,15 +209,21 @@ impl Scripts {
 
 /// Calls renewed by one run of the tick script (its Redis time stays short: about 0.2 ms).
 const TICK_BATCH: usize = 16;
+/// The tick renews the TTLs of the seats' hash (a day) and of the call's log (more than a
+/// minute plus two leases) every this many rounds (two leases), not at each: two commands
+/// per call per replica saved on the other rounds.
+const TICK_TTL_ROUNDS: u64 = 6;
 /// Handle shared by all sessions of this replica.
 pub struct Hub {
     client: Client,
-    /// Relays waiting for a batch (see [`relay_batcher`]).
-    relay_tx: mpsc::UnboundedSender<RelayJob>,
+    /// Runs the relay script over batches of relays (see [`RelayRunner`]).
+    relays: Arc<RelayRunner>,
     subscriber: SubscriberClient,
     cmd_tx: mpsc::UnboundedSender<Cmd>,
     /// Random id of this replica, to recognise its own subscription probes.
     replica: Arc<str>,
+    /// Paced tick rounds so far (every [`TICK_TTL_ROUNDS`]th renews the TTLs).
+    tick_rounds: std::sync::atomic::AtomicU64,
     scripts: Scripts,
     times: HubTimes,
     metrics: Arc<Metrics>,
@@ -247,24 +263,25 @@ impl Hub {
         let replica: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
         let scripts = Scripts::new();
         let failover_epochs = Config::from_url(redis_url)?.server.is_sentinel();
-        let (relay_tx, relay_rx) = mpsc::unbounded_channel();
-        tokio::spawn(relay_batcher(
-            client.clone(),
-            scripts.relay.clone(),
-            relay_rx,
-            [
+        let relays = Arc::new(RelayRunner {
+            client: client.clone(),
+            script: scripts.relay.clone(),
+            common: [
                 times.log_cap().to_string(),
                 log_ttl_ms(&times).to_string(),
                 CALL_TTL_SECS.to_string(),
                 if failover_epochs { "1" } else { "0" }.to_owned(),
             ],
-        ));
+            lease_ms: times.lease_ms,
+            queue: std::sync::Mutex::default(),
+        });
         let hub = Arc::new(Self {
             client: client.clone(),
-            relay_tx,
+            relays,
             subscriber: subscriber.clone(),
             cmd_tx: cmd_tx.clone(),
             replica: replica.clone(),
+            tick_rounds: Default::default(),
             scripts,
             times,
             metrics,
@@ -484,8 +501,6 @@ impl Hub {
                 keys::call_peers(call),
                 keys::call_seq(call),
                 keys::call_channel(call),
-                keys::call(call),
-                keys::call_seq_epoch(call),
                 keys::call_log(call),
             ],
             args: [
@@ -494,11 +509,12 @@ impl Hub {
                 head,
                 tail,
                 floor.to_string(),
-                self.live_entry(role, conn, now_ms),
+                role.as_str().to_owned(),
             ],
+            now_ms,
             reply,
         };
-        self.relay_tx.send(job).map_err(|_| HubError::Stopped)?;
+        self.relays.submit(job).await;
         let seq = done.await.map_err(|_| HubError::Stopped)??;
         Ok(match seq {
             -1 => RelayOutcome::Replaced,
@@ -593,25 +609,26 @@ impl Hub {
         participant: &ParticipantId,
         after: u64,
     ) -> Result<Vec<(u64, String)>, HubError> {
-        // The log is capped at `log_cap` entries (approximately: `MAXLEN ~` trims whole
-        // nodes), so this bound reads all of it.
+        // The log is capped at `log_cap` entries, approximately: `MAXLEN ~` trims whole nodes
+        // (100 entries by default), every 64th relay. So this bound reads all of it.
         let entries: Vec<(String, HashMap<String, String>)> = self
             .client
             .xrange(
                 keys::call_log(call),
                 format!("{}-0", after.saturating_add(1)),
                 "+",
-                Some(2 * self.times.log_cap()),
+                Some(2 * self.times.log_cap() + 200),
             )
             .await?;
         Ok(entries
             .into_iter()
-            .filter_map(|(id, mut fields)| {
-                if fields.get("f").map(String::as_str) == Some(participant.as_str()) {
+            .filter_map(|(id, fields)| {
+                let (from, message) = log_entry(fields)?;
+                if from == participant.as_str() {
                     return None;
                 }
                 let seq = id.split('-').next()?.parse().ok()?;
-                Some((seq, fields.remove("m")?))
+                Some((seq, message))
             })
             .collect())
     }
@@ -656,6 +673,11 @@ impl Hub {
             return;
         }
         let Ok(calls) = rx.await else { return };
+        // After a reconnect (not paced) every TTL is written again: Redis may have lost them.
+        let round = self
+            .tick_rounds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let renew_ttls = spread.is_none() || round.is_multiple_of(TICK_TTL_ROUNDS);
         // Bounded concurrency: one script in flight when paced, four when catching up.
         let in_flight = if spread.is_some() { 1 } else { 4 };
         let chunk_len = TICK_BATCH * in_flight;
@@ -664,7 +686,9 @@ impl Hub {
         let mut next = tokio::time::Instant::now();
         for chunk in calls.chunks(chunk_len) {
             let now = hermes_service::unix_now_ms();
-            let futures = chunk.chunks(TICK_BATCH).map(|b| self.tick_calls(b, now));
+            let futures = chunk
+                .chunks(TICK_BATCH)
+                .map(|b| self.tick_calls(b, now, renew_ttls));
             futures_util::future::join_all(futures).await;
             if let Some(pause) = pause {
                 next += pause;
@@ -673,13 +697,14 @@ impl Hub {
         }
     }
 
-    async fn tick_calls(&self, snaps: &[CallSnapshot], now_ms: u64) {
+    async fn tick_calls(&self, snaps: &[CallSnapshot], now_ms: u64, renew_ttls: bool) {
         let mut keys = Vec::with_capacity(5 * snaps.len());
         let mut args = vec![
             now_ms.to_string(),
             self.times.grace_ms.to_string(),
             CALL_TTL_SECS.to_string(),
             self.log_ttl_ms().to_string(),
+            if renew_ttls { "1" } else { "0" }.to_owned(),
         ];
         for snap in snaps {
             let call = &snap.call;
@@ -809,16 +834,32 @@ pub fn split_at_seq(message: &ServerMessage) -> Option<(String, String)> {
     Some((json, tail))
 }
 
+/// Sender and message of one entry of a call's log: its one field (sender → message), or the
+/// fields `f` (sender) and `m` (message) that replicas wrote before issue 23's second round, so
+/// a log written by either version replays.
+fn log_entry(mut fields: HashMap<String, String>) -> Option<(String, String)> {
+    if let (Some(from), Some(message)) = (fields.remove("f"), fields.remove("m")) {
+        return Some((from, message));
+    }
+    let mut fields = fields.into_iter();
+    match (fields.next(), fields.next()) {
+        (Some(entry), None) => Some(entry),
+        _ => None,
+    }
+}
+
 /// How long a call's log outlives its last lease renewal (or its creation): longer than a lease
 /// plus the grace window, so it is there for any resume the seat allows.
 fn log_ttl_ms(times: &HubTimes) -> u64 {
     times.grace_ms + 2 * times.lease_ms + 60_000
 }
 
-/// One relay waiting for its batch: its six keys, its part of ARGV, where its answer goes.
+/// One relay waiting for its batch: its four keys, its part of ARGV, when it was received,
+/// where its answer goes.
 struct RelayJob {
-    keys: [String; 6],
+    keys: [String; 4],
     args: [String; 6],
+    now_ms: u64,
     reply: oneshot::Sender<Result<i64, HubError>>,
 }
 
@@ -828,68 +869,145 @@ const RELAY_IN_FLIGHT: usize = 2;
 /// Most relays per script run (its Redis time stays well under a millisecond).
 const RELAY_BATCH: usize = 32;
 
-/// Runs the relay script over batches of queued relays. A session has at most one relay in
-/// flight, so batching never reorders one sender's messages.
-async fn relay_batcher(
-    client: Client,
-    script: Script,
-    mut rx: mpsc::UnboundedReceiver<RelayJob>,
-    common: [String; 4],
-) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(RELAY_IN_FLIGHT));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            break;
+/// Relays queued while [`RELAY_IN_FLIGHT`] script runs are in flight, and that count.
+#[derive(Default)]
+struct RelayQueue {
+    waiting: std::collections::VecDeque<RelayJob>,
+    in_flight: usize,
+}
+
+impl RelayQueue {
+    /// The next batch, oldest first. On a cluster a script's keys must share one slot, so a
+    /// batch there holds only the oldest relay's slot (calls of other slots wait for the next).
+    fn take_batch(&mut self, clustered: bool) -> Vec<RelayJob> {
+        if !clustered {
+            let n = self.waiting.len().min(RELAY_BATCH);
+            return self.waiting.drain(..n).collect();
+        }
+        let slot = |job: &RelayJob| fred::util::redis_keyslot(job.keys[0].as_bytes());
+        let Some(first) = self.waiting.pop_front() else {
+            return Vec::new();
         };
-        let Some(first) = rx.recv().await else { break };
+        let wanted = slot(&first);
         let mut batch = vec![first];
-        while batch.len() < RELAY_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+        let mut i = 0;
+        while i < self.waiting.len() && batch.len() < RELAY_BATCH {
+            if slot(&self.waiting[i]) == wanted {
+                batch.extend(self.waiting.remove(i));
+            } else {
+                i += 1;
             }
         }
-        let (client, script) = (client.clone(), script.clone());
-        let mut keys = Vec::with_capacity(6 * batch.len());
-        let mut args: Vec<String> = common.to_vec();
+        batch
+    }
+}
+
+/// Runs the relay script over batches of relays. A relay that finds a free slot runs its batch
+/// (itself and whatever queued) in its own session's task, which waits for the reply anyway:
+/// no hop through another task on the way to Redis, which was measured in the open-loop p99.
+/// When a run ends and relays queued meanwhile, a task runs them. A session has at most one
+/// relay in flight, so batching never reorders one sender's messages.
+struct RelayRunner {
+    client: Client,
+    script: Script,
+    /// ARGV common to every run: log cap, log ttl ms, ttl s, epochs.
+    common: [String; 4],
+    lease_ms: u64,
+    queue: std::sync::Mutex<RelayQueue>,
+}
+
+/// A run slot held; on drop (the run ended, or its task was cancelled) it passes to the relays
+/// that queued meanwhile, or is freed.
+struct RelaySlot(Arc<RelayRunner>);
+
+impl Drop for RelaySlot {
+    fn drop(&mut self) {
+        let runner = &self.0;
+        let batch = {
+            let mut queue = runner.lock();
+            if queue.waiting.is_empty() || tokio::runtime::Handle::try_current().is_err() {
+                queue.in_flight -= 1;
+                return;
+            }
+            queue.take_batch(runner.client.is_clustered())
+        };
+        let runner = runner.clone();
+        tokio::spawn(async move {
+            let slot = RelaySlot(runner.clone());
+            runner.run(batch).await;
+            drop(slot);
+        });
+    }
+}
+
+impl RelayRunner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RelayQueue> {
+        // Nothing panics while holding it; a poisoned queue is still consistent.
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queue `job`, and run a batch now if a slot is free. Its answer arrives on its `reply`.
+    async fn submit(self: &Arc<Self>, job: RelayJob) {
+        let batch = {
+            let mut queue = self.lock();
+            queue.waiting.push_back(job);
+            if queue.in_flight >= RELAY_IN_FLIGHT {
+                return;
+            }
+            queue.in_flight += 1;
+            queue.take_batch(self.client.is_clustered())
+        };
+        let slot = RelaySlot(self.clone());
+        self.run(batch).await;
+        drop(slot);
+    }
+
+    /// One script run over `batch`; every relay of it gets its answer.
+    async fn run(&self, batch: Vec<RelayJob>) {
+        let mut keys = Vec::with_capacity(4 * batch.len());
+        let mut args: Vec<String> = Vec::with_capacity(5 + 6 * batch.len());
+        args.extend(self.common.iter().cloned());
+        // The lease of a seat a relay rewrites (Redis lost it) runs from the batch's newest relay.
+        let now_ms = batch.iter().map(|j| j.now_ms).max().unwrap_or(0);
+        args.push((now_ms + self.lease_ms).to_string());
         let mut replies = Vec::with_capacity(batch.len());
         for job in batch {
             keys.extend(job.keys);
             args.extend(job.args);
             replies.push(job.reply);
         }
-        tokio::spawn(async move {
-            let result: Result<Vec<Value>, HubError> = script
-                .run(&client, keys, args)
-                .await
-                .map_err(HubError::from);
-            drop(slot);
-            match result {
-                Ok(values) if values.len() == replies.len() => {
-                    for (reply, value) in replies.into_iter().zip(values) {
-                        let outcome = match value {
-                            Value::Integer(n) => Ok(n),
-                            other => Err(other
-                                .as_str()
-                                .map(|s| HubError::Script(s.into_owned()))
-                                .unwrap_or(HubError::BadReply("relay"))),
-                        };
-                        let _ = reply.send(outcome);
-                    }
-                }
-                Ok(_) => {
-                    let e = HubError::BadReply("relay (wrong length)");
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
-                Err(e) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
+        let result: Result<Vec<Value>, HubError> = self
+            .script
+            .run(&self.client, keys, args)
+            .await
+            .map_err(HubError::from);
+        match result {
+            Ok(values) if values.len() == replies.len() => {
+                for (reply, value) in replies.into_iter().zip(values) {
+                    let outcome = match value {
+                        Value::Integer(n) => Ok(n),
+                        other => Err(other
+                            .as_str()
+                            .map(|s| HubError::Script(s.into_owned()))
+                            .unwrap_or(HubError::BadReply("relay"))),
+                    };
+                    let _ = reply.send(outcome);
                 }
             }
-        });
+            Ok(_) => {
+                let e = HubError::BadReply("relay (wrong length)");
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
     }
 }
 
@@ -955,6 +1073,52 @@ mod tests {
             }
         }
         assert!(split_at_seq(&ServerMessage::CallEnded { reason: "x".into() }).is_none());
+    }
+
+    fn job(call: &CallId) -> RelayJob {
+        RelayJob {
+            keys: [
+                keys::call_peers(call),
+                keys::call_seq(call),
+                keys::call_channel(call),
+                keys::call_log(call),
+            ],
+            args: Default::default(),
+            now_ms: 0,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn relay_batches_are_oldest_first_and_one_slot_each_on_a_cluster() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let calls: Vec<CallId> = (0..40).map(|_| CallId::random(&mut rng)).collect();
+        let slot = |c: &CallId| fred::util::redis_keyslot(keys::call_peers(c).as_bytes());
+        let mut queue = RelayQueue::default();
+        queue.waiting.extend(calls.iter().map(job));
+        // Plain Redis: the oldest ones, at most RELAY_BATCH of them.
+        let batch = queue.take_batch(false);
+        assert_eq!(batch.len(), RELAY_BATCH);
+        assert_eq!(batch[0].keys[0], keys::call_peers(&calls[0]));
+        assert_eq!(batch[31].keys[0], keys::call_peers(&calls[31]));
+        assert_eq!(queue.waiting.len(), 8);
+        // A cluster: the oldest relay and the later ones of its slot, in order.
+        let mut queue = RelayQueue::default();
+        let same = calls[3].clone();
+        for c in [&calls[0], &same, &calls[1], &same, &calls[2]] {
+            queue.waiting.push_back(job(c));
+        }
+        queue.waiting.push_front(job(&same));
+        let batch = queue.take_batch(true);
+        assert_eq!(batch.len(), 3);
+        assert!(batch.iter().all(|j| j.keys[0] == keys::call_peers(&same)));
+        let rest: Vec<u16> = queue
+            .waiting
+            .iter()
+            .map(|j| fred::util::redis_keyslot(j.keys[0].as_bytes()))
+            .collect();
+        assert_eq!(rest, [slot(&calls[0]), slot(&calls[1]), slot(&calls[2])]);
+        assert!(RelayQueue::default().take_batch(true).is_empty());
     }
 
     #[test]

@@ -1,5 +1,8 @@
 -- tick.lua: see the doc comment of `TICK_LUA` in crates/signal/src/hub.rs.
 local now, grace, ttl, log_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+-- The TTLs (a day for the seats, minutes for the log) are renewed every few rounds, not at
+-- every one: each renewal is a command per call per replica.
+local renew_ttls = ARGV[5] == '1'
 local function tick(kcall, kpeers, kchan, kseq, klog, first, count)
   local status = redis.call('HGET', kcall, 'status')
   if status == 'ended' then return {'ended'} end
@@ -12,7 +15,7 @@ local function tick(kcall, kpeers, kchan, kseq, klog, first, count)
   for i = 1, #entries, 2 do seats[entries[i]] = entries[i + 1] end
   local mine = {}
   local reply = {'ok', redis.call('GET', kseq) or '0'}
-  local renewed = false
+  local renewed, created = false, false
   for i = first, first + 3 * (count - 1), 3 do
     local pid, conn = ARGV[i], ARGV[i + 1]
     mine[pid] = true
@@ -20,7 +23,8 @@ local function tick(kcall, kpeers, kchan, kseq, klog, first, count)
     if v and conn_of(v) ~= conn then
       reply[#reply + 1] = pid .. '|' .. conn
     else
-      redis.call('HSET', kpeers, pid, ARGV[i + 2])
+      -- A seat Redis lost (restart) is written again, and its hash gets its TTL now.
+      if redis.call('HSET', kpeers, pid, ARGV[i + 2]) == 1 then created = true end
       renewed = true
     end
   end
@@ -52,13 +56,13 @@ local function tick(kcall, kpeers, kchan, kseq, klog, first, count)
       end
     end
   end
-  redis.call('EXPIRE', kpeers, ttl)
-  -- A renewed lease keeps the call's log (a relay sets its TTL only when it creates it).
-  if renewed then redis.call('PEXPIRE', klog, log_ttl) end
+  if renew_ttls or created then redis.call('EXPIRE', kpeers, ttl) end
+  -- A renewed lease keeps the call's log (relays set its TTL only every 64th number).
+  if renewed and renew_ttls then redis.call('PEXPIRE', klog, log_ttl) end
   return reply
 end
 local out = {}
-local a = 5
+local a = 6
 for c = 1, #KEYS / 5 do
   local k = (c - 1) * 5
   local count = tonumber(ARGV[a])
