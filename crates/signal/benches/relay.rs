@@ -420,6 +420,17 @@ async fn callgrind_main(calls: usize, rounds: usize, keep: bool) {
     let (same, same_cost) = relay_run(&r1.url, &r1.url, calls, rounds, &admin, &procs).await;
     eprintln!("callgrind: cross replica");
     let (cross, cross_cost) = relay_run(&r1.url, &r2.url, calls, rounds, &admin, &procs).await;
+    let hold = Duration::from_secs(env_usize("SIGNAL_BENCH_HOLD_SECS", 20) as u64);
+    eprintln!("callgrind: real call mix, {calls} calls set up, then held {hold:?}");
+    let meter = Meter::start(&admin, &procs).await;
+    let pairs = mix_setup(&r1.url, &r2.url, calls).await;
+    let held = pairs.len();
+    let setup_cost = meter.cost(&admin, held).await;
+    let meter = Meter::start(&admin, &procs).await;
+    mix_hold(pairs, hold).await;
+    let hold_cost = meter
+        .cost(&admin, (held as f64 * hold.as_secs_f64()).round() as usize)
+        .await;
     drop((r1, r2, redis));
     if keep {
         // The dumps, one per metered phase in order: forwarder, same, cross.
@@ -446,6 +457,23 @@ async fn callgrind_main(calls: usize, rounds: usize, keep: bool) {
             "| {name} | {} | {i:.0} | {:.2} | {:.2} | {} |",
             r.samples.len(),
             i / base,
+            c.commands,
+            c.top
+        );
+    }
+    println!();
+    println!(
+        "real call mix across replicas, {held} calls (as in the full bench), redis-server instructions:"
+    );
+    println!("| phase | instructions | Redis cmds | top commands |");
+    println!("|---|---:|---:|---|");
+    for (name, c) in [
+        ("setup, per call", &setup_cost),
+        ("held, per call per second", &hold_cost),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:.2} | {} |",
+            c.instructions.unwrap_or(f64::NAN),
             c.commands,
             c.top
         );

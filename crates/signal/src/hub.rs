@@ -10,13 +10,15 @@
 //!   publishes a presence event about an observer, and snapshots list media participants only.
 //! - `RELAY`: check the sender still holds its seat, take the next per-call `seq` (never below
 //!   what the sender has seen, so a Redis that lost its data does not reuse numbers), append the
-//!   message to the call's capped log stream (`call:{id}:log`, entry id `seq-1`, one entry per
-//!   message whoever receives it; each reader skips its own), PUBLISH it. Because one script
+//!   message to the call's capped log stream (`call:{id}:log`, entry id `seq-0`, one entry per
+//!   message whoever receives it, field sender → message; each reader skips its own), PUBLISH
+//!   it. Because one script
 //!   does all three, `seq` order = log order = pub/sub order. One run
 //!   relays a batch: the relays this replica queued while its earlier batches were in flight
 //!   (a session has one relay in flight at a time, so its own order holds).
 //! - `TICK` (calls with local participants, 16 per script run, every third of the lease):
-//!   renew local leases and the call log's TTL (re-creating leases after a Redis restart), report local connections another connection
+//!   renew local leases (re-creating them after a Redis restart; the seats' and the call log's
+//!   TTLs every sixth round), report local connections another connection
 //!   replaced, and sweep peers whose lease lapsed (crashed replica: `peer-reconnecting`) or
 //!   whose grace ended (`peer-left`). The transition happens once, in Redis, so exactly one
 //!   replica announces it.
@@ -1073,6 +1075,25 @@ mod tests {
             }
         }
         assert!(split_at_seq(&ServerMessage::CallEnded { reason: "x".into() }).is_none());
+    }
+
+    #[test]
+    fn log_entries_of_both_formats() {
+        let fields = |kv: &[(&str, &str)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>()
+        };
+        assert_eq!(
+            log_entry(fields(&[("pa", "{\"type\":\"hangup\"}")])),
+            Some(("pa".into(), "{\"type\":\"hangup\"}".into()))
+        );
+        assert_eq!(
+            log_entry(fields(&[("f", "pa"), ("m", "{}")])),
+            Some(("pa".into(), "{}".into()))
+        );
+        assert_eq!(log_entry(fields(&[])), None);
+        assert_eq!(log_entry(fields(&[("a", "1"), ("b", "2")])), None);
     }
 
     fn job(call: &CallId) -> RelayJob {
