@@ -112,7 +112,9 @@ static NEW_CODE_LUA: LazyLock<String> = LazyLock::new(|| format!("{GUARD_PRELUDE
 static RESOLVE_WITH_STATUS_LUA: LazyLock<String> =
     LazyLock::new(|| format!("{GUARD_PRELUDE}{RESOLVE_WITH_STATUS_BODY}"));
 
-/// KEYS: call, call channel, call peers. ARGV: now (unix s), end-call control JSON.
+/// KEYS: call, call channel, call peers. ARGV: now (unix s), end-call control JSON, '1' to
+/// publish sharded (`SPUBLISH`, on a cluster, where hermes-signal subscribes to call channels
+/// sharded: allowed in the script, the channel is in the call's slot), '0' for `PUBLISH`.
 /// -1: no such call; 0: already ended; 1: ended now (and the notice was published).
 /// The seats go in the same step: hermes-signal's relay reads the call's status only when the
 /// sender has no seat (the signal replicas then drop the call's log and acks).
@@ -122,7 +124,7 @@ if not status then return -1 end
 if status == 'ended' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'ended', 'endedAt', ARGV[1])
 redis.call('DEL', KEYS[3])
-redis.call('PUBLISH', KEYS[2], ARGV[2])
+redis.call(ARGV[3] == '1' and 'SPUBLISH' or 'PUBLISH', KEYS[2], ARGV[2])
 return 1
 "#;
 
@@ -533,7 +535,11 @@ impl CallStore {
                     keys::call_channel(call),
                     keys::call_peers(call),
                 ],
-                vec![now.to_string(), notice],
+                vec![
+                    now.to_string(),
+                    notice,
+                    if redis.is_clustered() { "1" } else { "0" }.to_owned(),
+                ],
             )
             .await?;
         match ended {

@@ -88,13 +88,13 @@ async fn the_call_flow_runs_on_a_cluster() {
     assert_eq!(status.status, 200, "{:?}", status.body);
     assert_eq!(status.body["status"], "created");
 
-    // End: the notice on the call's channel reaches a subscriber (classic PUBLISH is
-    // broadcast to every node of the cluster).
+    // End: the notice reaches a sharded subscriber of the call's channel (hermes-signal
+    // SSUBSCRIBEs on a cluster; the end script SPUBLISHes on the primary of the call's slot).
     let sub = hermes_service::redis::connect_subscriber(&cluster.url(), Duration::from_secs(5))
         .await
         .unwrap();
     let mut messages = sub.message_rx();
-    sub.subscribe(keys::call_channel(&created.call_id))
+    sub.ssubscribe(keys::call_channel(&created.call_id))
         .await
         .unwrap();
     let ended = api.post_auth("/api/call/end", &resolved.token).await;
@@ -103,6 +103,7 @@ async fn the_call_flow_runs_on_a_cluster() {
         .await
         .expect("end-call notice within 5 s")
         .unwrap();
+    assert_eq!(msg.kind, fred::types::MessageKind::SMessage, "{msg:?}");
     let text: String = msg.value.convert().unwrap();
     assert_eq!(
         serde_json::from_str::<CallControl>(&text).unwrap(),

@@ -56,6 +56,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::Metrics;
 use crate::room::SeatEntry;
 pub use crate::router::Delivery;
+pub use crate::router::Fanout;
 use crate::router::{self, CallSnapshot, Cmd, Local, SUBSCRIBE_TIMEOUT};
 
 /// At most this many media participants per call.
@@ -190,21 +191,26 @@ struct Scripts {
     ack: Script,
 }
 
-fn with_helpers(body: &'static str) -> &'static str {
-    // Built once per process at start-up; leaking six short strings is fine.
-    Box::leak(format!("{PRESENCE_LUA}{body}").into_boxed_str())
+/// A script's source: the publish command of the fan-out (`PUBLISH`, the name every script
+/// publishes with: `SPUBLISH` on a cluster, allowed in a script because the channel is in the
+/// slot of the script's keys), the helpers, the body.
+fn with_helpers(fanout: Fanout, body: &'static str) -> &'static str {
+    let publish = fanout.publish_command();
+    // Built once per process at start-up; leaking seven short strings is fine.
+    Box::leak(format!("local PUBLISH = '{publish}'\n{PRESENCE_LUA}{body}").into_boxed_str())
 }
 
 impl Scripts {
-    fn new() -> Self {
+    fn new(fanout: Fanout) -> Self {
+        let script = |body| Script::new(with_helpers(fanout, body));
         Self {
-            join: Script::new(with_helpers(JOIN_LUA)),
-            relay: Script::new(with_helpers(RELAY_LUA)),
-            disconnect: Script::new(with_helpers(DISCONNECT_LUA)),
-            leave: Script::new(with_helpers(LEAVE_LUA)),
-            tick: Script::new(with_helpers(TICK_LUA)),
-            end: Script::new(with_helpers(END_LUA)),
-            ack: Script::new(with_helpers(ACK_LUA)),
+            join: script(JOIN_LUA),
+            relay: script(RELAY_LUA),
+            disconnect: script(DISCONNECT_LUA),
+            leave: script(LEAVE_LUA),
+            tick: script(TICK_LUA),
+            end: script(END_LUA),
+            ack: script(ACK_LUA),
         }
     }
 }
@@ -227,6 +233,7 @@ pub struct Hub {
     /// Paced tick rounds so far (every [`TICK_TTL_ROUNDS`]th renews the TTLs).
     tick_rounds: std::sync::atomic::AtomicU64,
     scripts: Scripts,
+    fanout: Fanout,
     times: HubTimes,
     metrics: Arc<Metrics>,
 }
@@ -263,8 +270,12 @@ impl Hub {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let replica: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
-        let scripts = Scripts::new();
-        let failover_epochs = Config::from_url(redis_url)?.server.is_sentinel();
+        let redis_config = Config::from_url(redis_url)?;
+        let fanout = Fanout::for_redis(&redis_config);
+        let scripts = Scripts::new(fanout);
+        // Sentinel and Cluster both promote replicas that may lack the newest writes.
+        let failover_epochs =
+            redis_config.server.is_sentinel() || redis_config.server.is_clustered();
         let relays = Arc::new(RelayRunner {
             client: client.clone(),
             script: scripts.relay.clone(),
@@ -285,6 +296,7 @@ impl Hub {
             replica: replica.clone(),
             tick_rounds: Default::default(),
             scripts,
+            fanout,
             times,
             metrics,
         });
@@ -300,6 +312,7 @@ impl Hub {
             hub.metrics.clone(),
             hub.replica.clone(),
             subscriber.clone(),
+            fanout,
             cmd_rx,
             sub_tx,
         ));
@@ -342,6 +355,11 @@ impl Hub {
 
     pub fn times(&self) -> HubTimes {
         self.times
+    }
+
+    /// How call channels fan out on this replica's Redis.
+    pub fn fanout(&self) -> Fanout {
+        self.fanout
     }
 
     /// Subscribe a session to its call's channel; returns once the subscription is proven
@@ -682,15 +700,20 @@ impl Hub {
         let renew_ttls = spread.is_none() || round.is_multiple_of(TICK_TTL_ROUNDS);
         // Bounded concurrency: one script in flight when paced, four when catching up.
         let in_flight = if spread.is_some() { 1 } else { 4 };
-        let chunk_len = TICK_BATCH * in_flight;
-        let chunks = calls.len().div_ceil(chunk_len).max(1);
+        // Batches of up to TICK_BATCH calls (of one slot each on a cluster).
+        let mut batches: Vec<Vec<CallSnapshot>> = Vec::new();
+        for group in by_slot(calls, self.fanout, |snap| snap.call.as_str()) {
+            let mut group = group.into_iter().peekable();
+            while group.peek().is_some() {
+                batches.push(group.by_ref().take(TICK_BATCH).collect());
+            }
+        }
+        let chunks = batches.len().div_ceil(in_flight).max(1);
         let pause = spread.map(|d| d / chunks as u32);
         let mut next = tokio::time::Instant::now();
-        for chunk in calls.chunks(chunk_len) {
+        for chunk in batches.chunks(in_flight) {
             let now = hermes_service::unix_now_ms();
-            let futures = chunk
-                .chunks(TICK_BATCH)
-                .map(|b| self.tick_calls(b, now, renew_ttls));
+            let futures = chunk.iter().map(|b| self.tick_calls(b, now, renew_ttls));
             futures_util::future::join_all(futures).await;
             if let Some(pause) = pause {
                 next += pause;
@@ -1013,6 +1036,24 @@ impl RelayRunner {
     }
 }
 
+/// Calls as the lease tick batches them: all together on a single Redis, split by the cluster
+/// slot of each item's key on a cluster (a script there may touch one slot only; one call's
+/// keys share its slot), groups in the order of their first item and items in their order.
+fn by_slot<T>(batch: Vec<T>, fanout: Fanout, key: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
+    if fanout == Fanout::Classic {
+        return vec![batch];
+    }
+    let mut groups: Vec<(u16, Vec<T>)> = Vec::new();
+    for item in batch {
+        let slot = fred::util::redis_keyslot(key(&item).as_bytes());
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, group)) => group.push(item),
+            None => groups.push((slot, vec![item])),
+        }
+    }
+    groups.into_iter().map(|(_, group)| group).collect()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -1020,6 +1061,39 @@ mod tests {
     use crate::router::Head;
     use hermes_proto::signal::IceCandidate;
     use rand::SeedableRng;
+
+    #[test]
+    fn batches_split_by_slot_only_on_a_cluster() {
+        // `{a}` and `{b}` hash to different slots (15495 and 3300: `CLUSTER KEYSLOT`).
+        let batch = ["x{a}:1", "y{b}:1", "x{a}:2", "z{a}", "y{b}:2"];
+        let classic = by_slot(batch.to_vec(), Fanout::Classic, |k| k);
+        assert_eq!(classic, vec![batch.to_vec()]);
+        let sharded = by_slot(batch.to_vec(), Fanout::Sharded, |k| k);
+        assert_eq!(
+            sharded,
+            vec![vec!["x{a}:1", "x{a}:2", "z{a}"], vec!["y{b}:1", "y{b}:2"]]
+        );
+    }
+
+    #[test]
+    fn scripts_publish_with_the_fanout_command() {
+        for (fanout, command) in [(Fanout::Classic, "PUBLISH"), (Fanout::Sharded, "SPUBLISH")] {
+            let relay = with_helpers(fanout, RELAY_LUA);
+            assert!(relay.starts_with(&format!("local PUBLISH = '{command}'\n")));
+        }
+        // No script names a publish command of its own.
+        for body in [
+            JOIN_LUA,
+            RELAY_LUA,
+            DISCONNECT_LUA,
+            TICK_LUA,
+            LEAVE_LUA,
+            END_LUA,
+        ] {
+            assert!(body.contains("redis.call(PUBLISH, "));
+            assert!(!body.contains("'PUBLISH'") && !body.contains("'SPUBLISH'"));
+        }
+    }
 
     #[test]
     fn the_relay_script_jumps_by_seq_epoch_jump() {

@@ -15,6 +15,13 @@
 //! publishes a probe and answers the registration only when the probe comes back through the
 //! subscription (retried with a new SUBSCRIBE after `PROBE_RETRY`). A jump in a call's `seq`
 //! or a lagging broadcast makes the call's sessions resync from the call's log.
+//!
+//! Call channels fan out in one of two ways ([`Fanout`]): classic PUBLISH / SUBSCRIBE on a
+//! single Redis or Sentinel, sharded SPUBLISH / SSUBSCRIBE on Redis Cluster, where each call's
+//! channel lives only on the shard that owns the call's slot (its hash tag) and the subscriber
+//! client holds the subscription on that shard's primary. After a reconnect (a failover moves
+//! a shard to its replica) the router subscribes again and re-proves every sharded channel;
+//! the replica's own health channel stays classic (any node answers it).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +31,7 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand};
 use hermes_proto::signal::CallControl;
 use hermes_proto::{CallId, ParticipantId, Role};
 use serde::Deserialize;
@@ -48,6 +56,35 @@ pub enum Delivery {
     /// This connection's own join script has been seen on the channel: presence events from
     /// here on happened after the `joined` snapshot; earlier ones are already in it.
     Seam,
+}
+
+/// How call channels fan out (docs/scaling.md, "Redis Cluster").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fanout {
+    /// PUBLISH / SUBSCRIBE: single Redis and Sentinel (any Redis version).
+    Classic,
+    /// SPUBLISH / SSUBSCRIBE (Redis 7): on Redis Cluster, where a classic PUBLISH crosses the
+    /// cluster bus to every node and a sharded one stays on the shard of the channel's slot.
+    Sharded,
+}
+
+impl Fanout {
+    /// Sharded on Redis Cluster, classic everywhere else.
+    pub fn for_redis(config: &fred::types::config::Config) -> Self {
+        if config.server.is_clustered() {
+            Fanout::Sharded
+        } else {
+            Fanout::Classic
+        }
+    }
+
+    /// The publish command of this fan-out, as the Lua scripts call it.
+    pub fn publish_command(self) -> &'static str {
+        match self {
+            Fanout::Classic => "PUBLISH",
+            Fanout::Sharded => "SPUBLISH",
+        }
+    }
 }
 
 /// A local session as the router knows it.
@@ -107,6 +144,7 @@ impl PendingSubscription {
     fn send(
         &mut self,
         channel: &str,
+        fanout: Fanout,
         next_probe: &mut u64,
         sub_tx: &mpsc::UnboundedSender<SubCmd>,
     ) {
@@ -117,6 +155,7 @@ impl PendingSubscription {
         let _ = sub_tx.send(SubCmd::Subscribe {
             channel: channel.to_owned(),
             probe: self.probe,
+            fanout,
         });
     }
 }
@@ -151,18 +190,23 @@ pub(crate) enum Cmd {
 }
 
 pub(crate) enum SubCmd {
-    /// SUBSCRIBE, then PUBLISH a probe the router waits for on the channel.
+    /// SUBSCRIBE (or SSUBSCRIBE), then PUBLISH (SPUBLISH) a probe the router waits for on the
+    /// channel.
     Subscribe {
         channel: String,
         probe: u64,
+        fanout: Fanout,
     },
-    Unsubscribe(String),
+    Unsubscribe {
+        channel: String,
+        fanout: Fanout,
+    },
 }
 
 impl SubCmd {
     fn channel(&self) -> &str {
         match self {
-            SubCmd::Subscribe { channel, .. } | SubCmd::Unsubscribe(channel) => channel,
+            SubCmd::Subscribe { channel, .. } | SubCmd::Unsubscribe { channel, .. } => channel,
         }
     }
 }
@@ -200,7 +244,7 @@ pub(crate) struct Head<'a> {
     pub(crate) probe: Option<u64>,
 }
 
-/// One SUBSCRIBE (+ PING + probe PUBLISH) or UNSUBSCRIBE (+ PING).
+/// One SUBSCRIBE (+ PING + probe PUBLISH) or UNSUBSCRIBE (+ PING), or their sharded forms.
 async fn subscription_op(
     subscriber: SubscriberClient,
     client: Client,
@@ -209,13 +253,20 @@ async fn subscription_op(
     cmd_tx: mpsc::UnboundedSender<Cmd>,
 ) {
     match cmd {
-        SubCmd::Subscribe { channel, probe } => {
+        SubCmd::Subscribe {
+            channel,
+            probe,
+            fanout,
+        } => {
             // fred answers SUBSCRIBE before writing it, and may leave it unflushed in the
             // socket buffer: a PING flushes it, and only the probe coming back through the
             // subscription proves Redis applied it.
-            let mut result = subscriber.subscribe(channel.clone()).await;
+            let mut result = match fanout {
+                Fanout::Classic => subscriber.subscribe(channel.clone()).await,
+                Fanout::Sharded => subscriber.ssubscribe(channel.clone()).await,
+            };
             if result.is_ok() {
-                result = subscriber.ping::<Value>(None).await.map(|_| ());
+                result = ping_channel_node(&subscriber, &channel, fanout).await;
             }
             if result.is_ok() {
                 let text = CallControl::Probe {
@@ -223,10 +274,11 @@ async fn subscription_op(
                     probe,
                 }
                 .to_json();
-                result = client
-                    .publish::<i64, _, _>(channel.clone(), text)
-                    .await
-                    .map(|_| ());
+                result = match fanout {
+                    Fanout::Classic => client.publish::<i64, _, _>(channel.clone(), text).await,
+                    Fanout::Sharded => client.spublish::<i64, _, _>(channel.clone(), text).await,
+                }
+                .map(|_| ());
             }
             if let Err(error) = result {
                 let _ = cmd_tx.send(Cmd::SubscribeFailed {
@@ -236,10 +288,34 @@ async fn subscription_op(
                 });
             }
         }
-        SubCmd::Unsubscribe(channel) => {
-            if subscriber.unsubscribe(channel).await.is_ok() {
-                let _ = subscriber.ping::<Value>(None).await;
+        SubCmd::Unsubscribe { channel, fanout } => {
+            let done = match fanout {
+                Fanout::Classic => subscriber.unsubscribe(channel.clone()).await,
+                Fanout::Sharded => subscriber.sunsubscribe(channel.clone()).await,
+            };
+            if done.is_ok() {
+                let _ = ping_channel_node(&subscriber, &channel, fanout).await;
             }
+        }
+    }
+}
+
+/// PING on the subscriber connection that carried the channel's (un)subscription, to flush
+/// it: for a sharded channel, the connection to the node owning the channel's slot.
+async fn ping_channel_node(
+    subscriber: &SubscriberClient,
+    channel: &str,
+    fanout: Fanout,
+) -> Result<(), Error> {
+    match fanout {
+        Fanout::Classic => subscriber.ping::<Value>(None).await.map(|_| ()),
+        Fanout::Sharded => {
+            let slot = fred::util::redis_keyslot(channel.as_bytes());
+            let ping = CustomCommand::new_static("PING", ClusterHash::Custom(slot), false);
+            subscriber
+                .custom::<Value, Value>(ping, Vec::new())
+                .await
+                .map(|_| ())
         }
     }
 }
@@ -308,6 +384,7 @@ pub(crate) async fn router(
     metrics: Arc<Metrics>,
     replica: Arc<str>,
     subscriber: SubscriberClient,
+    fanout: Fanout,
     mut cmd_rx: mpsc::UnboundedReceiver<Cmd>,
     sub_tx: mpsc::UnboundedSender<SubCmd>,
 ) {
@@ -324,13 +401,14 @@ pub(crate) async fn router(
     loop {
         tokio::select! {
             _ = retry.tick() => {
-                // Subscriptions whose probe has not come back: subscribe and probe again.
+                // Subscriptions whose probe has not come back: subscribe and probe again (a
+                // sharded channel being re-proven after a reconnect has no waiters).
                 for (channel, entry) in &mut calls {
                     if let Some(p) = &mut entry.pending
-                        && !p.waiters.is_empty()
+                        && (!p.waiters.is_empty() || fanout == Fanout::Sharded)
                         && p.due()
                     {
-                        p.send(channel, &mut next_probe, &sub_tx);
+                        p.send(channel, fanout, &mut next_probe, &sub_tx);
                     }
                 }
                 // Readiness checks whose caller gave up.
@@ -356,7 +434,7 @@ pub(crate) async fn router(
                                 p.waiting_since.get_or_insert_with(std::time::Instant::now);
                                 p.waiters.push(ready);
                                 if p.due() {
-                                    p.send(&channel, &mut next_probe, &sub_tx);
+                                    p.send(&channel, fanout, &mut next_probe, &sub_tx);
                                 }
                             }
                         }
@@ -391,7 +469,7 @@ pub(crate) async fn router(
                             entry.locals.retain(|l| l.id != id);
                             if entry.locals.is_empty() {
                                 calls.remove(&channel);
-                                let _ = sub_tx.send(SubCmd::Unsubscribe(channel));
+                                let _ = sub_tx.send(SubCmd::Unsubscribe { channel, fanout });
                             }
                         }
                         metrics.calls.set(calls.len() as i64);
@@ -413,16 +491,24 @@ pub(crate) async fn router(
                         let _ = reply.send(snap);
                     }
                     Cmd::ResyncAll => {
-                        for c in calls.values_mut() {
+                        for (channel, c) in &mut calls {
                             resync(c);
+                            // After a reconnect a shard may have moved (failover): subscribe
+                            // on whichever node owns the slot now, and prove it again.
+                            if fanout == Fanout::Sharded {
+                                let p = c.pending.get_or_insert_with(PendingSubscription::unsent);
+                                p.send(channel, fanout, &mut next_probe, &sub_tx);
+                            }
                         }
                     }
                     Cmd::Ready(reply) => {
                         next_probe += 1;
                         health_waiters.push((next_probe, reply));
+                        // Classic on every deployment: any node of a cluster answers it.
                         let _ = sub_tx.send(SubCmd::Subscribe {
                             channel: health_channel.clone(),
                             probe: next_probe,
+                            fanout: Fanout::Classic,
                         });
                     }
                 }

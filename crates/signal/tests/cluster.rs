@@ -1,17 +1,69 @@
 //! hermes-signal on Redis Cluster (`redis-cluster://`, [`hermes_testkit::ClusterSet`]: three real
 //! primaries, three replicas). Every key a signal script touches carries the call's hash tag, so
-//! each script runs on the one primary that owns the call's slot; the call channel still uses
-//! classic PUBLISH/SUBSCRIBE, which a cluster broadcasts to every node, so a replica's
-//! subscription on any node hears every call (correct, but the fan-out does not shard: see
-//! docs/operations.md, "Redis Cluster").
+//! each script runs on the one primary that owns the call's slot, and the call's channel is
+//! sharded: the scripts SPUBLISH on it and each replica SSUBSCRIBEs to it on that primary, so a
+//! relayed message never crosses the cluster bus to the other shards (asserted with `PUBSUB
+//! SHARDCHANNELS` / `SHARDNUMSUB` / `CHANNELS` on every node). The primary of a call's slot is
+//! SIGKILLed mid-call: the replicas subscribe on the promoted replica by themselves and the
+//! clients see nothing lost, duplicated or reordered.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::failover_party::*;
 use common::*;
 use hermes_proto::signal::{CLOSE_CALL_ENDED, ClientMessage, ServerMessage};
 use hermes_proto::{CallId, JoinTokenKeys, Role, keys};
 use hermes_testkit::ClusterSet;
+
+/// A call record as the API writes it, on the primary of the call's slot.
+fn call_on(cluster: &ClusterSet) -> Call {
+    let id = CallId::random(&mut rand::rng());
+    let record = keys::call(&id);
+    cluster
+        .raw_for_key(
+            &record,
+            &format!(
+                "HSET {record} status created createdAt {}",
+                hermes_service::unix_now()
+            ),
+        )
+        .unwrap();
+    Call {
+        id,
+        keys: JoinTokenKeys::new(SECRET.as_bytes()),
+    }
+}
+
+/// The fan-out of `call` is sharded: its channel is a shard channel with `subscribers`
+/// subscribers on the primary that owns its slot and on no other node, and no node has a
+/// classic call channel. Returns that primary's port.
+fn assert_sharded(cluster: &ClusterSet, call: &CallId, subscribers: usize) -> u16 {
+    let channel = keys::call_channel(call);
+    let owner = cluster.owner_of(&channel).unwrap();
+    let numsub = cluster
+        .raw(owner, &format!("PUBSUB SHARDNUMSUB {channel}"))
+        .unwrap();
+    assert!(
+        numsub.ends_with(&format!("{channel}\r\n:{subscribers}\r\n")),
+        "PUBSUB SHARDNUMSUB on the owner: {numsub:?}"
+    );
+    for port in cluster.primary_ports() {
+        let shard = cluster.raw(port, "PUBSUB SHARDCHANNELS call:*").unwrap();
+        assert_eq!(
+            shard.contains(&channel),
+            port == owner,
+            "PUBSUB SHARDCHANNELS on {port} (owner {owner}): {shard:?}"
+        );
+        let classic = cluster.raw(port, "PUBSUB CHANNELS call:*").unwrap();
+        assert_eq!(classic, "*0\r\n", "classic call channels on {port}");
+    }
+    owner
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_across_two_replicas_relays_resumes_and_ends_on_a_cluster() {
@@ -23,22 +75,8 @@ async fn a_call_across_two_replicas_relays_resumes_and_ends_on_a_cluster() {
     // Calls whose slots live on different primaries: each call's scripts run on its own.
     let mut owners = std::collections::BTreeSet::new();
     for _ in 0..2 {
-        let id = CallId::random(&mut rand::rng());
-        let record = keys::call(&id);
-        cluster
-            .raw_for_key(
-                &record,
-                &format!(
-                    "HSET {record} status created createdAt {}",
-                    hermes_service::unix_now()
-                ),
-            )
-            .unwrap();
-        owners.insert(cluster.owner_of(&record).unwrap());
-        let call = Call {
-            id,
-            keys: JoinTokenKeys::new(SECRET.as_bytes()),
-        };
+        let call = call_on(&cluster);
+        owners.insert(cluster.owner_of(&keys::call(&call.id)).unwrap());
         let (pa, ta) = call.token(Role::Offerer);
         let (pb, tb) = call.token(Role::Answerer);
         let (mut a, _) = Client::join(&r1.url(), &ta, None).await;
@@ -62,6 +100,9 @@ async fn a_call_across_two_replicas_relays_resumes_and_ends_on_a_cluster() {
         })
         .await;
         assert!(matches!(a.recv().await, ServerMessage::Answer { .. }));
+        // Both replicas hear the call through its shard only.
+        let owner = assert_sharded(&cluster, &call.id, 2);
+        assert_eq!(owner, cluster.owner_of(&keys::call(&call.id)).unwrap());
 
         // b drops; what a sends meanwhile is replayed when b resumes on the other replica.
         let last = seq_of(&offer);
@@ -93,6 +134,184 @@ async fn a_call_across_two_replicas_relays_resumes_and_ends_on_a_cluster() {
             );
             assert_eq!(closed, Closed::Code(CLOSE_CALL_ENDED));
         }
+        // The call is over on both replicas: both SUNSUBSCRIBEd on its shard.
+        wait_shard_subscribers(&cluster, &call.id, 0).await;
     }
     eprintln!("calls on primaries {owners:?}");
+}
+
+/// Calls of many slots at once on two replicas: a replica batches the relays (and lease
+/// renewals) of different calls into one script run, which a cluster refuses across slots
+/// (CROSSSLOT), so on a cluster each batch holds the calls of one slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_of_many_slots_relay_in_order_on_a_cluster() {
+    const CALLS: usize = 8;
+    const BURST: usize = 30;
+    let cluster = tokio::task::block_in_place(ClusterSet::start);
+    let url = cluster.url();
+    let r1 = Replica::start(&url, &["--lease-ms", "600"]).await;
+    let r2 = Replica::start(&url, &["--lease-ms", "600"]).await;
+    let mut pairs = Vec::new();
+    let mut owners = std::collections::BTreeSet::new();
+    for _ in 0..CALLS {
+        let call = call_on(&cluster);
+        owners.insert(cluster.owner_of(&keys::call(&call.id)).unwrap());
+        let (_, ta) = call.token(Role::Offerer);
+        let (_, tb) = call.token(Role::Answerer);
+        let (mut a, _) = Client::join(&r1.url(), &ta, None).await;
+        let (b, _) = Client::join(&r2.url(), &tb, None).await;
+        a.recv_until(|m| matches!(m, ServerMessage::PeerJoined { .. }))
+            .await;
+        pairs.push((a, b));
+    }
+    assert!(owners.len() > 1, "calls on one primary only: {owners:?}");
+    // Every offerer sends its burst at once: relays of all calls queue together.
+    let mut tasks = Vec::new();
+    for (mut a, mut b) in pairs {
+        tasks.push(tokio::spawn(async move {
+            for i in 0..BURST {
+                a.send(&candidate(i)).await;
+            }
+            for i in 0..BURST {
+                let m = b.recv().await;
+                assert_eq!(candidate_index(&m), i, "{m:?}");
+            }
+            // Held past a few lease renewals (one tick script run per slot), still relaying.
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            b.send(&candidate(BURST)).await;
+            let m = a
+                .recv_until(|m| matches!(m, ServerMessage::IceCandidate { .. }))
+                .await;
+            assert_eq!(candidate_index(&m), BURST);
+            (a, b)
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    r1.trigger.cancel();
+    r2.trigger.cancel();
+}
+
+/// Wait (at most 10 s) until the call's shard channel has `n` subscribers on its primary.
+async fn wait_shard_subscribers(cluster: &ClusterSet, call: &CallId, n: usize) {
+    let channel = keys::call_channel(call);
+    let expected = format!("{channel}\r\n:{n}\r\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let numsub = cluster
+            .raw_for_key(&channel, &format!("PUBSUB SHARDNUMSUB {channel}"))
+            .unwrap();
+        if numsub.ends_with(&expected) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "SHARDNUMSUB stuck at {numsub:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_rides_out_the_failover_of_its_shard_with_nothing_lost_or_reordered() {
+    let mut cluster = tokio::task::block_in_place(ClusterSet::start);
+    let url = cluster.url();
+    let r1 = Replica::start(&url, FLAGS).await;
+    let r2 = Replica::start(&url, FLAGS).await;
+    let call = call_on(&cluster);
+    let (_, ta) = call.token(Role::Offerer);
+    let (_, tb) = call.token(Role::Answerer);
+    let far = Instant::now() + Duration::from_secs(30);
+    let (mut wa, _) = join_until_admitted(&r1.url(), &ta, None, far).await;
+    let (wb, _) = join_until_admitted(&r2.url(), &tb, None, far).await;
+    match next_event(&mut wa, Duration::from_secs(5)).await {
+        Some(Event::Message(ServerMessage::PeerJoined { .. })) => {}
+        _ => panic!("the offerer must hear peer-joined"),
+    }
+    // An observer on each replica keeps the call's subscriptions up after the parties hang
+    // up, to check where they are once the failover is over.
+    let mut observers = Vec::new();
+    for r in [&r1, &r2] {
+        let (_, to) = call.token(Role::Observer);
+        let (mut ws, _) = join_until_admitted(&r.url(), &to, None, far).await;
+        // Read on, so the keep-alive pings are answered and the session stays.
+        observers.push(tokio::spawn(async move {
+            while let Some(Ok(_)) = futures_util::StreamExt::next(&mut ws).await {}
+        }));
+    }
+    let owner = assert_sharded(&cluster, &call.id, 2);
+    // The seats and the call record are on the replica too before the kill (what a failover
+    // loses unreplicated is sentinel_failover.rs's subject; the seq epoch covers both).
+    tokio::task::block_in_place(|| cluster.wait_replicated());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready1 = tokio::spawn(watch_readiness(r1.addr, stop.clone()));
+    let sent_a = Arc::new(AtomicUsize::new(0));
+    let no_drop = Arc::new(AtomicBool::new(false));
+    // The answerer loses its connection at the kill and resumes with lastSeq.
+    let drop_b = Arc::new(AtomicBool::new(false));
+    let a = tokio::spawn(run_party(r1.url(), ta, wa, Some(sent_a.clone()), no_drop));
+    let b = tokio::spawn(run_party(r2.url(), tb, wb, None, drop_b.clone()));
+    while sent_a.load(Ordering::SeqCst) < KILL_AT {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let killed_at = cluster.kill_node(owner);
+    drop_b.store(true, Ordering::SeqCst);
+    let record = keys::call(&call.id);
+    let failover = tokio::task::block_in_place(|| {
+        cluster.wait_for_failover(&record, killed_at, Duration::from_secs(30))
+    });
+    let seen_a = a.await.unwrap();
+    let seen_b = b.await.unwrap();
+    wait_ready(r1.addr).await;
+    wait_ready(r2.addr).await;
+    stop.store(true, Ordering::SeqCst);
+    let (down1, up1) = ready1.await.unwrap();
+
+    let (ta_, tb_) = (tally(&seen_a), tally(&seen_b));
+    eprintln!(
+        "cluster failover: promoted {failover:?} after the kill; readyz r1 down {:?} up {:?} (after the kill)",
+        down1.map(|t| t.saturating_duration_since(killed_at)),
+        up1.map(|t| t.saturating_duration_since(killed_at)),
+    );
+    for (name, seen, t) in [("offerer", &seen_a, &ta_), ("answerer", &seen_b, &tb_)] {
+        eprintln!(
+            "{name}: received {} ({} distinct), longest gap received {:?}, longest gap between own relayed messages {:?}, \
+             unavailable (resent) {:?}, resumes {} {:?}, lost {:?}, duplicated {:?}, out of order {}",
+            seen.received.len(),
+            MESSAGES - t.lost.len(),
+            longest_gap(seen),
+            longest_send_gap(seen),
+            seen.unavailable,
+            seen.resumes,
+            seen.resumed_flags,
+            t.lost,
+            t.duplicated,
+            t.out_of_order,
+        );
+    }
+    // Readiness followed the outage (every primary must answer) and the recovery.
+    let down = down1.expect("/readyz answered 503 during the outage");
+    let up = up1.expect("/readyz answered 200 again after the promotion");
+    assert!(down >= killed_at && up > down);
+    assert!(seen_b.resumes >= 1);
+    assert!(seen_b.resumed_flags.iter().all(|r| *r), "{seen_b:?}");
+    for (t, sender) in [(&ta_, &seen_b), (&tb_, &seen_a)] {
+        assert!(t.lost.is_empty(), "lost {:?}", t.lost);
+        assert_eq!(t.out_of_order, 0);
+        for d in &t.duplicated {
+            assert!(
+                sender.unavailable.contains(d),
+                "message {d} delivered twice although its sender was never told unavailable"
+            );
+        }
+    }
+    // Both replicas subscribed again on the promoted replica, and only there.
+    wait_shard_subscribers(&cluster, &call.id, 2).await;
+    let promoted = assert_sharded(&cluster, &call.id, 2);
+    assert_ne!(promoted, owner);
+    for o in &observers {
+        assert!(!o.is_finished(), "an observer's connection closed");
+        o.abort();
+    }
+    r1.trigger.cancel();
+    r2.trigger.cancel();
 }

@@ -6,6 +6,6 @@ if fresh then
   if not was then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
 end
 redis.call('DEL', KEYS[2], KEYS[4], KEYS[5])
-if fresh and ARGV[3] == '1' then redis.call('PUBLISH', KEYS[3], ARGV[2]) end
+if fresh and ARGV[3] == '1' then redis.call(PUBLISH, KEYS[3], ARGV[2]) end
 if fresh then return 1 end
 return 0

@@ -24,7 +24,7 @@ for _, g in ipairs(gone) do
   local p = g[1]
   redis.call('HDEL', KEYS[2], p)
   if g[2] ~= 'observer' then
-    redis.call('PUBLISH', KEYS[3], frame('peer-left', p, 'reason', 'timeout'))
+    redis.call(PUBLISH, KEYS[3], frame('peer-left', p, 'reason', 'timeout'))
   end
 end
 local media_self = ARGV[2] ~= 'observer'
@@ -37,26 +37,26 @@ end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[7])
 if prev == 'live' and prevconn ~= ARGV[3] then
-  redis.call('PUBLISH', KEYS[3], frame('replaced', ARGV[1], 'conn', ARGV[3]))
+  redis.call(PUBLISH, KEYS[3], frame('replaced', ARGV[1], 'conn', ARGV[3]))
 end
 local resumed = 0
 if ARGV[9] ~= '' and (prev == 'live' or prev == 'away') then
   resumed = 1
   if prev == 'away' and media_self then
-    redis.call('PUBLISH', KEYS[3], frame('peer-resumed', ARGV[1]))
+    redis.call(PUBLISH, KEYS[3], frame('peer-resumed', ARGV[1]))
   end
 else
   if media_self then
     if prev == 'live' or prev == 'away' then
       -- A fresh join over a seat this participant still held: the others hear one story,
       -- the old seat left and a new one joined (renegotiate), never a second peer-joined.
-      redis.call('PUBLISH', KEYS[3], frame('peer-left', ARGV[1], 'reason', 'rejoined'))
+      redis.call(PUBLISH, KEYS[3], frame('peer-left', ARGV[1], 'reason', 'rejoined'))
     end
-    redis.call('PUBLISH', KEYS[3], frame('peer-joined', ARGV[1], 'role', ARGV[2]))
+    redis.call(PUBLISH, KEYS[3], frame('peer-joined', ARGV[1], 'role', ARGV[2]))
   end
 end
 -- The seam: presence events a subscriber sees before this one are in the reply's snapshot.
-redis.call('PUBLISH', KEYS[3], frame('seat', ARGV[1], 'conn', ARGV[3]))
+redis.call(PUBLISH, KEYS[3], frame('seat', ARGV[1], 'conn', ARGV[3]))
 local seq = redis.call('GET', KEYS[4]) or '0'
 local after = seq
 if resumed == 1 and tonumber(ARGV[9]) <= tonumber(seq) then after = ARGV[9] end

@@ -76,7 +76,7 @@ local function relay(kpeers, kseq, kchan, klog, a)
     redis.call('PEXPIRE', klog, log_ttl)
     redis.call('XTRIM', klog, 'MAXLEN', '~', cap)
   end
-  redis.call('PUBLISH', kchan, msg)
+  redis.call(PUBLISH, kchan, msg)
   return seq
 end
 local out = {}

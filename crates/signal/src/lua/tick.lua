@@ -40,7 +40,7 @@ local function tick(kcall, kpeers, kchan, kseq, klog, first, count)
         if exp + grace >= now then
           redis.call('HSET', kpeers, p, role .. '|A|' .. string.format('%.0f', exp + grace) .. '|' .. conn_of(v))
           if role ~= 'observer' then
-            redis.call('PUBLISH', kchan, frame('peer-reconnecting', p))
+            redis.call(PUBLISH, kchan, frame('peer-reconnecting', p))
           end
         else
           left = true
@@ -51,7 +51,7 @@ local function tick(kcall, kpeers, kchan, kseq, klog, first, count)
       if left then
         redis.call('HDEL', kpeers, p)
         if role ~= 'observer' then
-          redis.call('PUBLISH', kchan, frame('peer-left', p, 'reason', 'timeout'))
+          redis.call(PUBLISH, kchan, frame('peer-left', p, 'reason', 'timeout'))
         end
       end
     end

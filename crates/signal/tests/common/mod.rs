@@ -2,6 +2,7 @@
 //! `serve`, or as child processes), join tokens, and a WebSocket client.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod failover_party;
 mod two_party;
 // Not every test binary sets up two parties.
 #[allow(unused_imports)]
