@@ -30,6 +30,9 @@ use hermes_testkit::{ChildGuard, RedisServer, free_tcp_port, wait_for_tcp};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
+#[path = "relay/cluster.rs"]
+mod cluster;
+
 const SECRET: &str = "bench-secret-bench-secret-bench-secret-0";
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -1223,6 +1226,12 @@ fn main() {
         eprintln!("paced, bare forwarder across two processes (the architecture's floor)");
         let p_fwd = paced_relay(&f1.url, &f2.url, calls, paced_rounds, interval).await;
         drop((f1, f2));
+        // SIGNAL_BENCH_CLUSTER=0 skips the Redis Cluster tables.
+        let cluster_rows = if env_usize("SIGNAL_BENCH_CLUSTER", 1) > 0 {
+            cluster::rows(calls, rounds, mix_calls, hold).await
+        } else {
+            Vec::new()
+        };
         let load_after = load_average();
         let memory = if idle > 0 {
             eprintln!("idle connections: {idle}");
@@ -1351,6 +1360,7 @@ fn main() {
             )
             .max(1e-9),
         );
+        cluster::print(&cluster_rows, calls, rounds, hold);
         if let Some((before, after, n)) = memory {
             let delta_mib = after.saturating_sub(before) as f64 / 1024.0;
             println!();

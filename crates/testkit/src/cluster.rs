@@ -34,6 +34,8 @@ const PORT_ATTEMPTS: usize = 20;
 
 struct Node {
     port: u16,
+    /// Its cluster-bus port.
+    bus: u16,
     process: ChildGuard,
     /// SIGKILLed by [`ClusterSet::kill_node`].
     killed: bool,
@@ -70,6 +72,41 @@ impl ClusterSet {
         );
         let set = Self { dir, nodes };
         set.wait_until_up(START_TIMEOUT);
+        set
+    }
+
+    /// A cluster of `primaries` primaries and no replicas (any number from one: `redis-cli
+    /// --cluster create` wants three), the slots split evenly with `CLUSTER ADDSLOTSRANGE` and
+    /// the nodes joined with `CLUSTER MEET`. For benchmarks that compare one primary with
+    /// several on the same code path; failover needs [`Self::start`].
+    pub fn start_primaries(primaries: usize) -> Self {
+        assert!(primaries >= 1, "a cluster needs a primary");
+        let dir = tempfile::tempdir().expect("temp dir for the cluster");
+        let nodes: Vec<Node> = (0..primaries).map(|i| spawn_node(dir.path(), i)).collect();
+        let slots = 16_384;
+        for (i, node) in nodes.iter().enumerate() {
+            let (lo, hi) = (i * slots / primaries, (i + 1) * slots / primaries - 1);
+            let reply = raw_command(node.port, &format!("CLUSTER ADDSLOTSRANGE {lo} {hi}"))
+                .expect("CLUSTER ADDSLOTSRANGE");
+            assert_eq!(reply, "+OK\r\n", "CLUSTER ADDSLOTSRANGE on {}", node.port);
+            if i > 0 {
+                let meet = format!("CLUSTER MEET 127.0.0.1 {} {}", nodes[0].port, nodes[0].bus);
+                let reply = raw_command(node.port, &meet).expect("CLUSTER MEET");
+                assert_eq!(reply, "+OK\r\n", "CLUSTER MEET from {}", node.port);
+            }
+        }
+        let set = Self { dir, nodes };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !set.nodes.iter().all(|n| {
+            raw_command(n.port, "CLUSTER INFO").is_ok_and(|info| {
+                info.contains("cluster_state:ok")
+                    && info.contains(&format!("cluster_known_nodes:{primaries}\r\n"))
+                    && info.contains("cluster_slots_assigned:16384")
+            })
+        }) {
+            assert!(Instant::now() < deadline, "the cluster never agreed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         set
     }
 
@@ -321,6 +358,7 @@ fn spawn_node(dir: &Path, index: usize) -> Node {
             Ok(()) => {
                 return Node {
                     port,
+                    bus,
                     process,
                     killed: false,
                     frozen: false,
@@ -335,6 +373,17 @@ fn spawn_node(dir: &Path, index: usize) -> Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One primary or several without replicas: every slot served, keys routed by slot.
+    #[test]
+    fn clusters_of_primaries_only_come_up() {
+        for primaries in [1, 2] {
+            let set = ClusterSet::start_primaries(primaries);
+            assert_eq!(set.primary_ports().len(), primaries);
+            assert_eq!(set.raw_for_key("a", "SET a 1").expect("SET"), "+OK\r\n");
+            assert_eq!(set.raw_for_key("b", "SET b 1").expect("SET"), "+OK\r\n");
+        }
+    }
 
     /// The cluster comes up with three primaries and three replicas, spreads slots over the
     /// primaries, refuses a cross-slot command and accepts one whose keys share a hash tag.
