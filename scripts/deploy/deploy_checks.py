@@ -11,6 +11,10 @@ which check-jsonschema brings). Subcommands:
                      the same depends_on rules, a replica of `redis`, three health-checked
                      sentinels monitoring it, every Hermes service on a redis-sentinel:// URL
                      naming all three sentinels and the monitored service.
+                     deploy/compose/cluster.yml merged over it: six cluster-enabled nodes with a
+                     password for clients and replicas, a one-shot init joining all six with one
+                     replica per primary, every Hermes service on a redis-cluster:// URL naming
+                     three nodes and waiting for the init.
   env RENDERED.yaml  Every variable named in docker-compose.yml, .env.example and the rendered
                      Kubernetes manifests is one the receiving binary accepts (parsed from each
                      binary's `--help`), and every variable a binary accepts is documented in
@@ -29,6 +33,10 @@ which check-jsonschema brings). Subcommands:
                      three sentinels monitoring the service REDIS_URL names, REDIS_URL a
                      redis-sentinel:// URL naming every sentinel pod by its DNS name, the
                      Secret carrying the REDIS_PASSWORD the Redis pods read.
+  k8s-cluster RENDERED.yaml   The Redis Cluster overlay (overlays/cluster): six cluster-enabled
+                     Redis pods keeping nodes.conf on a volume claim, a Job joining them with one
+                     replica per primary, the cluster bus open between the pods only, REDIS_URL a
+                     redis-cluster:// URL naming three pods by DNS name with REDIS_PASSWORD.
   split RENDERED.yaml OUTDIR   One file per document (for kubernetes-validate's messages).
 
 Exit status 0 when everything holds; otherwise every problem is printed and the status is 1.
@@ -305,6 +313,7 @@ def check_compose() -> None:
         fail(f"compose caddy: unexpected environment {sorted(unknown)}")
 
     check_compose_sentinel(compose)
+    check_compose_cluster(compose)
 
 
 def merge_compose(base: dict, override: dict) -> dict:
@@ -378,6 +387,71 @@ def check_compose_sentinel(base: dict) -> None:
         for dep in SENTINELS:
             if dep not in ((services.get(name) or {}).get("depends_on") or {}):
                 fail(f"{where} {name}: does not wait for {dep}")
+
+
+CLUSTER_NODES = tuple(f"redis-{i}" for i in range(1, 7))
+CLUSTER_INIT = "redis-cluster-init"
+
+
+def check_compose_cluster(base: dict) -> None:
+    path = ROOT / "deploy/compose/cluster.yml"
+    if not path.exists():
+        fail("deploy/compose/cluster.yml is missing (the Redis Cluster variant of docker-compose.yml)")
+        return
+    merged = merge_compose(base, yaml.safe_load(path.read_text()))
+    services = merged["services"]
+    where = "compose + cluster.yml"
+    for name, svc in services.items():
+        for dep, spec in (svc.get("depends_on") or {}).items():
+            # The one-shot init is waited for until it exits 0; everything else until healthy.
+            want = "service_completed_successfully" if dep == CLUSTER_INIT else "service_healthy"
+            if dep not in services:
+                fail(f"{where} {name}: depends_on unknown service {dep}")
+            elif (spec or {}).get("condition") != want:
+                fail(f"{where} {name}: depends_on {dep} without condition: {want}")
+            elif want == "service_healthy" and "healthcheck" not in services[dep]:
+                fail(f"{where} {name}: depends on {dep}, which has no healthcheck")
+    ports = {}
+    for name in CLUSTER_NODES:
+        svc = services.get(name)
+        if not svc:
+            fail(f"{where}: cluster node {name} is missing")
+            continue
+        command = " ".join(map(str, svc.get("command") or []))
+        for flag in ("--cluster-enabled yes", "--cluster-config-file /data/", "--requirepass",
+                     "--masterauth"):
+            if flag not in command:
+                fail(f"{where} {name}: command lacks {flag}")
+        if not any(str(v).endswith(":/data") for v in svc.get("volumes") or []):
+            fail(f"{where} {name}: no volume on /data (its nodes.conf, the node's identity)")
+        if not svc.get("read_only"):
+            fail(f"{where} {name}: not read_only")
+        if "healthcheck" not in svc:
+            fail(f"{where} {name}: no healthcheck")
+        for p in svc.get("ports") or []:
+            host, _, target = str(p).rpartition(":")
+            if target == "6379" and host.startswith("127.0.0.1:"):
+                ports[host.split(":")[1]] = name
+    init = services.get(CLUSTER_INIT) or {}
+    script = " ".join(map(str, init.get("entrypoint") or []))
+    if "--cluster create" not in script or "--cluster-replicas 1" not in script:
+        fail(f"{where} {CLUSTER_INIT}: does not run redis-cli --cluster create --cluster-replicas 1")
+    if not all(n.removeprefix("redis-") in script for n in CLUSTER_NODES):
+        fail(f"{where} {CLUSTER_INIT}: does not name every node")
+    for dep in CLUSTER_NODES:
+        if dep not in (init.get("depends_on") or {}):
+            fail(f"{where} {CLUSTER_INIT}: does not wait for {dep}")
+    for name in ("api", "signal", "logger", "turn-relay"):
+        url = compose_env(services.get(name) or {}).get("REDIS_URL") or ""
+        if not url.startswith("redis-cluster://"):
+            fail(f"{where} {name}: REDIS_URL is not a redis-cluster:// URL")
+            continue
+        hosts = re.findall(r"(?:@|node=)([^:?&/]+):(\d+)", url)
+        named = {ports.get(p) if h == "127.0.0.1" else (h if p == "6379" else None) for h, p in hosts}
+        if None in named or not named <= set(CLUSTER_NODES) or len(named) < 3:
+            fail(f"{where} {name}: REDIS_URL must name three cluster nodes (names, or their loopback ports), got {hosts}")
+        if CLUSTER_INIT not in ((services.get(name) or {}).get("depends_on") or {}):
+            fail(f"{where} {name}: does not wait for {CLUSTER_INIT}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -682,6 +756,59 @@ def check_k8s_sentinel(rendered: Path) -> None:
         fail("k8s-sentinel: REDIS_URL's password is not REDIS_PASSWORD")
 
 
+def check_k8s_cluster(rendered: Path) -> None:
+    import base64
+    from urllib.parse import parse_qs, urlsplit
+
+    docs = load_yaml_docs(rendered)
+    by = {(d.get("kind"), d["metadata"]["name"]): d for d in docs}
+    redis = by.get(("StatefulSet", "hermes-redis"))
+    if not redis or redis["spec"].get("replicas", 1) != 6:
+        fail("k8s-cluster: StatefulSet hermes-redis with 6 replicas (3 primaries, 3 replicas) missing")
+        return
+    if redis["spec"].get("podManagementPolicy") != "Parallel":
+        fail("k8s-cluster: hermes-redis must start its pods in parallel (the init Job waits for all)")
+    container = redis["spec"]["template"]["spec"]["containers"][0]
+    script = " ".join(map(str, (container.get("command") or []) + (container.get("args") or [])))
+    for flag in ("--cluster-enabled yes", "--cluster-config-file /data/", "--requirepass",
+                 "--masterauth", "--cluster-announce-hostname"):
+        if flag not in script:
+            fail(f"k8s-cluster: the Redis pods' command lacks {flag}")
+    claims = {c["metadata"]["name"] for c in redis["spec"].get("volumeClaimTemplates") or []}
+    mounts = {m["name"] for m in container.get("volumeMounts") or [] if m.get("mountPath") == "/data"}
+    if not mounts & claims:
+        fail("k8s-cluster: /data (nodes.conf, a node's identity) is not on a volume claim")
+    job = by.get(("Job", "hermes-redis-cluster-init"))
+    init = " ".join(" ".join(map(str, c.get("args") or []))
+                    for c in (job or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers", []))
+    if "--cluster create" not in init or "--cluster-replicas 1" not in init:
+        fail("k8s-cluster: no Job hermes-redis-cluster-init running redis-cli --cluster create --cluster-replicas 1")
+    policy = by.get(("NetworkPolicy", "hermes-redis-allow-hermes"))
+    bus = [r for r in (policy or {}).get("spec", {}).get("ingress", [])
+           if any(p.get("port") == 16379 for p in r.get("ports") or [])]
+    if not bus or any("ipBlock" in f or "hermes-redis" != (f.get("podSelector") or {}).get("matchLabels", {}).get("app.kubernetes.io/name")
+                      for r in bus for f in r.get("from") or [{}]):
+        fail("k8s-cluster: the cluster bus (16379) must be open to the Redis pods only")
+    secrets = [d for d in docs if d.get("kind") == "Secret" and d["metadata"]["name"].startswith("hermes-secrets")]
+    if not secrets:
+        fail("k8s-cluster: no hermes-secrets Secret")
+        return
+    data = {k: base64.b64decode(v).decode() for k, v in (secrets[0].get("data") or {}).items()}
+    data.update(secrets[0].get("stringData") or {})
+    if "REDIS_PASSWORD" not in data:
+        fail("k8s-cluster: hermes-secrets has no REDIS_PASSWORD (the Redis pods read it)")
+    parts = urlsplit(data.get("REDIS_URL", ""))
+    if parts.scheme != "redis-cluster":
+        fail(f"k8s-cluster: REDIS_URL is not a redis-cluster:// URL ({parts.scheme}://)")
+        return
+    hosts = {f"{parts.hostname}:{parts.port}"} | set(parse_qs(parts.query).get("node", []))
+    pods = {f"hermes-redis-{i}.{redis['spec']['serviceName']}:6379" for i in range(6)}
+    if len(hosts) < 3 or not hosts <= pods:
+        fail(f"k8s-cluster: REDIS_URL names {sorted(hosts)}, not three of the pods {sorted(pods)}")
+    if "REDIS_PASSWORD" in data and parts.password != data["REDIS_PASSWORD"]:
+        fail("k8s-cluster: REDIS_URL's password is not REDIS_PASSWORD")
+
+
 def split(rendered: Path, outdir: Path) -> None:
     outdir.mkdir(parents=True, exist_ok=True)
     for i, d in enumerate(load_yaml_docs(rendered)):
@@ -702,6 +829,8 @@ def main(argv: list[str]) -> int:
         check_k8s(Path(argv[1]))
     elif cmd == "k8s-sentinel" and len(argv) == 2:
         check_k8s_sentinel(Path(argv[1]))
+    elif cmd == "k8s-cluster" and len(argv) == 2:
+        check_k8s_cluster(Path(argv[1]))
     elif cmd == "k8s-drift" and len(argv) == 2:
         check_k8s_drift(Path(argv[1]))
     elif cmd == "split" and len(argv) == 3:

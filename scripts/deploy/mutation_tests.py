@@ -70,7 +70,7 @@ def find(docs, kind, name):
     return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
 
 
-def main(rendered: Path, sentinel: Path | None = None) -> int:
+def main(rendered: Path, sentinel: Path | None = None, cluster: Path | None = None) -> int:
     compose = lambda root: dc.check_compose()  # noqa: E731
     env = lambda root: dc.check_env(root / "rendered.yaml")  # noqa: E731
     k8s = lambda root: dc.check_k8s(root / "rendered.yaml")  # noqa: E731
@@ -107,6 +107,18 @@ def main(rendered: Path, sentinel: Path | None = None) -> int:
         compose)
     run("compose sentinel: a sentinel without health check", "which has no healthcheck",
         edit_sentinel(lambda d: d["services"]["sentinel-2"].pop("healthcheck")), compose)
+    def edit_cluster(fn):
+        def mutate(root: Path) -> None:
+            p = root / "deploy/compose/cluster.yml"
+            doc = yaml.safe_load(p.read_text())
+            fn(doc)
+            p.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return mutate
+    run("compose cluster: a node without masterauth", "command lacks --masterauth",
+        edit_cluster(lambda d: d["services"]["redis-4"].update(
+            command=[c for c in d["services"]["redis-4"]["command"] if c != "--masterauth"])), compose)
+    run("compose cluster: signal starts before the cluster is formed", "does not wait for redis-cluster-init",
+        edit_cluster(lambda d: d["services"]["signal"].pop("depends_on")), compose)
     run("compose build arg default differs from the Dockerfile", "does not default to the Dockerfile's",
         edit_compose(lambda d: d["services"]["api"]["build"].update(
             args={"RUNTIME_BASE_IMAGE": "${RUNTIME_BASE_IMAGE:-gcr.io/distroless/cc-debian12:latest}"})), compose)
@@ -181,6 +193,20 @@ def main(rendered: Path, sentinel: Path | None = None) -> int:
             edit_rendered(sentinel, lambda docs: find(docs, "StatefulSet", "hermes-sentinel")["spec"].pop(
                 "podManagementPolicy")), sentinel_check)
 
+    if cluster is not None:
+        cluster_check = lambda root: dc.check_k8s_cluster(root / "rendered.yaml")  # noqa: E731
+
+        def open_the_bus(docs):
+            policy = find(docs, "NetworkPolicy", "hermes-redis-allow-hermes")
+            for rule in policy["spec"]["ingress"]:
+                if any(p.get("port") == 16379 for p in rule.get("ports") or []):
+                    rule["from"].append({"ipBlock": {"cidr": "0.0.0.0/0"}})
+        run("k8s cluster: nodes.conf on an emptyDir", "is not on a volume claim",
+            edit_rendered(cluster, lambda docs: find(docs, "StatefulSet", "hermes-redis")["spec"].pop(
+                "volumeClaimTemplates")), cluster_check)
+        run("k8s cluster: the cluster bus open to everyone", "open to the Redis pods only",
+            edit_rendered(cluster, open_the_bus), cluster_check)
+
     failed = [r for r in results if not r[1]]
     for name, hit, detail in results:
         print(f"{'ok  ' if hit else 'FAIL'} mutation caught: {name}" + ("" if hit else f" -- got: {detail}"))
@@ -189,4 +215,5 @@ def main(rendered: Path, sentinel: Path | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None))
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None,
+                  Path(sys.argv[3]) if len(sys.argv) > 3 else None))

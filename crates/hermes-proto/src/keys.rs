@@ -14,7 +14,7 @@
 //! | `call:{<callId>}:log` | capped stream of the call's relayed messages (entry id `seq-1`; fields `f` sender, `m` message), read by a resuming participant | signal | renewed by live connections |
 //! | `call:{<callId>}:acks` | hash: participantId → highest `seq` acknowledged (trims the log) | signal | call TTL |
 //! | `call:{<callId>}:inbox:<participantId>` | per-participant stream of messages, before issue 23 (no longer written) | — | — |
-//! | `call:{<callId>}:events` | pub/sub channel of the call (same slot: sharded pub/sub ready) | api, signal | — |
+//! | `call:{<callId>}:events` | pub/sub channel of the call (same slot: sharded, `SPUBLISH`/`SSUBSCRIBE`, on a cluster) | api, signal | — |
 //! | `otc:<code>` | string: callId, or `callId|offerer` for a code that hands out the offerer's seat | api | 15 min, deleted on use |
 //! | `rl:ip:<ip>:<bucket>` | counter | api | window |
 //! | `rl:code:<hash>` | counter | api | window |
