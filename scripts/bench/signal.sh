@@ -4,7 +4,8 @@
 # connections. Loopback only; bounded. Knobs: SIGNAL_BENCH_CALLS (1000), SIGNAL_BENCH_ROUNDS
 # (20), SIGNAL_BENCH_PACED_ROUNDS (25), SIGNAL_BENCH_INTERVAL_MS (default: half the measured
 # cross-replica capacity), SIGNAL_BENCH_MIX_CALLS (= CALLS), SIGNAL_BENCH_HOLD_SECS (30),
-# SIGNAL_BENCH_IDLE (10000; 0 skips), SIGNAL_BENCH_BIN (another hermes-signal build to compare).
+# SIGNAL_BENCH_IDLE (10000; 0 skips), SIGNAL_BENCH_BIN (another hermes-signal build to compare),
+# SIGNAL_BENCH_CLUSTER (1; 0 skips the Redis Cluster tables: 1 vs 3 primaries, capacity).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # 10 000 idle client sockets in the bench process and as many in the replica.
