@@ -85,6 +85,11 @@ impl ClusterSet {
         let nodes: Vec<Node> = (0..primaries).map(|i| spawn_node(dir.path(), i)).collect();
         let slots = 16_384;
         for (i, node) in nodes.iter().enumerate() {
+            // A node learns its own address only from a peer's MEET; a lone primary would
+            // answer CLUSTER SLOTS with an empty one, which no client can connect to.
+            let announce = raw_command(node.port, "CONFIG SET cluster-announce-ip 127.0.0.1")
+                .expect("CONFIG SET cluster-announce-ip");
+            assert_eq!(announce, "+OK\r\n", "cluster-announce-ip on {}", node.port);
             let (lo, hi) = (i * slots / primaries, (i + 1) * slots / primaries - 1);
             let reply = raw_command(node.port, &format!("CLUSTER ADDSLOTSRANGE {lo} {hi}"))
                 .expect("CLUSTER ADDSLOTSRANGE");
@@ -382,6 +387,11 @@ mod tests {
             assert_eq!(set.primary_ports().len(), primaries);
             assert_eq!(set.raw_for_key("a", "SET a 1").expect("SET"), "+OK\r\n");
             assert_eq!(set.raw_for_key("b", "SET b 1").expect("SET"), "+OK\r\n");
+            // Every node answers CLUSTER SLOTS with an address a client can connect to.
+            let slots = set
+                .raw(set.ports()[0], "CLUSTER SLOTS")
+                .expect("CLUSTER SLOTS");
+            assert_eq!(slots.matches("127.0.0.1").count(), primaries, "{slots:?}");
         }
     }
 
