@@ -702,7 +702,7 @@ impl Hub {
         let in_flight = if spread.is_some() { 1 } else { 4 };
         // Batches of up to TICK_BATCH calls (of one slot each on a cluster).
         let mut batches: Vec<Vec<CallSnapshot>> = Vec::new();
-        for group in by_slot(calls, self.fanout, |snap| snap.call.as_str()) {
+        for group in by_slot(calls, self.client.is_clustered(), |snap| snap.call.as_str()) {
             let mut group = group.into_iter().peekable();
             while group.peek().is_some() {
                 batches.push(group.by_ref().take(TICK_BATCH).collect());
@@ -902,28 +902,10 @@ struct RelayQueue {
 }
 
 impl RelayQueue {
-    /// The next batch, oldest first. On a cluster a script's keys must share one slot, so a
-    /// batch there holds only the oldest relay's slot (calls of other slots wait for the next).
-    fn take_batch(&mut self, clustered: bool) -> Vec<RelayJob> {
-        if !clustered {
-            let n = self.waiting.len().min(RELAY_BATCH);
-            return self.waiting.drain(..n).collect();
-        }
-        let slot = |job: &RelayJob| fred::util::redis_keyslot(job.keys[0].as_bytes());
-        let Some(first) = self.waiting.pop_front() else {
-            return Vec::new();
-        };
-        let wanted = slot(&first);
-        let mut batch = vec![first];
-        let mut i = 0;
-        while i < self.waiting.len() && batch.len() < RELAY_BATCH {
-            if slot(&self.waiting[i]) == wanted {
-                batch.extend(self.waiting.remove(i));
-            } else {
-                i += 1;
-            }
-        }
-        batch
+    /// The next batch, oldest first ([`RelayRunner::run`] splits it by slot on a cluster).
+    fn take_batch(&mut self) -> Vec<RelayJob> {
+        let n = self.waiting.len().min(RELAY_BATCH);
+        self.waiting.drain(..n).collect()
     }
 }
 
@@ -954,7 +936,7 @@ impl Drop for RelaySlot {
                 queue.in_flight -= 1;
                 return;
             }
-            queue.take_batch(runner.client.is_clustered())
+            queue.take_batch()
         };
         let runner = runner.clone();
         tokio::spawn(async move {
@@ -982,7 +964,7 @@ impl RelayRunner {
                 return;
             }
             queue.in_flight += 1;
-            queue.take_batch(self.client.is_clustered())
+            queue.take_batch()
         };
         let slot = RelaySlot(self.clone());
         self.run(batch).await;
@@ -990,7 +972,17 @@ impl RelayRunner {
     }
 
     /// One script run over `batch`; every relay of it gets its answer.
+    /// On a cluster a script's keys must share one slot, and two calls rarely share one: the
+    /// batch goes as one script run per slot, all at once (one run per slot in turn held a
+    /// cluster to two relays in flight: measured, 0.7x the messages/s of one run per slot at
+    /// once, and 1.6x the Redis CPU per message).
     async fn run(&self, batch: Vec<RelayJob>) {
+        let groups = by_slot(batch, self.client.is_clustered(), |job| &job.keys[0]);
+        futures_util::future::join_all(groups.into_iter().map(|group| self.run_slot(group))).await;
+    }
+
+    /// One script run over relays of one slot; every relay of it gets its answer.
+    async fn run_slot(&self, batch: Vec<RelayJob>) {
         let mut keys = Vec::with_capacity(4 * batch.len());
         let mut args: Vec<String> = Vec::with_capacity(5 + 6 * batch.len());
         args.extend(self.common.iter().cloned());
@@ -1036,11 +1028,11 @@ impl RelayRunner {
     }
 }
 
-/// Calls as the lease tick batches them: all together on a single Redis, split by the cluster
-/// slot of each item's key on a cluster (a script there may touch one slot only; one call's
-/// keys share its slot), groups in the order of their first item and items in their order.
-fn by_slot<T>(batch: Vec<T>, fanout: Fanout, key: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
-    if fanout == Fanout::Classic {
+/// Relays or calls as one script run takes them: all together on a single Redis, split by the
+/// cluster slot of each item's key on a cluster (a script there may touch one slot only; one
+/// call's keys share its slot), groups in the order of their first item, items in their order.
+fn by_slot<T>(batch: Vec<T>, clustered: bool, key: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
+    if !clustered {
         return vec![batch];
     }
     let mut groups: Vec<(u16, Vec<T>)> = Vec::new();
@@ -1066,9 +1058,9 @@ mod tests {
     fn batches_split_by_slot_only_on_a_cluster() {
         // `{a}` and `{b}` hash to different slots (15495 and 3300: `CLUSTER KEYSLOT`).
         let batch = ["x{a}:1", "y{b}:1", "x{a}:2", "z{a}", "y{b}:2"];
-        let classic = by_slot(batch.to_vec(), Fanout::Classic, |k| k);
+        let classic = by_slot(batch.to_vec(), false, |k| k);
         assert_eq!(classic, vec![batch.to_vec()]);
-        let sharded = by_slot(batch.to_vec(), Fanout::Sharded, |k| k);
+        let sharded = by_slot(batch.to_vec(), true, |k| k);
         assert_eq!(
             sharded,
             vec![vec!["x{a}:1", "x{a}:2", "z{a}"], vec!["y{b}:1", "y{b}:2"]]
@@ -1185,35 +1177,33 @@ mod tests {
     }
 
     #[test]
-    fn relay_batches_are_oldest_first_and_one_slot_each_on_a_cluster() {
+    fn relay_batches_are_oldest_first_and_split_by_slot_on_a_cluster() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         let calls: Vec<CallId> = (0..40).map(|_| CallId::random(&mut rng)).collect();
-        let slot = |c: &CallId| fred::util::redis_keyslot(keys::call_peers(c).as_bytes());
         let mut queue = RelayQueue::default();
         queue.waiting.extend(calls.iter().map(job));
-        // Plain Redis: the oldest ones, at most RELAY_BATCH of them.
-        let batch = queue.take_batch(false);
+        // The oldest ones, at most RELAY_BATCH of them.
+        let batch = queue.take_batch();
         assert_eq!(batch.len(), RELAY_BATCH);
         assert_eq!(batch[0].keys[0], keys::call_peers(&calls[0]));
         assert_eq!(batch[31].keys[0], keys::call_peers(&calls[31]));
         assert_eq!(queue.waiting.len(), 8);
-        // A cluster: the oldest relay and the later ones of its slot, in order.
-        let mut queue = RelayQueue::default();
+        // A cluster: one script run per slot, each call's relays in their order.
         let same = calls[3].clone();
-        for c in [&calls[0], &same, &calls[1], &same, &calls[2]] {
-            queue.waiting.push_back(job(c));
-        }
-        queue.waiting.push_front(job(&same));
-        let batch = queue.take_batch(true);
-        assert_eq!(batch.len(), 3);
-        assert!(batch.iter().all(|j| j.keys[0] == keys::call_peers(&same)));
-        let rest: Vec<u16> = queue
-            .waiting
-            .iter()
-            .map(|j| fred::util::redis_keyslot(j.keys[0].as_bytes()))
+        let batch: Vec<RelayJob> = [&same, &calls[0], &same, &calls[1], &same]
+            .into_iter()
+            .map(job)
             .collect();
-        assert_eq!(rest, [slot(&calls[0]), slot(&calls[1]), slot(&calls[2])]);
-        assert!(RelayQueue::default().take_batch(true).is_empty());
+        let groups = by_slot(batch, true, |j| &j.keys[0]);
+        let firsts: Vec<&str> = groups.iter().map(|g| g[0].keys[0].as_str()).collect();
+        let (a, b, c) = (
+            keys::call_peers(&same),
+            keys::call_peers(&calls[0]),
+            keys::call_peers(&calls[1]),
+        );
+        assert_eq!(firsts, [a.as_str(), b.as_str(), c.as_str()]);
+        assert_eq!(groups[0].len(), 3);
+        assert!(RelayQueue::default().take_batch().is_empty());
     }
 
     #[test]
