@@ -135,7 +135,7 @@ pub struct Config {
 
     /// Whether a consumed one-time code waits for a Redis replica to hold the delete before
     /// the token goes out (`WAIT 1`), so a failover cannot bring the code back: `auto` =
-    /// `best-effort` on a `redis-sentinel://` URL, `off` otherwise; `best-effort` answers anyway
+    /// `best-effort` on a `redis-sentinel://` or `redis-cluster://` URL, `off` otherwise; `best-effort` answers anyway
     /// when no replica acknowledges in time (available; the code may revive if the primary dies
     /// in that window); `required` answers 503 then (durable; resolves fail while no replica
     /// is connected, e.g. right after a failover with a single replica). See docs/operations.md.
@@ -165,8 +165,6 @@ pub enum ConfigError {
     Origin(String),
     #[error("REDIS_REPLICA_ACK_TIMEOUT_MS must be between 1 and {max}", max = MAX_ACK_TIMEOUT.as_millis())]
     AckTimeout,
-    #[error("REDIS_REPLICA_ACK={0:?} is not supported on redis-cluster:// (use auto or off)")]
-    AckOnCluster(ReplicaAck),
 }
 
 /// Validated configuration the service runs with.
@@ -253,13 +251,6 @@ impl Config {
         let replica_ack = self
             .redis_replica_ack
             .policy(&self.common.redis_url, ack_timeout);
-        // A WAIT must reach the node that took the write; the cluster client routes a keyless
-        // WAIT anywhere (docs/operations.md, "Redis Cluster").
-        if replica_ack != AckPolicy::Off
-            && hermes_service::redis::is_cluster_url(&self.common.redis_url)
-        {
-            return Err(ConfigError::AckOnCluster(self.redis_replica_ack));
-        }
         let resolve_window = Duration::from_secs(self.resolve_window_secs);
         Ok(Settings {
             replica_ack,
@@ -338,7 +329,7 @@ mod tests {
     }
 
     #[test]
-    fn replica_ack_defaults_to_best_effort_under_sentinel_and_checks_its_timeout() {
+    fn replica_ack_defaults_to_best_effort_under_sentinel_or_on_a_cluster_and_checks_its_timeout() {
         let sentinel = "redis-sentinel://s1:26379?sentinelServiceName=hermes";
         let s = parse(&["--redis-url", sentinel]).validate().expect("valid");
         assert_eq!(
@@ -359,9 +350,17 @@ mod tests {
         );
         let cluster = "redis-cluster://127.0.0.1:7000";
         let s = parse(&["--redis-url", cluster]).validate().expect("valid");
-        assert_eq!(s.replica_ack, AckPolicy::Off);
-        let err = parse(&["--redis-url", cluster, "--redis-replica-ack", "required"]).validate();
-        assert!(matches!(err, Err(ConfigError::AckOnCluster(_))));
+        assert_eq!(
+            s.replica_ack,
+            AckPolicy::BestEffort(Duration::from_millis(250))
+        );
+        let s = parse(&["--redis-url", cluster, "--redis-replica-ack", "required"])
+            .validate()
+            .expect("valid");
+        assert_eq!(
+            s.replica_ack,
+            AckPolicy::Required(Duration::from_millis(250))
+        );
         for bad in ["0", "1501"] {
             let err = parse(&["--redis-replica-ack-timeout-ms", bad]).validate();
             assert!(matches!(err, Err(ConfigError::AckTimeout)), "{bad}");

@@ -222,6 +222,15 @@ async fn a_call_survives_the_failover_of_its_primary() {
          {:?} after it ({unavailable} joins answered 503 first)",
         killed_at.elapsed()
     );
+    // The resolve waits for a replica (`REDIS_REPLICA_ACK=auto`) on a connection of its own,
+    // which follows the failover on its own reconnect schedule; `/readyz` covers it too.
+    while api.send(api.http.get(api.url("/readyz"))).await.status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never 200 after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let resolved = api.resolve(&created.code).await;
     assert_eq!(resolved.status, 200, "{:?}", resolved.body);
     assert_eq!(
@@ -333,4 +342,117 @@ async fn readyz_fails_while_a_primary_hangs() {
         frozen_at.elapsed()
     );
     api.stop().await;
+}
+
+/// `EXISTS key` read on the replica on `port` (READONLY first: a cluster replica otherwise
+/// redirects every key to its primary); the harness's own connection, not the client under test.
+fn exists_on_replica(port: u16, key: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    stream
+        .write_all(format!("READONLY\r\nEXISTS {key}\r\n").as_bytes())
+        .unwrap();
+    let mut reply = String::new();
+    let mut buf = [0u8; 256];
+    while reply.matches("\r\n").count() < 2 {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "replica closed the connection: {reply:?}");
+        reply.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let (readonly, exists) = reply.split_once("\r\n").unwrap();
+    assert_eq!(readonly, "+OK", "{reply:?}");
+    exists
+        .trim()
+        .strip_prefix(':')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("EXISTS answered {reply:?}"))
+}
+
+/// `REDIS_REPLICA_ACK` on a cluster: the resolve's script and its `WAIT 1` go on one
+/// connection to the primary owning the code's slot. With the replicas up, a `required`
+/// resolve answers 200 once that primary's replica holds the delete (read on the replica
+/// right after the answer). With that replica frozen, `required` answers 503 after the
+/// timeout and puts the code back, and `best-effort` answers 200 after it. (A WAIT sent to
+/// another node, or on another connection, would count a replica at once and answer 200.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumed_code_waits_for_the_replica_of_its_primary() {
+    let mut cluster = tokio::task::block_in_place(ClusterSet::start);
+    let required = api_on(
+        &cluster,
+        &[
+            "--redis-replica-ack",
+            "required",
+            "--redis-replica-ack-timeout-ms",
+            "1000",
+        ],
+    )
+    .await;
+    let best_effort = api_on(
+        &cluster,
+        &[
+            "--redis-replica-ack",
+            "best-effort",
+            "--redis-replica-ack-timeout-ms",
+            "300",
+        ],
+    )
+    .await;
+    let missing = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("hermes_api_replica_ack_missing_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .expect("hermes_api_replica_ack_missing on /metrics")
+    };
+
+    // (a) Replicas up: the replica holds the delete when the answer goes out.
+    let created: CreateCallResponse = parse(&required.create().await.body);
+    let code_key = format!("otc:{}", created.code);
+    let owner = cluster.owner_of(&code_key).unwrap();
+    let replica = cluster.replica_of(owner).expect("the owner has a replica");
+    tokio::task::block_in_place(|| cluster.wait_replicated());
+    assert_eq!(exists_on_replica(replica, &code_key), 1);
+    let resolved = required.resolve(&created.code).await;
+    assert_eq!(resolved.status, 200, "{:?}", resolved.body);
+    assert_eq!(
+        exists_on_replica(replica, &code_key),
+        0,
+        "answered before the replica held the delete"
+    );
+    assert_eq!(missing(&required.metrics().await), 0.0);
+
+    // (b) The owner's replica frozen: no acknowledgement can come.
+    let created: CreateCallResponse = parse(&required.create().await.body);
+    let code_key = format!("otc:{}", created.code);
+    let owner = cluster.owner_of(&code_key).unwrap();
+    let replica = cluster.replica_of(owner).expect("the owner has a replica");
+    tokio::task::block_in_place(|| cluster.wait_replicated());
+    cluster.freeze_node(replica);
+
+    let started = std::time::Instant::now();
+    let refused = required.resolve(&created.code).await;
+    let took = started.elapsed();
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert!(took >= Duration::from_millis(1000), "503 after {took:?}");
+    assert!(took < Duration::from_secs(3), "503 only after {took:?}");
+    assert_eq!(missing(&required.metrics().await), 1.0);
+    let kept = cluster.raw(owner, &format!("EXISTS {code_key}")).unwrap();
+    assert_eq!(kept.trim(), ":1", "the refused code was not put back");
+
+    let started = std::time::Instant::now();
+    let answered = best_effort.resolve(&created.code).await;
+    let took = started.elapsed();
+    assert_eq!(answered.status, 200, "{:?}", answered.body);
+    assert!(took >= Duration::from_millis(300), "200 after {took:?}");
+    assert_eq!(missing(&best_effort.metrics().await), 1.0);
+    eprintln!("cluster, replica frozen: required 503, best-effort 200 after {took:?}");
+    assert_eq!(
+        required.resolve(&created.code).await.status,
+        404,
+        "single use"
+    );
+    required.stop().await;
+    best_effort.stop().await;
 }

@@ -8,15 +8,17 @@
 //! [`Script`] runs a Lua script by SHA (EVALSHA) and loads it (SCRIPT LOAD) only when Redis
 //! answers NOSCRIPT: on first use, or after a Redis restart emptied the script cache.
 //!
-//! [`ReplicaAck`] is the policy for writes that must survive a Sentinel failover (a consumed
-//! one-time code): [`Script::run_then_wait`] follows the script with `WAIT 1 <ms>` on the same
-//! connection, so the answer only goes out once a replica holds the write.
+//! [`ReplicaAck`] is the policy for writes that must survive a failover (a consumed one-time
+//! code), under Sentinel or on a cluster: [`Script::run_then_wait`] follows the script with
+//! `WAIT 1 <ms>` on the same connection (on a cluster: the one to the primary of the key's
+//! slot), so the answer only goes out once a replica holds the write.
 
 use std::time::Duration;
 
-use fred::clients::SubscriberClient;
+use fred::clients::{Pipeline, SubscriberClient, WithOptions};
 use fred::interfaces::ClusterInterface;
 use fred::prelude::*;
+use fred::types::cluster::ClusterRouting;
 use fred::types::{ClusterHash, CustomCommand, FromValue};
 use sha1::{Digest, Sha1};
 
@@ -142,8 +144,8 @@ async fn every_primary_answers(client: &Client) -> bool {
 /// (`REDIS_REPLICA_ACK`; see docs/operations.md, "What a failover can lose").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum ReplicaAck {
-    /// `best-effort` on a `redis-sentinel://` URL (a replica exists to fail over to), `off`
-    /// otherwise (a single Redis has no replica to wait for).
+    /// `best-effort` on a `redis-sentinel://` or `redis-cluster://` URL (a replica exists to
+    /// fail over to), `off` otherwise (a single Redis has no replica to wait for).
     #[default]
     Auto,
     /// Answer as soon as the primary has the write.
@@ -171,7 +173,9 @@ impl ReplicaAck {
     /// The policy for a service connected to `redis_url`, waiting up to `timeout`.
     pub fn policy(self, redis_url: &str, timeout: Duration) -> AckPolicy {
         match self {
-            ReplicaAck::Auto if is_sentinel_url(redis_url) => AckPolicy::BestEffort(timeout),
+            ReplicaAck::Auto if is_sentinel_url(redis_url) || is_cluster_url(redis_url) => {
+                AckPolicy::BestEffort(timeout)
+            }
             ReplicaAck::Auto | ReplicaAck::Off => AckPolicy::Off,
             ReplicaAck::BestEffort => AckPolicy::BestEffort(timeout),
             ReplicaAck::Required => AckPolicy::Required(timeout),
@@ -274,6 +278,13 @@ impl Script {
     /// so the WAIT counts this script's writes). Returns the reply and how many replicas
     /// acknowledged. Run it on a client of its own ([`twin_without_resends`]): a WAIT holds
     /// every later command of its connection until it answers.
+    ///
+    /// On a cluster both commands are pinned to the primary that owns the first key's slot
+    /// (in the client's routing table): the cluster client keeps one connection per node, so
+    /// the WAIT follows the script on that connection (a keyless WAIT would go to any node).
+    /// A WAIT that fails after the script ran (the slot moved in a failover, and the old
+    /// primary, now a replica, refuses WAIT) counts as no acknowledgement, so the caller's
+    /// policy decides, as for a timeout; the client's routing follows the move on its own.
     pub async fn run_then_wait<R: FromValue>(
         &self,
         client: &Client,
@@ -286,18 +297,26 @@ impl Script {
         let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
         let mut loaded = false;
         loop {
-            let pipeline = client.pipeline();
+            let pipeline = Pipeline::from(pinned_to_owner(client, keys.first())?);
             // fred's pipeline has no EVALSHA of its own; hashed on the first key (offset 2:
             // after the SHA and the key count) so a cluster client routes it by its keys.
-            let mut evalsha = Vec::with_capacity(2 + keys.len() + args.len());
-            evalsha.push(Value::from(self.sha.as_str()));
-            evalsha.push(Value::from(keys.len() as i64));
-            evalsha.extend(keys.iter().map(|k| Value::from(k.clone())));
-            evalsha.extend(args.iter().cloned());
+            // After a NOSCRIPT on a cluster, EVAL (on the pinned node; SCRIPT LOAD would go
+            // to any node) caches the script there.
+            let eval_source = loaded && client.is_clustered();
+            let mut eval = Vec::with_capacity(2 + keys.len() + args.len());
+            eval.push(Value::from(if eval_source {
+                self.lua
+            } else {
+                self.sha.as_str()
+            }));
+            eval.push(Value::from(keys.len() as i64));
+            eval.extend(keys.iter().map(|k| Value::from(k.clone())));
+            eval.extend(args.iter().cloned());
+            let name = if eval_source { "EVAL" } else { "EVALSHA" };
             let _: () = pipeline
                 .custom(
-                    CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false),
-                    evalsha,
+                    CustomCommand::new_static(name, ClusterHash::Offset(2), false),
+                    eval,
                 )
                 .await?;
             let _: () = pipeline.wait(1, timeout_ms).await?;
@@ -307,14 +326,23 @@ impl Script {
             };
             match reply {
                 Err(e) if !loaded && e.details().starts_with("NOSCRIPT") => {
-                    let _: String = client.script_load(self.lua).await?;
+                    if !client.is_clustered() {
+                        let _: String = client.script_load(self.lua).await?;
+                    }
                     loaded = true;
                 }
                 Err(e) => return Err(e),
                 Ok(reply) => {
-                    let acked = acked?
-                        .as_u64()
-                        .ok_or_else(|| Error::new(ErrorKind::Parse, "WAIT answered no count"))?;
+                    let acked = match acked {
+                        Ok(acked) => acked.as_u64().ok_or_else(|| {
+                            Error::new(ErrorKind::Parse, "WAIT answered no count")
+                        })?,
+                        Err(e) if client.is_clustered() => {
+                            tracing::warn!("WAIT after a durable write failed: {e}");
+                            0
+                        }
+                        Err(e) => return Err(e),
+                    };
                     return Ok((reply.convert()?, acked));
                 }
             }
@@ -322,12 +350,27 @@ impl Script {
     }
 }
 
+/// `client` with every command pinned to the primary that owns `key`'s slot on a cluster
+/// (from the client's cached routing table); `client` as it is otherwise.
+fn pinned_to_owner(client: &Client, key: Option<&Key>) -> Result<WithOptions<Client>, Error> {
+    if !client.is_clustered() {
+        return Ok(client.with_options(&Options::default()));
+    }
+    let key = key.ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "no key to route by"))?;
+    let slot = ClusterRouting::hash_key(key.as_bytes());
+    let owner = client
+        .cached_cluster_state()
+        .and_then(|routing| routing.get_server(slot).cloned())
+        .ok_or_else(|| Error::new(ErrorKind::Cluster, "no primary known for the key's slot"))?;
+    Ok(client.with_cluster_node(owner))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn replica_ack_auto_waits_only_under_sentinel() {
+    fn replica_ack_auto_waits_only_under_sentinel_or_on_a_cluster() {
         let t = Duration::from_millis(250);
         let sentinel = "redis-sentinel://s1:26379?sentinelServiceName=hermes";
         assert_eq!(
@@ -336,6 +379,10 @@ mod tests {
         );
         assert_eq!(
             ReplicaAck::Auto.policy("rediss-sentinel://s1:26379", t),
+            AckPolicy::BestEffort(t)
+        );
+        assert_eq!(
+            ReplicaAck::Auto.policy("redis-cluster://127.0.0.1:7000", t),
             AckPolicy::BestEffort(t)
         );
         assert_eq!(

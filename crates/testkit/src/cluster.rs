@@ -169,6 +169,15 @@ impl ClusterSet {
             .ok_or_else(|| std::io::Error::other(format!("no primary owns slot {slot}")))
     }
 
+    /// Port of a live replica of the primary on `port`, if it has one.
+    pub fn replica_of(&self, port: u16) -> Option<u16> {
+        self.live_ports().into_iter().find(|&p| {
+            info_field(p, "replication", "role").as_deref() == Some("slave")
+                && info_field(p, "replication", "master_port").as_deref()
+                    == Some(port.to_string().as_str())
+        })
+    }
+
     /// A key (`probe:<n>`) whose slot the primary on `port` serves now, to tell later when
     /// those slots are served again.
     pub fn key_owned_by(&self, port: u16) -> String {
