@@ -69,7 +69,7 @@ PIDS+=($!)
 CT_PORT=$(free_port); CT_TLS_PORT=$(free_port)
 turnserver --listening-ip=127.0.0.1 --relay-ip=127.0.0.1 --listening-port="$CT_PORT" \
   --tls-listening-port="$CT_TLS_PORT" --cert="$WORK/cert.pem" --pkey="$WORK/key.pem" \
-  --min-port=20000 --max-port=24999 --use-auth-secret --static-auth-secret="$SECRET" \
+  --min-port=10000 --max-port=12999 --use-auth-secret --static-auth-secret="$SECRET" \
   --realm=bench.local --allow-loopback-peers --no-dtls --no-cli --max-bps=1250000 \
   --user-quota=0 --total-quota=0 --fingerprint --no-software-attribute --log-file=stdout \
   --simple-log --pidfile="$WORK/turnserver.pid" >"$WORK/coturn.log" 2>&1 &
@@ -86,14 +86,22 @@ start_hermes() { # NAME WORKERS MIN_PORT MAX_PORT [BIN] -> sets HT_PORT_<NAME>, 
   PIDS+=($!)
   printf -v "HT_PORT_$1" %s "$port"; printf -v "HT_TLS_PORT_$1" %s "$tls"; printf -v "HT_PID_$1" %s "$!"
 }
-# Relay port ranges lie below the kernel's ephemeral range (32768+), where the uclient's and the
-# peer's own sockets live, so no allocation ever finds its port taken.
-start_hermes h1 1 25000 27499
-start_hermes hn 0 27500 29999
+# Relay port ranges: 10000-19999, below the kernel's ephemeral range (32768+, where the
+# uclient's and the peer's own sockets live) and outside the 20000-29999 that the TURN tests
+# draw theirs from (crates/turn-relay/tests/common), so `make bench` and the tests can run at
+# once without an allocation finding its port taken. The base binaries of an A/B run go above
+# the ephemeral range (61000-65499), checked below.
+start_hermes h1 1 13000 16499
+start_hermes hn 0 16500 19999
 NAMES=(coturn h1 hn)
 if [ -n "$BASE_BIN" ]; then
-  start_hermes b1 1 15000 17499 "$BASE_BIN"
-  start_hermes bn 0 17500 19999 "$BASE_BIN"
+  EPHEMERAL_MAX=$(awk '{print $2}' /proc/sys/net/ipv4/ip_local_port_range)
+  if [ "$EPHEMERAL_MAX" -ge 61000 ]; then
+    echo "the ephemeral port range ends at $EPHEMERAL_MAX: no room above it for the base relays" >&2
+    exit 1
+  fi
+  start_hermes b1 1 61000 63249 "$BASE_BIN"
+  start_hermes bn 0 63250 65499 "$BASE_BIN"
   NAMES+=(b1 bn)
 fi
 WORKERS_N=$(nproc)
