@@ -430,6 +430,34 @@ impl StreamConn {
         self.out.len() > self.sent || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
+    /// TCP only: the socket and the bytes waiting for it, for a write made elsewhere
+    /// (`io/uring.rs`, several connections in one system call); its outcome goes to
+    /// [`StreamConn::wrote`].
+    pub fn tcp_pending(&self) -> Option<(std::os::fd::RawFd, &[u8])> {
+        use std::os::fd::AsRawFd;
+        (self.tls.is_none() && self.sent < self.out.len())
+            .then(|| (self.sock.as_raw_fd(), &self.out[self.sent..]))
+    }
+
+    /// Take note of a write of [`StreamConn::tcp_pending`]'s bytes: `Ok(n)` bytes taken, or
+    /// the error. A short write is continued here ([`StreamConn::flush`]).
+    pub fn wrote(&mut self, result: std::io::Result<usize>, now: u64) -> Result<(), Close> {
+        let before = self.sent;
+        match result {
+            Ok(0) => return Err(Close::Gone),
+            Ok(n) => self.sent = (self.sent + n).min(self.out.len()),
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return Err(Close::Gone),
+        }
+        let progressed = self.sent > before;
+        if progressed && self.sent < self.out.len() {
+            // A short write: the socket may take more (else the next write says so).
+            self.flush(now)?;
+        }
+        self.settle(now, progressed);
+        Ok(())
+    }
+
     /// Write what is queued: one `write` (TCP) or one `writev` of the queued records (TLS),
     /// more only when the socket takes less. Stops when the socket is full; epoll reports
     /// when it has room again.
@@ -467,6 +495,13 @@ impl StreamConn {
             }
         }
         progressed |= self.sent > before;
+        self.settle(now, progressed);
+        Ok(())
+    }
+
+    /// After a write: release the sent bytes' room, and start (or stop) the clock of output
+    /// the client does not take.
+    fn settle(&mut self, now: u64, progressed: bool) {
         if self.sent == self.out.len() {
             self.out.clear();
             self.sent = 0;
@@ -480,7 +515,6 @@ impl StreamConn {
         if self.wants_write() {
             self.blocked_since_ms.get_or_insert(now);
         }
-        Ok(())
     }
 
     /// Close a connection that has stalled: a frame (or TLS record) half-sent, or output not
