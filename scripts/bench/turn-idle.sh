@@ -12,6 +12,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+# One TURN benchmark at a time on a machine (this one or turn.sh, from any checkout): two
+# at once overload the load generators (one hermes run lost 49 % that way) and measure each
+# other's CPU.
+exec 9>"${TMPDIR:-/tmp}/hermes-bench-turn.lock"
+if ! flock -n 9; then
+  echo "another TURN benchmark is running on this machine; waiting for it (at most 1 h)" >&2
+  flock -w 3600 9 || { echo "gave up waiting for the other TURN benchmark" >&2; exit 1; }
+fi
+
 CLIENTS="${TURN_IDLE_CLIENTS:-10000}"
 REST="${TURN_IDLE_SECONDS:-20}"
 for p in turnserver openssl python3; do
