@@ -15,8 +15,9 @@
 //! Stream (TCP/TLS) clients are accepted by tokio tasks (`io/stream.rs`, which also do the
 //! TLS handshake and read the first frame) and then handed to a worker, which serves them
 //! like its UDP sockets: read when epoll says so, frames parsed in place and handed to the
-//! core, replies and relayed packets queued per connection and written once per served
-//! socket (`io/stream_conn.rs`). Only RFC 6062 data connections (first frame ConnectionBind) stay
+//! core, replies and relayed packets queued per connection and written once per turn
+//! (`io/stream_conn.rs`); with io_uring, their datagrams to peers and the TCP clients'
+//! writes each leave in one submission per turn (`io/uring.rs`). Only RFC 6062 data connections (first frame ConnectionBind) stay
 //! on tokio tasks, which pass frames in through a channel plus a mio `Waker`; RFC 6062 TCP
 //! relays (`io/tcp_relay.rs`) run as tokio tasks too; the engine keeps their listeners and
 //! the peer connections that wait for ConnectionBind.

@@ -1,9 +1,9 @@
 //! A TCP or TLS client connection served on the data plane itself: its worker reads the
 //! socket when epoll says so, splits the bytes into STUN messages and ChannelData frames in
 //! place (many frames per read, none copied, RFC 8656 §12.5 padding), and queues what goes
-//! back to the client in one buffer that leaves in one write when the worker has served the
-//! socket whose packets queued it (a batch of up to 128 datagrams from a relay socket, or the
-//! frames of a client read). So a relayed packet costs no allocation, no channel and no
+//! back to the client in one buffer that leaves in one write per turn (with io_uring, the
+//! writes of all of a worker's TCP clients in one submission: `io/uring.rs`; without, when the
+//! worker has served the socket whose packets queued it). So a relayed packet costs no allocation, no channel and no
 //! thread hop, as on the UDP path. TLS is rustls driven by hand (sans-IO), over the same
 //! non-blocking socket: each frame is sealed into a TLS record of its own as it is queued
 //! (some clients, coturn's `turnutils_uclient` among them, read one frame per record and
