@@ -165,7 +165,9 @@ pub async fn run_and_report(
         let (engine, handle) =
             Engine::new(core, udp, events.clone(), settings.relay_socket_buffer, gso)
                 .map_err(TurnError::io("starting a relay worker"))?;
-        let engine = engine.with_stream_stall_ms(settings.stream_stall.as_millis() as u64);
+        let engine = engine
+            .with_stream_stall_ms(settings.stream_stall.as_millis() as u64)
+            .with_io_uring(settings.io_uring);
         handles.push(handle);
         if settings.adaptive_threads {
             shards.push(engine);

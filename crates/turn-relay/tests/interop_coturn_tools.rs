@@ -31,8 +31,17 @@ fn stunclient_gets_reflexive_address() {
 }
 
 fn relay_messages(extra: &[&str]) {
+    relay_messages_with(&[], extra);
+}
+
+/// As [`relay_messages`], the relay started with `env` (flags of those names).
+fn relay_messages_with(env: &[(&str, &str)], extra: &[&str]) {
     let relay = Relay::in_process(Opts {
         allow_loopback: true,
+        env: env
+            .iter()
+            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
         ..Default::default()
     });
     let peer = Peer::start();
@@ -91,6 +100,13 @@ fn udp_send_indications() {
 #[test]
 fn tcp_channels() {
     relay_messages(&["-t"]);
+}
+
+/// The path taken where io_uring is refused (a container's seccomp filter): one call per
+/// send, each client written after the socket that queued its output.
+#[test]
+fn tcp_channels_without_io_uring() {
+    relay_messages_with(&[("TURN_IO_URING", "false")], &["-t"]);
 }
 
 #[test]

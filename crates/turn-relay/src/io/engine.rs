@@ -229,8 +229,8 @@ impl Engine {
                 batch: RecvBatch::new(),
                 out: SendBatch::new(gso),
                 to_peer: PeerRun::new(),
-                peer_sends: PeerSends::new(true),
-                stream_writes: StreamWrites::new(true),
+                peer_sends: PeerSends::new(false),
+                stream_writes: StreamWrites::new(false),
                 written: Vec::new(),
                 gso,
                 peer_gso: gso::Tally::default(),
@@ -247,6 +247,14 @@ impl Engine {
     /// Cut stream clients that stall for `ms` (a frame half-sent, output unread).
     pub fn with_stream_stall_ms(mut self, ms: u64) -> Self {
         self.stream_stall_ms = ms.max(1);
+        self
+    }
+
+    /// Batch stream clients' peer sends and TCP writes with io_uring (`io/uring.rs`), where the
+    /// kernel allows it.
+    pub fn with_io_uring(mut self, on: bool) -> Self {
+        self.peer_sends = PeerSends::new(on);
+        self.stream_writes = StreamWrites::new(on);
         self
     }
 
