@@ -53,7 +53,7 @@ pub enum EngineMsg {
     },
     /// Exit now.
     Stop,
-    /// The outcome of a [`Command::ConnectPeer`] (RFC 6062).
+    /// The outcome of a [`Command::ConnectPeer`](crate::server::Command::ConnectPeer) (RFC 6062).
     PeerConnected {
         id: ConnId,
         stream: Option<tokio::net::TcpStream>,

@@ -10,7 +10,7 @@
 //! them: that costs a second `epoll_wait` per wake-up and a second readiness callback for
 //! every socket event (at 10k TCP packets a second, half the `epoll_wait` calls). Now the
 //! primary's sockets cost one, the others' two as before. A worker handed to a thread wakes it
-//! through its primary's waker ([`Shared::give`]).
+//! through its primary's waker (`Shared::give`).
 //!
 //! Why threads that come and go: on a virtual machine a thread that sleeps and is woken from
 //! another core costs about 9 µs of CPU on each side (measured here with a pipe ping-pong:
