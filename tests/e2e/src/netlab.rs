@@ -246,6 +246,19 @@ impl Lab {
     fn add_ns(&mut self, ns: &str) -> Result<(), String> {
         ip(&["netns", "add", ns])?;
         self.namespaces.push(ns.to_owned());
+        // The lab is IPv4 only. With IPv6 on, each new link's link-local address finishes
+        // duplicate address detection a second or two after the link comes up; Chromium sees
+        // that as an address change and aborts its requests in flight (ERR_NETWORK_CHANGED), so
+        // a browser started soon after the lab lost its first page load.
+        exec_in(
+            ns,
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ],
+        )?;
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
         Ok(())
     }
