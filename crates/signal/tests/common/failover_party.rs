@@ -252,6 +252,42 @@ pub fn tally(seen: &Seen) -> Tally {
     }
 }
 
+/// Print what each party received, then check the targets as the clients saw them: the
+/// answerer resumed (its seat kept within grace), nothing lost, nothing out of order, and a
+/// message delivered twice only when its sender was told `unavailable` for it and resent it
+/// (at-least-once across `unavailable`).
+pub fn report_and_check_parties(seen_a: &Seen, seen_b: &Seen) {
+    let (ta, tb) = (tally(seen_a), tally(seen_b));
+    for (name, seen, t) in [("offerer", seen_a, &ta), ("answerer", seen_b, &tb)] {
+        eprintln!(
+            "{name}: received {} ({} distinct), longest gap received {:?}, longest gap between own relayed messages {:?}, \
+             unavailable (resent) {:?}, resumes {} {:?}, lost {:?}, duplicated {:?}, out of order {}",
+            seen.received.len(),
+            MESSAGES - t.lost.len(),
+            longest_gap(seen),
+            longest_send_gap(seen),
+            seen.unavailable,
+            seen.resumes,
+            seen.resumed_flags,
+            t.lost,
+            t.duplicated,
+            t.out_of_order,
+        );
+    }
+    assert!(seen_b.resumes >= 1);
+    assert!(seen_b.resumed_flags.iter().all(|r| *r), "{seen_b:?}");
+    for (t, sender) in [(&ta, seen_b), (&tb, seen_a)] {
+        assert!(t.lost.is_empty(), "lost {:?}", t.lost);
+        assert_eq!(t.out_of_order, 0);
+        for d in &t.duplicated {
+            assert!(
+                sender.unavailable.contains(d),
+                "message {d} delivered twice although its sender was never told unavailable"
+            );
+        }
+    }
+}
+
 /// Longest time between two consecutive messages received.
 pub fn longest_gap(seen: &Seen) -> Duration {
     seen.received
