@@ -93,8 +93,8 @@ pub fn send_each<'a>(
     datagrams.filter(|d| send_one(fd, d, to).is_err()).count()
 }
 
-/// One `sendto` without blocking.
-fn send_one(fd: RawFd, bytes: &[u8], to: SocketAddr) -> io::Result<()> {
+/// One `sendto` without blocking (also the io_uring batches' fallback, `io/uring.rs`).
+pub(crate) fn send_one(fd: RawFd, bytes: &[u8], to: SocketAddr) -> io::Result<()> {
     // SAFETY: all-zero is a valid sockaddr_storage.
     let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = crate::io::sockaddr::write_sockaddr(&mut addr, to);

@@ -23,6 +23,7 @@ use std::os::fd::RawFd;
 
 use io_uring::{IoUring, opcode, types};
 
+use crate::io::gso::send_one;
 use crate::io::sockaddr::write_sockaddr;
 
 /// Datagrams gathered before a flush is forced (the ring's size).
@@ -74,14 +75,14 @@ impl PeerSends {
     /// number of sends that failed (those of an earlier batch flushed to make room included).
     pub fn send(&mut self, fd: RawFd, to: SocketAddr, bytes: &[u8]) -> usize {
         if self.ring.is_none() {
-            return usize::from(!send_now(fd, to, bytes));
+            return usize::from(send_one(fd, bytes, to).is_err());
         }
         let mut failed = 0;
         if self.sends.len() == SLOTS || self.arena.len() + bytes.len() > ARENA {
             failed = self.flush();
         }
         if bytes.len() > ARENA || bytes.len() > u32::MAX as usize {
-            return failed + usize::from(!send_now(fd, to, bytes));
+            return failed + usize::from(send_one(fd, bytes, to).is_err());
         }
         let i = self.sends.len();
         self.addr_lens[i] = write_sockaddr(&mut self.addrs[i], to);
@@ -254,25 +255,6 @@ impl StreamWrites {
             }
         }
     }
-}
-
-/// One `sendto`; `false` when it failed.
-fn send_now(fd: RawFd, to: SocketAddr, bytes: &[u8]) -> bool {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = write_sockaddr(&mut addr, to);
-    // SAFETY: `bytes` and `addr` are valid for the call; `fd` is a socket the caller owns.
-    let n = unsafe {
-        libc::sendto(
-            fd,
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_DONTWAIT,
-            (&addr as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    };
-    n >= 0
 }
 
 #[cfg(test)]
