@@ -68,12 +68,31 @@ pub fn call_inbox_prefix(call: &CallId) -> String {
     format!("call:{{{call}}}:inbox:")
 }
 
-/// Capped stream of a call's relayed messages, one entry per message whoever receives it (id
-/// `seq-0`, one field: the sender's participant id → the message text; entries written before
-/// that have id `seq-1` and fields `f` sender and `m` text): a resuming participant reads the
-/// entries after its last `seq` that others sent.
+/// The call-wide resume log of issue 23's first two rounds (one entry per message, numbered by
+/// the call's counter [`call_seq`]), replaced by the per-sender logs ([`call_sender_log`]);
+/// nothing writes it any more, ending a call still deletes it.
 pub fn call_log(call: &CallId) -> String {
     format!("call:{{{call}}}:log")
+}
+
+/// One sender's resume log in a call (issue 23, third round): a capped stream of the messages
+/// `participant` relayed, entry id = the message's `seq` (`seq-0`, numbered per sender), one
+/// field `m` = the message text. The stream's last id is the fence: a connection that was
+/// replaced finds its next id refused. Readers are every other participant of the call.
+pub fn call_sender_log(call: &CallId, participant: &ParticipantId) -> String {
+    format!("{}{participant}", call_sender_log_prefix(call))
+}
+
+/// What every sender log key of the call starts with (the participant id follows), for
+/// scripts that find a call's logs from [`call_senders`].
+pub fn call_sender_log_prefix(call: &CallId) -> String {
+    format!("call:{{{call}}}:log:")
+}
+
+/// Set of the participant ids that have a sender log in the call ([`call_sender_log`]): the
+/// logs a catch-up reads, an ack trims and the end of the call deletes.
+pub fn call_senders(call: &CallId) -> String {
+    format!("call:{{{call}}}:senders")
 }
 
 /// Hash of each participant's highest acknowledged `seq`: the call's log is trimmed up to the
@@ -131,6 +150,12 @@ mod tests {
         assert_eq!(call_inbox(&c, &p), format!("{}{p}", call_inbox_prefix(&c)));
         assert_eq!(call_log(&c), format!("call:{{{c}}}:log"));
         assert_eq!(call_acks(&c), format!("call:{{{c}}}:acks"));
+        assert_eq!(call_sender_log(&c, &p), format!("call:{{{c}}}:log:{p}"));
+        assert_eq!(
+            call_sender_log(&c, &p),
+            format!("{}{p}", call_sender_log_prefix(&c))
+        );
+        assert_eq!(call_senders(&c), format!("call:{{{c}}}:senders"));
         let code = crate::OneTimeCode::parse("abcdef").expect("valid");
         assert_eq!(otc(&code), "otc:ABCDEF");
         let ip: std::net::IpAddr = "192.0.2.1".parse().expect("ip");
@@ -179,6 +204,8 @@ mod tests {
                 call_seq_epoch(&c),
                 call_inbox(&c, &p),
                 call_log(&c),
+                call_sender_log(&c, &p),
+                call_senders(&c),
                 call_acks(&c),
                 call_channel(&c),
                 rl_call(&c, "newcode"),

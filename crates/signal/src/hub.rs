@@ -8,14 +8,17 @@
 //!   [`crate::room::admits`]), write the lease, and publish
 //!   `peer-joined` / `peer-resumed` / `replaced`. Observers are nobody's peer: no script
 //!   publishes a presence event about an observer, and snapshots list media participants only.
-//! - `RELAY`: check the sender still holds its seat, take the next per-call `seq` (never below
-//!   what the sender has seen, so a Redis that lost its data does not reuse numbers), append the
-//!   message to the call's capped log stream (`call:{id}:log`, entry id `seq-0`, one entry per
-//!   message whoever receives it, field sender → message; each reader skips its own), PUBLISH
-//!   it. Because one script
-//!   does all three, `seq` order = log order = pub/sub order. One run
-//!   relays a batch: the relays this replica queued while its earlier batches were in flight
-//!   (a session has one relay in flight at a time, so its own order holds).
+//!   The join also sets where the new connection's numbering starts and fences off a connection
+//!   it replaces (below).
+//! - Relays run **no script**: each sender numbers its own messages (`seq`, kept in the
+//!   session's memory from the floor its join returned) and its relay is two plain commands,
+//!   `XADD <sender's log> NOMKSTREAM <seq>-0 m <message>` and, once the XADD answered with an
+//!   id, `PUBLISH` (`SPUBLISH` on a cluster). The replica pipelines the relays its sessions
+//!   queued while earlier batches were in flight ([`RelayRunner`]); a session has one relay in
+//!   flight at a time, so a sender's order holds. The sender's log is the fence: a join that
+//!   replaces a connection moves the log's last id past that connection's next number, so its
+//!   XADD is refused; a refused or log-less XADD runs `RECOVER` (replaced, call ended, or Redis
+//!   lost the log: rewrite seat and log and relay).
 //! - `TICK` (calls with local participants, 16 per script run, every third of the lease):
 //!   renew local leases (re-creating them after a Redis restart; the seats' and the call log's
 //!   TTLs every sixth round), report local connections another connection
@@ -24,16 +27,16 @@
 //!   replica announces it.
 //! - `DISCONNECT`: mark a seat away (if this connection still owns it) and announce it.
 //! - `LEAVE`: free a seat closed for good (1008, 1009) and announce `peer-left`.
-//! - `ACK`: record a participant's highest acknowledged `seq` and trim the log up to the lowest
-//!   ack of the call's seats (flushed at the keep-alive tick, not per message).
-//! - `END`: mark the call ended, drop seats, log and acks, publish `call-ended`.
+//! - `ACK`: record a participant's highest acknowledged `seq` and trim each sender's log up to
+//!   the lowest ack of its readers' seats (flushed at the keep-alive tick, not per message).
+//! - `END`: mark the call ended, drop seats, logs and acks, publish `call-ended`.
 //!
 //! Fan-out: one subscriber connection per replica SUBSCRIBEs to the channel of every call
 //! that has a local participant; [`crate::router`] owns that side (the channel → local sessions
 //! map, subscriptions and their probes, forwarding each published frame to the sessions it
-//! concerns). This module starts it and talks to it through its commands. A jump in a call's
+//! concerns). This module starts it and talks to it through its commands. A jump in a sender's
 //! `seq`, a lagging broadcast or a subscriber reconnect makes the sessions catch up from the
-//! call's log, so pub/sub loss never loses a relayed message.
+//! senders' logs, so pub/sub loss never loses a relayed message.
 //!
 //! Architecture invariant: sessions learn about relayed messages only through pub/sub or
 //! the call's log, never directly from another local session, so one replica or two behave alike.
@@ -54,7 +57,7 @@ pub use crate::error::HubError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
-use crate::room::SeatEntry;
+use crate::room::{Positions, SeatEntry, Sender};
 pub use crate::router::Delivery;
 pub use crate::router::Fanout;
 use crate::router::{self, CallSnapshot, Cmd, Local, SUBSCRIBE_TIMEOUT};
@@ -63,12 +66,12 @@ use crate::router::{self, CallSnapshot, Cmd, Local, SUBSCRIBE_TIMEOUT};
 pub const MAX_MEDIA: usize = 2;
 /// Lifetime of the call keys this service may (re)create: the call TTL of the spec.
 pub const CALL_TTL_SECS: u64 = 24 * 60 * 60;
-/// How far a call's `seq` jumps at its first relay on a new primary (after a failover): more
+/// How far a sender's numbering jumps at the call's first join on a new primary (after a failover): more
 /// than the numbers the old primary can have issued without replicating them. Sentinel does not
 /// promote a replica whose link was down for longer than ten times its down-after period plus
 /// the time since, and a call relays at most about 100 messages a second (two media seats, 50/s
 /// each, plus their bursts): a million covers hours of that, and 2^53 leaves room for billions
-/// of failovers. Written out in `RELAY_LUA` (a unit test pins the two together).
+/// of failovers. Written out in `JOIN_LUA` (a unit test pins the two together).
 pub const SEQ_EPOCH_JUMP: u64 = 1_000_000;
 /// Depth of each session's delivery queue. A session this far behind is dropped (closed with
 /// 1013) and resumes from the call's log, rather than making the router wait.
@@ -82,11 +85,11 @@ const BROADCAST_CAPACITY: usize = 1 << 16;
 pub enum JoinOutcome {
     Admitted {
         resumed: bool,
-        /// The call's `seq` at admission: live messages after it, the log before it.
-        base_seq: u64,
-        /// Where the log replay starts: the client's `lastSeq`, clamped to `base_seq`
-        /// (`base_seq` for a fresh join).
-        after: u64,
+        /// This connection's first `seq` (media participants; 0 for an observer).
+        next_seq: u64,
+        /// Per sender of the call, where delivery starts: a fresh join after the sender log's
+        /// last id, a resume after the client's `lastSeq` clamped to it.
+        after: Positions,
         peers: Vec<PeerInfo>,
     },
     Full,
@@ -107,15 +110,15 @@ pub enum RelayOutcome {
 pub struct HubTimes {
     pub lease_ms: u64,
     pub grace_ms: u64,
-    /// Messages kept for each direction of a call (`SIGNAL_INBOX_MAXLEN`): the call's log is
-    /// capped at [`MAX_MEDIA`] times this (observers relay nothing).
+    /// Messages kept for each direction of a call (`SIGNAL_INBOX_MAXLEN`): the cap of each
+    /// sender's log.
     pub inbox_maxlen: u64,
 }
 
 impl HubTimes {
-    /// Cap (`XADD MAXLEN ~`) of a call's log.
+    /// Cap (`XTRIM MAXLEN ~`) of a sender's log.
     pub fn log_cap(&self) -> u64 {
-        self.inbox_maxlen.saturating_mul(MAX_MEDIA as u64)
+        self.inbox_maxlen
     }
 }
 
@@ -125,65 +128,64 @@ impl HubTimes {
 /// messages are built in Rust and only get their `seq` spliced in).
 const PRESENCE_LUA: &str = include_str!("lua/presence.lua");
 
-/// KEYS: call, peers, channel, seq.
+/// KEYS: call, peers, channel, senders, the joiner's own log, seq epoch.
 /// ARGV: pid, role, conn, now_ms, live entry, grace_ms, ttl_s, max_media, lastSeq ('' for a
-/// fresh join).
-/// Reply: ok, resumed (0/1), the call's seq, the resume point (lastSeq clamped to the call's
-/// seq: a number Redis never issued is never written anywhere), then the peers.
+/// fresh join), whether to check the failover epoch ('1' under Sentinel and Cluster), log ttl
+/// ms, the prefix of the call's log keys.
+/// Reply: ok, resumed (0/1), this connection's first `seq`, the number of other senders, then
+/// per other sender its id and where delivery from it starts (its log's last id; on a resume
+/// lastSeq clamped to it: a number Redis never issued is never used), then the peers.
+///
+/// A media participant's numbering starts above the last id of every log of the call (one who
+/// takes a seat another left numbers above what that one's receiver saw) and above the next
+/// number of a connection of its own it replaces; the script moves its log's last id there
+/// (creating the log, since relays write with `NOMKSTREAM`), so the replaced connection's next
+/// XADD is refused: the fence that the per-relay seat check used to be. The failover epoch
+/// (the primary's replication id) is checked here, not per relay: the first join on another
+/// primary lifts the floor by [`SEQ_EPOCH_JUMP`].
 const JOIN_LUA: &str = include_str!("lua/join.lua");
 
-/// Relays, several per script run: a replica batches the relays queued while its earlier
-/// batches are in flight (one EVALSHA per batch, not per message: the script call's fixed cost
-/// was most of Redis's time per relay).
-/// KEYS: (peers, seq, channel, log) per relay. ARGV: log cap, log ttl ms, ttl s, whether to
-/// check the seq epoch ('1' under Sentinel: it costs Redis about 6 µs), the expiry (ms) of a
-/// seat this batch rewrites, then per relay: from, conn, head, tail, floor, role.
-/// Reply: per relay, its `seq`, -1 (the seat belongs to a newer connection), -2 (the call
-/// ended), or an error text (nothing sent).
-///
-/// Four commands per message, whatever the number of recipients (own seat, counter, log,
-/// publish): the log is one stream per call, so no list of recipients is read; the call's
-/// status is read only when the sender has no seat (ending a call drops its seats in the same
-/// script). Every 64th number (the first creates the log) and after a lift, three more: the
-/// counter's and the log's TTLs (the lease tick renews the log's, `TICK`) and the log's cap
-/// (`XTRIM MAXLEN ~`, so the log may run up to 63 entries past its cap between two trims).
-///
-/// Redis hashes every byte of every argument and string a script builds, and each redis.call
-/// converts its arguments and reply (callgrind: about 2 000 instructions per argument, 3 000
-/// per call besides the command itself). So a relay passes four keys and six short arguments
-/// (the call's record and seq-epoch keys, read only on rare paths, are built from the peers
-/// key, which carries the same hash tag), the log entry's id is the number itself (`n-0`), its
-/// one field is the sender, and the seat's connection is compared in place.
-const RELAY_LUA: &str = include_str!("lua/relay.lua");
+/// The rare path of a relay, after its XADD was refused (id at or below the log's last id) or
+/// found no log. KEYS: call, peers, channel, the sender's log, senders. ARGV: pid, conn, seq,
+/// head, tail (the message around its number), live entry, log ttl ms, ttl s. The seat is
+/// another connection's: -1 (replaced; that join fenced the log). No seat and the call ended:
+/// -2. Otherwise (Redis lost the seat or the log, or an earlier write of this connection
+/// landed after its reply was lost): rewrite the seat, re-create the log with its last id just
+/// below `seq`, relay at `max(seq, last id + 1)` and return that number.
+const RECOVER_LUA: &str = include_str!("lua/recover.lua");
 
 /// KEYS: peers, channel. ARGV: pid, conn, away entry.
 const DISCONNECT_LUA: &str = include_str!("lua/disconnect.lua");
 
 /// Several calls per script run (one EVALSHA per [`TICK_BATCH`] calls, not per call).
-/// KEYS: (call, peers, channel, seq, log) per call. ARGV: now_ms, grace_ms, ttl_s, log ttl ms,
+/// KEYS: (call, peers, channel, senders) per call. ARGV: now_ms, grace_ms, ttl_s, log ttl ms,
 /// whether to renew the TTLs ('1' every [`TICK_TTL_ROUNDS`]th round and after a reconnect),
 /// then per call: number of local connections, (pid, conn, live entry) per local connection.
-/// A renewed lease renews the call log's TTL too (relays set it only every 64th number) and
-/// the seats' hash TTL, on the rounds that renew TTLs (a seat the tick re-creates gets its
-/// hash TTL at once). Reply: per call, `{'ended'}` or `{'ok', seq, stale 'pid|conn'...}`.
+/// A renewed lease renews the TTLs of the call's logs too (relays set them only every 64th
+/// number) and the seats' hash TTL, on the rounds that renew TTLs (a seat the tick re-creates
+/// gets its hash TTL at once). Reply: per call, `{'ended'}` or `{'ok', n, (sender, newest
+/// seq in its log) × n, stale 'pid|conn'...}`.
 const TICK_LUA: &str = include_str!("lua/tick.lua");
 
 /// KEYS: peers, channel. ARGV: pid, conn, peer-left reason.
 const LEAVE_LUA: &str = include_str!("lua/leave.lua");
 
-/// KEYS: call, peers, channel, log, acks. ARGV: now_s, call-ended JSON, publish(0/1), ttl_s.
+/// KEYS: call, peers, channel, the old call-wide log, acks, senders. ARGV: now_s, call-ended
+/// JSON, publish(0/1), ttl_s, the prefix of the call's log keys (every sender's log goes).
 const END_LUA: &str = include_str!("lua/end.lua");
 
-/// KEYS: peers, acks, log. ARGV: pid, conn, acked seq, ttl_s. Records the ack (if this
-/// connection still holds the seat) and trims the log up to the lowest ack of the seated
-/// participants: each of them was delivered (or sent) everything up to there. A seat that has
-/// acknowledged nothing yet keeps the whole log. Four commands per flush (flushes happen at
-/// the keep-alive tick, only after a new ack). Reply: 1, or 0 (not this connection's seat).
+/// KEYS: peers, acks, senders. ARGV: pid, conn, acked seq, ttl_s, the prefix of the call's log
+/// keys. Records the ack (if this connection still holds the seat) and trims each sender's log
+/// up to the lowest ack of its readers, the other seated media participants: each of them was
+/// delivered everything up to there (a media participant receives from one sender at a time,
+/// so its one number is unambiguous; an observer's is not, and observers do not trim). A
+/// reader that has acknowledged nothing yet keeps the whole log. Flushes happen at the
+/// keep-alive tick, only after a new ack. Reply: 1, or 0 (not this connection's seat).
 const ACK_LUA: &str = include_str!("lua/ack.lua");
 
 struct Scripts {
     join: Script,
-    relay: Script,
+    recover: Script,
     disconnect: Script,
     leave: Script,
     tick: Script,
@@ -205,7 +207,7 @@ impl Scripts {
         let script = |body| Script::new(with_helpers(fanout, body));
         Self {
             join: script(JOIN_LUA),
-            relay: script(RELAY_LUA),
+            recover: script(RECOVER_LUA),
             disconnect: script(DISCONNECT_LUA),
             leave: script(LEAVE_LUA),
             tick: script(TICK_LUA),
@@ -234,6 +236,8 @@ pub struct Hub {
     tick_rounds: std::sync::atomic::AtomicU64,
     scripts: Scripts,
     fanout: Fanout,
+    /// Sentinel or Cluster: joins check the failover epoch.
+    failover_epochs: bool,
     times: HubTimes,
     metrics: Arc<Metrics>,
 }
@@ -278,13 +282,10 @@ impl Hub {
             redis_config.server.is_sentinel() || redis_config.server.is_clustered();
         let relays = Arc::new(RelayRunner {
             client: client.clone(),
-            script: scripts.relay.clone(),
-            common: [
-                times.log_cap().to_string(),
-                log_ttl_ms(&times).to_string(),
-                CALL_TTL_SECS.to_string(),
-                if failover_epochs { "1" } else { "0" }.to_owned(),
-            ],
+            recover: scripts.recover.clone(),
+            fanout,
+            log_cap: times.log_cap(),
+            log_ttl_ms: i64::try_from(log_ttl_ms(&times)).unwrap_or(i64::MAX),
             lease_ms: times.lease_ms,
             queue: std::sync::Mutex::default(),
         });
@@ -297,6 +298,7 @@ impl Hub {
             tick_rounds: Default::default(),
             scripts,
             fanout,
+            failover_epochs,
             times,
             metrics,
         });
@@ -452,7 +454,9 @@ impl Hub {
                     keys::call(call),
                     keys::call_peers(call),
                     keys::call_channel(call),
-                    keys::call_seq(call),
+                    keys::call_senders(call),
+                    keys::call_sender_log(call, participant),
+                    keys::call_seq_epoch(call),
                 ],
                 vec![
                     participant.to_string(),
@@ -464,6 +468,9 @@ impl Hub {
                     CALL_TTL_SECS.to_string(),
                     MAX_MEDIA.to_string(),
                     last_seq.map(|n| n.to_string()).unwrap_or_default(),
+                    if self.failover_epochs { "1" } else { "0" }.to_owned(),
+                    self.log_ttl_ms().to_string(),
+                    keys::call_sender_log_prefix(call),
                 ],
             )
             .await?;
@@ -479,21 +486,24 @@ impl Hub {
                         .and_then(|v| v.as_str().and_then(|s| s.parse::<u64>().ok()))
                         .unwrap_or(0)
                 };
-                let base_seq = number(2);
-                let after = if resumed {
-                    number(3).min(base_seq)
-                } else {
-                    base_seq
-                };
+                let next_seq = number(2);
+                let senders = reply.get(3).and_then(Value::as_u64).unwrap_or(0) as usize;
+                let mut after = Vec::with_capacity(senders);
+                for i in 0..senders {
+                    let sender = text(reply.get(4 + 2 * i))
+                        .and_then(|s| Sender::parse(&s))
+                        .ok_or(HubError::BadReply("join (sender)"))?;
+                    after.push((sender, number(5 + 2 * i)));
+                }
                 let peers = reply
                     .iter()
-                    .skip(4)
+                    .skip(4 + 2 * senders)
                     .filter_map(|v| v.as_str().and_then(|s| parse_peer(&s)))
                     .collect();
                 Ok(JoinOutcome::Admitted {
                     resumed,
-                    base_seq,
-                    after,
+                    next_seq,
+                    after: Positions::new(after),
                     peers,
                 })
             }
@@ -501,8 +511,9 @@ impl Hub {
         }
     }
 
-    /// Sequence, store and publish one relayed message. `message` must be relayable (its
-    /// `seq` is replaced by the call's next sequence number).
+    /// Store and publish one relayed message as number `seq` of its sender (the session's
+    /// next number). `message` must be relayable (its `seq` is replaced by the number). The
+    /// number it went out with comes back: `seq`, or above it after a recovery.
     #[allow(clippy::too_many_arguments)]
     pub async fn relay(
         &self,
@@ -511,26 +522,21 @@ impl Hub {
         role: Role,
         conn: &str,
         message: &ServerMessage,
-        floor: u64,
+        seq: u64,
         now_ms: u64,
     ) -> Result<RelayOutcome, HubError> {
         let (head, tail) = split_at_seq(message).ok_or(HubError::NotRelayable)?;
         let (reply, done) = oneshot::channel();
         let job = RelayJob {
-            keys: [
-                keys::call_peers(call),
-                keys::call_seq(call),
-                keys::call_channel(call),
-                keys::call_log(call),
-            ],
-            args: [
-                participant.to_string(),
-                conn.to_owned(),
-                head,
-                tail,
-                floor.to_string(),
-                role.as_str().to_owned(),
-            ],
+            call: call.clone(),
+            participant: participant.clone(),
+            role,
+            conn: conn.to_owned(),
+            log: keys::call_sender_log(call, participant),
+            channel: keys::call_channel(call),
+            seq,
+            head,
+            tail,
             now_ms,
             reply,
         };
@@ -610,47 +616,68 @@ impl Hub {
                     keys::call_channel(call),
                     keys::call_log(call),
                     keys::call_acks(call),
+                    keys::call_senders(call),
                 ],
                 vec![
                     hermes_service::unix_now().to_string(),
                     ended,
                     if publish { "1" } else { "0" }.to_owned(),
                     CALL_TTL_SECS.to_string(),
+                    keys::call_sender_log_prefix(call),
                 ],
             )
             .await?;
         Ok(n == 1)
     }
 
-    /// The call log's entries with `seq > after` that others sent to `participant`, in order.
-    pub async fn log_after(
+    /// The entries of the other senders' logs after `after` (per sender), merged in `seq`
+    /// order: what a resume or a catch-up sends. Two round trips (the call's senders, then
+    /// their logs in one pipeline); never on the relay path.
+    pub async fn logs_after(
         &self,
         call: &CallId,
         participant: &ParticipantId,
-        after: u64,
-    ) -> Result<Vec<(u64, String)>, HubError> {
-        // The log is capped at `log_cap` entries, approximately: `MAXLEN ~` trims whole nodes
-        // (100 entries by default), every 64th relay. So this bound reads all of it.
-        let entries: Vec<(String, HashMap<String, String>)> = self
-            .client
-            .xrange(
-                keys::call_log(call),
-                format!("{}-0", after.saturating_add(1)),
-                "+",
-                Some(2 * self.times.log_cap() + 200),
-            )
-            .await?;
-        Ok(entries
-            .into_iter()
-            .filter_map(|(id, fields)| {
-                let (from, message) = log_entry(fields)?;
-                if from == participant.as_str() {
-                    return None;
-                }
-                let seq = id.split('-').next()?.parse().ok()?;
-                Some((seq, message))
-            })
-            .collect())
+        after: &Positions,
+    ) -> Result<Vec<(Sender, u64, String)>, HubError> {
+        let senders: Vec<String> = self.client.smembers(keys::call_senders(call)).await?;
+        let senders: Vec<Sender> = senders
+            .iter()
+            .filter(|s| s.as_str() != participant.as_str())
+            .filter_map(|s| Sender::parse(s))
+            .collect();
+        if senders.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipeline = self.client.pipeline();
+        let prefix = keys::call_sender_log_prefix(call);
+        for s in &senders {
+            // A log is capped at `log_cap` entries, approximately: `MAXLEN ~` trims whole
+            // nodes (100 entries by default), every 64th relay. So this bound reads all of it.
+            let _: () = pipeline
+                .xrange(
+                    format!("{prefix}{}", s.as_str()),
+                    format!("{}-0", after.of(*s).saturating_add(1)),
+                    "+",
+                    Some(2 * self.times.log_cap() + 200),
+                )
+                .await?;
+        }
+        let logs = pipeline.try_all::<Value>().await;
+        let mut out = Vec::new();
+        for (sender, entries) in senders.into_iter().zip(logs) {
+            let entries: Vec<(String, HashMap<String, String>)> = entries?.convert()?;
+            for (id, fields) in entries {
+                let (Some(message), Some(seq)) = (
+                    log_entry(fields),
+                    id.split('-').next().and_then(|n| n.parse().ok()),
+                ) else {
+                    continue;
+                };
+                out.push((sender, seq, message));
+            }
+        }
+        out.sort_by_key(|(_, seq, _)| *seq);
+        Ok(out)
     }
 
     /// Record that this connection's participant acknowledged everything up to `acked`, and
@@ -671,13 +698,14 @@ impl Hub {
                 vec![
                     keys::call_peers(call),
                     keys::call_acks(call),
-                    keys::call_log(call),
+                    keys::call_senders(call),
                 ],
                 vec![
                     participant.to_string(),
                     conn.to_owned(),
                     acked.to_string(),
                     CALL_TTL_SECS.to_string(),
+                    keys::call_sender_log_prefix(call),
                 ],
             )
             .await?;
@@ -723,7 +751,7 @@ impl Hub {
     }
 
     async fn tick_calls(&self, snaps: &[CallSnapshot], now_ms: u64, renew_ttls: bool) {
-        let mut keys = Vec::with_capacity(5 * snaps.len());
+        let mut keys = Vec::with_capacity(4 * snaps.len());
         let mut args = vec![
             now_ms.to_string(),
             self.times.grace_ms.to_string(),
@@ -737,8 +765,7 @@ impl Hub {
                 keys::call(call),
                 keys::call_peers(call),
                 keys::call_channel(call),
-                keys::call_seq(call),
-                keys::call_log(call),
+                keys::call_senders(call),
             ]);
             args.push(snap.locals.len().to_string());
             for (pid, role, conn, _) in &snap.locals {
@@ -780,18 +807,25 @@ impl Hub {
             }
             return;
         }
-        // Safety net for pub/sub loss: if the call's counter is ahead of what this replica saw
-        // published, its sessions fetch the difference from the call's log.
-        let seq = reply
-            .get(1)
-            .and_then(|v| v.as_str().and_then(|s| s.parse::<u64>().ok()))
-            .unwrap_or(0);
-        if seq > snap.last_seq {
+        // Safety net for pub/sub loss: if a sender's log holds a number above what this replica
+        // saw published from it, its sessions fetch the difference from the logs.
+        let senders = reply.get(1).and_then(Value::as_u64).unwrap_or(0) as usize;
+        let text = |i: usize| reply.get(i).and_then(|v| v.as_str());
+        let behind = (0..senders).any(|i| {
+            let sender = text(2 + 2 * i).and_then(|s| Sender::parse(&s));
+            let newest = text(3 + 2 * i).and_then(|n| n.parse::<u64>().ok());
+            matches!((sender, newest), (Some(s), Some(n)) if n > snap.last_seqs.of(s))
+        });
+        if behind {
             for (_, _, _, tx) in &snap.locals {
                 let _ = tx.try_send(Delivery::Resync);
             }
         }
-        for stale in reply.iter().skip(2).filter_map(|v| v.as_str()) {
+        for stale in reply
+            .iter()
+            .skip(2 + 2 * senders)
+            .filter_map(|v| v.as_str())
+        {
             if let Some((pid, conn)) = stale.split_once('|') {
                 for (p, _, c, tx) in &snap.locals {
                     if p.as_str() == pid && &**c == conn {
@@ -859,18 +893,9 @@ pub fn split_at_seq(message: &ServerMessage) -> Option<(String, String)> {
     Some((json, tail))
 }
 
-/// Sender and message of one entry of a call's log: its one field (sender → message), or the
-/// fields `f` (sender) and `m` (message) that replicas wrote before issue 23's second round, so
-/// a log written by either version replays.
-fn log_entry(mut fields: HashMap<String, String>) -> Option<(String, String)> {
-    if let (Some(from), Some(message)) = (fields.remove("f"), fields.remove("m")) {
-        return Some((from, message));
-    }
-    let mut fields = fields.into_iter();
-    match (fields.next(), fields.next()) {
-        (Some(entry), None) => Some(entry),
-        _ => None,
-    }
+/// The message of one entry of a sender's log (its field `m`).
+fn log_entry(mut fields: HashMap<String, String>) -> Option<String> {
+    fields.remove("m")
 }
 
 /// How long a call's log outlives its last lease renewal (or its creation): longer than a lease
@@ -879,22 +904,33 @@ fn log_ttl_ms(times: &HubTimes) -> u64 {
     times.grace_ms + 2 * times.lease_ms + 60_000
 }
 
-/// One relay waiting for its batch: its four keys, its part of ARGV, when it was received,
-/// where its answer goes.
+/// One relay waiting for its batch: its sender, the keys it writes, its number, its message
+/// around the number (the recovery script splices in another), when it was received, where its
+/// answer goes.
 struct RelayJob {
-    keys: [String; 4],
-    args: [String; 6],
+    call: CallId,
+    participant: ParticipantId,
+    role: Role,
+    conn: String,
+    log: String,
+    channel: String,
+    seq: u64,
+    head: String,
+    tail: String,
     now_ms: u64,
     reply: oneshot::Sender<Result<i64, HubError>>,
 }
 
 /// Relay batches in flight at once. While they are, new relays queue and go together in the
-/// next batch: one script call per message at low load (no added wait), fewer under load.
+/// next batch: one pipeline per message at low load (no added wait), fewer under load.
 const RELAY_IN_FLIGHT: usize = 2;
-/// Most relays per script run (its Redis time stays well under a millisecond).
+/// Most relays per batch (one pipeline of their XADDs, then one of their PUBLISHes).
 const RELAY_BATCH: usize = 32;
+/// A sender's log gets its TTL renewed and its cap applied at every this many numbers (and the
+/// lease tick renews the TTL): two commands every 64 relays instead of at each.
+const LOG_UPKEEP_EVERY: u64 = 64;
 
-/// Relays queued while [`RELAY_IN_FLIGHT`] script runs are in flight, and that count.
+/// Relays queued while [`RELAY_IN_FLIGHT`] batches are in flight, and that count.
 #[derive(Default)]
 struct RelayQueue {
     waiting: std::collections::VecDeque<RelayJob>,
@@ -909,16 +945,25 @@ impl RelayQueue {
     }
 }
 
-/// Runs the relay script over batches of relays. A relay that finds a free slot runs its batch
-/// (itself and whatever queued) in its own session's task, which waits for the reply anyway:
-/// no hop through another task on the way to Redis, which was measured in the open-loop p99.
-/// When a run ends and relays queued meanwhile, a task runs them. A session has at most one
-/// relay in flight, so batching never reorders one sender's messages.
+/// Runs batches of relays, each as two pipelines of plain commands on one connection: the
+/// XADDs (each sender's message at its own number, into its own log, `NOMKSTREAM`), then, for
+/// those that Redis stored, the PUBLISHes. No script runs: a script call costs Redis about six
+/// times a PUBLISH in instructions whatever it does (callgrind, docs/bench-log.md), while an
+/// XADD with an explicit id costs about 1.3 PUBLISHes. Publishing only what the log took keeps
+/// "a message is published only when stored" (a fenced or failed XADD publishes nothing).
+///
+/// A relay that finds a free slot runs its batch (itself and whatever queued) in its own
+/// session's task, which waits for the reply anyway: no hop through another task on the way to
+/// Redis, which was measured in the open-loop p99. When a run ends and relays queued
+/// meanwhile, a task runs them. A session has at most one relay in flight, so batching never
+/// reorders one sender's messages.
 struct RelayRunner {
     client: Client,
-    script: Script,
-    /// ARGV common to every run: log cap, log ttl ms, ttl s, epochs.
-    common: [String; 4],
+    /// The rare path of a refused or log-less XADD.
+    recover: Script,
+    fanout: Fanout,
+    log_cap: u64,
+    log_ttl_ms: i64,
     lease_ms: u64,
     queue: std::sync::Mutex<RelayQueue>,
 }
@@ -947,6 +992,25 @@ impl Drop for RelaySlot {
     }
 }
 
+/// What one XADD of a batch came to.
+enum Stored {
+    Yes,
+    /// Refused (an id at or below the log's last id: fenced, or an earlier write of ours
+    /// landed) or no log (`NOMKSTREAM`: gone): the recovery script decides.
+    Recover,
+    Failed(HubError),
+}
+
+/// Whether a reply to `XADD … NOMKSTREAM <id>` means the entry was stored.
+fn stored(reply: Result<Value, fred::error::Error>) -> Stored {
+    match reply {
+        Ok(Value::Null) => Stored::Recover,
+        Ok(_) => Stored::Yes,
+        Err(e) if e.details().contains("equal or smaller") => Stored::Recover,
+        Err(e) => Stored::Failed(HubError::Redis(e)),
+    }
+}
+
 impl RelayRunner {
     fn lock(&self) -> std::sync::MutexGuard<'_, RelayQueue> {
         // Nothing panics while holding it; a poisoned queue is still consistent.
@@ -971,59 +1035,147 @@ impl RelayRunner {
         drop(slot);
     }
 
-    /// One script run over `batch`; every relay of it gets its answer.
-    /// On a cluster a script's keys must share one slot, and two calls rarely share one: the
-    /// batch goes as one script run per slot, all at once (one run per slot in turn held a
-    /// cluster to two relays in flight: measured, 0.7x the messages/s of one run per slot at
-    /// once, and 1.6x the Redis CPU per message).
+    /// One batch; every relay of it gets its answer. On a cluster the batch goes as one pair of
+    /// pipelines per slot, all at once (per slot in turn held a cluster to two relays in
+    /// flight: measured, 0.7x the messages/s of all at once).
     async fn run(&self, batch: Vec<RelayJob>) {
-        let groups = by_slot(batch, self.client.is_clustered(), |job| &job.keys[0]);
+        let groups = by_slot(batch, self.client.is_clustered(), |job| &job.log);
         futures_util::future::join_all(groups.into_iter().map(|group| self.run_slot(group))).await;
     }
 
-    /// One script run over relays of one slot; every relay of it gets its answer.
+    /// The relays of one slot: their XADDs in one pipeline, then the PUBLISHes of those
+    /// stored in another (so a sender's message is on the channel only once its log has it),
+    /// then the recovery script for each refused one.
     async fn run_slot(&self, batch: Vec<RelayJob>) {
-        let mut keys = Vec::with_capacity(4 * batch.len());
-        let mut args: Vec<String> = Vec::with_capacity(5 + 6 * batch.len());
-        args.extend(self.common.iter().cloned());
-        // The lease of a seat a relay rewrites (Redis lost it) runs from the batch's newest relay.
-        let now_ms = batch.iter().map(|j| j.now_ms).max().unwrap_or(0);
-        args.push((now_ms + self.lease_ms).to_string());
-        let mut replies = Vec::with_capacity(batch.len());
-        for job in batch {
-            keys.extend(job.keys);
-            args.extend(job.args);
-            replies.push(job.reply);
+        let pipeline = self.client.pipeline();
+        let mut texts: Vec<Value> = Vec::with_capacity(batch.len());
+        // Index of each relay's XADD among the pipeline's replies (upkeep commands between).
+        let mut at = Vec::with_capacity(batch.len());
+        let mut queued = 0usize;
+        let mut queue_err = None;
+        for job in &batch {
+            let text = Value::from(format!("{}{}{}", job.head, job.seq, job.tail));
+            at.push(queued);
+            let queue = async {
+                let _: () = pipeline
+                    .xadd(
+                        job.log.as_str(),
+                        true,
+                        None,
+                        format!("{}-0", job.seq),
+                        vec![("m", text.clone())],
+                    )
+                    .await?;
+                queued += 1;
+                if job.seq % LOG_UPKEEP_EVERY == 1 {
+                    let _: () = pipeline
+                        .pexpire(job.log.as_str(), self.log_ttl_ms, None)
+                        .await?;
+                    let _: () = pipeline
+                        .xtrim(job.log.as_str(), ("MAXLEN", "~", self.log_cap as i64))
+                        .await?;
+                    queued += 2;
+                }
+                Ok::<(), fred::error::Error>(())
+            };
+            if let Err(e) = queue.await {
+                queue_err = Some(e);
+                break;
+            }
+            texts.push(text);
         }
-        let result: Result<Vec<Value>, HubError> = self
-            .script
-            .run(&self.client, keys, args)
-            .await
-            .map_err(HubError::from);
-        match result {
-            Ok(values) if values.len() == replies.len() => {
-                for (reply, value) in replies.into_iter().zip(values) {
-                    let outcome = match value {
-                        Value::Integer(n) => Ok(n),
-                        other => Err(other
-                            .as_str()
-                            .map(|s| HubError::Script(s.into_owned()))
-                            .unwrap_or(HubError::BadReply("relay"))),
-                    };
-                    let _ = reply.send(outcome);
+        if let Some(e) = queue_err {
+            for job in batch {
+                let _ = job.reply.send(Err(HubError::Redis(e.clone())));
+            }
+            return;
+        }
+        let mut replies: Vec<Option<Result<Value, fred::error::Error>>> =
+            pipeline.try_all::<Value>().await.into_iter().map(Some).collect();
+        let outcomes: Vec<Stored> = at
+            .iter()
+            .map(|&i| match replies.get_mut(i).and_then(Option::take) {
+                Some(reply) => stored(reply),
+                None => Stored::Failed(HubError::BadReply("relay pipeline (length)")),
+            })
+            .collect();
+        // The stored ones go out on their call channels, in the batch's order.
+        let publish = self.client.pipeline();
+        let mut any = false;
+        for ((job, text), outcome) in batch.iter().zip(&texts).zip(&outcomes) {
+            if matches!(outcome, Stored::Yes) {
+                let queued: Result<(), fred::error::Error> = match self.fanout {
+                    Fanout::Classic => publish.publish(job.channel.as_str(), text.clone()).await,
+                    Fanout::Sharded => publish.spublish(job.channel.as_str(), text.clone()).await,
+                };
+                any |= queued.is_ok();
+            }
+        }
+        if any {
+            // The log holds them: reported sent whatever the publish answers. A lost publish
+            // is caught up from the log (the next number's gap, or the lease tick).
+            for r in publish.try_all::<Value>().await {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "publish after the log write failed");
                 }
             }
-            Ok(_) => {
-                let e = HubError::BadReply("relay (wrong length)");
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
+        }
+        for (job, outcome) in batch.into_iter().zip(outcomes) {
+            match outcome {
+                Stored::Yes => {
+                    let _ = job.reply.send(Ok(job.seq as i64));
+                }
+                Stored::Failed(e) => {
+                    let _ = job.reply.send(Err(e));
+                }
+                Stored::Recover => {
+                    let result = self.recover(&job).await;
+                    let _ = job.reply.send(result);
                 }
             }
-            Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
+        }
+    }
+
+    /// The rare path: a refused or log-less XADD. The script tells replaced (-1), ended (-2),
+    /// or relays after repairing the seat and the log (the number it used).
+    async fn recover(&self, job: &RelayJob) -> Result<i64, HubError> {
+        let live = SeatEntry {
+            role: job.role,
+            live: true,
+            expiry_ms: job.now_ms + self.lease_ms,
+            conn: job.conn.clone(),
+        }
+        .encode();
+        let call = &job.call;
+        let value: Value = self
+            .recover
+            .run(
+                &self.client,
+                vec![
+                    keys::call(call),
+                    keys::call_peers(call),
+                    job.channel.clone(),
+                    job.log.clone(),
+                    keys::call_senders(call),
+                ],
+                vec![
+                    job.participant.to_string(),
+                    job.conn.clone(),
+                    job.seq.to_string(),
+                    job.head.clone(),
+                    job.tail.clone(),
+                    live,
+                    self.log_ttl_ms.to_string(),
+                    CALL_TTL_SECS.to_string(),
+                ],
+            )
+            .await?;
+        match value {
+            Value::Integer(n) => Ok(n),
+            other => Err(other
+                .as_str()
+                .map(|s| HubError::Script(s.into_owned()))
+                .unwrap_or(HubError::BadReply("recover"))),
         }
     }
 }
@@ -1070,13 +1222,13 @@ mod tests {
     #[test]
     fn scripts_publish_with_the_fanout_command() {
         for (fanout, command) in [(Fanout::Classic, "PUBLISH"), (Fanout::Sharded, "SPUBLISH")] {
-            let relay = with_helpers(fanout, RELAY_LUA);
-            assert!(relay.starts_with(&format!("local PUBLISH = '{command}'\n")));
+            let recover = with_helpers(fanout, RECOVER_LUA);
+            assert!(recover.starts_with(&format!("local PUBLISH = '{command}'\n")));
         }
         // No script names a publish command of its own.
         for body in [
             JOIN_LUA,
-            RELAY_LUA,
+            RECOVER_LUA,
             DISCONNECT_LUA,
             TICK_LUA,
             LEAVE_LUA,
@@ -1088,8 +1240,8 @@ mod tests {
     }
 
     #[test]
-    fn the_relay_script_jumps_by_seq_epoch_jump() {
-        assert!(RELAY_LUA.contains(&format!("'INCRBY', kseq, {SEQ_EPOCH_JUMP})")));
+    fn the_join_script_jumps_by_seq_epoch_jump() {
+        assert!(JOIN_LUA.contains(&format!("floor = floor + {SEQ_EPOCH_JUMP} end")));
     }
 
     #[test]
@@ -1144,33 +1296,33 @@ mod tests {
     }
 
     #[test]
-    fn log_entries_of_both_formats() {
+    fn log_entries_are_their_message_field() {
         let fields = |kv: &[(&str, &str)]| {
             kv.iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<HashMap<_, _>>()
         };
         assert_eq!(
-            log_entry(fields(&[("pa", "{\"type\":\"hangup\"}")])),
-            Some(("pa".into(), "{\"type\":\"hangup\"}".into()))
-        );
-        assert_eq!(
-            log_entry(fields(&[("f", "pa"), ("m", "{}")])),
-            Some(("pa".into(), "{}".into()))
+            log_entry(fields(&[("m", "{\"type\":\"hangup\"}")])),
+            Some("{\"type\":\"hangup\"}".into())
         );
         assert_eq!(log_entry(fields(&[])), None);
-        assert_eq!(log_entry(fields(&[("a", "1"), ("b", "2")])), None);
+        // The join's placeholder entry (`f` → ''), trimmed at once, never replays.
+        assert_eq!(log_entry(fields(&[("f", "")])), None);
     }
 
     fn job(call: &CallId) -> RelayJob {
+        let participant = ParticipantId::random(&mut rand::rngs::StdRng::seed_from_u64(1));
         RelayJob {
-            keys: [
-                keys::call_peers(call),
-                keys::call_seq(call),
-                keys::call_channel(call),
-                keys::call_log(call),
-            ],
-            args: Default::default(),
+            log: keys::call_sender_log(call, &participant),
+            channel: keys::call_channel(call),
+            call: call.clone(),
+            participant,
+            role: Role::Offerer,
+            conn: String::new(),
+            seq: 1,
+            head: String::new(),
+            tail: String::new(),
             now_ms: 0,
             reply: oneshot::channel().0,
         }
@@ -1185,8 +1337,8 @@ mod tests {
         // The oldest ones, at most RELAY_BATCH of them.
         let batch = queue.take_batch();
         assert_eq!(batch.len(), RELAY_BATCH);
-        assert_eq!(batch[0].keys[0], keys::call_peers(&calls[0]));
-        assert_eq!(batch[31].keys[0], keys::call_peers(&calls[31]));
+        assert_eq!(batch[0].call, calls[0]);
+        assert_eq!(batch[31].call, calls[31]);
         assert_eq!(queue.waiting.len(), 8);
         // A cluster: one script run per slot, each call's relays in their order.
         let same = calls[3].clone();
@@ -1194,14 +1346,9 @@ mod tests {
             .into_iter()
             .map(job)
             .collect();
-        let groups = by_slot(batch, true, |j| &j.keys[0]);
-        let firsts: Vec<&str> = groups.iter().map(|g| g[0].keys[0].as_str()).collect();
-        let (a, b, c) = (
-            keys::call_peers(&same),
-            keys::call_peers(&calls[0]),
-            keys::call_peers(&calls[1]),
-        );
-        assert_eq!(firsts, [a.as_str(), b.as_str(), c.as_str()]);
+        let groups = by_slot(batch, true, |j| &j.log);
+        let firsts: Vec<&CallId> = groups.iter().map(|g| &g[0].call).collect();
+        assert_eq!(firsts, [&same, &calls[0], &calls[1]]);
         assert_eq!(groups[0].len(), 3);
         assert!(RelayQueue::default().take_batch().is_empty());
     }

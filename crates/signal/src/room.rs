@@ -27,6 +27,7 @@ use hermes_proto::signal::{
     CLOSE_CALL_ENDED, CLOSE_CALL_FULL, CLOSE_POLICY_VIOLATION, CLOSE_UNAUTHORIZED, CallStats,
     ClientMessage, IceCandidate, MAX_SEQ, SignalErrorCode, decode_client,
 };
+use hermes_proto::ids::ID_LEN;
 use hermes_proto::{CallEvent, CallId, JoinClaims, ParticipantId, ProtoError, Role};
 
 /// Limits of one connection (see `config.rs` for the defaults and their trade-offs).
@@ -169,11 +170,86 @@ impl Refusal {
     }
 }
 
+/// A sender's participant id as a fixed-size copy (no allocation per relayed frame): the key of
+/// per-sender delivery positions. Every relayed message is numbered by its sender
+/// (`seq` increases per sender), so "already delivered" is a question per sender.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sender([u8; ID_LEN]);
+
+impl Sender {
+    /// The key of a participant id as it appears in a frame's `from`; None for text that is
+    /// not an id (an id is [`ID_LEN`] ASCII characters).
+    pub fn parse(from: &str) -> Option<Self> {
+        Some(Self(from.as_bytes().try_into().ok()?))
+    }
+
+    pub fn of(participant: &ParticipantId) -> Self {
+        // A ParticipantId is validated to ID_LEN ASCII characters.
+        Self::parse(participant.as_str()).unwrap_or(Self([b'0'; ID_LEN]))
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where delivery from each sender stands: the highest `seq` delivered (or, at admission, the
+/// point live delivery starts after). A sender not listed starts at 0 (its log began after
+/// this connection's admission, so all of it is new). A handful of senders per call: a plain
+/// vector.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Positions(Vec<(Sender, u64)>);
+
+impl Positions {
+    pub fn new(list: Vec<(Sender, u64)>) -> Self {
+        Self(list)
+    }
+
+    /// The highest `seq` delivered from `sender` (0 when none).
+    pub fn of(&self, sender: Sender) -> u64 {
+        self.0
+            .iter()
+            .find(|(s, _)| *s == sender)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// Record `seq` from `sender` if newer than its position: whether it was.
+    pub fn advance(&mut self, sender: Sender, seq: u64) -> bool {
+        match self.0.iter_mut().find(|(s, _)| *s == sender) {
+            Some((_, n)) if seq > *n => {
+                *n = seq;
+                true
+            }
+            Some(_) => false,
+            None => {
+                self.0.push((sender, seq));
+                seq > 0
+            }
+        }
+    }
+
+    /// The highest position of any sender.
+    pub fn max(&self) -> u64 {
+        self.0.iter().map(|(_, n)| *n).max().unwrap_or(0)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Sender, u64)> + '_ {
+        self.0.iter().copied()
+    }
+}
+
 /// The hub's answer to a seat claim (its join script), without the data it carries along.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
-    /// Seated; `after` is where live delivery starts (the log before it is replayed on resume).
-    Admitted { resumed: bool, after: u64 },
+    /// Seated; `after` is where live delivery starts from each sender (the logs before it are
+    /// replayed on resume).
+    Admitted { resumed: bool, after: Positions },
     /// Two media participants already hold the seats.
     Full,
     /// The call has ended (or never existed).
@@ -229,7 +305,7 @@ pub struct Conn {
     rate: TokenBucket,
     abuse: TokenBucket,
     last_rx_ms: u64,
-    last_delivered: u64,
+    delivered: Positions,
     acked: u64,
     acked_flushed: u64,
     /// False until this connection's own join is seen on the channel (or a relayed message
@@ -249,7 +325,7 @@ impl Conn {
             rate: TokenBucket::new(limits.burst.max(1.0), limits.rate_per_sec, now_ms),
             abuse: TokenBucket::new(v, v / 60.0, now_ms),
             last_rx_ms: now_ms,
-            last_delivered: 0,
+            delivered: Positions::default(),
             acked: 0,
             acked_flushed: 0,
             presence_live: false,
@@ -263,12 +339,12 @@ impl Conn {
         }
     }
 
-    /// Admission succeeded: from now on relayed messages with `seq <= base_seq` are not
-    /// delivered live (they were before this connection, or come from the log replay), and
-    /// presence waits for the seam.
-    pub fn joined(&mut self, seat: Seat, base_seq: u64) {
+    /// Admission succeeded: from now on relayed messages at or below a sender's position in
+    /// `base` are not delivered live (they were before this connection, or come from the log
+    /// replay), and presence waits for the seam.
+    pub fn joined(&mut self, seat: Seat, base: Positions) {
         self.phase = Phase::Joined(seat);
-        self.last_delivered = base_seq;
+        self.delivered = base;
         self.presence_live = false;
     }
 
@@ -329,13 +405,14 @@ impl Conn {
         }
     }
 
-    /// Whether a frame from the call's channel goes to this client: a relayed message (`seq`)
-    /// when newer than the last delivered one (it also opens presence: it was published after
-    /// our join); a presence frame (no `seq`) only once presence is open.
-    pub fn accept_frame(&mut self, seq: Option<u64>) -> bool {
-        match seq {
-            Some(seq) => {
-                let fresh = self.accept_delivery(seq);
+    /// Whether a frame from the call's channel goes to this client: a relayed message (its
+    /// sender and `seq`) when newer than the last one delivered from that sender (it also
+    /// opens presence: it was published after our join); a presence frame (none) only once
+    /// presence is open.
+    pub fn accept_frame(&mut self, relayed: Option<(Sender, u64)>) -> bool {
+        match relayed {
+            Some((from, seq)) => {
+                let fresh = self.accept_delivery(from, seq);
                 if fresh {
                     self.presence_live = true;
                 }
@@ -415,7 +492,7 @@ impl Conn {
             ClientMessage::Hangup => Relay::Hangup,
             ClientMessage::Ack { seq } => {
                 // Only what was delivered can be acknowledged (the call's log is trimmed up to the lowest ack).
-                self.acked = self.acked.max(seq.min(self.last_delivered));
+                self.acked = self.acked.max(seq.min(self.delivered.max()));
                 return Decision::Ack(seq);
             }
             ClientMessage::Ping { ts } => return Decision::Pong(ts),
@@ -498,19 +575,20 @@ impl Conn {
         }
     }
 
-    /// Whether a relayed message with `seq` should go to this client (no duplicates).
-    pub fn accept_delivery(&mut self, seq: u64) -> bool {
-        if seq > self.last_delivered {
-            self.last_delivered = seq;
-            true
-        } else {
-            false
-        }
+    /// Whether a relayed message with `seq` from `from` should go to this client (no
+    /// duplicates: numbers increase per sender).
+    pub fn accept_delivery(&mut self, from: Sender, seq: u64) -> bool {
+        self.delivered.advance(from, seq)
     }
 
-    /// Highest relayed `seq` sent to this client.
+    /// Where delivery from each sender stands.
+    pub fn delivered(&self) -> &Positions {
+        &self.delivered
+    }
+
+    /// Highest relayed `seq` sent to this client, from any sender.
     pub fn last_delivered(&self) -> u64 {
-        self.last_delivered
+        self.delivered.max()
     }
 
     /// An acknowledged `seq` not yet recorded in Redis, if any; marks it used.
@@ -560,7 +638,7 @@ mod tests {
 
     fn joined(role: Role) -> Conn {
         let mut c = Conn::new(Limits::default(), T0);
-        c.joined(seat(role), 0);
+        c.joined(seat(role), Positions::default());
         c
     }
 
@@ -588,7 +666,7 @@ mod tests {
             c.on_frame(r#"{"type":"join","token":"t"}"#, T0),
             Decision::Reply(SignalErrorCode::BadMessage, _)
         ));
-        c.joined(seat(Role::Offerer), 0);
+        c.joined(seat(Role::Offerer), Positions::default());
         assert!(matches!(
             c.on_frame(r#"{"type":"join","token":"t"}"#, T0),
             Decision::Reply(SignalErrorCode::BadMessage, _)
@@ -690,7 +768,7 @@ mod tests {
             ..Limits::default()
         };
         let mut c = Conn::new(limits, T0);
-        c.joined(seat(Role::Offerer), 0);
+        c.joined(seat(Role::Offerer), Positions::default());
         let ping = r#"{"type":"ping"}"#;
         for _ in 0..5 {
             assert_eq!(c.on_frame(ping, T0), Decision::Pong(None));
@@ -739,20 +817,48 @@ mod tests {
     #[test]
     fn deliveries_are_deduplicated_by_seq() {
         let mut c = Conn::new(Limits::default(), T0);
-        c.joined(seat(Role::Answerer), 7);
-        assert!(!c.accept_delivery(7), "at or below base_seq: already seen");
-        assert!(c.accept_delivery(9));
-        assert!(!c.accept_delivery(8), "older than the last delivered");
-        assert!(!c.accept_delivery(9), "duplicate");
-        assert!(c.accept_delivery(10));
+        let (a, b) = senders();
+        c.joined(seat(Role::Answerer), Positions::new(vec![(a, 7)]));
+        assert!(!c.accept_delivery(a, 7), "at or below the join's base: already seen");
+        assert!(c.accept_delivery(a, 9));
+        assert!(!c.accept_delivery(a, 8), "older than the last delivered");
+        assert!(!c.accept_delivery(a, 9), "duplicate");
+        assert!(c.accept_delivery(a, 10));
         assert_eq!(c.last_delivered(), 10);
+        // Numbers are per sender: another sender's 3 is news, and its own dedup is separate.
+        assert!(c.accept_delivery(b, 3));
+        assert!(!c.accept_delivery(b, 3));
+        assert!(c.accept_delivery(a, 11));
+        assert_eq!(c.delivered().of(a), 11);
+        assert_eq!(c.delivered().of(b), 3);
+        // A sender unknown at the join started its log after it: all of it is news.
+        let mut c = Conn::new(Limits::default(), T0);
+        c.joined(seat(Role::Observer), Positions::new(vec![(a, 7)]));
+        assert!(c.accept_delivery(b, 1));
+    }
+
+    /// Two senders' keys.
+    fn senders() -> (Sender, Sender) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        (
+            Sender::of(&ParticipantId::random(&mut rng)),
+            Sender::of(&ParticipantId::random(&mut rng)),
+        )
+    }
+
+    #[test]
+    fn senders_are_participant_ids() {
+        let (a, _) = senders();
+        assert_eq!(Sender::parse(a.as_str()), Some(a));
+        assert_eq!(Sender::parse("short"), None);
+        assert_eq!(Sender::parse(&"x".repeat(27)), None);
     }
 
     #[test]
     fn acks_are_flushed_once() {
         let mut c = joined(Role::Answerer);
         assert_eq!(c.take_ack_to_flush(), None);
-        assert!(c.accept_delivery(5));
+        assert!(c.accept_delivery(senders().0, 5));
         c.on_frame(r#"{"type":"ack","seq":4}"#, T0);
         c.on_frame(r#"{"type":"ack","seq":2}"#, T0);
         assert_eq!(c.take_ack_to_flush(), Some(4));
@@ -896,9 +1002,9 @@ mod tests {
     #[test]
     fn admission_outcomes_map_to_codes() {
         let s = seat(Role::Offerer);
-        let refused = |admission| {
+        let refused = |admission: Admission| {
             let mut c = Conn::new(Limits::default(), T0);
-            match c.on_admission(s.clone(), admission) {
+            match c.on_admission(s.clone(), admission.clone()) {
                 JoinStep::Refuse(r) => {
                     assert_eq!(c.seat(), None, "a refused connection holds no seat");
                     assert_eq!(r.call.as_ref(), Some(&s.call));
@@ -937,7 +1043,7 @@ mod tests {
                 s.clone(),
                 Admission::Admitted {
                     resumed: true,
-                    after: 6
+                    after: Positions::new(vec![(senders().0, 6)])
                 }
             ),
             JoinStep::Seated { resumed: true }
@@ -948,9 +1054,10 @@ mod tests {
 
     #[test]
     fn presence_waits_for_the_seam_a_newer_relay_or_a_resync() {
+        let a = senders().0;
         let open_by = |open: &dyn Fn(&mut Conn)| {
             let mut c = Conn::new(Limits::default(), T0);
-            c.joined(seat(Role::Answerer), 4);
+            c.joined(seat(Role::Answerer), Positions::new(vec![(a, 4)]));
             assert!(
                 !c.accept_frame(None),
                 "presence before our join is in `joined`"
@@ -960,16 +1067,16 @@ mod tests {
             c
         };
         open_by(&|c| c.open_presence());
-        let c = open_by(&|c| assert!(c.accept_frame(Some(5))));
+        let c = open_by(&|c| assert!(c.accept_frame(Some((a, 5)))));
         assert_eq!(c.last_delivered(), 5);
         // A relayed message already delivered (resume overlap) opens nothing.
         let mut c = Conn::new(Limits::default(), T0);
-        c.joined(seat(Role::Answerer), 4);
-        assert!(!c.accept_frame(Some(4)));
+        c.joined(seat(Role::Answerer), Positions::new(vec![(a, 4)]));
+        assert!(!c.accept_frame(Some((a, 4))));
         assert!(!c.accept_frame(None));
         // A new admission (a resume on a fresh connection) starts closed again.
         c.open_presence();
-        c.joined(seat(Role::Answerer), 9);
+        c.joined(seat(Role::Answerer), Positions::new(vec![(a, 9)]));
         assert!(!c.accept_frame(None));
     }
 

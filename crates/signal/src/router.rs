@@ -40,18 +40,23 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::HubError;
 use crate::hub::{Hub, ended_frame};
 use crate::metrics::Metrics;
+use crate::room::{Positions, Sender};
 
 /// What the router hands a session.
 #[derive(Debug, Clone)]
 pub enum Delivery {
-    /// A frame to forward as is; `seq` for relayed messages (deduplicated by the session).
-    Frame { text: Utf8Bytes, seq: Option<u64> },
+    /// A frame to forward as is; sender and `seq` for relayed messages (deduplicated by the
+    /// session, per sender).
+    Frame {
+        text: Utf8Bytes,
+        relayed: Option<(Sender, u64)>,
+    },
     /// `call-ended` to forward, then close with 4003.
     Ended(Utf8Bytes),
     /// Another connection took over this seat: close with 4002.
     Replaced,
-    /// Pub/sub may have lost messages: fetch everything after the last delivered `seq` from
-    /// the call's log.
+    /// Pub/sub may have lost messages: fetch everything after the last delivered `seq` of each
+    /// sender from the senders' logs.
     Resync,
     /// This connection's own join script has been seen on the channel: presence events from
     /// here on happened after the `joined` snapshot; earlier ones are already in it.
@@ -107,7 +112,8 @@ pub(crate) struct Local {
 struct CallLocal {
     call: CallId,
     locals: Vec<Local>,
-    last_seq: u64,
+    /// Highest `seq` seen published per sender (gap detection).
+    last_seqs: Positions,
     /// While the channel's subscription is not yet proven: the probe id awaited, when it was
     /// requested, and the registrations waiting for it.
     pending: Option<PendingSubscription>,
@@ -220,8 +226,8 @@ const PROBE_RETRY: Duration = Duration::from_millis(800);
 /// One call's local sessions, for the lease tick.
 pub(crate) struct CallSnapshot {
     pub(crate) call: CallId,
-    /// Highest `seq` the router has seen published for this call.
-    pub(crate) last_seq: u64,
+    /// Highest `seq` the router has seen published for this call, per sender.
+    pub(crate) last_seqs: Positions,
     pub(crate) locals: Vec<(ParticipantId, Role, Arc<str>, mpsc::Sender<Delivery>)>,
 }
 
@@ -422,7 +428,7 @@ pub(crate) async fn router(
                         let entry = calls.entry(channel.clone()).or_insert_with(|| CallLocal {
                             call,
                             locals: Vec::new(),
-                            last_seq: 0,
+                            last_seqs: Positions::default(),
                             pending: Some(PendingSubscription::unsent()),
                         });
                         entry.locals.push(local);
@@ -479,7 +485,7 @@ pub(crate) async fn router(
                             .values()
                             .map(|c| CallSnapshot {
                                 call: c.call.clone(),
-                                last_seq: c.last_seq,
+                                last_seqs: c.last_seqs.clone(),
                                 locals: c
                                     .locals
                                     .iter()
@@ -610,8 +616,12 @@ fn route(
             let (Some(from), Some(seq)) = (head.from, head.seq) else {
                 return None;
             };
-            let gap = entry.last_seq != 0 && seq > entry.last_seq + 1;
-            entry.last_seq = entry.last_seq.max(seq);
+            let sender = Sender::parse(from)?;
+            // Numbers are contiguous per sender while one connection sends: a jump means
+            // pub/sub lost one (a new connection of the sender jumps too: one harmless resync).
+            let last = entry.last_seqs.of(sender);
+            let gap = last != 0 && seq > last + 1;
+            entry.last_seqs.advance(sender, seq);
             for (i, l) in entry.locals.iter().enumerate() {
                 if l.participant.as_str() != from {
                     if gap {
@@ -621,7 +631,7 @@ fn route(
                         i,
                         Delivery::Frame {
                             text: text.clone(),
-                            seq: Some(seq),
+                            relayed: Some((sender, seq)),
                         },
                     ));
                 }
@@ -635,7 +645,7 @@ fn route(
                         i,
                         Delivery::Frame {
                             text: text.clone(),
-                            seq: None,
+                            relayed: None,
                         },
                     ));
                 }
@@ -732,7 +742,7 @@ mod tests {
                 local(3, &ids[1], "b1"),
                 local(4, &ids[2], "o1"),
             ],
-            last_seq: 0,
+            last_seqs: Positions::default(),
             pending: None,
         };
         (entry, ids)
@@ -759,21 +769,37 @@ mod tests {
         let targets: Vec<usize> = out.iter().map(|(i, _)| *i).collect();
         assert_eq!(targets, [2, 3]);
         for (_, d) in &out {
-            assert!(matches!(d, Delivery::Frame { seq: Some(1), text } if **text == hangup(1)));
+            assert!(
+                matches!(d, Delivery::Frame { relayed: Some((s, 1)), text } if **text == hangup(1) && *s == Sender::of(&ids[0]))
+            );
         }
-        assert_eq!(e.last_seq, 1);
+        let a = Sender::of(&ids[0]);
+        assert_eq!(e.last_seqs.of(a), 1);
         // A jump in seq (2 was lost) makes each recipient resync before the frame.
         let (out, _) = run(&mut e, &hangup(3));
         assert!(matches!(
             out[..],
             [
                 (2, Delivery::Resync),
-                (2, Delivery::Frame { seq: Some(3), .. }),
+                (2, Delivery::Frame { relayed: Some((_, 3)), .. }),
                 (3, Delivery::Resync),
-                (3, Delivery::Frame { seq: Some(3), .. }),
+                (3, Delivery::Frame { relayed: Some((_, 3)), .. }),
             ]
         ));
-        assert_eq!(e.last_seq, 3);
+        assert_eq!(e.last_seqs.of(a), 3);
+        // Numbers are per sender: another sender's first number is no gap, whatever it is.
+        let from_b = serde_json::to_string(&ServerMessage::Hangup {
+            from: ids[1].clone(),
+            seq: 1_000,
+        })
+        .unwrap();
+        let (out, _) = run(&mut e, &from_b);
+        assert!(
+            out.iter().all(|(_, d)| !matches!(d, Delivery::Resync)),
+            "{out:?}"
+        );
+        assert_eq!(e.last_seqs.of(Sender::of(&ids[1])), 1_000);
+        assert_eq!(e.last_seqs.of(a), 3);
     }
 
     #[test]

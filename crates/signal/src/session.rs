@@ -67,8 +67,8 @@ struct Joined {
     /// Set by the router when it had to drop a delivery (queue full).
     resync: Arc<AtomicBool>,
     rx: mpsc::Receiver<Delivery>,
-    /// Highest `seq` this connection relayed (a floor for the call's counter).
-    last_sent: u64,
+    /// This connection's next `seq` (numbers are per sender; the join set the first).
+    next_seq: u64,
     relayed: u64,
     delivered: u64,
 }
@@ -309,6 +309,7 @@ impl Session {
                 resync.clone(),
             )
             .await;
+        let mut first_seq = 0;
         let (admission, peers) = match subscribed {
             Err(e) => {
                 tracing::warn!(error = %e, "subscribe failed");
@@ -328,10 +329,13 @@ impl Session {
             {
                 Ok(JoinOutcome::Admitted {
                     resumed,
+                    next_seq,
                     after,
                     peers,
-                    ..
-                }) => (Admission::Admitted { resumed, after }, peers),
+                }) => {
+                    first_seq = next_seq;
+                    (Admission::Admitted { resumed, after }, peers)
+                }
                 Ok(JoinOutcome::Full) => (Admission::Full, Vec::new()),
                 Ok(JoinOutcome::Ended) => (Admission::Ended, Vec::new()),
                 Err(e) => {
@@ -366,7 +370,7 @@ impl Session {
             seat: seat.clone(),
             resync,
             rx,
-            last_sent: 0,
+            next_seq: first_seq,
             relayed: 0,
             delivered: 0,
         });
@@ -386,7 +390,7 @@ impl Session {
         None
     }
 
-    /// Send every message of the call's log after the last delivered one (others' only).
+    /// Send every message of the other senders' logs after the last one delivered from each.
     /// `Err` when the socket is gone.
     async fn replay(&mut self) -> Result<u64, Exit> {
         let Some(j) = &self.joined else { return Ok(0) };
@@ -394,7 +398,7 @@ impl Session {
         let entries = match self
             .state
             .hub
-            .log_after(&call, &participant, self.conn.last_delivered())
+            .logs_after(&call, &participant, self.conn.delivered())
             .await
         {
             Ok(e) => e,
@@ -406,8 +410,8 @@ impl Session {
             }
         };
         let mut n = 0;
-        for (seq, text) in entries {
-            if self.conn.accept_delivery(seq) {
+        for (from, seq, text) in entries {
+            if self.conn.accept_delivery(from, seq) {
                 if self.socket.send(Message::Text(text.into())).await.is_err() {
                     return Err(Exit::Away);
                 }
@@ -438,7 +442,7 @@ impl Session {
             },
             Relay::Hangup => ServerMessage::Hangup { from, seq: 0 },
         };
-        let floor = self.conn.last_delivered().max(j.last_sent);
+        let seq = j.next_seq;
         let outcome = state
             .hub
             .relay(
@@ -447,7 +451,7 @@ impl Session {
                 seat.role,
                 &self.conn_id,
                 &message,
-                floor,
+                seq,
                 now,
             )
             .await;
@@ -455,7 +459,7 @@ impl Session {
             Ok(RelayOutcome::Sent(seq)) => {
                 state.metrics.relayed.inc();
                 if let Some(j) = &mut self.joined {
-                    j.last_sent = j.last_sent.max(seq);
+                    j.next_seq = j.next_seq.max(seq + 1);
                     j.relayed += 1;
                 }
                 if hangup {
@@ -520,8 +524,8 @@ impl Session {
 
     async fn on_delivery(&mut self, delivery: Delivery) -> Option<Exit> {
         match delivery {
-            Delivery::Frame { text, seq } => {
-                if !self.conn.accept_frame(seq) {
+            Delivery::Frame { text, relayed } => {
+                if !self.conn.accept_frame(relayed) {
                     return None;
                 }
                 if self.socket.send(Message::Text(text)).await.is_err() {

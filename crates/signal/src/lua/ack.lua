@@ -10,15 +10,23 @@ if redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) == 1 then redis.call('EXPIRE', 
 local acked = {}
 local kv = redis.call('HGETALL', KEYS[2])
 for i = 1, #kv, 2 do acked[kv[i]] = tonumber(kv[i + 1]) end
--- Everything up to the lowest ack of the seated participants was delivered to every one of
--- them (or sent by them); a seat that has acked nothing yet keeps the whole log.
-local low
-for i = 1, #seats, 2 do
-  local n = acked[seats[i]]
-  if not n then return 1 end
-  if not low or n < low then low = n end
-end
-if low and low > 0 then
-  redis.call('XTRIM', KEYS[3], 'MINID', string.format('%d', low + 1))
+-- Each sender's log is read by the other seated media participants: everything up to the
+-- lowest of their acks was delivered to each of them. A reader that has acked nothing yet
+-- keeps the whole log. An observer's one number does not say which sender it counts (it
+-- receives from two), so observers do not trim: the cap bounds what they find on a resume.
+for _, s in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  local low
+  local keep = false
+  for i = 1, #seats, 2 do
+    local p = seats[i]
+    if p ~= s and not is_observer(seats[i + 1]) then
+      local n = acked[p]
+      if not n then keep = true break end
+      if not low or n < low then low = n end
+    end
+  end
+  if not keep and low and low > 0 then
+    redis.call('XTRIM', ARGV[5] .. s, 'MINID', string.format('%d', low + 1))
+  end
 end
 return 1

@@ -57,9 +57,53 @@ else
 end
 -- The seam: presence events a subscriber sees before this one are in the reply's snapshot.
 redis.call(PUBLISH, KEYS[3], frame('seat', ARGV[1], 'conn', ARGV[3]))
-local seq = redis.call('GET', KEYS[4]) or '0'
-local after = seq
-if resumed == 1 and tonumber(ARGV[9]) <= tonumber(seq) then after = ARGV[9] end
-local reply = {'ok', resumed, seq, after}
+-- The senders' logs: each one's last id, and where this connection's delivery from it starts
+-- (a fresh join: after its last id; a resume: after lastSeq, clamped to that last id, so a
+-- number Redis never issued is never used).
+local prefix = ARGV[12]
+local senders = redis.call('SMEMBERS', KEYS[4])
+local top_self, top_all = log_top(KEYS[5]) or 0, 0
+local positions = {}
+for _, s in ipairs(senders) do
+  local top = log_top(prefix .. s) or 0
+  if top > top_all then top_all = top end
+  if s ~= ARGV[1] then
+    local at = top
+    if resumed == 1 and tonumber(ARGV[9]) < top then at = tonumber(ARGV[9]) end
+    positions[#positions + 1] = s
+    positions[#positions + 1] = string.format('%d', at)
+  end
+end
+-- This connection's first number (media only; observers relay nothing). Above everything any
+-- receiver of the call was sent (a participant taking a seat another left numbers above what
+-- the other's receiver saw), and above the next number of a connection this one replaces:
+-- the log's last id moves there, so that connection's next XADD is refused (the fence).
+local next_seq = 0
+if media_self then
+  local floor = top_all
+  if prev == 'live' or prev == 'away' then floor = math.max(floor, top_self + 1) end
+  -- Failover (Sentinel, Cluster): a primary that died may have issued numbers it never
+  -- replicated. The first join on another primary (another replication id) jumps past them.
+  if ARGV[10] == '1' then
+    local epoch = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or ''
+    if redis.call('GET', KEYS[6]) ~= epoch then
+      if floor > 0 then floor = floor + 1000000 end
+      redis.call('SET', KEYS[6], epoch, 'EX', ARGV[7])
+    end
+  end
+  local exists = redis.call('EXISTS', KEYS[5]) == 1
+  if not exists then
+    -- NOMKSTREAM on the hot path: the log exists from the join on (an emptied one keeps its
+    -- last id), and its last id is the floor.
+    redis.call('XADD', KEYS[5], 'MAXLEN', '0', string.format('%d-1', floor), 'f', '')
+  elseif floor > top_self then
+    redis.call('XSETID', KEYS[5], string.format('%d-1', floor))
+  end
+  redis.call('PEXPIRE', KEYS[5], ARGV[11])
+  if redis.call('SADD', KEYS[4], ARGV[1]) == 1 then redis.call('EXPIRE', KEYS[4], ARGV[7]) end
+  next_seq = floor + 1
+end
+local reply = {'ok', resumed, string.format('%d', next_seq), #positions / 2}
+for _, p in ipairs(positions) do reply[#reply + 1] = p end
 for _, o in ipairs(out) do reply[#reply + 1] = o end
 return reply

@@ -18,3 +18,15 @@ local function frame(kind, pid, field, value)
   if field then t[field] = value end
   return cjson.encode(t)
 end
+-- The last id a sender log ever issued (a stream keeps it when trimmed empty), as a number;
+-- nil when the log does not exist.
+local function log_top(klog)
+  local info = redis.pcall('XINFO', 'STREAM', klog)
+  if type(info) ~= 'table' or info.err then return nil end
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      return tonumber(string.match(info[i + 1], '^(%d+)-'))
+    end
+  end
+  return nil
+end

@@ -3,7 +3,7 @@ local now, grace, ttl, log_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], 
 -- The TTLs (a day for the seats, minutes for the log) are renewed every few rounds, not at
 -- every one: each renewal is a command per call per replica.
 local renew_ttls = ARGV[5] == '1'
-local function tick(kcall, kpeers, kchan, kseq, klog, first, count)
+local function tick(kcall, kpeers, kchan, ksenders, first, count)
   local status = redis.call('HGET', kcall, 'status')
   if status == 'ended' then return {'ended'} end
   if not status then
@@ -14,7 +14,16 @@ local function tick(kcall, kpeers, kchan, kseq, klog, first, count)
   local seats = {}
   for i = 1, #entries, 2 do seats[entries[i]] = entries[i + 1] end
   local mine = {}
-  local reply = {'ok', redis.call('GET', kseq) or '0'}
+  -- Each sender log's newest entry (an emptied log has none: everything in it was acked):
+  -- the replica compares it with what it saw published, the safety net for pub/sub loss.
+  local prefix = string.sub(kpeers, 1, -7) .. ':log:'
+  local senders = redis.call('SMEMBERS', ksenders)
+  local reply = {'ok', #senders}
+  for _, s in ipairs(senders) do
+    local last = redis.call('XREVRANGE', prefix .. s, '+', '-', 'COUNT', '1')[1]
+    reply[#reply + 1] = s
+    reply[#reply + 1] = last and string.match(last[1], '^(%d+)-') or '0'
+  end
   local renewed, created = false, false
   for i = first, first + 3 * (count - 1), 3 do
     local pid, conn = ARGV[i], ARGV[i + 1]
@@ -57,16 +66,19 @@ local function tick(kcall, kpeers, kchan, kseq, klog, first, count)
     end
   end
   if renew_ttls or created then redis.call('EXPIRE', kpeers, ttl) end
-  -- A renewed lease keeps the call's log (relays set its TTL only every 64th number).
-  if renewed and renew_ttls then redis.call('PEXPIRE', klog, log_ttl) end
+  -- A renewed lease keeps the call's logs (relays set their TTL only every 64th number).
+  if renewed and renew_ttls then
+    for _, s in ipairs(senders) do redis.call('PEXPIRE', prefix .. s, log_ttl) end
+    redis.call('EXPIRE', ksenders, ttl)
+  end
   return reply
 end
 local out = {}
 local a = 6
-for c = 1, #KEYS / 5 do
-  local k = (c - 1) * 5
+for c = 1, #KEYS / 4 do
+  local k = (c - 1) * 4
   local count = tonumber(ARGV[a])
-  out[c] = tick(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], a + 1, count)
+  out[c] = tick(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], a + 1, count)
   a = a + 1 + 3 * count
 end
 return out
