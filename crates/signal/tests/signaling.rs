@@ -81,11 +81,12 @@ async fn exchange(url_a: &str, url_b: &str, redis: &RedisServer) {
         sdp: "v=0 answer".into(),
     })
     .await;
+    // Numbers are per sender: b's first message is b's 1.
     assert_eq!(
         a.recv().await,
         ServerMessage::Answer {
             from: pb.clone(),
-            seq: 2,
+            seq: 1,
             sdp: "v=0 answer".into()
         }
     );
@@ -93,14 +94,14 @@ async fn exchange(url_a: &str, url_b: &str, redis: &RedisServer) {
         a.send(&candidate(i)).await;
         b.send(&candidate(100 + i)).await;
     }
-    let mut last = 2;
+    let mut last = 1;
     for i in 0..5 {
         let m = b.recv().await;
         assert_eq!(candidate_index(&m), i);
-        assert!(seq_of(&m) > last);
+        assert_eq!(seq_of(&m), last + 1, "one sender's numbers are contiguous");
         last = seq_of(&m);
     }
-    let mut last = 2;
+    let mut last = 1;
     for i in 0..5 {
         let m = a.recv().await;
         assert_eq!(candidate_index(&m), 100 + i);
@@ -426,9 +427,9 @@ async fn resume_replays_exactly_the_missed_messages_in_order() {
     for i in 1..=6 {
         a.send(&candidate(i)).await;
     }
-    // Once the last one is in the call's log (all relayed while b was away), reconnect with
-    // the same token.
-    let log = hermes_proto::keys::call_log(&call.id);
+    // Once the last one is in a's log (all relayed while b was away), reconnect with the same
+    // token.
+    let log = hermes_proto::keys::call_sender_log(&call.id, &pa);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !redis
         .raw_command(&format!("XREVRANGE {log} + - COUNT 1"))
