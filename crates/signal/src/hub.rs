@@ -1090,8 +1090,12 @@ impl RelayRunner {
             }
             return;
         }
-        let mut replies: Vec<Option<Result<Value, fred::error::Error>>> =
-            pipeline.try_all::<Value>().await.into_iter().map(Some).collect();
+        let mut replies: Vec<Option<Result<Value, fred::error::Error>>> = pipeline
+            .try_all::<Value>()
+            .await
+            .into_iter()
+            .map(Some)
+            .collect();
         let outcomes: Vec<Stored> = at
             .iter()
             .map(|&i| match replies.get_mut(i).and_then(Option::take) {

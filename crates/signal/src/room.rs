@@ -23,11 +23,11 @@
 //! tests check the scripts agree.
 
 pub use hermes_proto::call_state::{Presence, SeatEntry};
+use hermes_proto::ids::ID_LEN;
 use hermes_proto::signal::{
     CLOSE_CALL_ENDED, CLOSE_CALL_FULL, CLOSE_POLICY_VIOLATION, CLOSE_UNAUTHORIZED, CallStats,
     ClientMessage, IceCandidate, MAX_SEQ, SignalErrorCode, decode_client,
 };
-use hermes_proto::ids::ID_LEN;
 use hermes_proto::{CallEvent, CallId, JoinClaims, ParticipantId, ProtoError, Role};
 
 /// Limits of one connection (see `config.rs` for the defaults and their trade-offs).
@@ -819,7 +819,10 @@ mod tests {
         let mut c = Conn::new(Limits::default(), T0);
         let (a, b) = senders();
         c.joined(seat(Role::Answerer), Positions::new(vec![(a, 7)]));
-        assert!(!c.accept_delivery(a, 7), "at or below the join's base: already seen");
+        assert!(
+            !c.accept_delivery(a, 7),
+            "at or below the join's base: already seen"
+        );
         assert!(c.accept_delivery(a, 9));
         assert!(!c.accept_delivery(a, 8), "older than the last delivered");
         assert!(!c.accept_delivery(a, 9), "duplicate");

@@ -781,9 +781,21 @@ mod tests {
             out[..],
             [
                 (2, Delivery::Resync),
-                (2, Delivery::Frame { relayed: Some((_, 3)), .. }),
+                (
+                    2,
+                    Delivery::Frame {
+                        relayed: Some((_, 3)),
+                        ..
+                    }
+                ),
                 (3, Delivery::Resync),
-                (3, Delivery::Frame { relayed: Some((_, 3)), .. }),
+                (
+                    3,
+                    Delivery::Frame {
+                        relayed: Some((_, 3)),
+                        ..
+                    }
+                ),
             ]
         ));
         assert_eq!(e.last_seqs.of(a), 3);

@@ -265,7 +265,10 @@ async fn join_and_relay_scripts_over_the_whole_range() {
             value.min(history),
             "{value}: clamped to a's log"
         );
-        assert!(next_seq <= history + 2, "{value}: b's own numbers ignore lastSeq");
+        assert!(
+            next_seq <= history + 2,
+            "{value}: b's own numbers ignore lastSeq"
+        );
         // A relay at any number up to MAX_SEQ - 1 goes out at it (or, at or below what the log
         // holds, at the next free one).
         let seq = value.clamp(1, MAX_SEQ - 1);
