@@ -67,12 +67,18 @@ pub struct CallStats {
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ClientMessage {
     /// First message on a connection: authenticate. `lastSeq` (resume) is the highest `seq`
-    /// this participant has processed; the server replays everything after it.
+    /// this participant has processed; the server replays everything after it. Numbers are
+    /// per sender (`from`): a media participant receives from one sender at a time, so one
+    /// number says it; a client that receives from several (an observer) sends `lastSeqs`,
+    /// sender → highest `seq` processed from it, which takes precedence (a sender it does not
+    /// list is replayed from its start).
     #[serde(rename_all = "camelCase")]
     Join {
         token: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         last_seq: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seqs: Option<std::collections::BTreeMap<ParticipantId, u64>>,
         /// The call the client means to join (from its URL); when present, a token for any
         /// other call is refused with `unauthorized`.
         #[serde(default, skip_serializing_if = "Option::is_none")]

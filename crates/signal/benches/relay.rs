@@ -582,6 +582,7 @@ async fn join(url: &str, token: String) -> Ws {
         token,
         last_seq: None,
         call_id: None,
+        last_seqs: None,
     };
     ws.send(Message::text(serde_json::to_string(&join).unwrap()))
         .await

@@ -96,6 +96,42 @@ pub enum JoinOutcome {
     Ended,
 }
 
+/// Where a joining client says it stands (`join`'s `lastSeq` / `lastSeqs`): none is a fresh
+/// join.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resume {
+    pub last_seq: Option<u64>,
+    /// Per sender (takes precedence over `last_seq`; a sender not listed replays from its
+    /// start).
+    pub per_sender: Option<Vec<(ParticipantId, u64)>>,
+}
+
+impl Resume {
+    pub fn after(last_seq: u64) -> Self {
+        Self {
+            last_seq: Some(last_seq),
+            per_sender: None,
+        }
+    }
+
+    /// ARGV of the join script: lastSeq ('' for a fresh join, '0' when only per-sender
+    /// numbers came) and the per-sender list (`pid:seq,…`, '' when none).
+    fn args(&self) -> (String, String) {
+        let per_sender = self.per_sender.as_ref().map(|list| {
+            list.iter()
+                .map(|(p, n)| format!("{p}:{n}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        let last = match (self.last_seq, &per_sender) {
+            (Some(n), _) => n.to_string(),
+            (None, Some(_)) => "0".to_owned(),
+            (None, None) => String::new(),
+        };
+        (last, per_sender.unwrap_or_default())
+    }
+}
+
 /// The result of relaying one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayOutcome {
@@ -131,7 +167,7 @@ const PRESENCE_LUA: &str = include_str!("lua/presence.lua");
 /// KEYS: call, peers, channel, senders, the joiner's own log, seq epoch.
 /// ARGV: pid, role, conn, now_ms, live entry, grace_ms, ttl_s, max_media, lastSeq ('' for a
 /// fresh join), whether to check the failover epoch ('1' under Sentinel and Cluster), log ttl
-/// ms, the prefix of the call's log keys.
+/// ms, the prefix of the call's log keys, the per-sender `lastSeqs` (`pid:seq,…`, or '').
 /// Reply: ok, resumed (0/1), this connection's first `seq`, the number of other senders, then
 /// per other sender its id and where delivery from it starts (its log's last id; on a resume
 /// lastSeq clamped to it: a number Redis never issued is never used), then the peers.
@@ -442,9 +478,10 @@ impl Hub {
         participant: &ParticipantId,
         role: Role,
         conn: &str,
-        last_seq: Option<u64>,
+        resume: &Resume,
         now_ms: u64,
     ) -> Result<JoinOutcome, HubError> {
+        let (last_seq, per_sender) = resume.args();
         let reply: Vec<Value> = self
             .scripts
             .join
@@ -467,10 +504,11 @@ impl Hub {
                     self.times.grace_ms.to_string(),
                     CALL_TTL_SECS.to_string(),
                     MAX_MEDIA.to_string(),
-                    last_seq.map(|n| n.to_string()).unwrap_or_default(),
+                    last_seq,
                     if self.failover_epochs { "1" } else { "0" }.to_owned(),
                     self.log_ttl_ms().to_string(),
                     keys::call_sender_log_prefix(call),
+                    per_sender,
                 ],
             )
             .await?;

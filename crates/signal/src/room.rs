@@ -30,6 +30,10 @@ use hermes_proto::signal::{
 };
 use hermes_proto::{CallEvent, CallId, JoinClaims, ParticipantId, ProtoError, Role};
 
+/// Most senders a `join`'s `lastSeqs` may list: a call has two media senders, and each one
+/// that left and came back under another id adds one; more is not a real client.
+pub const MAX_LAST_SEQS: usize = 8;
+
 /// Limits of one connection (see `config.rs` for the defaults and their trade-offs).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
@@ -114,6 +118,8 @@ pub enum Decision {
     Join {
         token: String,
         last_seq: Option<u64>,
+        /// Per sender, for clients that receive from several (at most [`MAX_LAST_SEQS`]).
+        last_seqs: Option<Vec<(ParticipantId, u64)>>,
         call_id: Option<CallId>,
     },
     Relay(Relay),
@@ -448,13 +454,24 @@ impl Conn {
                 ClientMessage::Join {
                     token,
                     last_seq,
+                    last_seqs,
                     call_id,
                 },
             ) => {
-                if last_seq.is_some_and(|n| n > MAX_SEQ) {
+                let beyond = |n: &u64| *n > MAX_SEQ;
+                if last_seq.as_ref().is_some_and(beyond)
+                    || last_seqs.as_ref().is_some_and(|m| m.values().any(beyond))
+                {
                     return self.violation(
                         SignalErrorCode::BadMessage,
                         format!("lastSeq must be an integer from 0 to {MAX_SEQ}"),
+                        now_ms,
+                    );
+                }
+                if last_seqs.as_ref().is_some_and(|m| m.len() > MAX_LAST_SEQS) {
+                    return self.violation(
+                        SignalErrorCode::BadMessage,
+                        format!("lastSeqs lists at most {MAX_LAST_SEQS} senders"),
                         now_ms,
                     );
                 }
@@ -462,6 +479,7 @@ impl Conn {
                 Decision::Join {
                     token,
                     last_seq,
+                    last_seqs: last_seqs.map(|m| m.into_iter().collect()),
                     call_id,
                 }
             }
@@ -658,6 +676,7 @@ mod tests {
             Decision::Join {
                 token: "t".into(),
                 last_seq: Some(4),
+                last_seqs: None,
                 call_id: None
             }
         );
@@ -869,6 +888,57 @@ mod tests {
         // Beyond what was delivered: only up to the last delivered message.
         c.on_frame(r#"{"type":"ack","seq":1000000000000000}"#, T0);
         assert_eq!(c.take_ack_to_flush(), Some(5));
+    }
+
+    #[test]
+    fn last_seqs_are_per_sender_within_range_and_bounded() {
+        let (a, b) = senders();
+        let pa = ParticipantId::parse(a.as_str()).unwrap();
+        let pb = ParticipantId::parse(b.as_str()).unwrap();
+        let mut c = Conn::new(Limits::default(), T0);
+        let d = c.on_frame(
+            &format!(r#"{{"type":"join","token":"t","lastSeqs":{{"{pa}":4,"{pb}":9}}}}"#),
+            T0,
+        );
+        let Decision::Join {
+            last_seq: None,
+            last_seqs: Some(mut list),
+            ..
+        } = d
+        else {
+            panic!("{d:?}")
+        };
+        list.sort();
+        let mut expected = vec![(pa.clone(), 4), (pb.clone(), 9)];
+        expected.sort();
+        assert_eq!(list, expected);
+        // Beyond 2^53 - 1, not a participant id, or too many senders: bad-message, and the
+        // connection still awaits a valid join.
+        let many: Vec<String> = (0..=MAX_LAST_SEQS)
+            .map(|i| {
+                let p = ParticipantId::random(&mut rand::rngs::StdRng::seed_from_u64(i as u64));
+                format!(r#""{p}":1"#)
+            })
+            .collect();
+        for bad in [
+            format!(r#"{{"{pa}":9007199254740992}}"#),
+            r#"{"../x":1}"#.to_owned(),
+            format!("{{{}}}", many.join(",")),
+        ] {
+            let mut c = Conn::new(Limits::default(), T0);
+            let d = c.on_frame(
+                &format!(r#"{{"type":"join","token":"t","lastSeqs":{bad}}}"#),
+                T0,
+            );
+            assert!(
+                matches!(d, Decision::Reply(SignalErrorCode::BadMessage, _)),
+                "{bad}: {d:?}"
+            );
+            assert!(matches!(
+                c.on_frame(r#"{"type":"join","token":"t"}"#, T0),
+                Decision::Join { .. }
+            ));
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::hub::{DELIVERY_QUEUE, Delivery, JoinOutcome, RelayOutcome};
+use crate::hub::{DELIVERY_QUEUE, Delivery, JoinOutcome, RelayOutcome, Resume};
 use crate::room::{self, Admission, Conn, Decision, JoinStep, Refusal, Relay, Seat, Tick};
 use crate::state::{AppState, SessionGuard};
 
@@ -223,8 +223,15 @@ impl Session {
             Decision::Join {
                 token,
                 last_seq,
+                last_seqs,
                 call_id,
-            } => self.join(&token, last_seq, call_id, now).await,
+            } => {
+                let resume = Resume {
+                    last_seq,
+                    per_sender: last_seqs,
+                };
+                self.join(&token, resume, call_id, now).await
+            }
             Decision::Relay(relay) => self.relay(relay, now).await,
             Decision::Ack(_) => None,
             Decision::Leave => {
@@ -284,7 +291,7 @@ impl Session {
     async fn join(
         &mut self,
         token: &str,
-        last_seq: Option<u64>,
+        resume: Resume,
         call_id: Option<CallId>,
         now: u64,
     ) -> Option<Exit> {
@@ -322,7 +329,7 @@ impl Session {
                     &seat.participant,
                     seat.role,
                     &self.conn_id,
-                    last_seq,
+                    &resume,
                     now,
                 )
                 .await

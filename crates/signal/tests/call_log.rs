@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use hermes_proto::signal::{IceCandidate, ServerMessage};
 use hermes_proto::{CallId, ParticipantId, Role, keys};
-use hermes_signal::hub::{Hub, HubTimes, JoinOutcome, RelayOutcome};
+use hermes_signal::hub::{Hub, HubTimes, JoinOutcome, RelayOutcome, Resume};
 use hermes_signal::room::{Positions, Sender};
 use hermes_testkit::RedisServer;
 use rand::SeedableRng;
@@ -66,7 +66,7 @@ async fn two_seats(inbox_maxlen: u64) -> Setup {
     let now = hermes_service::unix_now_ms();
     for (p, role) in [(&a, Role::Offerer), (&b, Role::Answerer)] {
         let joined = hub
-            .join(&call, p, role, p.as_str(), None, now)
+            .join(&call, p, role, p.as_str(), &Resume::default(), now)
             .await
             .unwrap();
         assert!(matches!(
@@ -190,7 +190,7 @@ async fn a_replaced_connection_is_fenced_off_by_its_log() {
     let now = hermes_service::unix_now_ms();
     let JoinOutcome::Admitted { next_seq, .. } = s
         .hub
-        .join(&s.call, &a, Role::Offerer, "a2", Some(0), now)
+        .join(&s.call, &a, Role::Offerer, "a2", &Resume::after(0), now)
         .await
         .unwrap()
     else {

@@ -180,7 +180,7 @@ async fn binary_logs_listening_and_exits_zero_on_sigterm_after_closing_1012() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_script_applies_the_presence_and_seat_rules_of_room() {
     use hermes_proto::{CallId, ParticipantId};
-    use hermes_signal::hub::{Hub, HubTimes, JoinOutcome};
+    use hermes_signal::hub::{Hub, HubTimes, JoinOutcome, Resume};
     use hermes_signal::room::{SeatEntry, admits};
     let redis = RedisServer::start();
     let client = hermes_service::redis::connect(&redis.url(), Duration::from_secs(5))
@@ -229,7 +229,7 @@ async fn join_script_applies_the_presence_and_seat_rules_of_room() {
                     }
                     let me = ParticipantId::random(&mut rand::rng());
                     let outcome = hub
-                        .join(&call, &me, Role::Answerer, "me", None, now)
+                        .join(&call, &me, Role::Answerer, "me", &Resume::default(), now)
                         .await
                         .unwrap();
                     let expected = admits(Role::Answerer, &entries, now, times.grace_ms, 2);
@@ -288,6 +288,7 @@ async fn readiness_requires_pubsub_that_works() {
         token: t.clone(),
         last_seq: None,
         call_id: None,
+        last_seqs: None,
     })
     .await;
     let (seen, _) = c.closed().await;

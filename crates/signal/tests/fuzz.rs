@@ -157,6 +157,7 @@ impl Participant {
             token: self.token.clone(),
             last_seq: resume.then_some(self.last_seq),
             call_id: None,
+            last_seqs: None,
         };
         sink.send(Message::text(serde_json::to_string(&join).unwrap()))
             .await

@@ -189,7 +189,7 @@ async fn a_sender_log_left_ahead_of_its_sender_is_stepped_over() {
 async fn join_and_relay_scripts_over_the_whole_range() {
     use hermes_proto::signal::MAX_SEQ;
     use hermes_proto::{CallId, ParticipantId};
-    use hermes_signal::hub::{Hub, HubTimes, JoinOutcome, RelayOutcome};
+    use hermes_signal::hub::{Hub, HubTimes, JoinOutcome, RelayOutcome, Resume};
     use hermes_signal::room::{Positions, Sender};
     let redis = RedisServer::start();
     let client = hermes_service::redis::connect(&redis.url(), Duration::from_secs(5))
@@ -223,7 +223,7 @@ async fn join_and_relay_scripts_over_the_whole_range() {
         let now = hermes_service::unix_now_ms();
         for p in [&a, &b] {
             let first = hub
-                .join(&call, p, Role::Offerer, p.as_str(), None, now)
+                .join(&call, p, Role::Offerer, p.as_str(), &Resume::default(), now)
                 .await
                 .unwrap();
             assert!(matches!(
@@ -247,7 +247,14 @@ async fn join_and_relay_scripts_over_the_whole_range() {
         }
         // b resumes with `value` as lastSeq.
         let resumed = hub
-            .join(&call, &b, Role::Offerer, b.as_str(), Some(value), now)
+            .join(
+                &call,
+                &b,
+                Role::Offerer,
+                b.as_str(),
+                &Resume::after(value),
+                now,
+            )
             .await
             .unwrap();
         let JoinOutcome::Admitted {
@@ -269,6 +276,29 @@ async fn join_and_relay_scripts_over_the_whole_range() {
             next_seq <= history + 2,
             "{value}: b's own numbers ignore lastSeq"
         );
+        // The same per sender (`lastSeqs`): clamped alike; a sender not listed from its start.
+        for (list, expected) in [
+            (vec![(a.clone(), value)], value.min(history)),
+            (Vec::new(), 0),
+        ] {
+            let resume = Resume {
+                last_seq: None,
+                per_sender: Some(list),
+            };
+            let again = hub
+                .join(&call, &b, Role::Offerer, b.as_str(), &resume, now)
+                .await
+                .unwrap();
+            let JoinOutcome::Admitted {
+                resumed: true,
+                after,
+                ..
+            } = again
+            else {
+                panic!("{value}: {again:?}")
+            };
+            assert_eq!(after.of(from_a), expected, "{value}: per sender");
+        }
         // A relay at any number up to MAX_SEQ - 1 goes out at it (or, at or below what the log
         // holds, at the next free one).
         let seq = value.clamp(1, MAX_SEQ - 1);

@@ -148,6 +148,7 @@ async fn third_media_participant_is_refused_observer_is_read_only() {
         token: tc,
         last_seq: None,
         call_id: None,
+        last_seqs: None,
     })
     .await;
     let (seen, closed) = c.closed().await;
@@ -264,6 +265,7 @@ async fn bad_tokens_are_refused() {
             token,
             last_seq: None,
             call_id,
+            last_seqs: None,
         })
         .await;
         let (seen, closed) = c.closed().await;
@@ -596,6 +598,7 @@ async fn hangup_ends_the_call_for_both() {
         token: tb,
         last_seq: Some(1),
         call_id: None,
+        last_seqs: None,
     })
     .await;
     let (seen, closed) = c.closed().await;

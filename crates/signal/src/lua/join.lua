@@ -61,6 +61,9 @@ redis.call(PUBLISH, KEYS[3], frame('seat', ARGV[1], 'conn', ARGV[3]))
 -- (a fresh join: after its last id; a resume: after lastSeq, clamped to that last id, so a
 -- number Redis never issued is never used).
 local prefix = ARGV[12]
+local per_sender = ARGV[13] ~= ''
+local given = {}
+for p, n in string.gmatch(ARGV[13], '(%w+):(%d+)') do given[p] = tonumber(n) end
 local senders = redis.call('SMEMBERS', KEYS[4])
 local top_self, top_all = log_top(KEYS[5]) or 0, 0
 local positions = {}
@@ -69,7 +72,11 @@ for _, s in ipairs(senders) do
   if top > top_all then top_all = top end
   if s ~= ARGV[1] then
     local at = top
-    if resumed == 1 and tonumber(ARGV[9]) < top then at = tonumber(ARGV[9]) end
+    if resumed == 1 then
+      local want = tonumber(ARGV[9])
+      if per_sender then want = given[s] or 0 end
+      if want < top then at = want end
+    end
     positions[#positions + 1] = s
     positions[#positions + 1] = string.format('%d', at)
   end

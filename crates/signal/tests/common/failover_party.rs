@@ -78,6 +78,7 @@ pub async fn join_until_admitted(
                 token: token.to_owned(),
                 last_seq,
                 call_id: None,
+                last_seqs: None,
             };
             let text = serde_json::to_string(&join).unwrap();
             if ws.send(Message::text(text)).await.is_ok() {

@@ -195,6 +195,7 @@ impl Client {
             token: token.to_owned(),
             last_seq,
             call_id: None,
+            last_seqs: None,
         })
         .await;
         let joined = c.recv().await;
