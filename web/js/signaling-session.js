@@ -1,7 +1,8 @@
 // The WebSocket to the signal service: authentication by the first message (`join`, the token
-// never goes in the URL), reconnect with jittered backoff and resume (`lastSeq` = the highest
-// relayed `seq` processed, so the server replays exactly what was missed), `ack` of every
-// relayed message, duplicate suppression, keep-alive pings and a liveness timeout.
+// never goes in the URL), reconnect with jittered backoff and resume (`lastSeqs` = the highest
+// relayed `seq` processed per sender, numbers being per sender, and `lastSeq` their maximum,
+// so the server replays exactly what was missed), `ack` of every relayed message, duplicate
+// suppression per sender, keep-alive pings and a liveness timeout.
 //
 // No DOM: the WebSocket constructor and timers are injectable, so the unit tests drive it with
 // a fake socket.
@@ -56,6 +57,8 @@ export class SignalingSession {
     this.attempt = 0;
     this.joinedOnce = false;
     this.lastSeq = 0;
+    // Highest `seq` processed per sender: numbers are per sender (`from`).
+    this.lastSeqs = {};
     this.queue = [];
     this.stopped = false;
     this.lastHeard = 0;
@@ -93,7 +96,10 @@ export class SignalingSession {
       if (ws !== this.ws) return;
       const opts = { callId: this.callId };
       // Resume only after a first successful join: the server then replays after lastSeq.
-      if (this.joinedOnce) opts.lastSeq = this.lastSeq;
+      if (this.joinedOnce) {
+        opts.lastSeq = this.lastSeq;
+        opts.lastSeqs = this.lastSeqs;
+      }
       this.rawSend(joinMessage(this.token, opts));
       this.joinTimer = this.timers.setTimeout(() => {
         if (ws === this.ws && this.state !== 'open') ws.close(4000, 'join timeout');
@@ -139,12 +145,13 @@ export class SignalingSession {
       return;
     }
     if (isRelayed(m)) {
-      if (m.seq <= this.lastSeq) {
+      if (m.seq <= (this.lastSeqs[m.from] ?? 0)) {
         // Already processed (resume overlap): ack again so the server can trim, skip.
         this.rawSend(ackMessage(m.seq));
         return;
       }
-      this.lastSeq = m.seq;
+      this.lastSeqs[m.from] = m.seq;
+      this.lastSeq = Math.max(this.lastSeq, m.seq);
       this.onMessage(m);
       this.rawSend(ackMessage(m.seq));
       return;

@@ -38,6 +38,18 @@ test('client builders produce exactly the golden fixtures', () => {
   assert.deepEqual(statsMessage(s), s);
 });
 
+test('join carries lastSeqs per sender, without garbage entries, only when there are some', () => {
+  assert.deepEqual(joinMessage('t', { lastSeq: 4, lastSeqs: { a: 4, b: 2 } }), {
+    type: 'join',
+    token: 't',
+    lastSeq: 4,
+    lastSeqs: { a: 4, b: 2 },
+  });
+  assert.deepEqual(joinMessage('t', { lastSeqs: { a: -1, b: 1.5, c: '3', d: 0 } }).lastSeqs, { d: 0 });
+  assert.equal('lastSeqs' in joinMessage('t', { lastSeqs: {} }), false);
+  assert.equal('lastSeqs' in joinMessage('t', { lastSeqs: { a: null } }), false);
+});
+
 test('join resumes with lastSeq 0 but never with garbage', () => {
   assert.equal(joinMessage('t', { lastSeq: 0 }).lastSeq, 0);
   assert.equal('lastSeq' in joinMessage('t', { lastSeq: -1 }), false);

@@ -93,16 +93,21 @@ test('acks relayed messages, skips duplicates, passes others through', () => {
   ws.receive(fixtureText('server.offer')); // seq 1
   ws.receive(fixtureText('server.ice-candidate')); // seq 3
   ws.receive(fixtureText('server.offer')); // seq 1 again: duplicate
+  // Numbers are per sender: another sender's 1 is news.
+  const other = 'c3c3c3c3c3c3c3c3c3c3c3c3c3';
+  ws.receive(JSON.stringify({ type: 'offer', from: other, seq: 1, sdp: 'v=0\r\n' }));
   ws.receive(fixtureText('server.peer-reconnecting'));
   ws.receive(fixtureText('server.pong'));
   ws.receive('not json');
-  assert.deepEqual(got.map((m) => m.type), ['joined', 'offer', 'ice-candidate', 'peer-reconnecting']);
+  assert.deepEqual(got.map((m) => m.type), ['joined', 'offer', 'ice-candidate', 'offer', 'peer-reconnecting']);
   assert.deepEqual(ws.sent.slice(1), [
     { type: 'ack', seq: 1 },
     { type: 'ack', seq: 3 },
     { type: 'ack', seq: 1 },
+    { type: 'ack', seq: 1 },
   ]);
   assert.equal(s.lastSeq, 3);
+  assert.deepEqual(s.lastSeqs, { a1a1a1a1a1a1a1a1a1a1a1a1a1: 3, [other]: 1 });
 });
 
 test('reconnects with backoff and resumes from lastSeq; queued messages are flushed after joined', () => {
@@ -122,7 +127,13 @@ test('reconnects with backoff and resumes from lastSeq; queued messages are flus
   assert.ok(ws2, 'a new socket');
   ws2.open();
   assert.deepEqual(ws2.sent, [
-    { type: 'join', token: 'tok', callId: 'c0ffee0c0ffee0c0ffee0c0ffe', lastSeq: 2 },
+    {
+      type: 'join',
+      token: 'tok',
+      callId: 'c0ffee0c0ffee0c0ffee0c0ffe',
+      lastSeq: 2,
+      lastSeqs: { b2b2b2b2b2b2b2b2b2b2b2b2b2: 2 },
+    },
   ]);
   ws2.receive(joined(true));
   assert.deepEqual(ws2.sent.slice(1), [{ type: 'ice-candidate', candidate: { candidate: 'c' } }]);

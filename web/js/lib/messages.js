@@ -42,10 +42,19 @@ export function closeMessage(code) {
 }
 
 /** `join`: the first message on every connection. `lastSeq` only when resuming. */
-export function joinMessage(token, { lastSeq, callId } = {}) {
+/**
+ * `join`. `lastSeq` is the highest relayed `seq` processed; `lastSeqs` the same per sender
+ * (`from` → seq): numbers are per sender, and a client that received from several (an
+ * observer, or a peer replaced by another participant) resumes exactly with it.
+ */
+export function joinMessage(token, { lastSeq, lastSeqs, callId } = {}) {
   const m = { type: 'join', token };
   if (callId) m.callId = callId;
   if (Number.isInteger(lastSeq) && lastSeq >= 0) m.lastSeq = lastSeq;
+  const perSender = Object.entries(lastSeqs ?? {}).filter(
+    ([from, n]) => typeof from === 'string' && Number.isInteger(n) && n >= 0,
+  );
+  if (perSender.length > 0) m.lastSeqs = Object.fromEntries(perSender);
   return m;
 }
 
