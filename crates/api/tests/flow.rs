@@ -125,6 +125,17 @@ async fn whole_flow() {
     assert_eq!(status.body["observers"], 1);
     assert!(status.body.get("endedAt").is_none());
 
+    // hermes-signal's per-sender logs: the end drops them with the seats, so a relay after it
+    // finds no log and learns the call ended.
+    let log = keys::call_sender_log(&created.call_id, &offerer.pid);
+    let senders = keys::call_senders(&created.call_id);
+    api.redis
+        .raw_command(&format!("XADD {log} 1-0 m x"))
+        .expect("raw");
+    api.redis
+        .raw_command(&format!("SADD {senders} {}", offerer.pid))
+        .expect("raw");
+
     // End: the call channel gets CallControl::EndCall for the signal replicas.
     let sub = hermes_service::redis::connect_subscriber(&api.redis.url(), Duration::from_secs(5))
         .await
@@ -138,6 +149,15 @@ async fn whole_flow() {
     assert_eq!(ended.body["status"], "ended");
     let ended_at = ended.body["endedAt"].as_u64().expect("endedAt");
     assert!(ended_at >= now);
+    for key in [&log, &senders] {
+        assert_eq!(
+            api.redis
+                .raw_command(&format!("EXISTS {key}"))
+                .expect("raw"),
+            ":0\r\n",
+            "{key}"
+        );
+    }
     let msg = tokio::time::timeout(Duration::from_secs(5), messages.recv())
         .await
         .expect("end-call notice within 5 s")
