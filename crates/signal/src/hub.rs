@@ -196,11 +196,13 @@ const DISCONNECT_LUA: &str = include_str!("lua/disconnect.lua");
 /// Several calls per script run (one EVALSHA per [`TICK_BATCH`] calls, not per call).
 /// KEYS: (call, peers, channel, senders) per call. ARGV: now_ms, grace_ms, ttl_s, log ttl ms,
 /// whether to renew the TTLs ('1' every [`TICK_TTL_ROUNDS`]th round and after a reconnect),
-/// then per call: number of local connections, (pid, conn, live entry) per local connection.
+/// then per call: the last number this replica saw published per sender (`pid:seq,…`), the
+/// number of local connections, (pid, conn, live entry) per local connection.
 /// A renewed lease renews the TTLs of the call's logs too (relays set them only every 64th
 /// number) and the seats' hash TTL, on the rounds that renew TTLs (a seat the tick re-creates
-/// gets its hash TTL at once). Reply: per call, `{'ended'}` or `{'ok', n, (sender, newest
-/// seq in its log) × n, stale 'pid|conn'...}`.
+/// gets its hash TTL at once). Reply: per call, `{'ended'}` or `{'ok', behind (1 when a seated
+/// sender's log holds a number above what this replica saw published from it), stale
+/// 'pid|conn'...}`.
 const TICK_LUA: &str = include_str!("lua/tick.lua");
 
 /// KEYS: peers, channel. ARGV: pid, conn, peer-left reason.
@@ -805,6 +807,12 @@ impl Hub {
                 keys::call_channel(call),
                 keys::call_senders(call),
             ]);
+            let seen: Vec<String> = snap
+                .last_seqs
+                .iter()
+                .map(|(s, n)| format!("{}:{n}", s.as_str()))
+                .collect();
+            args.push(seen.join(","));
             args.push(snap.locals.len().to_string());
             for (pid, role, conn, _) in &snap.locals {
                 args.push(pid.to_string());
@@ -847,23 +855,12 @@ impl Hub {
         }
         // Safety net for pub/sub loss: if a sender's log holds a number above what this replica
         // saw published from it, its sessions fetch the difference from the logs.
-        let senders = reply.get(1).and_then(Value::as_u64).unwrap_or(0) as usize;
-        let text = |i: usize| reply.get(i).and_then(|v| v.as_str());
-        let behind = (0..senders).any(|i| {
-            let sender = text(2 + 2 * i).and_then(|s| Sender::parse(&s));
-            let newest = text(3 + 2 * i).and_then(|n| n.parse::<u64>().ok());
-            matches!((sender, newest), (Some(s), Some(n)) if n > snap.last_seqs.of(s))
-        });
-        if behind {
+        if reply.get(1).and_then(Value::as_u64) == Some(1) {
             for (_, _, _, tx) in &snap.locals {
                 let _ = tx.try_send(Delivery::Resync);
             }
         }
-        for stale in reply
-            .iter()
-            .skip(2 + 2 * senders)
-            .filter_map(|v| v.as_str())
-        {
+        for stale in reply.iter().skip(2).filter_map(|v| v.as_str()) {
             if let Some((pid, conn)) = stale.split_once('|') {
                 for (p, _, c, tx) in &snap.locals {
                     if p.as_str() == pid && &**c == conn {

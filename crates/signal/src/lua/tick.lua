@@ -3,7 +3,7 @@ local now, grace, ttl, log_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], 
 -- The TTLs (a day for the seats, minutes for the log) are renewed every few rounds, not at
 -- every one: each renewal is a command per call per replica.
 local renew_ttls = ARGV[5] == '1'
-local function tick(kcall, kpeers, kchan, ksenders, first, count)
+local function tick(kcall, kpeers, kchan, ksenders, seen, first, count)
   local status = redis.call('HGET', kcall, 'status')
   if status == 'ended' then return {'ended'} end
   if not status then
@@ -14,16 +14,24 @@ local function tick(kcall, kpeers, kchan, ksenders, first, count)
   local seats = {}
   for i = 1, #entries, 2 do seats[entries[i]] = entries[i + 1] end
   local mine = {}
-  -- Each sender log's newest entry (an emptied log has none: everything in it was acked):
-  -- the replica compares it with what it saw published, the safety net for pub/sub loss.
+  -- The safety net for pub/sub loss: does a seated sender's log hold an entry above the last
+  -- number this replica saw published from it (`seen`: 'pid:seq,…')? An empty range costs
+  -- Redis little; an emptied log (everything acked) has none.
   local prefix = string.sub(kpeers, 1, -7) .. ':log:'
-  local senders = redis.call('SMEMBERS', ksenders)
-  local reply = {'ok', #senders}
-  for _, s in ipairs(senders) do
-    local last = redis.call('XREVRANGE', prefix .. s, '+', '-', 'COUNT', '1')[1]
-    reply[#reply + 1] = s
-    reply[#reply + 1] = last and string.match(last[1], '^(%d+)-') or '0'
+  local given = {}
+  for p, n in string.gmatch(seen, '(%w+):(%d+)') do given[p] = n end
+  local behind = 0
+  for i = 1, #entries, 2 do
+    local p = entries[i]
+    if not is_observer(entries[i + 1]) then
+      local after = '(' .. (given[p] or '0') .. '-0'
+      if #redis.call('XRANGE', prefix .. p, after, '+', 'COUNT', '1') > 0 then
+        behind = 1
+        break
+      end
+    end
   end
+  local reply = {'ok', behind}
   local renewed, created = false, false
   for i = first, first + 3 * (count - 1), 3 do
     local pid, conn = ARGV[i], ARGV[i + 1]
@@ -68,7 +76,9 @@ local function tick(kcall, kpeers, kchan, ksenders, first, count)
   if renew_ttls or created then redis.call('EXPIRE', kpeers, ttl) end
   -- A renewed lease keeps the call's logs (relays set their TTL only every 64th number).
   if renewed and renew_ttls then
-    for _, s in ipairs(senders) do redis.call('PEXPIRE', prefix .. s, log_ttl) end
+    for _, s in ipairs(redis.call('SMEMBERS', ksenders)) do
+      redis.call('PEXPIRE', prefix .. s, log_ttl)
+    end
     redis.call('EXPIRE', ksenders, ttl)
   end
   return reply
@@ -77,8 +87,8 @@ local out = {}
 local a = 6
 for c = 1, #KEYS / 4 do
   local k = (c - 1) * 4
-  local count = tonumber(ARGV[a])
-  out[c] = tick(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], a + 1, count)
-  a = a + 1 + 3 * count
+  local count = tonumber(ARGV[a + 1])
+  out[c] = tick(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], ARGV[a], a + 2, count)
+  a = a + 2 + 3 * count
 end
 return out
