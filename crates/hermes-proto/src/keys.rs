@@ -45,13 +45,15 @@ pub fn call_peers(call: &CallId) -> String {
     format!("call:{{{call}}}:peers")
 }
 
+/// The per-call counter of issue 23's first two rounds (numbers are per sender since, kept by
+/// each connection); nothing writes it any more.
 pub fn call_seq(call: &CallId) -> String {
     format!("call:{{{call}}}:seq")
 }
 
-/// Replication id of the Redis primary that issued the call's last `seq`: a relay on another
-/// primary (after a failover) lifts the counter past numbers the old one may have issued
-/// without replicating them.
+/// Replication id of the Redis primary of the call's last join: the first join on another
+/// primary (after a failover) lifts the new connection's numbering past numbers the old one
+/// may have issued without replicating them.
 pub fn call_seq_epoch(call: &CallId) -> String {
     format!("call:{{{call}}}:seq-epoch")
 }

@@ -39,7 +39,7 @@
 //! senders' logs, so pub/sub loss never loses a relayed message.
 //!
 //! Architecture invariant: sessions learn about relayed messages only through pub/sub or
-//! the call's log, never directly from another local session, so one replica or two behave alike.
+//! the senders' logs, never directly from another local session, so one replica or two behave alike.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -74,7 +74,7 @@ pub const CALL_TTL_SECS: u64 = 24 * 60 * 60;
 /// of failovers. Written out in `JOIN_LUA` (a unit test pins the two together).
 pub const SEQ_EPOCH_JUMP: u64 = 1_000_000;
 /// Depth of each session's delivery queue. A session this far behind is dropped (closed with
-/// 1013) and resumes from the call's log, rather than making the router wait.
+/// 1013) and resumes from the senders' logs, rather than making the router wait.
 pub const DELIVERY_QUEUE: usize = 1024;
 /// Depth of the subscriber's broadcast queue (fred's default of 32 is far too small for
 /// a replica carrying thousands of calls; a lag triggers a catch-up from the log).
@@ -257,7 +257,7 @@ impl Scripts {
 
 /// Calls renewed by one run of the tick script (its Redis time stays short: about 0.2 ms).
 const TICK_BATCH: usize = 16;
-/// The tick renews the TTLs of the seats' hash (a day) and of the call's log (more than a
+/// The tick renews the TTLs of the seats' hash (a day) and of the call's logs (more than a
 /// minute plus two leases) every this many rounds (two leases), not at each: two commands
 /// per call per replica saved on the other rounds.
 const TICK_TTL_ROUNDS: u64 = 6;
@@ -457,7 +457,7 @@ impl Hub {
         });
     }
 
-    /// How long a call's log outlives its last lease renewal (or its creation): longer than a
+    /// How long a sender's log outlives its last lease renewal (or its creation): longer than a
     /// lease plus the grace window, so it is there for any resume a seat allows.
     fn log_ttl_ms(&self) -> u64 {
         log_ttl_ms(&self.times)
@@ -721,7 +721,7 @@ impl Hub {
     }
 
     /// Record that this connection's participant acknowledged everything up to `acked`, and
-    /// trim the call's log up to the lowest ack of its seats. False when the seat belongs to
+    /// trim each sender's log up to the lowest ack of its readers. False when the seat belongs to
     /// another connection (nothing recorded).
     pub async fn ack(
         &self,
@@ -933,7 +933,7 @@ fn log_entry(mut fields: HashMap<String, String>) -> Option<String> {
     fields.remove("m")
 }
 
-/// How long a call's log outlives its last lease renewal (or its creation): longer than a lease
+/// How long a sender's log outlives its last lease renewal (or its creation): longer than a lease
 /// plus the grace window, so it is there for any resume the seat allows.
 fn log_ttl_ms(times: &HubTimes) -> u64 {
     times.grace_ms + 2 * times.lease_ms + 60_000

@@ -6,7 +6,8 @@
 //! connection, or a close), enforcing order (join first), roles (observers may not send SDP,
 //! ICE or hangup), the message rate (token bucket) and the abuse budget (repeated bad frames
 //! close with 1008). `on_tick(now)` decides join timeout, idle timeout and keep-alive pings.
-//! `accept_delivery(seq)` drops relayed messages already delivered (resume overlap).
+//! `accept_delivery(from, seq)` drops relayed messages already delivered (resume overlap),
+//! per sender: numbers increase per sender ([`Positions`]).
 //!
 //! The join flow is decided here too, in two steps around the hub's I/O: [`Conn::on_token`]
 //! checks the verified token against the `join` frame (a seat, or a [`Refusal`]), and
@@ -267,7 +268,7 @@ pub enum Admission {
 /// What the I/O layer does after the seat claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JoinStep {
-    /// Seated: send `joined`, then replay the call's log when `resumed`.
+    /// Seated: send `joined`, then replay the senders' logs when `resumed`.
     Seated { resumed: bool },
     /// Leave the call's channel again and refuse.
     Refuse(Refusal),
@@ -509,7 +510,7 @@ impl Conn {
             ClientMessage::IceCandidate { candidate } => Relay::IceCandidate(candidate),
             ClientMessage::Hangup => Relay::Hangup,
             ClientMessage::Ack { seq } => {
-                // Only what was delivered can be acknowledged (the call's log is trimmed up to the lowest ack).
+                // Only what was delivered can be acknowledged (the logs are trimmed up to the lowest ack).
                 self.acked = self.acked.max(seq.min(self.delivered.max()));
                 return Decision::Ack(seq);
             }

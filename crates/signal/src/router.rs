@@ -13,8 +13,8 @@
 //!
 //! A channel's subscription is proven before a session waits on it: after SUBSCRIBE the router
 //! publishes a probe and answers the registration only when the probe comes back through the
-//! subscription (retried with a new SUBSCRIBE after `PROBE_RETRY`). A jump in a call's `seq`
-//! or a lagging broadcast makes the call's sessions resync from the call's log.
+//! subscription (retried with a new SUBSCRIBE after `PROBE_RETRY`). A jump in a sender's `seq`
+//! or a lagging broadcast makes the call's sessions resync from the senders' logs.
 //!
 //! Call channels fan out in one of two ways ([`Fanout`]): classic PUBLISH / SUBSCRIBE on a
 //! single Redis or Sentinel, sharded SPUBLISH / SSUBSCRIBE on Redis Cluster, where each call's
@@ -697,7 +697,7 @@ fn route(
 }
 
 /// Queue a delivery without waiting; a session whose queue is full is flagged to resync
-/// once it drains (the call's log holds the relayed messages it missed).
+/// once it drains (the senders' logs hold the relayed messages it missed).
 fn offer(local: &Local, delivery: Delivery) {
     if let Err(mpsc::error::TrySendError::Full(_)) = local.tx.try_send(delivery) {
         local.resync.store(true, Ordering::Relaxed);

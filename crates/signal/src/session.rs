@@ -6,7 +6,7 @@
 //!
 //! Life of a connection: upgrade → `join` within the join timeout (token verified, seat taken
 //! in Redis, subscribed to the call's channel *before* the seat is taken so nothing published
-//! afterwards is missed) → `joined` → replay from the call's log if resuming → relay loop → on exit the seat
+//! afterwards is missed) → `joined` → replay from the senders' logs if resuming → relay loop → on exit the seat
 //! is marked away (peers see `peer-reconnecting`) unless the call ended or another connection
 //! replaced this one. SIGTERM closes with 1012.
 

@@ -6,12 +6,12 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use hermes_proto::Role;
 use hermes_proto::signal::{
     CLOSE_CALL_ENDED, CLOSE_CALL_FULL, CLOSE_POLICY_VIOLATION, CLOSE_REPLACED,
     CLOSE_SERVICE_RESTART, CLOSE_UNAUTHORIZED, CallControl, ClientMessage, MAX_FRAME_BYTES,
     ServerMessage, SignalErrorCode,
 };
+use hermes_proto::{ParticipantId, Role};
 use hermes_testkit::RedisServer;
 
 fn is_error(m: &ServerMessage, code: SignalErrorCode) -> bool {
@@ -831,4 +831,94 @@ async fn a_fresh_join_over_a_held_seat_tells_the_peer_left_then_joined() {
     })
     .await;
     assert!(matches!(b3.recv().await, ServerMessage::Offer { ref sdp, .. } if sdp == "again"));
+}
+
+/// Numbers are per sender, so an observer (it receives from both media participants) resumes
+/// with `lastSeqs`: exactly what it missed from each, in each sender's order, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_resumes_per_sender_with_last_seqs() {
+    let redis = RedisServer::start();
+    let r = Replica::start(&redis.url(), &[]).await;
+    let TwoParty {
+        call,
+        pa,
+        mut a,
+        pb,
+        mut b,
+        ..
+    } = TwoParty::join_one(&redis, &r.url()).await;
+    let (_po, to) = call.token(Role::Observer);
+    let (mut o, _) = Client::join(&r.url(), &to, None).await;
+    a.send(&candidate(0)).await;
+    b.send(&candidate(100)).await;
+    let mut firsts = Vec::new();
+    while firsts.len() < 2 {
+        let m = o
+            .recv_until(|m| matches!(m, ServerMessage::IceCandidate { .. }))
+            .await;
+        let ServerMessage::IceCandidate { from, seq, .. } = m else {
+            unreachable!()
+        };
+        firsts.push((from, seq));
+    }
+    firsts.sort();
+    let mut expected = vec![(pa.clone(), 1), (pb.clone(), 1)];
+    expected.sort();
+    assert_eq!(firsts, expected, "each sender numbers from its own 1");
+    o.drop_abruptly();
+    for i in 1..=3 {
+        a.send(&candidate(i)).await;
+        b.send(&candidate(100 + i)).await;
+    }
+    // Relayed (so logged) once each side has the other's last one.
+    for (c, last) in [(&mut b, 3), (&mut a, 103)] {
+        loop {
+            let m = c
+                .recv_until(|m| matches!(m, ServerMessage::IceCandidate { .. }))
+                .await;
+            if candidate_index(&m) == last {
+                break;
+            }
+        }
+    }
+    let mut o2 = Client::connect(&r.url()).await;
+    o2.send(&ClientMessage::Join {
+        token: to,
+        last_seq: None,
+        last_seqs: Some([(pa.clone(), 1), (pb.clone(), 1)].into_iter().collect()),
+        call_id: None,
+    })
+    .await;
+    assert!(matches!(
+        o2.recv().await,
+        ServerMessage::Joined { resumed: true, .. }
+    ));
+    let mut got: Vec<(ParticipantId, u64, usize)> = Vec::new();
+    while got.len() < 6 {
+        let m = o2
+            .recv_until(|m| matches!(m, ServerMessage::IceCandidate { .. }))
+            .await;
+        let index = candidate_index(&m);
+        let ServerMessage::IceCandidate { from, seq, .. } = m else {
+            unreachable!()
+        };
+        got.push((from, seq, index));
+    }
+    for (sender, base) in [(&pa, 0), (&pb, 100)] {
+        let mine: Vec<(u64, usize)> = got
+            .iter()
+            .filter(|(f, ..)| f == sender)
+            .map(|(_, s, i)| (*s, *i))
+            .collect();
+        assert_eq!(
+            mine,
+            [(2, base + 1), (3, base + 2), (4, base + 3)],
+            "{sender}: in order, none lost"
+        );
+    }
+    assert_eq!(
+        o2.try_recv(Duration::from_millis(300)).await,
+        None,
+        "nothing twice"
+    );
 }
