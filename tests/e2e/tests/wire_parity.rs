@@ -59,6 +59,7 @@ fn every_browser_message_decodes_in_rust() {
           M.joinMessage(input.token),
           M.joinMessage(input.token, { lastSeq: 0 }),
           M.joinMessage(input.token, { lastSeq: 41, callId: input.callId }),
+          M.joinMessage(input.token, { lastSeq: 41, lastSeqs: { a1a1a1a1a1a1a1a1a1a1a1a1a1: 41, b2b2b2b2b2b2b2b2b2b2b2b2b2: 7 } }),
           M.offerMessage('v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n'),
           M.answerMessage('v=0\r\n'),
           M.candidateMessage(c),
@@ -76,7 +77,7 @@ fn every_browser_message_decodes_in_rust() {
         &serde_json::json!({"token": "eyJhbGciOiJIUzI1NiJ9.e30.sig", "callId": "c0ffee0c0ffee0c0ffee0c0ffe"}),
     );
     let frames = built.as_array().expect("array");
-    assert_eq!(frames.len(), 14);
+    assert_eq!(frames.len(), 15);
     for f in frames {
         let text = f.as_str().expect("frame string");
         let msg = decode_client(text).unwrap_or_else(|e| panic!("{text}: {e:?}"));
@@ -93,6 +94,24 @@ fn every_browser_message_decodes_in_rust() {
             ..
         })
     ));
+    let Ok(ClientMessage::Join {
+        last_seqs: Some(per_sender),
+        ..
+    }) = decode_client(frames[3].as_str().expect("s"))
+    else {
+        panic!("lastSeqs not decoded: {}", frames[3])
+    };
+    let per_sender: Vec<(String, u64)> = per_sender
+        .into_iter()
+        .map(|(p, n)| (p.to_string(), n))
+        .collect();
+    assert_eq!(
+        per_sender,
+        [
+            ("a1a1a1a1a1a1a1a1a1a1a1a1a1".to_owned(), 41),
+            ("b2b2b2b2b2b2b2b2b2b2b2b2b2".to_owned(), 7)
+        ]
+    );
 }
 
 #[test]
