@@ -15,7 +15,9 @@
 //!   it. Because one script
 //!   does all three, `seq` order = log order = pub/sub order. One run
 //!   relays a batch: the relays this replica queued while its earlier batches were in flight
-//!   (a session has one relay in flight at a time, so its own order holds).
+//!   (a session has one relay in flight at a time, so its own order holds). A relay whose
+//!   receiver is away ([`Hub::relay_replicated`]) goes in a batch of its own runner, on a
+//!   connection of its own, followed by `WAIT 1` in the same pipeline (`REDIS_REPLICA_ACK`).
 //! - `TICK` (calls with local participants, 16 per script run, every third of the lease):
 //!   renew local leases (re-creating them after a Redis restart; the seats' and the call log's
 //!   TTLs every sixth round), report local connections another connection
@@ -48,7 +50,7 @@ use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use hermes_proto::signal::{PeerInfo, ServerMessage};
 use hermes_proto::{CallId, ParticipantId, Role, keys};
-use hermes_service::redis::Script;
+use hermes_service::redis::{AckPolicy, Script};
 
 pub use crate::error::HubError;
 use tokio::sync::{mpsc, oneshot};
@@ -97,6 +99,9 @@ pub enum JoinOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayOutcome {
     Sent(u64),
+    /// Stored and published by the primary, but no replica acknowledged it within
+    /// `REDIS_REPLICA_ACK_TIMEOUT_MS` (only from [`Hub::relay_replicated`]).
+    NotReplicated(u64),
     /// The seat belongs to a newer connection.
     Replaced,
     Ended,
@@ -226,6 +231,10 @@ pub struct Hub {
     client: Client,
     /// Runs the relay script over batches of relays (see [`RelayRunner`]).
     relays: Arc<RelayRunner>,
+    /// Runs it for relays that wait for a Redis replica (`WAIT 1` after each batch), on a
+    /// connection of its own: a WAIT holds every later command of its connection, so relays
+    /// to live receivers must not share it. None when `REDIS_REPLICA_ACK` does not wait.
+    replicated_relays: Option<Arc<RelayRunner>>,
     subscriber: SubscriberClient,
     cmd_tx: mpsc::UnboundedSender<Cmd>,
     /// Random id of this replica, to recognise its own subscription probes.
@@ -259,12 +268,25 @@ async fn connect_subscriber(url: &str) -> Result<SubscriberClient, HubError> {
 }
 
 impl Hub {
-    /// Connect and start the router, the subscription manager and the lease ticker.
+    /// Connect and start the router, the subscription manager and the lease ticker; relays
+    /// never wait for a replica (see [`Self::start_with_replica_ack`]).
     pub async fn start(
         redis_url: &str,
         client: Client,
         times: HubTimes,
         metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, HubError> {
+        Self::start_with_replica_ack(redis_url, client, times, metrics, AckPolicy::Off).await
+    }
+
+    /// [`Self::start`], with relays to away receivers waiting for a replica as `replica_ack`
+    /// says ([`Self::relay_replicated`]).
+    pub async fn start_with_replica_ack(
+        redis_url: &str,
+        client: Client,
+        times: HubTimes,
+        metrics: Arc<Metrics>,
+        replica_ack: AckPolicy,
     ) -> Result<Arc<Self>, HubError> {
         let subscriber = connect_subscriber(redis_url).await?;
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
@@ -276,21 +298,34 @@ impl Hub {
         // Sentinel and Cluster both promote replicas that may lack the newest writes.
         let failover_epochs =
             redis_config.server.is_sentinel() || redis_config.server.is_clustered();
-        let relays = Arc::new(RelayRunner {
-            client: client.clone(),
-            script: scripts.relay.clone(),
-            common: [
-                times.log_cap().to_string(),
-                log_ttl_ms(&times).to_string(),
-                CALL_TTL_SECS.to_string(),
-                if failover_epochs { "1" } else { "0" }.to_owned(),
-            ],
-            lease_ms: times.lease_ms,
-            queue: std::sync::Mutex::default(),
-        });
+        let runner = |client: Client, wait| {
+            Arc::new(RelayRunner {
+                client,
+                wait,
+                script: scripts.relay.clone(),
+                common: [
+                    times.log_cap().to_string(),
+                    log_ttl_ms(&times).to_string(),
+                    CALL_TTL_SECS.to_string(),
+                    if failover_epochs { "1" } else { "0" }.to_owned(),
+                ],
+                lease_ms: times.lease_ms,
+                queue: std::sync::Mutex::default(),
+            })
+        };
+        let relays = runner(client.clone(), None);
+        let replicated_relays = match replica_ack.timeout() {
+            None => None,
+            Some(timeout) => {
+                let twin = hermes_service::redis::twin_without_resends(&client)?;
+                twin.connect();
+                Some(runner(twin, Some(timeout)))
+            }
+        };
         let hub = Arc::new(Self {
             client: client.clone(),
             relays,
+            replicated_relays,
             subscriber: subscriber.clone(),
             cmd_tx: cmd_tx.clone(),
             replica: replica.clone(),
@@ -351,6 +386,11 @@ impl Hub {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The connection of relays that wait for a replica, when there is one (readiness).
+    pub fn replicated_client(&self) -> Option<&Client> {
+        self.replicated_relays.as_ref().map(|r| &r.client)
     }
 
     pub fn times(&self) -> HubTimes {
@@ -514,33 +554,31 @@ impl Hub {
         floor: u64,
         now_ms: u64,
     ) -> Result<RelayOutcome, HubError> {
-        let (head, tail) = split_at_seq(message).ok_or(HubError::NotRelayable)?;
-        let (reply, done) = oneshot::channel();
-        let job = RelayJob {
-            keys: [
-                keys::call_peers(call),
-                keys::call_seq(call),
-                keys::call_channel(call),
-                keys::call_log(call),
-            ],
-            args: [
-                participant.to_string(),
-                conn.to_owned(),
-                head,
-                tail,
-                floor.to_string(),
-                role.as_str().to_owned(),
-            ],
-            now_ms,
-            reply,
-        };
+        let (job, done) = relay_job(call, participant, role, conn, message, floor, now_ms)?;
         self.relays.submit(job).await;
-        let seq = done.await.map_err(|_| HubError::Stopped)??;
-        Ok(match seq {
-            -1 => RelayOutcome::Replaced,
-            -2 => RelayOutcome::Ended,
-            n => RelayOutcome::Sent(n.max(0) as u64),
-        })
+        relay_outcome(done.await)
+    }
+
+    /// [`Self::relay`] for a message whose receiver is away (it reaches it only through the
+    /// call's log): under a waiting `REDIS_REPLICA_ACK` the relay runs in a batch followed by
+    /// `WAIT 1 <timeout>` on the same connection (on a cluster, the one to the primary of the
+    /// call's slot), and answers [`RelayOutcome::NotReplicated`] when no replica acknowledged
+    /// in time; like [`Self::relay`] otherwise.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn relay_replicated(
+        &self,
+        call: &CallId,
+        participant: &ParticipantId,
+        role: Role,
+        conn: &str,
+        message: &ServerMessage,
+        floor: u64,
+        now_ms: u64,
+    ) -> Result<RelayOutcome, HubError> {
+        let runner = self.replicated_relays.as_ref().unwrap_or(&self.relays);
+        let (job, done) = relay_job(call, participant, role, conn, message, floor, now_ms)?;
+        runner.submit(job).await;
+        relay_outcome(done.await)
     }
 
     /// Mark the seat away (if this connection still holds it) and tell the others.
@@ -885,7 +923,57 @@ struct RelayJob {
     keys: [String; 4],
     args: [String; 6],
     now_ms: u64,
-    reply: oneshot::Sender<Result<i64, HubError>>,
+    reply: oneshot::Sender<RelayReply>,
+}
+
+/// The relay script's answer for one relay (its `seq`, -1 replaced, -2 ended), and whether a
+/// replica acknowledged the batch (always true for a runner that does not wait).
+type RelayReply = Result<(i64, bool), HubError>;
+
+/// The job of one relay and the receiver of its answer.
+#[allow(clippy::too_many_arguments)]
+fn relay_job(
+    call: &CallId,
+    participant: &ParticipantId,
+    role: Role,
+    conn: &str,
+    message: &ServerMessage,
+    floor: u64,
+    now_ms: u64,
+) -> Result<(RelayJob, oneshot::Receiver<RelayReply>), HubError> {
+    let (head, tail) = split_at_seq(message).ok_or(HubError::NotRelayable)?;
+    let (reply, done) = oneshot::channel();
+    let job = RelayJob {
+        keys: [
+            keys::call_peers(call),
+            keys::call_seq(call),
+            keys::call_channel(call),
+            keys::call_log(call),
+        ],
+        args: [
+            participant.to_string(),
+            conn.to_owned(),
+            head,
+            tail,
+            floor.to_string(),
+            role.as_str().to_owned(),
+        ],
+        now_ms,
+        reply,
+    };
+    Ok((job, done))
+}
+
+fn relay_outcome(
+    reply: Result<RelayReply, oneshot::error::RecvError>,
+) -> Result<RelayOutcome, HubError> {
+    let (seq, replicated) = reply.map_err(|_| HubError::Stopped)??;
+    Ok(match seq {
+        -1 => RelayOutcome::Replaced,
+        -2 => RelayOutcome::Ended,
+        n if replicated => RelayOutcome::Sent(n.max(0) as u64),
+        n => RelayOutcome::NotReplicated(n.max(0) as u64),
+    })
 }
 
 /// Relay batches in flight at once. While they are, new relays queue and go together in the
@@ -916,6 +1004,9 @@ impl RelayQueue {
 /// relay in flight, so batching never reorders one sender's messages.
 struct RelayRunner {
     client: Client,
+    /// Follow each script run with `WAIT 1 <this>` in the same pipeline (the runner of relays
+    /// to away receivers; its client is a connection of its own that never resends).
+    wait: Option<Duration>,
     script: Script,
     /// ARGV common to every run: log cap, log ttl ms, ttl s, epochs.
     common: [String; 4],
@@ -995,16 +1086,11 @@ impl RelayRunner {
             args.extend(job.args);
             replies.push(job.reply);
         }
-        let result: Result<Vec<Value>, HubError> = self
-            .script
-            .run(&self.client, keys, args)
-            .await
-            .map_err(HubError::from);
-        match result {
-            Ok(values) if values.len() == replies.len() => {
+        match self.run_script(keys, args).await {
+            Ok((values, replicated)) if values.len() == replies.len() => {
                 for (reply, value) in replies.into_iter().zip(values) {
                     let outcome = match value {
-                        Value::Integer(n) => Ok(n),
+                        Value::Integer(n) => Ok((n, replicated)),
                         other => Err(other
                             .as_str()
                             .map(|s| HubError::Script(s.into_owned()))
@@ -1023,6 +1109,28 @@ impl RelayRunner {
                 for reply in replies {
                     let _ = reply.send(Err(e.clone()));
                 }
+            }
+        }
+    }
+}
+
+impl RelayRunner {
+    /// One script run, and for a runner that waits, `WAIT 1` after it in the same pipeline
+    /// (one WAIT for the whole batch: it covers every write before it on the connection). The
+    /// values, and whether a replica acknowledged them (true when the runner does not wait).
+    async fn run_script(
+        &self,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<(Vec<Value>, bool), HubError> {
+        match self.wait {
+            None => Ok((self.script.run(&self.client, keys, args).await?, true)),
+            Some(timeout) => {
+                let (values, acked) = self
+                    .script
+                    .run_then_wait(&self.client, keys, args, timeout)
+                    .await?;
+                Ok((values, acked > 0))
             }
         }
     }

@@ -355,6 +355,7 @@ impl Session {
         if resumed {
             state.metrics.resumes.inc();
         }
+        self.conn.note_peers(&peers);
         let joined = ServerMessage::Joined {
             call_id: seat.call.clone(),
             participant_id: seat.participant.clone(),
@@ -439,18 +440,43 @@ impl Session {
             Relay::Hangup => ServerMessage::Hangup { from, seq: 0 },
         };
         let floor = self.conn.last_delivered().max(j.last_sent);
-        let outcome = state
-            .hub
-            .relay(
-                &seat.call,
-                &seat.participant,
-                seat.role,
-                &self.conn_id,
-                &message,
-                floor,
-                now,
-            )
-            .await;
+        let policy = state.config.replica_ack;
+        let (call, pid, conn) = (&seat.call, &seat.participant, &*self.conn_id);
+        // A peer away gets this only through the call's log: a replica must hold it first.
+        let outcome = if self.conn.relay_waits_for_replica(policy) {
+            let hub = &state.hub;
+            hub.relay_replicated(call, pid, seat.role, conn, &message, floor, now)
+                .await
+        } else {
+            let hub = &state.hub;
+            hub.relay(call, pid, seat.role, conn, &message, floor, now)
+                .await
+        };
+        let outcome = match outcome {
+            Ok(RelayOutcome::NotReplicated(seq)) => {
+                state.metrics.replica_ack_missing.inc();
+                if let Some(j) = &mut self.joined {
+                    // A number issued all the same: the floor of later relays.
+                    j.last_sent = j.last_sent.max(seq);
+                }
+                match room::unreplicated_relay(policy) {
+                    Some((code, text)) => {
+                        tracing::warn!(
+                            "no Redis replica acknowledged a relay: answering unavailable"
+                        );
+                        self.send_error(code, text).await;
+                        return None;
+                    }
+                    None => {
+                        tracing::warn!(
+                            "no Redis replica acknowledged a relay: sent anyway (best-effort)"
+                        );
+                        Ok(RelayOutcome::Sent(seq))
+                    }
+                }
+            }
+            other => other,
+        };
         match outcome {
             Ok(RelayOutcome::Sent(seq)) => {
                 state.metrics.relayed.inc();
@@ -468,6 +494,7 @@ impl Session {
                     .await;
                 Some(Exit::Final)
             }
+            Ok(RelayOutcome::NotReplicated(_)) => None,
             Ok(RelayOutcome::Ended) => {
                 self.send_error(SignalErrorCode::CallEnded, "this call has ended")
                     .await;
@@ -523,6 +550,10 @@ impl Session {
             Delivery::Frame { text, seq } => {
                 if !self.conn.accept_frame(seq) {
                     return None;
+                }
+                if seq.is_none() {
+                    // A presence event: whether relays must wait for a replica follows it.
+                    self.conn.on_presence(&text);
                 }
                 if self.socket.send(Message::Text(text)).await.is_err() {
                     return Some(Exit::Away);
