@@ -140,6 +140,91 @@ async fn every_primary_answers(client: &Client) -> bool {
     pings.join_all().await.into_iter().all(|answered| answered)
 }
 
+/// How long a primary of a cluster may take to answer the PING of [`resync_if_a_primary_hangs`]
+/// before it counts as hung (a healthy one answers in well under a millisecond on a LAN).
+pub const HUNG_PRIMARY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One round of the watch that keeps clients of a Redis Cluster off a primary that hangs
+/// (call it every second or so from a task the caller owns).
+///
+/// fred re-reads a cluster's slot map only on MOVED or a lost connection. A hung primary
+/// (SIGSTOP, a partition) keeps its connections open and answers nothing: after its replica
+/// has taken over its slots, every command for them would still go to it and time out, and a
+/// subscription there would stay, for as long as it hangs (measured: no relay got through in
+/// 30 s after the promotion). Worse, when it comes back it runs what was queued on those
+/// connections before it learns that it was demoted, and publishes the results to whoever is
+/// still subscribed there (measured: a stale join's `replaced` closed a live connection).
+///
+/// So: PING every primary of `probe`'s slot map at once; if one does not answer within
+/// [`HUNG_PRIMARY_TIMEOUT`], re-read the slot map of the probe and of every other client
+/// (`sync_cluster`); and re-read the slot map of any other client whose map differs from the
+/// probe's (its last re-read may have failed, e.g. on the hung node). Before the promotion a
+/// re-read changes nothing; after it a client routes the slots to the promoted replica,
+/// connects to it (reported as a reconnect, so a subscriber re-subscribes there) and closes
+/// its connection to the old primary. Returns whether a primary was hung. Does nothing off a
+/// cluster.
+pub async fn resync_if_a_primary_hangs(
+    probe: &Client,
+    clients: &[&Client],
+    subscribers: &[&SubscriberClient],
+) -> bool {
+    if !probe.is_clustered() {
+        return false;
+    }
+    let primaries = probe
+        .cached_cluster_state()
+        .map(|routing| routing.unique_primary_nodes())
+        .unwrap_or_default();
+    let mut pings = tokio::task::JoinSet::new();
+    for server in primaries {
+        let node = probe.with_cluster_node(server);
+        pings.spawn(async move {
+            matches!(
+                tokio::time::timeout(HUNG_PRIMARY_TIMEOUT, node.ping::<String>(None)).await,
+                Ok(Ok(_))
+            )
+        });
+    }
+    let hung = !pings.join_all().await.into_iter().all(|answered| answered);
+    let mut syncs = tokio::task::JoinSet::new();
+    if hung {
+        tracing::warn!("a Redis Cluster primary does not answer: re-reading the slot map");
+        let probe = probe.clone();
+        syncs.spawn(async move { probe.sync_cluster().await });
+    }
+    let expected = slot_owners(probe.cached_cluster_state());
+    for client in clients {
+        if hung || slot_owners(client.cached_cluster_state()) != expected {
+            let client = (*client).clone();
+            syncs.spawn(async move { client.sync_cluster().await });
+        }
+    }
+    for subscriber in subscribers {
+        if hung || slot_owners(subscriber.cached_cluster_state()) != expected {
+            let subscriber = (*subscriber).clone();
+            syncs.spawn(async move { subscriber.sync_cluster().await });
+        }
+    }
+    for result in syncs.join_all().await {
+        if let Err(e) = result {
+            tracing::warn!("re-reading the cluster's slot map failed: {e}");
+        }
+    }
+    hung
+}
+
+/// Each slot range of a client's slot map with its primary, to compare two clients' maps.
+fn slot_owners(routing: Option<ClusterRouting>) -> Vec<(u16, u16, String)> {
+    routing
+        .map(|r| {
+            r.slots()
+                .iter()
+                .map(|s| (s.start, s.end, s.primary.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Whether a write that must survive a failover waits for a replica to acknowledge it
 /// (`REDIS_REPLICA_ACK`; see docs/operations.md, "What a failover can lose").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]

@@ -220,6 +220,9 @@ impl Scripts {
     }
 }
 
+/// How often a replica on Redis Cluster checks that every primary answers
+/// ([`hermes_service::redis::resync_if_a_primary_hangs`]): one PING per primary.
+const HUNG_PRIMARY_CHECK: Duration = Duration::from_secs(1);
 /// Calls renewed by one run of the tick script (its Redis time stays short: about 0.2 ms).
 const TICK_BATCH: usize = 16;
 /// The tick renews the TTLs of the seats' hash (a day) and of the call's log (more than a
@@ -368,6 +371,27 @@ impl Hub {
                 let _ = hub.cmd_tx.send(Cmd::ResyncAll);
             }
         });
+        if hub.client.is_clustered() {
+            // A hung primary keeps its connections open: without this, the clients would
+            // send its slots' commands (and keep its subscriptions) there after the failover.
+            let weak = Arc::downgrade(&hub);
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(HUNG_PRIMARY_CHECK);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    interval.tick().await;
+                    let Some(hub) = weak.upgrade() else { break };
+                    let mut clients = vec![&hub.client];
+                    clients.extend(hub.replicated_client());
+                    hermes_service::redis::resync_if_a_primary_hangs(
+                        &hub.client,
+                        &clients,
+                        &[&hub.subscriber],
+                    )
+                    .await;
+                }
+            });
+        }
         let weak = Arc::downgrade(&hub);
         let period = Duration::from_millis((times.lease_ms / 3).max(100));
         tokio::spawn(async move {
@@ -658,6 +682,45 @@ impl Hub {
             )
             .await?;
         Ok(n == 1)
+    }
+
+    /// The media participants whose seats are away at `now_ms` (disconnected, or a lease that
+    /// lapsed, within the grace window), as the seats say: a session that believes a peer away
+    /// reads this after a relay that waited for a replica, so a `peer-resumed` it missed (pub/sub
+    /// loss in a failover) costs it one such relay, not every relay from then on.
+    pub async fn away_peers(
+        &self,
+        call: &CallId,
+        now_ms: u64,
+    ) -> Result<Vec<ParticipantId>, HubError> {
+        let seats: HashMap<String, String> = self.client.hgetall(keys::call_peers(call)).await?;
+        Ok(seats
+            .into_iter()
+            .filter_map(|(pid, entry)| {
+                let entry = SeatEntry::parse(&entry)?;
+                let away = entry.role.is_media()
+                    && entry.presence(now_ms, self.times.grace_ms) == crate::room::Presence::Away;
+                away.then(|| ParticipantId::parse(&pid).ok()).flatten()
+            })
+            .collect())
+    }
+
+    /// Whether `participant`'s seat is held by the connection `conn` now (a `replaced` frame
+    /// is checked against it before a session closes).
+    pub async fn holds_seat(
+        &self,
+        call: &CallId,
+        participant: &ParticipantId,
+        conn: &str,
+    ) -> Result<bool, HubError> {
+        let entry: Option<String> = self
+            .client
+            .hget(keys::call_peers(call), participant.as_str())
+            .await?;
+        Ok(entry
+            .as_deref()
+            .and_then(SeatEntry::parse)
+            .is_some_and(|e| e.conn == conn))
     }
 
     /// The call log's entries with `seq > after` that others sent to `participant`, in order.

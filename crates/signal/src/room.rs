@@ -519,6 +519,14 @@ impl Conn {
             .collect();
     }
 
+    /// The seats' own answer to who is away (read after a relay that waited for a replica): it
+    /// replaces what the presence events said, which a pub/sub outage can have left stale.
+    pub fn note_away(&mut self, away: Vec<ParticipantId>) {
+        let own = self.seat().map(|s| s.participant.clone());
+        self.away = away;
+        self.away.retain(|p| Some(p) != own.as_ref());
+    }
+
     /// A presence frame this connection forwarded to its client (the text published on the
     /// call's channel): `peer-reconnecting` marks that peer away; `peer-resumed`, `peer-joined`
     /// and `peer-left` end it (live again, or gone: a later join of a gone peer is fresh and
@@ -1126,6 +1134,19 @@ mod tests {
             role: Role::Answerer,
         }));
         assert!(!c.relay_waits_for_replica(required));
+        // The seats' answer replaces what events said (a lost `peer-resumed`), never counting
+        // this connection itself.
+        c.on_presence(&event(ServerMessage::PeerReconnecting {
+            participant_id: peer.clone(),
+        }));
+        c.note_away(Vec::new());
+        assert!(!c.relay_waits_for_replica(required));
+        let own = c.seat().unwrap().participant.clone();
+        c.note_away(vec![own]);
+        assert!(!c.relay_waits_for_replica(required));
+        c.note_away(vec![peer.clone()]);
+        assert!(c.relay_waits_for_replica(required));
+        c.note_away(Vec::new());
         // Frames that are not presence change nothing; garbage neither.
         c.on_presence("{not json");
         c.on_presence(r#"{"type":"pong"}"#);

@@ -445,8 +445,15 @@ impl Session {
         // A peer away gets this only through the call's log: a replica must hold it first.
         let outcome = if self.conn.relay_waits_for_replica(policy) {
             let hub = &state.hub;
-            hub.relay_replicated(call, pid, seat.role, conn, &message, floor, now)
-                .await
+            let outcome = hub
+                .relay_replicated(call, pid, seat.role, conn, &message, floor, now)
+                .await;
+            // Check that belief against the seats (a `peer-resumed` lost with pub/sub in a
+            // failover would otherwise keep every later relay on this path).
+            if let Ok(away) = hub.away_peers(call, now).await {
+                self.conn.note_away(away);
+            }
+            outcome
         } else {
             let hub = &state.hub;
             hub.relay(call, pid, seat.role, conn, &message, floor, now)
@@ -570,6 +577,19 @@ impl Session {
                 Some(Exit::Final)
             }
             Delivery::Replaced => {
+                // A primary that hung and came back runs the commands queued on it (a join
+                // that timed out) before it learns it was demoted, and publishes their frames:
+                // a `replaced` counts only if the seat is really another connection's now.
+                if let Some(j) = &self.joined
+                    && let Ok(true) = self
+                        .state
+                        .hub
+                        .holds_seat(&j.seat.call, &j.seat.participant, &self.conn_id)
+                        .await
+                {
+                    tracing::warn!("ignored a replaced notice: this connection holds the seat");
+                    return None;
+                }
                 self.close(CLOSE_REPLACED, "replaced by a newer connection")
                     .await;
                 Some(Exit::Final)

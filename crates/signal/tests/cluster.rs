@@ -4,8 +4,9 @@
 //! sharded: the scripts SPUBLISH on it and each replica SSUBSCRIBEs to it on that primary, so a
 //! relayed message never crosses the cluster bus to the other shards (asserted with `PUBSUB
 //! SHARDCHANNELS` / `SHARDNUMSUB` / `CHANNELS` on every node). The primary of a call's slot is
-//! SIGKILLed mid-call: the replicas subscribe on the promoted replica by themselves and the
-//! clients see nothing lost, duplicated or reordered.
+//! SIGKILLed mid-call, or frozen (SIGSTOP, a hung process) and thawed after its replica took
+//! over: the replicas subscribe on the promoted replica by themselves and the clients see
+//! nothing lost, duplicated or reordered.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -283,6 +284,127 @@ async fn a_call_rides_out_the_failover_of_its_shard_with_nothing_lost_or_reorder
     for o in &observers {
         assert!(!o.is_finished(), "an observer's connection closed");
         o.abort();
+    }
+    r1.trigger.cancel();
+    r2.trigger.cancel();
+}
+
+/// The field `name` of `INFO replication` on the node on `port`.
+fn replication_field(cluster: &ClusterSet, port: u16, name: &str) -> Option<String> {
+    let info = cluster.raw(port, "INFO replication").ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(|v| v.trim().to_owned())
+}
+
+/// A hung primary (SIGSTOP: its connections stay open, nothing is answered, as in a partition)
+/// rather than a dead one. Mid-call, with steady traffic both ways across two replicas, the
+/// call's primary is frozen; the cluster promotes its replica after `cluster-node-timeout`; the
+/// call goes on while the old primary is still hung; then it is thawed (SIGCONT) and must come
+/// back as a replica of the promoted one, redirecting reads and writes of the call's slot and
+/// holding the same data (whatever it answered for once thawed is not served as current).
+/// As the clients see it: nothing lost, duplicated or reordered; `/readyz` of both replicas
+/// answers 503 during the outage and 200 again after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_rides_out_a_hung_primary_that_comes_back_as_a_replica() {
+    let mut cluster = tokio::task::block_in_place(ClusterSet::start);
+    let url = cluster.url();
+    let r1 = Replica::start(&url, FLAGS).await;
+    let r2 = Replica::start(&url, FLAGS).await;
+    let call = call_on(&cluster);
+    let (_, ta) = call.token(Role::Offerer);
+    let (_, tb) = call.token(Role::Answerer);
+    let far = Instant::now() + Duration::from_secs(30);
+    let (mut wa, _) = join_until_admitted(&r1.url(), &ta, None, far).await;
+    let (wb, _) = join_until_admitted(&r2.url(), &tb, None, far).await;
+    match next_event(&mut wa, Duration::from_secs(5)).await {
+        Some(Event::Message(ServerMessage::PeerJoined { .. })) => {}
+        _ => panic!("the offerer must hear peer-joined"),
+    }
+    let record = keys::call(&call.id);
+    let owner = cluster.owner_of(&record).unwrap();
+    let replica = cluster.replica_of(owner).expect("the owner has a replica");
+    tokio::task::block_in_place(|| cluster.wait_replicated());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready1 = tokio::spawn(watch_readiness(r1.addr, stop.clone()));
+    let ready2 = tokio::spawn(watch_readiness(r2.addr, stop.clone()));
+    let sent_a = Arc::new(AtomicUsize::new(0));
+    let no_drop = Arc::new(AtomicBool::new(false));
+    // The answerer loses its connection at the freeze and resumes with lastSeq.
+    let drop_b = Arc::new(AtomicBool::new(false));
+    let a = tokio::spawn(run_party(r1.url(), ta, wa, Some(sent_a.clone()), no_drop));
+    let b = tokio::spawn(run_party(r2.url(), tb, wb, None, drop_b.clone()));
+    while sent_a.load(Ordering::SeqCst) < KILL_AT {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let frozen_at = cluster.freeze_node(owner);
+    drop_b.store(true, Ordering::SeqCst);
+    let promoted = tokio::task::block_in_place(|| {
+        cluster.wait_for_failover(&record, frozen_at, Duration::from_secs(30))
+    });
+    assert_eq!(cluster.owner_of(&record).unwrap(), replica);
+    // The call goes on while the old primary is still hung: the offerer gets 10 more messages
+    // through.
+    let at_promotion = sent_a.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sent_a.load(Ordering::SeqCst) < at_promotion + 10 {
+        assert!(
+            Instant::now() < deadline,
+            "no relay got through in 30 s after the promotion with the old primary hung"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let flowing = frozen_at.elapsed();
+    let thawed_at = cluster.thaw_node(owner);
+    let seen_a = a.await.unwrap();
+    let seen_b = b.await.unwrap();
+    wait_ready(r1.addr).await;
+    wait_ready(r2.addr).await;
+    stop.store(true, Ordering::SeqCst);
+    let (down1, up1) = ready1.await.unwrap();
+    let (down2, up2) = ready2.await.unwrap();
+
+    // The old primary is a replica of the promoted one now, in sync, and serves nothing of
+    // the call's slot as a primary would. (It first learns of the failover from the cluster
+    // bus, then resynchronises: a full sync waits out `repl-diskless-sync-delay`, 5 s.)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.replica_of(replica) != Some(owner)
+        || replication_field(&cluster, owner, "master_link_status").as_deref() != Some("up")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the thawed primary never came back as a replica of the promoted one"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rejoined = thawed_at.elapsed();
+    tokio::task::block_in_place(|| cluster.wait_replicated());
+    for command in [format!("HGET {record} status"), format!("SET {record}:x 1")] {
+        let reply = cluster.raw(owner, &command).unwrap();
+        assert!(
+            reply.starts_with("-MOVED"),
+            "{command} on the old primary: {reply:?}"
+        );
+    }
+    let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(frozen_at));
+    eprintln!(
+        "hung primary: promoted {promoted:?} after the freeze, relays flowing again by {flowing:?} \
+         (old primary still hung), thawed then, back as a replica {rejoined:?} after the thaw; \
+         readyz r1 down {:?} up {:?}, r2 down {:?} up {:?} (after the freeze)",
+        since(down1),
+        since(up1),
+        since(down2),
+        since(up2),
+    );
+    report_and_check_parties(&seen_a, &seen_b);
+    // No other close: the thawed primary runs the answerer's join that timed out during the
+    // freeze and publishes its `replaced`, which must not close the live connection (4002).
+    assert_eq!((seen_a.resumes, seen_b.resumes), (0, 1));
+    for (down, up) in [(down1, up1), (down2, up2)] {
+        let down = down.expect("/readyz answered 503 during the outage");
+        let up = up.expect("/readyz answered 200 again after the promotion");
+        assert!(down >= frozen_at && up > down);
     }
     r1.trigger.cancel();
     r2.trigger.cancel();
