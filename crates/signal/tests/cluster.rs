@@ -409,3 +409,123 @@ async fn a_call_rides_out_a_hung_primary_that_comes_back_as_a_replica() {
     r1.trigger.cancel();
     r2.trigger.cancel();
 }
+
+/// `WAIT` commands the node on `port` has run (`INFO commandstats`).
+fn waits_on(cluster: &ClusterSet, port: u16) -> u64 {
+    let stats = cluster.raw(port, "INFO commandstats").unwrap();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// A relay to an away participant waits for the replica of the primary that owns the call's
+/// slot (`REDIS_REPLICA_ACK=required`): the relay script and its `WAIT 1` go to that primary
+/// on one connection (no other primary runs a WAIT); with that replica frozen the sender hears
+/// `unavailable`; once it is thawed the resend is confirmed; the resumed receiver gets every
+/// message (the unconfirmed copy too: same candidate, another `seq`, which the client dedups);
+/// relays to a live receiver run no WAIT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_to_an_away_participant_waits_for_the_replica_of_its_primary() {
+    let required = ["--grace-ms", "30000", "--redis-replica-ack", "required"];
+    let mut cluster = tokio::task::block_in_place(ClusterSet::start);
+    let url = cluster.url();
+    let r1 = Replica::start(&url, &required).await;
+    let r2 = Replica::start(&url, &required).await;
+    let call = call_on(&cluster);
+    let (_, ta) = call.token(Role::Offerer);
+    let (_, tb) = call.token(Role::Answerer);
+    let (mut a, _) = Client::join(&r1.url(), &ta, None).await;
+    let (mut b, _) = Client::join(&r2.url(), &tb, None).await;
+    a.recv_until(|m| matches!(m, ServerMessage::PeerJoined { .. }))
+        .await;
+    let owner = cluster.owner_of(&keys::call(&call.id)).unwrap();
+    let replica = cluster.replica_of(owner).expect("the owner has a replica");
+    let all_waits = |cluster: &ClusterSet| {
+        cluster
+            .primary_ports()
+            .into_iter()
+            .map(|p| (p, waits_on(cluster, p)))
+            .collect::<Vec<_>>()
+    };
+    // Each message followed by a ping: its pong tells the relay before it is done.
+    async fn relayed(c: &mut Client, i: usize) -> bool {
+        c.send(&candidate(i)).await;
+        c.send(&ClientMessage::Ping { ts: Some(i as u64) }).await;
+        let mut ok = true;
+        loop {
+            match c.recv().await {
+                ServerMessage::Pong { ts: Some(t) } if t == i as u64 => return ok,
+                ServerMessage::Error { .. } => ok = false,
+                _ => {}
+            }
+        }
+    }
+
+    // Live receiver: no WAIT anywhere.
+    let before = all_waits(&cluster);
+    assert!(relayed(&mut a, 0).await);
+    assert_eq!(candidate_index(&b.recv().await), 0);
+    let last = {
+        assert!(relayed(&mut a, 1).await);
+        seq_of(&b.recv().await)
+    };
+    assert_eq!(
+        all_waits(&cluster),
+        before,
+        "a relay to a live receiver ran WAIT"
+    );
+
+    b.drop_abruptly();
+    a.recv_until(|m| matches!(m, ServerMessage::PeerReconnecting { .. }))
+        .await;
+    let before = all_waits(&cluster);
+    assert!(relayed(&mut a, 2).await);
+    let after = all_waits(&cluster);
+    for ((port, was), (_, now)) in before.iter().zip(&after) {
+        let expected = if *port == owner { was + 1 } else { *was };
+        assert_eq!(*now, expected, "WAITs on {port} (owner {owner}): {after:?}");
+    }
+
+    cluster.freeze_node(replica);
+    let started = Instant::now();
+    let confirmed = relayed(&mut a, 3).await;
+    let refused_after = started.elapsed();
+    cluster.thaw_node(replica);
+    assert!(
+        !confirmed,
+        "no replica acknowledged: required answers unavailable"
+    );
+    let mut sends = 1;
+    while !relayed(&mut a, 3).await {
+        sends += 1;
+        assert!(sends < 20, "never confirmed with the replica thawed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (mut b, joined) = Client::join(&r2.url(), &tb, Some(last)).await;
+    assert!(matches!(
+        joined,
+        ServerMessage::Joined { resumed: true, .. }
+    ));
+    let mut replayed = Vec::new();
+    while let Some(m) = b.try_recv(Duration::from_millis(500)).await {
+        if matches!(m, ServerMessage::IceCandidate { .. }) {
+            replayed.push((seq_of(&m), candidate_index(&m)));
+        }
+    }
+    eprintln!(
+        "cluster away relay: unavailable after {refused_after:?} with the owner's replica frozen, \
+         {sends} more sends, replayed {replayed:?}"
+    );
+    let indices: Vec<usize> = replayed.iter().map(|r| r.1).collect();
+    assert!(
+        indices.starts_with(&[2, 3]) && indices[2..].iter().all(|&i| i == 3),
+        "{replayed:?}"
+    );
+    assert!(indices.len() <= 2 + sends, "{replayed:?}");
+    assert!(replayed.windows(2).all(|w| w[0].0 < w[1].0));
+    r1.trigger.cancel();
+    r2.trigger.cancel();
+}
