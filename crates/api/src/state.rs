@@ -80,6 +80,23 @@ impl Inner {
                 }
             });
         }
+        if let Some(sentinels) = hermes_service::redis::Sentinels::of(&state.redis) {
+            // The same under Sentinel: fred asks the sentinels only when it reconnects.
+            let weak = Arc::downgrade(&state);
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    interval.tick().await;
+                    let Some(state) = weak.upgrade() else { break };
+                    let mut clients = vec![&state.redis];
+                    clients.extend(state.durable_twin());
+                    sentinels
+                        .reconnect_if_the_primary_moved(&clients, &[])
+                        .await;
+                }
+            });
+        }
         state
     }
 

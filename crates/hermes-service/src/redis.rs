@@ -213,6 +213,127 @@ pub async fn resync_if_a_primary_hangs(
     hung
 }
 
+/// The sentinels of a `redis-sentinel://` client, for the Sentinel side of the hung-primary
+/// watch ([`Sentinels::reconnect_if_the_primary_moved`]). A hung primary under Sentinel stalls
+/// its clients the same way as on a cluster (measured: a call relayed nothing for 90 s after
+/// the promotion): fred asks the sentinels where the primary is only when it reconnects, and a
+/// hung primary's connections never break.
+pub struct Sentinels {
+    clients: Vec<Client>,
+    service: String,
+    /// Rounds in a row that found a client on another node than the sentinels' primary.
+    stale_rounds: std::sync::atomic::AtomicU32,
+}
+
+impl Sentinels {
+    /// One client per sentinel named in `client`'s configuration (TLS as the client's, no
+    /// credentials: like fred's own sentinel queries); None for other deployments.
+    pub fn of(client: &Client) -> Option<Self> {
+        let config = client.client_config();
+        let ServerConfig::Sentinel {
+            hosts,
+            service_name,
+            ..
+        } = &config.server
+        else {
+            return None;
+        };
+        let clients = hosts
+            .iter()
+            .filter_map(|host| {
+                let mut sentinel = config.clone();
+                sentinel.server = ServerConfig::Centralized {
+                    server: host.clone(),
+                };
+                sentinel.username = None;
+                sentinel.password = None;
+                let mut builder = Builder::from_config(sentinel);
+                builder
+                    .set_connection_config(client.connection_config().clone())
+                    .set_performance_config(client.perf_config());
+                if let Some(policy) = client.client_reconnect_policy() {
+                    builder.set_policy(policy);
+                }
+                let sentinel = builder.build().ok()?;
+                sentinel.connect();
+                Some(sentinel)
+            })
+            .collect();
+        Some(Self {
+            clients,
+            service: service_name.clone(),
+            stale_rounds: Default::default(),
+        })
+    }
+
+    /// The primary the first sentinel that answers names.
+    async fn primary(&self) -> Option<Server> {
+        for sentinel in &self.clients {
+            let ask = sentinel.custom::<Vec<String>, _>(
+                CustomCommand::new_static("SENTINEL", ClusterHash::FirstKey, false),
+                vec!["GET-MASTER-ADDR-BY-NAME", self.service.as_str()],
+            );
+            if let Ok(Ok(addr)) = tokio::time::timeout(HUNG_PRIMARY_TIMEOUT, ask).await
+                && let [host, port] = addr.as_slice()
+                && let Ok(port) = port.parse()
+            {
+                return Some(Server::new(host.as_str(), port));
+            }
+        }
+        None
+    }
+
+    /// One round of the watch (call it every second or so): when, two rounds in a row, a
+    /// client is connected to another node than the one the sentinels name as the primary (a
+    /// failed-over primary that hangs: fred never leaves it by itself), force that client to
+    /// reconnect, which asks the sentinels again. A client fred is reconnecting on its own
+    /// (no connection, or a move within a round) is left alone. Returns whether it forced one.
+    pub async fn reconnect_if_the_primary_moved(
+        &self,
+        clients: &[&Client],
+        subscribers: &[&SubscriberClient],
+    ) -> bool {
+        use std::sync::atomic::Ordering;
+        let Some(primary) = self.primary().await else {
+            return false;
+        };
+        let elsewhere = |active: Vec<Server>| !active.is_empty() && !active.contains(&primary);
+        let stale: Vec<usize> = clients
+            .iter()
+            .map(|c| c.active_connections())
+            .chain(subscribers.iter().map(|c| c.active_connections()))
+            .enumerate()
+            .filter(|(_, active)| elsewhere(active.clone()))
+            .map(|(i, _)| i)
+            .collect();
+        if stale.is_empty() {
+            self.stale_rounds.store(0, Ordering::Relaxed);
+            return false;
+        }
+        if self.stale_rounds.fetch_add(1, Ordering::Relaxed) < 1 {
+            return false;
+        }
+        self.stale_rounds.store(0, Ordering::Relaxed);
+        tracing::warn!(%primary, "connected to a node the sentinels no longer name: reconnecting");
+        let mut reconnects = tokio::task::JoinSet::new();
+        for i in stale {
+            if let Some(client) = clients.get(i) {
+                let client = (*client).clone();
+                reconnects.spawn(async move { client.force_reconnection().await });
+            } else if let Some(subscriber) = subscribers.get(i - clients.len()) {
+                let subscriber = (*subscriber).clone();
+                reconnects.spawn(async move { subscriber.force_reconnection().await });
+            }
+        }
+        for result in reconnects.join_all().await {
+            if let Err(e) = result {
+                tracing::warn!("forced reconnection failed: {e}");
+            }
+        }
+        true
+    }
+}
+
 /// Each slot range of a client's slot map with its primary, to compare two clients' maps.
 fn slot_owners(routing: Option<ClusterRouting>) -> Vec<(u16, u16, String)> {
     routing

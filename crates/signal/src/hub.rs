@@ -392,6 +392,23 @@ impl Hub {
                 }
             });
         }
+        if let Some(sentinels) = hermes_service::redis::Sentinels::of(&hub.client) {
+            // The same under Sentinel: fred asks the sentinels only when it reconnects.
+            let weak = Arc::downgrade(&hub);
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(HUNG_PRIMARY_CHECK);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    interval.tick().await;
+                    let Some(hub) = weak.upgrade() else { break };
+                    let mut clients = vec![&hub.client];
+                    clients.extend(hub.replicated_client());
+                    sentinels
+                        .reconnect_if_the_primary_moved(&clients, &[&hub.subscriber])
+                        .await;
+                }
+            });
+        }
         let weak = Arc::downgrade(&hub);
         let period = Duration::from_millis((times.lease_ms / 3).max(100));
         tokio::spawn(async move {

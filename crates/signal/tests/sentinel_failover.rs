@@ -98,6 +98,69 @@ async fn a_call_rides_out_a_sentinel_failover_with_nothing_lost_or_reordered() {
     r2.trigger.cancel();
 }
 
+/// A primary that hangs (SIGSTOP) instead of dying: the sentinels promote the replica, and
+/// the call must go on with the old primary still hung (its connections stay open and silent,
+/// so nothing tells the clients to leave it but their own checks). As the clients see it:
+/// nothing lost, duplicated or reordered; `/readyz` 503 during the outage and 200 after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_rides_out_a_hung_primary_under_sentinel() {
+    let mut set = tokio::task::block_in_place(SentinelSet::start);
+    let url = set.url();
+    let r1 = common::Replica::start(&url, FLAGS).await;
+    let r2 = common::Replica::start(&url, FLAGS).await;
+    let call = call_on(&set);
+    let (_, ta) = call.token(Role::Offerer);
+    let (_, tb) = call.token(Role::Answerer);
+    let far = Instant::now() + Duration::from_secs(30);
+    let (mut wa, _) = join_until_admitted(&r1.url(), &ta, None, far).await;
+    let (wb, _) = join_until_admitted(&r2.url(), &tb, None, far).await;
+    match next_event(&mut wa, Duration::from_secs(5)).await {
+        Some(Event::Message(ServerMessage::PeerJoined { .. })) => {}
+        _ => panic!("the offerer must hear peer-joined"),
+    }
+    tokio::task::block_in_place(|| set.wait_replicated());
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready1 = tokio::spawn(watch_readiness(r1.addr, stop.clone()));
+    let ready2 = tokio::spawn(watch_readiness(r2.addr, stop.clone()));
+    let sent_a = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let no_drop = Arc::new(AtomicBool::new(false));
+    let drop_b = Arc::new(AtomicBool::new(false));
+    let a = tokio::spawn(run_party(r1.url(), ta, wa, Some(sent_a.clone()), no_drop));
+    let b = tokio::spawn(run_party(r2.url(), tb, wb, None, drop_b.clone()));
+    while sent_a.load(Ordering::SeqCst) < KILL_AT {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let frozen_at = set.freeze_primary();
+    drop_b.store(true, Ordering::SeqCst);
+    let failover =
+        tokio::task::block_in_place(|| set.wait_for_promotion(frozen_at, Duration::from_secs(30)));
+    let seen_a = a.await.unwrap();
+    let seen_b = b.await.unwrap();
+    wait_ready(r1.addr).await;
+    wait_ready(r2.addr).await;
+    stop.store(true, Ordering::SeqCst);
+    let (down1, up1) = ready1.await.unwrap();
+    let (down2, up2) = ready2.await.unwrap();
+    let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(frozen_at));
+    eprintln!(
+        "sentinel, hung primary: promoted {:?} after the freeze; readyz r1 down {:?} up {:?}, \
+         r2 down {:?} up {:?}",
+        failover.promoted_after,
+        since(down1),
+        since(up1),
+        since(down2),
+        since(up2),
+    );
+    report_and_check_parties(&seen_a, &seen_b);
+    for (down, up) in [(down1, up1), (down2, up2)] {
+        let down = down.expect("/readyz answered 503 during the outage");
+        let up = up.expect("/readyz answered 200 again after the promotion");
+        assert!(down >= frozen_at && up > down);
+    }
+    r1.trigger.cancel();
+    r2.trigger.cancel();
+}
+
 /// Send one candidate and wait for the pong of the ping after it: `true` when relayed (no
 /// `unavailable` before the pong).
 async fn send_confirmed(ws: &mut common::Ws, i: usize) -> bool {
