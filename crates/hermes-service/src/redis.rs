@@ -140,6 +140,212 @@ async fn every_primary_answers(client: &Client) -> bool {
     pings.join_all().await.into_iter().all(|answered| answered)
 }
 
+/// How long a primary of a cluster may take to answer the PING of [`resync_if_a_primary_hangs`]
+/// before it counts as hung (a healthy one answers in well under a millisecond on a LAN).
+pub const HUNG_PRIMARY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One round of the watch that keeps clients of a Redis Cluster off a primary that hangs
+/// (call it every second or so from a task the caller owns).
+///
+/// fred re-reads a cluster's slot map only on MOVED or a lost connection. A hung primary
+/// (SIGSTOP, a partition) keeps its connections open and answers nothing: after its replica
+/// has taken over its slots, every command for them would still go to it and time out, and a
+/// subscription there would stay, for as long as it hangs (measured: no relay got through in
+/// 30 s after the promotion). Worse, when it comes back it runs what was queued on those
+/// connections before it learns that it was demoted, and publishes the results to whoever is
+/// still subscribed there (measured: a stale join's `replaced` closed a live connection).
+///
+/// So: PING every primary of `probe`'s slot map at once; if one does not answer within
+/// [`HUNG_PRIMARY_TIMEOUT`], re-read the slot map of the probe and of every other client
+/// (`sync_cluster`); and re-read the slot map of any other client whose map differs from the
+/// probe's (its last re-read may have failed, e.g. on the hung node). Before the promotion a
+/// re-read changes nothing; after it a client routes the slots to the promoted replica,
+/// connects to it (reported as a reconnect, so a subscriber re-subscribes there) and closes
+/// its connection to the old primary. Returns whether a primary was hung. Does nothing off a
+/// cluster.
+pub async fn resync_if_a_primary_hangs(
+    probe: &Client,
+    clients: &[&Client],
+    subscribers: &[&SubscriberClient],
+) -> bool {
+    if !probe.is_clustered() {
+        return false;
+    }
+    let primaries = probe
+        .cached_cluster_state()
+        .map(|routing| routing.unique_primary_nodes())
+        .unwrap_or_default();
+    let mut pings = tokio::task::JoinSet::new();
+    for server in primaries {
+        let node = probe.with_cluster_node(server);
+        pings.spawn(async move {
+            matches!(
+                tokio::time::timeout(HUNG_PRIMARY_TIMEOUT, node.ping::<String>(None)).await,
+                Ok(Ok(_))
+            )
+        });
+    }
+    let hung = !pings.join_all().await.into_iter().all(|answered| answered);
+    let mut syncs = tokio::task::JoinSet::new();
+    if hung {
+        tracing::warn!("a Redis Cluster primary does not answer: re-reading the slot map");
+        let probe = probe.clone();
+        syncs.spawn(async move { probe.sync_cluster().await });
+    }
+    let expected = slot_owners(probe.cached_cluster_state());
+    for client in clients {
+        if hung || slot_owners(client.cached_cluster_state()) != expected {
+            let client = (*client).clone();
+            syncs.spawn(async move { client.sync_cluster().await });
+        }
+    }
+    for subscriber in subscribers {
+        if hung || slot_owners(subscriber.cached_cluster_state()) != expected {
+            let subscriber = (*subscriber).clone();
+            syncs.spawn(async move { subscriber.sync_cluster().await });
+        }
+    }
+    for result in syncs.join_all().await {
+        if let Err(e) = result {
+            tracing::warn!("re-reading the cluster's slot map failed: {e}");
+        }
+    }
+    hung
+}
+
+/// The sentinels of a `redis-sentinel://` client, for the Sentinel side of the hung-primary
+/// watch ([`Sentinels::reconnect_if_the_primary_moved`]). A hung primary under Sentinel stalls
+/// its clients the same way as on a cluster (measured: a call relayed nothing for 90 s after
+/// the promotion): fred asks the sentinels where the primary is only when it reconnects, and a
+/// hung primary's connections never break.
+pub struct Sentinels {
+    clients: Vec<Client>,
+    service: String,
+    /// Rounds in a row that found a client on another node than the sentinels' primary.
+    stale_rounds: std::sync::atomic::AtomicU32,
+}
+
+impl Sentinels {
+    /// One client per sentinel named in `client`'s configuration (TLS as the client's, no
+    /// credentials: like fred's own sentinel queries); None for other deployments.
+    pub fn of(client: &Client) -> Option<Self> {
+        let config = client.client_config();
+        let ServerConfig::Sentinel {
+            hosts,
+            service_name,
+            ..
+        } = &config.server
+        else {
+            return None;
+        };
+        let clients = hosts
+            .iter()
+            .filter_map(|host| {
+                let mut sentinel = config.clone();
+                sentinel.server = ServerConfig::Centralized {
+                    server: host.clone(),
+                };
+                sentinel.username = None;
+                sentinel.password = None;
+                let mut builder = Builder::from_config(sentinel);
+                builder
+                    .set_connection_config(client.connection_config().clone())
+                    .set_performance_config(client.perf_config());
+                if let Some(policy) = client.client_reconnect_policy() {
+                    builder.set_policy(policy);
+                }
+                let sentinel = builder.build().ok()?;
+                sentinel.connect();
+                Some(sentinel)
+            })
+            .collect();
+        Some(Self {
+            clients,
+            service: service_name.clone(),
+            stale_rounds: Default::default(),
+        })
+    }
+
+    /// The primary the first sentinel that answers names.
+    async fn primary(&self) -> Option<Server> {
+        for sentinel in &self.clients {
+            let ask = sentinel.custom::<Vec<String>, _>(
+                CustomCommand::new_static("SENTINEL", ClusterHash::FirstKey, false),
+                vec!["GET-MASTER-ADDR-BY-NAME", self.service.as_str()],
+            );
+            if let Ok(Ok(addr)) = tokio::time::timeout(HUNG_PRIMARY_TIMEOUT, ask).await
+                && let [host, port] = addr.as_slice()
+                && let Ok(port) = port.parse()
+            {
+                return Some(Server::new(host.as_str(), port));
+            }
+        }
+        None
+    }
+
+    /// One round of the watch (call it every second or so): when, two rounds in a row, a
+    /// client is connected to another node than the one the sentinels name as the primary (a
+    /// failed-over primary that hangs: fred never leaves it by itself), force that client to
+    /// reconnect, which asks the sentinels again. A client fred is reconnecting on its own
+    /// (no connection, or a move within a round) is left alone. Returns whether it forced one.
+    pub async fn reconnect_if_the_primary_moved(
+        &self,
+        clients: &[&Client],
+        subscribers: &[&SubscriberClient],
+    ) -> bool {
+        use std::sync::atomic::Ordering;
+        let Some(primary) = self.primary().await else {
+            return false;
+        };
+        let elsewhere = |active: Vec<Server>| !active.is_empty() && !active.contains(&primary);
+        let stale: Vec<usize> = clients
+            .iter()
+            .map(|c| c.active_connections())
+            .chain(subscribers.iter().map(|c| c.active_connections()))
+            .enumerate()
+            .filter(|(_, active)| elsewhere(active.clone()))
+            .map(|(i, _)| i)
+            .collect();
+        if stale.is_empty() {
+            self.stale_rounds.store(0, Ordering::Relaxed);
+            return false;
+        }
+        if self.stale_rounds.fetch_add(1, Ordering::Relaxed) < 1 {
+            return false;
+        }
+        self.stale_rounds.store(0, Ordering::Relaxed);
+        tracing::warn!(%primary, "connected to a node the sentinels no longer name: reconnecting");
+        let mut reconnects = tokio::task::JoinSet::new();
+        for i in stale {
+            if let Some(client) = clients.get(i) {
+                let client = (*client).clone();
+                reconnects.spawn(async move { client.force_reconnection().await });
+            } else if let Some(subscriber) = subscribers.get(i - clients.len()) {
+                let subscriber = (*subscriber).clone();
+                reconnects.spawn(async move { subscriber.force_reconnection().await });
+            }
+        }
+        for result in reconnects.join_all().await {
+            if let Err(e) = result {
+                tracing::warn!("forced reconnection failed: {e}");
+            }
+        }
+        true
+    }
+}
+
+/// Each slot range of a client's slot map with its primary, to compare two clients' maps.
+fn slot_owners(routing: Option<ClusterRouting>) -> Vec<(u16, u16, String)> {
+    routing
+        .map(|r| {
+            r.slots()
+                .iter()
+                .map(|s| (s.start, s.end, s.primary.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Whether a write that must survive a failover waits for a replica to acknowledge it
 /// (`REDIS_REPLICA_ACK`; see docs/operations.md, "What a failover can lose").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -348,6 +554,13 @@ impl Script {
             }
         }
     }
+}
+
+/// `client` with every command pinned to the primary that owns `key`'s slot on a cluster
+/// (from the client's cached routing table); `client` as it is otherwise. A `WAIT` sent
+/// through it follows the writes to `key` on their connection.
+pub fn pinned_to_slot_owner(client: &Client, key: &str) -> Result<WithOptions<Client>, Error> {
+    pinned_to_owner(client, Some(&Key::from(key)))
 }
 
 /// `client` with every command pinned to the primary that owns `key`'s slot on a cluster

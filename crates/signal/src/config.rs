@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use hermes_service::redis::{AckPolicy, MAX_ACK_TIMEOUT, ReplicaAck};
 use hermes_service::{CommonArgs, HermesEnv, Secret};
 
 use crate::error::SignalError;
@@ -72,6 +73,21 @@ pub struct Cli {
     /// On SIGTERM, how long to wait for sockets to close after sending 1012.
     #[arg(long, env = "SIGNAL_DRAIN_MS", default_value_t = 5_000)]
     pub drain_ms: u64,
+
+    /// Whether a message relayed while the other participant is away (it lives only in the
+    /// call's log until that participant resumes) waits for a Redis replica to hold it
+    /// (`WAIT 1`) before the sender hears it was sent, so a failover cannot lose it silently:
+    /// `auto` = `best-effort` on a `redis-sentinel://` or `redis-cluster://` URL, `off`
+    /// otherwise; `best-effort` counts the message sent when no replica acknowledges in time;
+    /// `required` answers `error unavailable` then (the client resends). Relays to a live
+    /// participant never wait. The same setting as hermes-api's; see docs/signal.md.
+    #[arg(long, env = "REDIS_REPLICA_ACK", value_enum, default_value_t = ReplicaAck::Auto)]
+    pub redis_replica_ack: ReplicaAck,
+
+    /// How long such a relay waits for a replica's acknowledgement, in ms (at most 1500); paid
+    /// in full only while no replica acknowledges.
+    #[arg(long, env = "REDIS_REPLICA_ACK_TIMEOUT_MS", default_value_t = 250)]
+    pub redis_replica_ack_timeout_ms: u64,
 }
 
 /// Validated configuration.
@@ -88,6 +104,8 @@ pub struct Config {
     pub limits: Limits,
     pub inbox_maxlen: u64,
     pub drain: Duration,
+    /// What a relay to an away participant waits for (`REDIS_REPLICA_ACK`).
+    pub replica_ack: AckPolicy,
 }
 
 impl Config {
@@ -109,6 +127,16 @@ impl Config {
                 "SIGNAL_RATE_PER_SEC must be > 0 and SIGNAL_RATE_BURST >= 1".into(),
             ));
         }
+        let ack_timeout = Duration::from_millis(cli.redis_replica_ack_timeout_ms);
+        if ack_timeout.is_zero() || ack_timeout > MAX_ACK_TIMEOUT {
+            return Err(SignalError::Config(format!(
+                "REDIS_REPLICA_ACK_TIMEOUT_MS must be between 1 and {}",
+                MAX_ACK_TIMEOUT.as_millis()
+            )));
+        }
+        let replica_ack = cli
+            .redis_replica_ack
+            .policy(&cli.common.redis_url, ack_timeout);
         let allowed_origins = cli
             .allowed_origins
             .iter()
@@ -133,6 +161,7 @@ impl Config {
             },
             inbox_maxlen: cli.inbox_maxlen.max(16),
             drain: Duration::from_millis(cli.drain_ms),
+            replica_ack,
         })
     }
 
@@ -181,6 +210,33 @@ mod tests {
         assert_eq!(c.listen.port(), 8081);
         assert_eq!(c.grace, Duration::from_secs(30));
         assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn replica_ack_waits_by_default_only_where_replicas_exist() {
+        let t = Duration::from_millis(250);
+        let single = config(&["--redis-url", "redis://127.0.0.1:6379"]).unwrap();
+        assert_eq!(single.replica_ack, AckPolicy::Off);
+        let sentinel = config(&[
+            "--redis-url",
+            "redis-sentinel://s:26379?sentinelServiceName=h",
+        ]);
+        assert_eq!(sentinel.unwrap().replica_ack, AckPolicy::BestEffort(t));
+        let cluster = config(&["--redis-url", "redis-cluster://127.0.0.1:7000"]).unwrap();
+        assert_eq!(cluster.replica_ack, AckPolicy::BestEffort(t));
+        let required = config(&[
+            "--redis-replica-ack",
+            "required",
+            "--redis-replica-ack-timeout-ms",
+            "1000",
+        ])
+        .unwrap();
+        assert_eq!(
+            required.replica_ack,
+            AckPolicy::Required(Duration::from_secs(1))
+        );
+        assert!(config(&["--redis-replica-ack-timeout-ms", "0"]).is_err());
+        assert!(config(&["--redis-replica-ack-timeout-ms", "1501"]).is_err());
     }
 
     #[test]

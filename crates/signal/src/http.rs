@@ -65,7 +65,15 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
     }
-    if !hermes_service::redis::is_ready(state.hub.client()).await {
+    // The connection of relays that wait for a replica too, when there is one.
+    let (commands, replicated) =
+        tokio::join!(hermes_service::redis::is_ready(state.hub.client()), async {
+            match state.hub.replicated_client() {
+                Some(client) => hermes_service::redis::is_ready(client).await,
+                None => true,
+            }
+        });
+    if !(commands && replicated) {
         return (StatusCode::SERVICE_UNAVAILABLE, "redis unavailable").into_response();
     }
     // Pub/sub proven end to end (a probe came back through the subscriber), not merely a

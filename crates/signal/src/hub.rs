@@ -18,7 +18,9 @@
 //!   flight at a time, so a sender's order holds. The sender's log is the fence: a join that
 //!   replaces a connection moves the log's last id past that connection's next number, so its
 //!   XADD is refused; a refused or log-less XADD runs `RECOVER` (replaced, call ended, or Redis
-//!   lost the log: rewrite seat and log and relay).
+//!   lost the log: rewrite seat and log and relay). A relay whose receiver is away
+//!   ([`Hub::relay_replicated`]) goes in a batch of its own runner, on a connection of its own,
+//!   with `WAIT 1` after its PUBLISHes in the same pipeline (`REDIS_REPLICA_ACK`).
 //! - `TICK` (calls with local participants, 16 per script run, every third of the lease):
 //!   renew local leases (re-creating them after a Redis restart; the seats' and the call log's
 //!   TTLs every sixth round), report local connections another connection
@@ -51,7 +53,7 @@ use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use hermes_proto::signal::{PeerInfo, ServerMessage};
 use hermes_proto::{CallId, ParticipantId, Role, keys};
-use hermes_service::redis::Script;
+use hermes_service::redis::{AckPolicy, Script};
 
 pub use crate::error::HubError;
 use tokio::sync::{mpsc, oneshot};
@@ -136,6 +138,9 @@ impl Resume {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayOutcome {
     Sent(u64),
+    /// Stored and published by the primary, but no replica acknowledged it within
+    /// `REDIS_REPLICA_ACK_TIMEOUT_MS` (only from [`Hub::relay_replicated`]).
+    NotReplicated(u64),
     /// The seat belongs to a newer connection.
     Replaced,
     Ended,
@@ -255,6 +260,9 @@ impl Scripts {
     }
 }
 
+/// How often a replica on Redis Cluster checks that every primary answers
+/// ([`hermes_service::redis::resync_if_a_primary_hangs`]): one PING per primary.
+const HUNG_PRIMARY_CHECK: Duration = Duration::from_secs(1);
 /// Calls renewed by one run of the tick script (its Redis time stays short: about 0.2 ms).
 const TICK_BATCH: usize = 16;
 /// The tick renews the TTLs of the seats' hash (a day) and of the call's logs (more than a
@@ -266,6 +274,10 @@ pub struct Hub {
     client: Client,
     /// Runs the relay script over batches of relays (see [`RelayRunner`]).
     relays: Arc<RelayRunner>,
+    /// Runs it for relays that wait for a Redis replica (`WAIT 1` after each batch), on a
+    /// connection of its own: a WAIT holds every later command of its connection, so relays
+    /// to live receivers must not share it. None when `REDIS_REPLICA_ACK` does not wait.
+    replicated_relays: Option<Arc<RelayRunner>>,
     subscriber: SubscriberClient,
     cmd_tx: mpsc::UnboundedSender<Cmd>,
     /// Random id of this replica, to recognise its own subscription probes.
@@ -301,12 +313,25 @@ async fn connect_subscriber(url: &str) -> Result<SubscriberClient, HubError> {
 }
 
 impl Hub {
-    /// Connect and start the router, the subscription manager and the lease ticker.
+    /// Connect and start the router, the subscription manager and the lease ticker; relays
+    /// never wait for a replica (see [`Self::start_with_replica_ack`]).
     pub async fn start(
         redis_url: &str,
         client: Client,
         times: HubTimes,
         metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, HubError> {
+        Self::start_with_replica_ack(redis_url, client, times, metrics, AckPolicy::Off).await
+    }
+
+    /// [`Self::start`], with relays to away receivers waiting for a replica as `replica_ack`
+    /// says ([`Self::relay_replicated`]).
+    pub async fn start_with_replica_ack(
+        redis_url: &str,
+        client: Client,
+        times: HubTimes,
+        metrics: Arc<Metrics>,
+        replica_ack: AckPolicy,
     ) -> Result<Arc<Self>, HubError> {
         let subscriber = connect_subscriber(redis_url).await?;
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
@@ -318,18 +343,31 @@ impl Hub {
         // Sentinel and Cluster both promote replicas that may lack the newest writes.
         let failover_epochs =
             redis_config.server.is_sentinel() || redis_config.server.is_clustered();
-        let relays = Arc::new(RelayRunner {
-            client: client.clone(),
-            recover: scripts.recover.clone(),
-            fanout,
-            log_cap: times.log_cap(),
-            log_ttl_ms: i64::try_from(log_ttl_ms(&times)).unwrap_or(i64::MAX),
-            lease_ms: times.lease_ms,
-            queue: std::sync::Mutex::default(),
-        });
+        let runner = |client: Client, wait| {
+            Arc::new(RelayRunner {
+                client,
+                wait,
+                recover: scripts.recover.clone(),
+                fanout,
+                log_cap: times.log_cap(),
+                log_ttl_ms: i64::try_from(log_ttl_ms(&times)).unwrap_or(i64::MAX),
+                lease_ms: times.lease_ms,
+                queue: std::sync::Mutex::default(),
+            })
+        };
+        let relays = runner(client.clone(), None);
+        let replicated_relays = match replica_ack.timeout() {
+            None => None,
+            Some(timeout) => {
+                let twin = hermes_service::redis::twin_without_resends(&client)?;
+                twin.connect();
+                Some(runner(twin, Some(timeout)))
+            }
+        };
         let hub = Arc::new(Self {
             client: client.clone(),
             relays,
+            replicated_relays,
             subscriber: subscriber.clone(),
             cmd_tx: cmd_tx.clone(),
             replica: replica.clone(),
@@ -373,6 +411,44 @@ impl Hub {
                 let _ = hub.cmd_tx.send(Cmd::ResyncAll);
             }
         });
+        if hub.client.is_clustered() {
+            // A hung primary keeps its connections open: without this, the clients would
+            // send its slots' commands (and keep its subscriptions) there after the failover.
+            let weak = Arc::downgrade(&hub);
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(HUNG_PRIMARY_CHECK);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    interval.tick().await;
+                    let Some(hub) = weak.upgrade() else { break };
+                    let mut clients = vec![&hub.client];
+                    clients.extend(hub.replicated_client());
+                    hermes_service::redis::resync_if_a_primary_hangs(
+                        &hub.client,
+                        &clients,
+                        &[&hub.subscriber],
+                    )
+                    .await;
+                }
+            });
+        }
+        if let Some(sentinels) = hermes_service::redis::Sentinels::of(&hub.client) {
+            // The same under Sentinel: fred asks the sentinels only when it reconnects.
+            let weak = Arc::downgrade(&hub);
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(HUNG_PRIMARY_CHECK);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    interval.tick().await;
+                    let Some(hub) = weak.upgrade() else { break };
+                    let mut clients = vec![&hub.client];
+                    clients.extend(hub.replicated_client());
+                    sentinels
+                        .reconnect_if_the_primary_moved(&clients, &[&hub.subscriber])
+                        .await;
+                }
+            });
+        }
         let weak = Arc::downgrade(&hub);
         let period = Duration::from_millis((times.lease_ms / 3).max(100));
         tokio::spawn(async move {
@@ -391,6 +467,11 @@ impl Hub {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The connection of relays that wait for a replica, when there is one (readiness).
+    pub fn replicated_client(&self) -> Option<&Client> {
+        self.replicated_relays.as_ref().map(|r| &r.client)
     }
 
     pub fn times(&self) -> HubTimes {
@@ -565,28 +646,31 @@ impl Hub {
         seq: u64,
         now_ms: u64,
     ) -> Result<RelayOutcome, HubError> {
-        let (head, tail) = split_at_seq(message).ok_or(HubError::NotRelayable)?;
-        let (reply, done) = oneshot::channel();
-        let job = RelayJob {
-            call: call.clone(),
-            participant: participant.clone(),
-            role,
-            conn: conn.to_owned(),
-            log: keys::call_sender_log(call, participant),
-            channel: keys::call_channel(call),
-            seq,
-            head,
-            tail,
-            now_ms,
-            reply,
-        };
+        let (job, done) = relay_job(call, participant, role, conn, message, seq, now_ms)?;
         self.relays.submit(job).await;
-        let seq = done.await.map_err(|_| HubError::Stopped)??;
-        Ok(match seq {
-            -1 => RelayOutcome::Replaced,
-            -2 => RelayOutcome::Ended,
-            n => RelayOutcome::Sent(n.max(0) as u64),
-        })
+        relay_outcome(done.await)
+    }
+
+    /// [`Self::relay`] for a message whose receiver is away (it reaches it only through the
+    /// call's log): under a waiting `REDIS_REPLICA_ACK` the relay runs in a batch followed by
+    /// `WAIT 1 <timeout>` on the same connection (on a cluster, the one to the primary of the
+    /// call's slot), and answers [`RelayOutcome::NotReplicated`] when no replica acknowledged
+    /// in time; like [`Self::relay`] otherwise.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn relay_replicated(
+        &self,
+        call: &CallId,
+        participant: &ParticipantId,
+        role: Role,
+        conn: &str,
+        message: &ServerMessage,
+        seq: u64,
+        now_ms: u64,
+    ) -> Result<RelayOutcome, HubError> {
+        let runner = self.replicated_relays.as_ref().unwrap_or(&self.relays);
+        let (job, done) = relay_job(call, participant, role, conn, message, seq, now_ms)?;
+        runner.submit(job).await;
+        relay_outcome(done.await)
     }
 
     /// Mark the seat away (if this connection still holds it) and tell the others.
@@ -668,6 +752,45 @@ impl Hub {
             )
             .await?;
         Ok(n == 1)
+    }
+
+    /// The media participants whose seats are away at `now_ms` (disconnected, or a lease that
+    /// lapsed, within the grace window), as the seats say: a session that believes a peer away
+    /// reads this after a relay that waited for a replica, so a `peer-resumed` it missed (pub/sub
+    /// loss in a failover) costs it one such relay, not every relay from then on.
+    pub async fn away_peers(
+        &self,
+        call: &CallId,
+        now_ms: u64,
+    ) -> Result<Vec<ParticipantId>, HubError> {
+        let seats: HashMap<String, String> = self.client.hgetall(keys::call_peers(call)).await?;
+        Ok(seats
+            .into_iter()
+            .filter_map(|(pid, entry)| {
+                let entry = SeatEntry::parse(&entry)?;
+                let away = entry.role.is_media()
+                    && entry.presence(now_ms, self.times.grace_ms) == crate::room::Presence::Away;
+                away.then(|| ParticipantId::parse(&pid).ok()).flatten()
+            })
+            .collect())
+    }
+
+    /// Whether `participant`'s seat is held by the connection `conn` now (a `replaced` frame
+    /// is checked against it before a session closes).
+    pub async fn holds_seat(
+        &self,
+        call: &CallId,
+        participant: &ParticipantId,
+        conn: &str,
+    ) -> Result<bool, HubError> {
+        let entry: Option<String> = self
+            .client
+            .hget(keys::call_peers(call), participant.as_str())
+            .await?;
+        Ok(entry
+            .as_deref()
+            .and_then(SeatEntry::parse)
+            .is_some_and(|e| e.conn == conn))
     }
 
     /// The entries of the other senders' logs after `after` (per sender), merged in `seq`
@@ -953,7 +1076,52 @@ struct RelayJob {
     head: String,
     tail: String,
     now_ms: u64,
-    reply: oneshot::Sender<Result<i64, HubError>>,
+    reply: oneshot::Sender<RelayReply>,
+}
+
+/// One relay's answer (the number it went out with, -1 replaced, -2 ended), and whether a
+/// replica acknowledged its batch (always true for a runner that does not wait).
+type RelayReply = Result<(i64, bool), HubError>;
+
+/// The job of one relay and the receiver of its answer.
+#[allow(clippy::too_many_arguments)]
+fn relay_job(
+    call: &CallId,
+    participant: &ParticipantId,
+    role: Role,
+    conn: &str,
+    message: &ServerMessage,
+    seq: u64,
+    now_ms: u64,
+) -> Result<(RelayJob, oneshot::Receiver<RelayReply>), HubError> {
+    let (head, tail) = split_at_seq(message).ok_or(HubError::NotRelayable)?;
+    let (reply, done) = oneshot::channel();
+    let job = RelayJob {
+        call: call.clone(),
+        participant: participant.clone(),
+        role,
+        conn: conn.to_owned(),
+        log: keys::call_sender_log(call, participant),
+        channel: keys::call_channel(call),
+        seq,
+        head,
+        tail,
+        now_ms,
+        reply,
+    };
+    Ok((job, done))
+}
+
+fn relay_outcome(
+    reply: Result<RelayReply, oneshot::error::RecvError>,
+) -> Result<RelayOutcome, HubError> {
+    let (seq, replicated) = reply.map_err(|_| HubError::Stopped)??;
+    Ok(match seq {
+        -1 => RelayOutcome::Replaced,
+        -2 => RelayOutcome::Ended,
+        n if replicated => RelayOutcome::Sent(n.max(0) as u64),
+        n => RelayOutcome::NotReplicated(n.max(0) as u64),
+    })
 }
 
 /// Relay batches in flight at once. While they are, new relays queue and go together in the
@@ -994,6 +1162,9 @@ impl RelayQueue {
 /// reorders one sender's messages.
 struct RelayRunner {
     client: Client,
+    /// Follow each script run with `WAIT 1 <this>` in the same pipeline (the runner of relays
+    /// to away receivers; its client is a connection of its own that never resends).
+    wait: Option<Duration>,
     /// The rare path of a refused or log-less XADD.
     recover: Script,
     fanout: Fanout,
@@ -1080,9 +1251,35 @@ impl RelayRunner {
 
     /// The relays of one slot: their XADDs in one pipeline, then the PUBLISHes of those
     /// stored in another (so a sender's message is on the channel only once its log has it),
-    /// then the recovery script for each refused one.
+    /// followed, for a runner that waits, by `WAIT 1` (one for the batch: it covers every
+    /// write before it on the connection), then the recovery script for each refused one.
     async fn run_slot(&self, batch: Vec<RelayJob>) {
-        let pipeline = self.client.pipeline();
+        if self.wait.is_none() {
+            return self.run_pipelines(&self.client, batch).await;
+        }
+        // The WAIT must follow the writes on their connection: on a cluster, every command of
+        // the batch goes to the primary that owns the slot (a keyless WAIT would go anywhere).
+        let key = batch.first().map(|job| job.log.clone()).unwrap_or_default();
+        match hermes_service::redis::pinned_to_slot_owner(&self.client, &key) {
+            Ok(pinned) => self.run_pipelines(&pinned, batch).await,
+            Err(e) => {
+                for job in batch {
+                    let _ = job.reply.send(Err(HubError::Redis(e.clone())));
+                }
+            }
+        }
+    }
+
+    async fn run_pipelines<C>(&self, client: &C, batch: Vec<RelayJob>)
+    where
+        C: ClientLike
+            + Clone
+            + StreamsInterface
+            + PubsubInterface
+            + KeysInterface
+            + ServerInterface,
+    {
+        let pipeline = fred::clients::Pipeline::from(client.clone());
         let mut texts: Vec<Value> = Vec::with_capacity(batch.len());
         // Index of each relay's XADD among the pipeline's replies (upkeep commands between).
         let mut at = Vec::with_capacity(batch.len());
@@ -1139,21 +1336,32 @@ impl RelayRunner {
             })
             .collect();
         // The stored ones go out on their call channels, in the batch's order.
-        let publish = self.client.pipeline();
-        let mut any = false;
+        let publish = fred::clients::Pipeline::from(client.clone());
+        let mut published = 0usize;
         for ((job, text), outcome) in batch.iter().zip(&texts).zip(&outcomes) {
             if matches!(outcome, Stored::Yes) {
                 let queued: Result<(), fred::error::Error> = match self.fanout {
                     Fanout::Classic => publish.publish(job.channel.as_str(), text.clone()).await,
                     Fanout::Sharded => publish.spublish(job.channel.as_str(), text.clone()).await,
                 };
-                any |= queued.is_ok();
+                published += usize::from(queued.is_ok());
             }
         }
-        if any {
+        let any_stored = outcomes.iter().any(|o| matches!(o, Stored::Yes));
+        let waits = self.wait.filter(|_| any_stored);
+        if let Some(timeout) = waits {
+            let _ = publish.wait::<()>(1, wait_ms(timeout)).await;
+        }
+        // Whether a replica holds the stored ones (always, for a runner that does not wait).
+        let mut replicated = true;
+        if published > 0 || waits.is_some() {
             // The log holds them: reported sent whatever the publish answers. A lost publish
             // is caught up from the log (the next number's gap, or the lease tick).
-            for r in publish.try_all::<Value>().await {
+            let mut answers = publish.try_all::<Value>().await;
+            if waits.is_some() {
+                replicated = acknowledged(answers.pop());
+            }
+            for r in answers {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "publish after the log write failed");
                 }
@@ -1162,13 +1370,20 @@ impl RelayRunner {
         for (job, outcome) in batch.into_iter().zip(outcomes) {
             match outcome {
                 Stored::Yes => {
-                    let _ = job.reply.send(Ok(job.seq as i64));
+                    let _ = job.reply.send(Ok((job.seq as i64, replicated)));
                 }
                 Stored::Failed(e) => {
                     let _ = job.reply.send(Err(e));
                 }
                 Stored::Recover => {
                     let result = self.recover(&job).await;
+                    let result = match (result, self.wait) {
+                        (Ok(n), Some(timeout)) if n >= 0 => {
+                            let acked = client.wait::<Value>(1, wait_ms(timeout)).await;
+                            Ok((n, acknowledged(Some(acked))))
+                        }
+                        (result, _) => result.map(|n| (n, true)),
+                    };
                     let _ = job.reply.send(result);
                 }
             }
@@ -1216,6 +1431,25 @@ impl RelayRunner {
                 .map(|s| HubError::Script(s.into_owned()))
                 .unwrap_or(HubError::BadReply("recover"))),
         }
+    }
+}
+
+/// `WAIT`'s timeout argument, in ms.
+fn wait_ms(timeout: Duration) -> i64 {
+    i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Whether `WAIT 1`'s answer counts a replica. A WAIT that failed after the writes (the old
+/// primary, demoted in a failover, refuses WAIT) counts as no acknowledgement: the policy
+/// decides, as for a timeout.
+fn acknowledged(answer: Option<Result<Value, fred::error::Error>>) -> bool {
+    match answer {
+        Some(Ok(count)) => count.as_u64().is_some_and(|n| n > 0),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "WAIT after a relay failed: not acknowledged");
+            false
+        }
+        None => false,
     }
 }
 

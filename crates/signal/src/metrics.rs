@@ -16,6 +16,7 @@ pub struct Metrics {
     pub errors: Counter,
     pub abuse_closes: Counter,
     pub redis_errors: Counter,
+    pub replica_ack_missing: Counter,
     registry: Registry,
 }
 
@@ -83,6 +84,12 @@ impl Metrics {
             "hermes_signal_redis_errors",
             "Failed Redis operations",
         );
+        let replica_ack_missing = Counter::registered(
+            &mut registry,
+            "hermes_signal_replica_ack_missing",
+            "Relays to an away participant no Redis replica acknowledged within \
+             REDIS_REPLICA_ACK_TIMEOUT_MS (answered unavailable under required, sent otherwise)",
+        );
         registry.register(
             "hermes_signal_events_dropped",
             "Log events dropped because the queue was full",
@@ -100,6 +107,7 @@ impl Metrics {
             errors,
             abuse_closes,
             redis_errors,
+            replica_ack_missing,
             registry,
         }
     }

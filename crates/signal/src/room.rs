@@ -18,6 +18,13 @@
 //! holds them) until a relayed message, a resync or the seam opens presence. [`join_event`]
 //! names the log event of an admission.
 //!
+//! Replica acknowledgement of relays: a connection also follows its peers' presence (the
+//! `joined` snapshot, then `peer-*` events: [`Conn::note_peers`], [`Conn::on_presence`]). A
+//! message relayed while a peer is away reaches that peer only through the call's log, so
+//! [`Conn::relay_waits_for_replica`] asks for a Redis replica's acknowledgement (`WAIT 1`)
+//! under a waiting `REDIS_REPLICA_ACK`, and [`unreplicated_relay`] says what the sender hears
+//! when none came. Relays to live peers never wait.
+//!
 //! [`admits`] decides whether a role may take a seat, given the other seats
 //! ([`SeatEntry`], defined with its stored format and presence rule in hermes-proto); it is the
 //! rule the Lua scripts in [`crate::hub`] apply atomically inside Redis, and the integration
@@ -27,9 +34,10 @@ pub use hermes_proto::call_state::{Presence, SeatEntry};
 use hermes_proto::ids::ID_LEN;
 use hermes_proto::signal::{
     CLOSE_CALL_ENDED, CLOSE_CALL_FULL, CLOSE_POLICY_VIOLATION, CLOSE_UNAUTHORIZED, CallStats,
-    ClientMessage, IceCandidate, MAX_SEQ, SignalErrorCode, decode_client,
+    ClientMessage, IceCandidate, MAX_SEQ, PeerInfo, ServerMessage, SignalErrorCode, decode_client,
 };
 use hermes_proto::{CallEvent, CallId, JoinClaims, ParticipantId, ProtoError, Role};
+use hermes_service::redis::AckPolicy;
 
 /// Most senders a `join`'s `lastSeqs` may list: a call has two media senders, and each one
 /// that left and came back under another id adds one; more is not a real client.
@@ -319,6 +327,9 @@ pub struct Conn {
     /// newer than the snapshot arrives, or a resync): presence frames before that are already
     /// in `joined`.
     presence_live: bool,
+    /// Media peers this connection knows to be away (seat kept for a resume): from the
+    /// `joined` snapshot, then the presence events it forwards. At most one in a 1:1 call.
+    away: Vec<ParticipantId>,
 }
 
 impl Conn {
@@ -336,6 +347,7 @@ impl Conn {
             acked: 0,
             acked_flushed: 0,
             presence_live: false,
+            away: Vec::new(),
         }
     }
 
@@ -594,6 +606,53 @@ impl Conn {
         }
     }
 
+    /// The `joined` snapshot's peers: who is away from the start.
+    pub fn note_peers(&mut self, peers: &[PeerInfo]) {
+        self.away = peers
+            .iter()
+            .filter(|p| !p.connected)
+            .map(|p| p.participant_id.clone())
+            .collect();
+    }
+
+    /// The seats' own answer to who is away (read after a relay that waited for a replica): it
+    /// replaces what the presence events said, which a pub/sub outage can have left stale.
+    pub fn note_away(&mut self, away: Vec<ParticipantId>) {
+        let own = self.seat().map(|s| s.participant.clone());
+        self.away = away;
+        self.away.retain(|p| Some(p) != own.as_ref());
+    }
+
+    /// A presence frame this connection forwarded to its client (the text published on the
+    /// call's channel): `peer-reconnecting` marks that peer away; `peer-resumed`, `peer-joined`
+    /// and `peer-left` end it (live again, or gone: a later join of a gone peer is fresh and
+    /// replays nothing). Other frames change nothing.
+    pub fn on_presence(&mut self, text: &str) {
+        let Ok(message) = serde_json::from_str::<ServerMessage>(text) else {
+            return;
+        };
+        match message {
+            ServerMessage::PeerReconnecting { participant_id }
+                if !self.away.contains(&participant_id) =>
+            {
+                self.away.push(participant_id);
+            }
+            ServerMessage::PeerResumed { participant_id }
+            | ServerMessage::PeerJoined { participant_id, .. }
+            | ServerMessage::PeerLeft { participant_id, .. } => {
+                self.away.retain(|p| *p != participant_id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether this connection's next relay must be acknowledged by a Redis replica before it
+    /// counts as sent: a peer is away (the message will reach it only through the call's log,
+    /// which a failover before replication would lose) and `policy` waits for replicas.
+    pub fn relay_waits_for_replica(&self, policy: AckPolicy) -> bool {
+        !self.away.is_empty() && policy.timeout().is_some()
+    }
+
     /// Whether a relayed message with `seq` from `from` should go to this client (no
     /// duplicates: numbers increase per sender).
     pub fn accept_delivery(&mut self, from: Sender, seq: u64) -> bool {
@@ -616,6 +675,20 @@ impl Conn {
             self.acked_flushed = self.acked;
             self.acked
         })
+    }
+}
+
+/// What the sender hears about a relay that no Redis replica acknowledged within the timeout
+/// (the primary stored and published it; only a failover before it replicates loses it):
+/// under `required` an `unavailable` error (resend it: at-least-once across `unavailable`, so
+/// the away peer may get it twice, with two `seq`s), otherwise nothing (it counts as sent).
+pub fn unreplicated_relay(policy: AckPolicy) -> Option<(SignalErrorCode, &'static str)> {
+    match policy {
+        AckPolicy::Required(_) => Some((
+            SignalErrorCode::Unavailable,
+            "message not confirmed by a Redis replica (the other side is away); resend it",
+        )),
+        AckPolicy::BestEffort(_) | AckPolicy::Off => None,
     }
 }
 
@@ -1193,5 +1266,77 @@ mod tests {
             e(Role::Observer, true, T0),
         ];
         assert!(admits(Role::Answerer, &with_observers, T0, grace, 2));
+    }
+
+    #[test]
+    fn relays_wait_for_a_replica_only_while_a_peer_is_away() {
+        use std::time::Duration;
+        let t = Duration::from_millis(250);
+        let (required, best_effort) = (AckPolicy::Required(t), AckPolicy::BestEffort(t));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let peer = ParticipantId::random(&mut rng);
+        let info = |connected| PeerInfo {
+            participant_id: peer.clone(),
+            role: Role::Answerer,
+            connected,
+        };
+        let event = |m: ServerMessage| serde_json::to_string(&m).unwrap();
+        let mut c = joined(Role::Offerer);
+        // Nobody there, or the peer live: no wait.
+        assert!(!c.relay_waits_for_replica(required));
+        c.note_peers(&[info(true)]);
+        assert!(!c.relay_waits_for_replica(required));
+        // Away in the snapshot: wait, unless the policy never waits (single Redis).
+        c.note_peers(&[info(false)]);
+        assert!(c.relay_waits_for_replica(required));
+        assert!(c.relay_waits_for_replica(best_effort));
+        assert!(!c.relay_waits_for_replica(AckPolicy::Off));
+        c.on_presence(&event(ServerMessage::PeerResumed {
+            participant_id: peer.clone(),
+        }));
+        assert!(!c.relay_waits_for_replica(required));
+        for _ in 0..2 {
+            c.on_presence(&event(ServerMessage::PeerReconnecting {
+                participant_id: peer.clone(),
+            }));
+        }
+        assert!(c.relay_waits_for_replica(required));
+        // Gone for good: a later join of that peer is fresh and replays nothing.
+        c.on_presence(&event(ServerMessage::PeerLeft {
+            participant_id: peer.clone(),
+            reason: "grace".into(),
+        }));
+        assert!(!c.relay_waits_for_replica(required));
+        c.on_presence(&event(ServerMessage::PeerReconnecting {
+            participant_id: peer.clone(),
+        }));
+        c.on_presence(&event(ServerMessage::PeerJoined {
+            participant_id: peer.clone(),
+            role: Role::Answerer,
+        }));
+        assert!(!c.relay_waits_for_replica(required));
+        // The seats' answer replaces what events said (a lost `peer-resumed`), never counting
+        // this connection itself.
+        c.on_presence(&event(ServerMessage::PeerReconnecting {
+            participant_id: peer.clone(),
+        }));
+        c.note_away(Vec::new());
+        assert!(!c.relay_waits_for_replica(required));
+        let own = c.seat().unwrap().participant.clone();
+        c.note_away(vec![own]);
+        assert!(!c.relay_waits_for_replica(required));
+        c.note_away(vec![peer.clone()]);
+        assert!(c.relay_waits_for_replica(required));
+        c.note_away(Vec::new());
+        // Frames that are not presence change nothing; garbage neither.
+        c.on_presence("{not json");
+        c.on_presence(r#"{"type":"pong"}"#);
+        assert!(!c.relay_waits_for_replica(required));
+        // What the sender hears when no replica acknowledged.
+        assert!(matches!(
+            unreplicated_relay(required),
+            Some((SignalErrorCode::Unavailable, _))
+        ));
+        assert_eq!(unreplicated_relay(best_effort), None);
     }
 }

@@ -366,6 +366,7 @@ impl Session {
         if resumed {
             state.metrics.resumes.inc();
         }
+        self.conn.note_peers(&peers);
         let joined = ServerMessage::Joined {
             call_id: seat.call.clone(),
             participant_id: seat.participant.clone(),
@@ -450,18 +451,50 @@ impl Session {
             Relay::Hangup => ServerMessage::Hangup { from, seq: 0 },
         };
         let seq = j.next_seq;
-        let outcome = state
-            .hub
-            .relay(
-                &seat.call,
-                &seat.participant,
-                seat.role,
-                &self.conn_id,
-                &message,
-                seq,
-                now,
-            )
-            .await;
+        let policy = state.config.replica_ack;
+        let (call, pid, conn) = (&seat.call, &seat.participant, &*self.conn_id);
+        // A peer away gets this only through the call's log: a replica must hold it first.
+        let outcome = if self.conn.relay_waits_for_replica(policy) {
+            let hub = &state.hub;
+            let outcome = hub
+                .relay_replicated(call, pid, seat.role, conn, &message, seq, now)
+                .await;
+            // Check that belief against the seats (a `peer-resumed` lost with pub/sub in a
+            // failover would otherwise keep every later relay on this path).
+            if let Ok(away) = hub.away_peers(call, now).await {
+                self.conn.note_away(away);
+            }
+            outcome
+        } else {
+            let hub = &state.hub;
+            hub.relay(call, pid, seat.role, conn, &message, seq, now)
+                .await
+        };
+        let outcome = match outcome {
+            Ok(RelayOutcome::NotReplicated(seq)) => {
+                state.metrics.replica_ack_missing.inc();
+                if let Some(j) = &mut self.joined {
+                    // Stored under that number all the same: the next one follows it.
+                    j.next_seq = j.next_seq.max(seq + 1);
+                }
+                match room::unreplicated_relay(policy) {
+                    Some((code, text)) => {
+                        tracing::warn!(
+                            "no Redis replica acknowledged a relay: answering unavailable"
+                        );
+                        self.send_error(code, text).await;
+                        return None;
+                    }
+                    None => {
+                        tracing::warn!(
+                            "no Redis replica acknowledged a relay: sent anyway (best-effort)"
+                        );
+                        Ok(RelayOutcome::Sent(seq))
+                    }
+                }
+            }
+            other => other,
+        };
         match outcome {
             Ok(RelayOutcome::Sent(seq)) => {
                 state.metrics.relayed.inc();
@@ -479,6 +512,7 @@ impl Session {
                     .await;
                 Some(Exit::Final)
             }
+            Ok(RelayOutcome::NotReplicated(_)) => None,
             Ok(RelayOutcome::Ended) => {
                 self.send_error(SignalErrorCode::CallEnded, "this call has ended")
                     .await;
@@ -535,6 +569,10 @@ impl Session {
                 if !self.conn.accept_frame(relayed) {
                     return None;
                 }
+                if relayed.is_none() {
+                    // A presence event: whether relays must wait for a replica follows it.
+                    self.conn.on_presence(&text);
+                }
                 if self.socket.send(Message::Text(text)).await.is_err() {
                     return Some(Exit::Away);
                 }
@@ -550,6 +588,19 @@ impl Session {
                 Some(Exit::Final)
             }
             Delivery::Replaced => {
+                // A primary that hung and came back runs the commands queued on it (a join
+                // that timed out) before it learns it was demoted, and publishes their frames:
+                // a `replaced` counts only if the seat is really another connection's now.
+                if let Some(j) = &self.joined
+                    && let Ok(true) = self
+                        .state
+                        .hub
+                        .holds_seat(&j.seat.call, &j.seat.participant, &self.conn_id)
+                        .await
+                {
+                    tracing::warn!("ignored a replaced notice: this connection holds the seat");
+                    return None;
+                }
                 self.close(CLOSE_REPLACED, "replaced by a newer connection")
                     .await;
                 Some(Exit::Final)

@@ -67,7 +67,14 @@ pub async fn state(
         grace_ms: config.grace.as_millis() as u64,
         inbox_maxlen: config.inbox_maxlen,
     };
-    let hub = Hub::start(&config.redis_url, client.clone(), times, metrics.clone()).await?;
+    let hub = Hub::start_with_replica_ack(
+        &config.redis_url,
+        client.clone(),
+        times,
+        metrics.clone(),
+        config.replica_ack,
+    )
+    .await?;
     let keys = JoinTokenKeys::new(config.jwt_secret.expose());
     Ok(Arc::new(AppState {
         config,

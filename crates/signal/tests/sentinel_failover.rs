@@ -98,14 +98,80 @@ async fn a_call_rides_out_a_sentinel_failover_with_nothing_lost_or_reordered() {
     r2.trigger.cancel();
 }
 
+/// A primary that hangs (SIGSTOP) instead of dying: the sentinels promote the replica, and
+/// the call must go on with the old primary still hung (its connections stay open and silent,
+/// so nothing tells the clients to leave it but their own checks). As the clients see it:
+/// nothing lost, duplicated or reordered; `/readyz` 503 during the outage and 200 after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_rides_out_a_hung_primary_under_sentinel() {
+    let mut set = tokio::task::block_in_place(SentinelSet::start);
+    let url = set.url();
+    let r1 = common::Replica::start(&url, FLAGS).await;
+    let r2 = common::Replica::start(&url, FLAGS).await;
+    let call = call_on(&set);
+    let (_, ta) = call.token(Role::Offerer);
+    let (_, tb) = call.token(Role::Answerer);
+    let far = Instant::now() + Duration::from_secs(30);
+    let (mut wa, _) = join_until_admitted(&r1.url(), &ta, None, far).await;
+    let (wb, _) = join_until_admitted(&r2.url(), &tb, None, far).await;
+    match next_event(&mut wa, Duration::from_secs(5)).await {
+        Some(Event::Message(ServerMessage::PeerJoined { .. })) => {}
+        _ => panic!("the offerer must hear peer-joined"),
+    }
+    tokio::task::block_in_place(|| set.wait_replicated());
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready1 = tokio::spawn(watch_readiness(r1.addr, stop.clone()));
+    let ready2 = tokio::spawn(watch_readiness(r2.addr, stop.clone()));
+    let sent_a = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let no_drop = Arc::new(AtomicBool::new(false));
+    let drop_b = Arc::new(AtomicBool::new(false));
+    let a = tokio::spawn(run_party(r1.url(), ta, wa, Some(sent_a.clone()), no_drop));
+    let b = tokio::spawn(run_party(r2.url(), tb, wb, None, drop_b.clone()));
+    while sent_a.load(Ordering::SeqCst) < KILL_AT {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let frozen_at = set.freeze_primary();
+    drop_b.store(true, Ordering::SeqCst);
+    let failover =
+        tokio::task::block_in_place(|| set.wait_for_promotion(frozen_at, Duration::from_secs(30)));
+    let seen_a = a.await.unwrap();
+    let seen_b = b.await.unwrap();
+    wait_ready(r1.addr).await;
+    wait_ready(r2.addr).await;
+    stop.store(true, Ordering::SeqCst);
+    let (down1, up1) = ready1.await.unwrap();
+    let (down2, up2) = ready2.await.unwrap();
+    let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(frozen_at));
+    eprintln!(
+        "sentinel, hung primary: promoted {:?} after the freeze; readyz r1 down {:?} up {:?}, \
+         r2 down {:?} up {:?}",
+        failover.promoted_after,
+        since(down1),
+        since(up1),
+        since(down2),
+        since(up2),
+    );
+    report_and_check_parties(&seen_a, &seen_b);
+    for (down, up) in [(down1, up1), (down2, up2)] {
+        let down = down.expect("/readyz answered 503 during the outage");
+        let up = up.expect("/readyz answered 200 again after the promotion");
+        assert!(down >= frozen_at && up > down);
+    }
+    r1.trigger.cancel();
+    r2.trigger.cancel();
+}
+
 /// Send one candidate and wait for the pong of the ping after it: `true` when relayed (no
 /// `unavailable` before the pong).
 async fn send_confirmed(ws: &mut common::Ws, i: usize) -> bool {
+    // Both frames in one write: two small writes would wait for the delayed ACK of the
+    // first (Nagle), about 40 ms, and hide what the relay itself costs.
     for frame in [candidate(i), ClientMessage::Ping { ts: Some(i as u64) }] {
-        ws.send(Message::text(serde_json::to_string(&frame).unwrap()))
+        ws.feed(Message::text(serde_json::to_string(&frame).unwrap()))
             .await
             .unwrap();
     }
+    ws.flush().await.unwrap();
     let mut relayed = true;
     loop {
         match next_event(ws, Duration::from_secs(10)).await {
@@ -209,21 +275,43 @@ async fn a_seq_issued_but_not_replicated_is_never_reused_after_a_failover() {
     r2.trigger.cancel();
 }
 
-/// The trap not closed (yet): a message relayed to a participant who is away lives only in the
-/// call's log; if the primary dies before replicating it, the resume on the promoted replica has
-/// nothing to replay, and the sender was never told (it got no `unavailable`). Closing it needs
-/// the relay to wait for a replica before reporting success (`WAIT 1`; design and measured cost
-/// in docs/operations.md).
+/// Signal flags with relays to an away receiver waiting for a replica, and refused without one.
+const REQUIRED: &[&str] = &[
+    "--lease-ms",
+    "3000",
+    "--grace-ms",
+    "30000",
+    "--redis-replica-ack",
+    "required",
+];
+
+/// `WAIT` commands the current primary has run (`INFO commandstats`).
+fn waits(set: &SentinelSet) -> u64 {
+    let stats = set.raw_primary("INFO commandstats").unwrap();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// The trap closed: a message relayed to a participant who is away lives only in the call's
+/// log, so a failover before it replicates would lose it. Under `REDIS_REPLICA_ACK=required`
+/// the relay waits for a replica (`WAIT 1` after the relay script, same connection): with
+/// replication cut, the sender hears `unavailable` instead of "sent", and the message is
+/// indeed lost in the failover that follows. It resends; while the promoted primary has no
+/// replica it keeps hearing `unavailable`; once a replica is back the resend is confirmed,
+/// and the answerer's resume replays it. Copies from resends told `unavailable` carry the same
+/// candidate (the client dedups them); nothing else is replayed, in `seq` order.
+/// Without the WAIT (`--redis-replica-ack off`) the first relay counts as sent and is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "known failover trap, not fixed yet: a relay is not acknowledged by a replica before \
-            it counts as sent (design in docs/operations.md); run with --ignored to see it"]
 async fn a_message_for_an_away_participant_survives_a_failover() {
     let mut set = tokio::task::block_in_place(SentinelSet::start);
     let url = set.url();
-    let r1 = common::Replica::start(&url, FLAGS).await;
-    let r2 = common::Replica::start(&url, FLAGS).await;
+    let r1 = common::Replica::start(&url, REQUIRED).await;
+    let r2 = common::Replica::start(&url, REQUIRED).await;
     let call = call_on(&set);
-    let (_, ta) = call.token(Role::Offerer);
+    let (offerer, ta) = call.token(Role::Offerer);
     let (_, tb) = call.token(Role::Answerer);
     let far = Instant::now() + Duration::from_secs(60);
     let (mut wa, _) = join_until_admitted(&r1.url(), &ta, None, far).await;
@@ -244,19 +332,165 @@ async fn a_message_for_an_away_participant_survives_a_failover() {
     }
     tokio::task::block_in_place(|| set.wait_replicated());
     set.cut_replication();
-    assert!(send_confirmed(&mut wa, 1).await, "relayed: no unavailable");
+    let started = Instant::now();
+    assert!(
+        !send_confirmed(&mut wa, 1).await,
+        "a relay to an away participant that no replica holds must not count as sent"
+    );
+    let refused_after = started.elapsed();
+    // The primary did store it in the offerer's log (and no replica did): the failover loses it.
+    let seq_key = format!("XLEN call:{{{}}}:log:{offerer}", call.id);
+    let issued = set.raw_primary(&seq_key).unwrap();
     let killed_at = set.kill_primary();
     set.resume_replica();
-    tokio::task::block_in_place(|| set.wait_for_promotion(killed_at, Duration::from_secs(30)));
+    let failover =
+        tokio::task::block_in_place(|| set.wait_for_promotion(killed_at, Duration::from_secs(30)));
+    let kept = set.raw_primary(&seq_key).unwrap();
+    assert_ne!(
+        issued, kept,
+        "the unreplicated relay was lost: the trap is set"
+    );
+    wait_ready(r1.addr).await;
     wait_ready(r2.addr).await;
+
+    // The client resends. The promoted primary has no replica yet: still not confirmed.
+    assert!(!send_confirmed(&mut wa, 1).await);
+    tokio::task::block_in_place(|| set.add_replica());
+    let mut resends = 2;
+    while !send_confirmed(&mut wa, 1).await {
+        resends += 1;
+        assert!(Instant::now() < far, "never confirmed with a replica back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let (mut wb, resumed) = join_until_admitted(&r2.url(), &tb, Some(seq0), far).await;
     assert!(resumed);
-    let replayed = next_candidate(&mut wb, Duration::from_secs(5)).await;
-    assert_eq!(
-        replayed.map(|(_, idx)| idx),
-        Some(1),
-        "the message relayed before the failover was lost without a word to its sender"
+    let mut replayed = Vec::new();
+    while let Some(c) = next_candidate(&mut wb, Duration::from_secs(2)).await {
+        replayed.push(c);
+    }
+    eprintln!(
+        "away relay refused after {refused_after:?} (no replica), promoted after {:?}, \
+         offerer log length before/after the failover {issued:?}/{kept:?}, {resends} sends of message 1, \
+         replayed {replayed:?}",
+        failover.promoted_after
+    );
+    assert!(
+        !replayed.is_empty() && replayed.iter().all(|&(_, idx)| idx == 1),
+        "the resent message reaches the resumed answerer, and nothing else: {replayed:?}"
+    );
+    assert!(replayed.len() <= resends, "{replayed:?}");
+    assert!(replayed.windows(2).all(|w| w[0].0 < w[1].0));
+    assert!(replayed[0].0 > seq0);
+    r1.trigger.cancel();
+    r2.trigger.cancel();
+}
+
+/// What the WAIT costs, and where: relays to a live receiver run no WAIT at all (the primary's
+/// `cmdstat_wait` does not move); relays while the receiver is away run one each (one relay
+/// per batch here), under the default `auto` (best-effort under Sentinel). Under
+/// best-effort, a relay no replica acknowledges (replica frozen) counts as sent after the
+/// timeout. The receiver's resume replays every message sent while it was away, once, in
+/// order, and relays go back to no WAIT once it is live again. Prints the median send-to-pong
+/// time of both paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relays_wait_for_a_replica_only_while_the_receiver_is_away() {
+    const N: usize = 40;
+    let set = tokio::task::block_in_place(SentinelSet::start);
+    let url = set.url();
+    let r1 = common::Replica::start(&url, FLAGS).await;
+    let r2 = common::Replica::start(&url, FLAGS).await;
+    let call = call_on(&set);
+    let (_, ta) = call.token(Role::Offerer);
+    let (_, tb) = call.token(Role::Answerer);
+    let far = Instant::now() + Duration::from_secs(60);
+    let (mut wa, _) = join_until_admitted(&r1.url(), &ta, None, far).await;
+    let (mut wb, _) = join_until_admitted(&r2.url(), &tb, None, far).await;
+
+    // Send `range` one by one, each confirmed by its pong: the time of each.
+    async fn timed(ws: &mut common::Ws, range: std::ops::Range<usize>) -> Vec<Duration> {
+        let mut times = Vec::new();
+        for i in range {
+            let started = Instant::now();
+            assert!(send_confirmed(ws, i).await, "message {i} not relayed");
+            times.push(started.elapsed());
+        }
+        times.sort();
+        times
+    }
+    let before = waits(&set);
+    let live = timed(&mut wa, 0..N).await;
+    for i in 0..N {
+        let (_, idx) = next_candidate(&mut wb, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(idx, i);
+    }
+    assert_eq!(waits(&set), before, "a relay to a live receiver ran WAIT");
+    let last_live = {
+        assert!(send_confirmed(&mut wa, N).await);
+        next_candidate(&mut wb, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .0
+    };
+
+    wb.close(None).await.unwrap();
+    loop {
+        match next_event(&mut wa, Duration::from_secs(10)).await {
+            Some(Event::Message(ServerMessage::PeerReconnecting { .. })) => break,
+            Some(Event::Message(_)) => {}
+            _ => panic!("the offerer must hear peer-reconnecting"),
+        }
+    }
+    let before = waits(&set);
+    let away = timed(&mut wa, N + 1..2 * N + 1).await;
+    assert_eq!(waits(&set) - before, N as u64, "one WAIT per away relay");
+    // Best-effort: no replica acknowledges (frozen), the relay still counts as sent.
+    set.freeze_replica();
+    let started = Instant::now();
+    let confirmed = send_confirmed(&mut wa, 2 * N + 1).await;
+    let unacked = started.elapsed();
+    set.resume_replica();
+    assert!(
+        confirmed,
+        "best-effort counts an unacknowledged relay as sent"
+    );
+    assert!(unacked >= Duration::from_millis(250), "{unacked:?}");
+
+    let (mut wb, resumed) = join_until_admitted(&r2.url(), &tb, Some(last_live), far).await;
+    assert!(resumed);
+    for i in N + 1..2 * N + 2 {
+        let (_, idx) = next_candidate(&mut wb, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(idx, i, "replayed once, in order");
+    }
+    loop {
+        match next_event(&mut wa, Duration::from_secs(10)).await {
+            Some(Event::Message(ServerMessage::PeerResumed { .. })) => break,
+            Some(Event::Message(_)) => {}
+            _ => panic!("the offerer must hear peer-resumed"),
+        }
+    }
+    let before = waits(&set);
+    timed(&mut wa, 2 * N + 2..2 * N + 12).await;
+    assert_eq!(waits(&set), before, "live again: no WAIT");
+    assert!(
+        next_candidate(&mut wb, Duration::from_secs(5))
+            .await
+            .is_some()
+    );
+
+    let median = |t: &[Duration]| t[t.len() / 2];
+    eprintln!(
+        "send to pong, median of {N}: receiver live {:?} (no WAIT), away {:?} (WAIT 1): {:.2}x; \
+         p90 live {:?}, away {:?}; best-effort with the replica frozen: {unacked:?}",
+        median(&live),
+        median(&away),
+        median(&away).as_secs_f64() / median(&live).as_secs_f64(),
+        live[live.len() * 9 / 10],
+        away[away.len() * 9 / 10],
     );
     r1.trigger.cancel();
     r2.trigger.cancel();

@@ -444,6 +444,11 @@ async fn resume_replays_exactly_the_missed_messages_in_order() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // `REDIS_REPLICA_ACK=auto` on a single Redis (no replica to wait for): the relays to the
+    // away participant ran no WAIT.
+    let stats = redis.raw_command("INFO commandstats").unwrap();
+    assert!(stats.contains("cmdstat_evalsha:"), "{stats}");
+    assert!(!stats.contains("cmdstat_wait:"), "{stats}");
     let (mut b2, joined) = Client::join(&r.url(), &tb, Some(last_seen)).await;
     match joined {
         ServerMessage::Joined { resumed, peers, .. } => {

@@ -244,6 +244,26 @@ impl ClusterSet {
         Instant::now()
     }
 
+    /// SIGCONT a node [`Self::freeze_node`] stopped: it runs again (a failed-over primary
+    /// learns from the cluster bus that its replica took over and turns into its replica), and
+    /// the set's own checks include it again.
+    pub fn thaw_node(&mut self, port: u16) -> Instant {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster");
+        assert!(node.frozen && !node.killed, "thaw a frozen node");
+        let pid = node.process.id().expect("node running");
+        let status = Command::new("kill")
+            .args(["-CONT", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -CONT {pid} failed");
+        node.frozen = false;
+        Instant::now()
+    }
+
     /// Wait until a live primary serves `key`'s slot again and every live node reports the
     /// cluster ok; how long that took since `killed_at`.
     pub fn wait_for_failover(&self, key: &str, killed_at: Instant, timeout: Duration) -> Duration {

@@ -227,6 +227,16 @@ impl SentinelSet {
         Instant::now()
     }
 
+    /// SIGSTOP the primary (a hung process or a partition: its connections stay open, nothing
+    /// is answered); the sentinels fail it over like a dead one. Returns at once (see
+    /// [`Self::wait_for_promotion`]); the process is killed with the set.
+    pub fn freeze_primary(&mut self) -> Instant {
+        assert!(!self.failed_over, "the set fails over once");
+        signal(&self.primary.process, "STOP");
+        self.failed_over = true;
+        Instant::now()
+    }
+
     /// Wait until the replica is a master and every sentinel names it.
     pub fn wait_for_promotion(&self, killed_at: Instant, timeout: Duration) -> Failover {
         self.wait_for_agreement_on_new(self.replica.port, timeout);
