@@ -234,6 +234,12 @@ pub enum CallControl {
     Seat {
         participant_id: ParticipantId,
         conn: String,
+        /// When the join replaced (fenced off) an older connection of the participant:
+        /// `<last number its log held>:<the new connection's first number>`. Numbers from it
+        /// strictly between the two can only be the old connection's refused writes, which
+        /// the receiving replicas drop.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fence: Option<String>,
     },
     /// A replica's subscription check: the replica that subscribed publishes `probe` on the
     /// channel and knows it is subscribed when the probe comes back. Signal-internal.

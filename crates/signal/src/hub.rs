@@ -11,16 +11,18 @@
 //!   The join also sets where the new connection's numbering starts and fences off a connection
 //!   it replaces (below).
 //! - Relays run **no script**: each sender numbers its own messages (`seq`, kept in the
-//!   session's memory from the floor its join returned) and its relay is two plain commands,
-//!   `XADD <sender's log> NOMKSTREAM <seq>-0 m <message>` and, once the XADD answered with an
-//!   id, `PUBLISH` (`SPUBLISH` on a cluster). The replica pipelines the relays its sessions
+//!   session's memory from the floor its join returned) and its relay is two plain commands
+//!   in one pipeline (one round trip), `XADD <sender's log> NOMKSTREAM <seq>-0 m <message>`
+//!   then `PUBLISH` (`SPUBLISH` on a cluster). The replica pipelines the relays its sessions
 //!   queued while earlier batches were in flight ([`RelayRunner`]); a session has one relay in
 //!   flight at a time, so a sender's order holds. The sender's log is the fence: a join that
 //!   replaces a connection moves the log's last id past that connection's next number, so its
-//!   XADD is refused; a refused or log-less XADD runs `RECOVER` (replaced, call ended, or Redis
-//!   lost the log: rewrite seat and log and relay). A relay whose receiver is away
-//!   ([`Hub::relay_replicated`]) goes in a batch of its own runner, on a connection of its own,
-//!   with `WAIT 1` after its PUBLISHes in the same pipeline (`REDIS_REPLICA_ACK`).
+//!   XADD is refused; the join's `seat` marker carries that fence (`<last stored>:<first new>`)
+//!   on the channel before any PUBLISH of a refused write, and every receiving router drops the
+//!   numbers between ([`crate::router`]). A refused or log-less XADD runs `RECOVER` (replaced,
+//!   call ended, or Redis lost the log: rewrite seat and log and relay). A relay whose receiver
+//!   is away ([`Hub::relay_replicated`]) goes in a batch of its own runner, on a connection of
+//!   its own, with `WAIT 1` at the end of the same pipeline (`REDIS_REPLICA_ACK`).
 //! - `TICK` (calls with local participants, 16 per script run, every third of the lease):
 //!   renew local leases (re-creating them after a Redis restart; the seats' and the call log's
 //!   TTLs every sixth round), report local connections another connection
@@ -1127,7 +1129,7 @@ fn relay_outcome(
 /// Relay batches in flight at once. While they are, new relays queue and go together in the
 /// next batch: one pipeline per message at low load (no added wait), fewer under load.
 const RELAY_IN_FLIGHT: usize = 2;
-/// Most relays per batch (one pipeline of their XADDs, then one of their PUBLISHes).
+/// Most relays per batch (one pipeline of their XADDs and PUBLISHes).
 const RELAY_BATCH: usize = 32;
 /// A sender's log gets its TTL renewed and its cap applied at every this many numbers (and the
 /// lease tick renews the TTL): two commands every 64 relays instead of at each.
@@ -1148,12 +1150,13 @@ impl RelayQueue {
     }
 }
 
-/// Runs batches of relays, each as two pipelines of plain commands on one connection: the
-/// XADDs (each sender's message at its own number, into its own log, `NOMKSTREAM`), then, for
-/// those that Redis stored, the PUBLISHes. No script runs: a script call costs Redis about six
-/// times a PUBLISH in instructions whatever it does (callgrind, docs/bench-log.md), while an
-/// XADD with an explicit id costs about 1.3 PUBLISHes. Publishing only what the log took keeps
-/// "a message is published only when stored" (a fenced or failed XADD publishes nothing).
+/// Runs batches of relays, each as one pipeline of plain commands on one connection: per relay
+/// the XADD (the sender's message at its own number, into its own log, `NOMKSTREAM`) and its
+/// PUBLISH. No script runs: a script call costs Redis about six times a PUBLISH in
+/// instructions whatever it does (callgrind, docs/bench-log.md), while an XADD with an
+/// explicit id costs about 1.3 PUBLISHes. The PUBLISH does not wait for the XADD's answer: a
+/// write the fence refused is published all the same, and the receiving routers drop it (the
+/// fence came first on the channel, in the replacing join's `seat` marker).
 ///
 /// A relay that finds a free slot runs its batch (itself and whatever queued) in its own
 /// session's task, which waits for the reply anyway: no hop through another task on the way to
@@ -1241,18 +1244,17 @@ impl RelayRunner {
         drop(slot);
     }
 
-    /// One batch; every relay of it gets its answer. On a cluster the batch goes as one pair of
-    /// pipelines per slot, all at once (per slot in turn held a cluster to two relays in
+    /// One batch; every relay of it gets its answer. On a cluster the batch goes as one
+    /// pipeline per slot, all at once (per slot in turn held a cluster to two relays in
     /// flight: measured, 0.7x the messages/s of all at once).
     async fn run(&self, batch: Vec<RelayJob>) {
         let groups = by_slot(batch, self.client.is_clustered(), |job| &job.log);
         futures_util::future::join_all(groups.into_iter().map(|group| self.run_slot(group))).await;
     }
 
-    /// The relays of one slot: their XADDs in one pipeline, then the PUBLISHes of those
-    /// stored in another (so a sender's message is on the channel only once its log has it),
-    /// followed, for a runner that waits, by `WAIT 1` (one for the batch: it covers every
-    /// write before it on the connection), then the recovery script for each refused one.
+    /// The relays of one slot in one pipeline (one round trip): each one's XADD then its
+    /// PUBLISH, followed, for a runner that waits, by `WAIT 1` (one for the batch: it covers
+    /// every write before it on the connection), then the recovery script for each refused one.
     async fn run_slot(&self, batch: Vec<RelayJob>) {
         if self.wait.is_none() {
             return self.run_pipelines(&self.client, batch).await;
@@ -1280,8 +1282,8 @@ impl RelayRunner {
             + ServerInterface,
     {
         let pipeline = fred::clients::Pipeline::from(client.clone());
-        let mut texts: Vec<Value> = Vec::with_capacity(batch.len());
-        // Index of each relay's XADD among the pipeline's replies (upkeep commands between).
+        // Index of each relay's XADD among the pipeline's replies (its PUBLISH follows it,
+        // then upkeep commands at times).
         let mut at = Vec::with_capacity(batch.len());
         let mut queued = 0usize;
         let mut queue_err = None;
@@ -1298,7 +1300,14 @@ impl RelayRunner {
                         vec![("m", text.clone())],
                     )
                     .await?;
-                queued += 1;
+                // Published whether or not the XADD stores it: a refused one comes from a
+                // connection a join fenced off, and that join's `seat` marker, earlier on the
+                // channel, told every receiving replica to drop this number (the router).
+                let _: () = match self.fanout {
+                    Fanout::Classic => pipeline.publish(job.channel.as_str(), text).await?,
+                    Fanout::Sharded => pipeline.spublish(job.channel.as_str(), text).await?,
+                };
+                queued += 2;
                 if job.seq % LOG_UPKEEP_EVERY == 1 {
                     let _: () = pipeline
                         .pexpire(job.log.as_str(), self.log_ttl_ms, None)
@@ -1314,7 +1323,6 @@ impl RelayRunner {
                 queue_err = Some(e);
                 break;
             }
-            texts.push(text);
         }
         if let Some(e) = queue_err {
             for job in batch {
@@ -1322,12 +1330,21 @@ impl RelayRunner {
             }
             return;
         }
+        if let Some(timeout) = self.wait {
+            // After every write of the batch on this connection: one WAIT covers them all.
+            let _ = pipeline.wait::<()>(1, wait_ms(timeout)).await;
+        }
         let mut replies: Vec<Option<Result<Value, fred::error::Error>>> = pipeline
             .try_all::<Value>()
             .await
             .into_iter()
             .map(Some)
             .collect();
+        // Whether a replica holds the stored ones (always, for a runner that does not wait).
+        let replicated = match self.wait {
+            Some(_) => acknowledged(replies.pop().flatten()),
+            None => true,
+        };
         let outcomes: Vec<Stored> = at
             .iter()
             .map(|&i| match replies.get_mut(i).and_then(Option::take) {
@@ -1335,38 +1352,8 @@ impl RelayRunner {
                 None => Stored::Failed(HubError::BadReply("relay pipeline (length)")),
             })
             .collect();
-        // The stored ones go out on their call channels, in the batch's order.
-        let publish = fred::clients::Pipeline::from(client.clone());
-        let mut published = 0usize;
-        for ((job, text), outcome) in batch.iter().zip(&texts).zip(&outcomes) {
-            if matches!(outcome, Stored::Yes) {
-                let queued: Result<(), fred::error::Error> = match self.fanout {
-                    Fanout::Classic => publish.publish(job.channel.as_str(), text.clone()).await,
-                    Fanout::Sharded => publish.spublish(job.channel.as_str(), text.clone()).await,
-                };
-                published += usize::from(queued.is_ok());
-            }
-        }
-        let any_stored = outcomes.iter().any(|o| matches!(o, Stored::Yes));
-        let waits = self.wait.filter(|_| any_stored);
-        if let Some(timeout) = waits {
-            let _ = publish.wait::<()>(1, wait_ms(timeout)).await;
-        }
-        // Whether a replica holds the stored ones (always, for a runner that does not wait).
-        let mut replicated = true;
-        if published > 0 || waits.is_some() {
-            // The log holds them: reported sent whatever the publish answers. A lost publish
-            // is caught up from the log (the next number's gap, or the lease tick).
-            let mut answers = publish.try_all::<Value>().await;
-            if waits.is_some() {
-                replicated = acknowledged(answers.pop());
-            }
-            for r in answers {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "publish after the log write failed");
-                }
-            }
-        }
+        // The log holds the stored ones: reported sent whatever their PUBLISH answered. A lost
+        // publish is caught up from the log (the next number's gap, or the lease tick).
         for (job, outcome) in batch.into_iter().zip(outcomes) {
             match outcome {
                 Stored::Yes => {

@@ -114,6 +114,10 @@ struct CallLocal {
     locals: Vec<Local>,
     /// Highest `seq` seen published per sender (gap detection).
     last_seqs: Positions,
+    /// The fences the call's joins published (in their `seat` marker): from `sender`, numbers
+    /// strictly between the last one its log held and the new connection's first one can
+    /// only be a replaced connection's refused write, dropped here. Empty but for replacements.
+    fences: Vec<(Sender, u64, u64)>,
     /// While the channel's subscription is not yet proven: the probe id awaited, when it was
     /// requested, and the registrations waiting for it.
     pending: Option<PendingSubscription>,
@@ -248,6 +252,9 @@ pub(crate) struct Head<'a> {
     pub(crate) replica: Option<&'a str>,
     #[serde(default)]
     pub(crate) probe: Option<u64>,
+    /// On a `seat` marker that replaced a connection: `<last stored>:<first new number>`.
+    #[serde(default, borrow)]
+    pub(crate) fence: Option<&'a str>,
 }
 
 /// One SUBSCRIBE (+ PING + probe PUBLISH) or UNSUBSCRIBE (+ PING), or their sharded forms.
@@ -429,6 +436,7 @@ pub(crate) async fn router(
                             call,
                             locals: Vec::new(),
                             last_seqs: Positions::default(),
+                            fences: Vec::new(),
                             pending: Some(PendingSubscription::unsent()),
                         });
                         entry.locals.push(local);
@@ -617,6 +625,14 @@ fn route(
                 return None;
             };
             let sender = Sender::parse(from)?;
+            if entry
+                .fences
+                .iter()
+                .any(|&(s, stored, first)| s == sender && seq > stored && seq < first)
+            {
+                // A replaced connection's message that its log refused: never delivered.
+                return None;
+            }
             // Numbers are contiguous per sender while one connection sends: a jump means
             // pub/sub lost one (a new connection of the sender jumps too: one harmless resync).
             let last = entry.last_seqs.of(sender);
@@ -674,6 +690,12 @@ fn route(
             let (Some(subject), Some(conn)) = (head.participant, head.conn) else {
                 return None;
             };
+            if let Some(fence) = head.fence.and_then(parse_fence)
+                && let Some(sender) = Sender::parse(subject)
+                && !entry.fences.contains(&(sender, fence.0, fence.1))
+            {
+                entry.fences.push((sender, fence.0, fence.1));
+            }
             for (i, l) in entry.locals.iter_mut().enumerate() {
                 if l.participant.as_str() == subject && &*l.conn == conn {
                     l.seam = true;
@@ -694,6 +716,12 @@ fn route(
         _ => {}
     }
     None
+}
+
+/// A `seat` marker's fence, `<last stored>:<first new number>`.
+fn parse_fence(text: &str) -> Option<(u64, u64)> {
+    let (stored, first) = text.split_once(':')?;
+    Some((stored.parse().ok()?, first.parse().ok()?))
 }
 
 /// Queue a delivery without waiting; a session whose queue is full is flagged to resync
@@ -743,6 +771,7 @@ mod tests {
                 local(4, &ids[2], "o1"),
             ],
             last_seqs: Positions::default(),
+            fences: Vec::new(),
             pending: None,
         };
         (entry, ids)
@@ -820,6 +849,7 @@ mod tests {
         let seat = CallControl::Seat {
             participant_id: ids[0].clone(),
             conn: "a2".into(),
+            fence: None,
         }
         .to_json();
         let (out, action) = run(&mut e, &seat);
@@ -827,6 +857,51 @@ mod tests {
         assert!(matches!(out[..], [(1, Delivery::Seam)]));
         let seams: Vec<bool> = e.locals.iter().map(|l| l.seam).collect();
         assert_eq!(seams, [false, true, false, false]);
+    }
+
+    #[test]
+    fn a_fence_drops_the_replaced_connections_refused_numbers_only() {
+        let (mut e, ids) = entry();
+        let from = |seq| {
+            serde_json::to_string(&ServerMessage::Hangup {
+                from: ids[0].clone(),
+                seq,
+            })
+            .unwrap()
+        };
+        let delivered = |out: &[(usize, Delivery)]| {
+            out.iter()
+                .filter(|(_, d)| matches!(d, Delivery::Frame { .. }))
+                .count()
+        };
+        let (out, _) = run(&mut e, &from(4));
+        assert_eq!(delivered(&out), 2, "before any fence: to the others");
+        let seat = CallControl::Seat {
+            participant_id: ids[0].clone(),
+            conn: "a3".into(),
+            fence: Some("5:9".into()),
+        }
+        .to_json();
+        run(&mut e, &seat);
+        // 6..=8: the old connection's writes its log refused. 5 was stored (late publish).
+        for refused in [6, 7, 8] {
+            let (out, _) = run(&mut e, &from(refused));
+            assert!(out.is_empty(), "{refused} must be dropped");
+        }
+        let (out, _) = run(&mut e, &from(5));
+        assert_eq!(delivered(&out), 2);
+        let (out, _) = run(&mut e, &from(9));
+        assert_eq!(delivered(&out), 2, "the new connection's first number");
+        // Another sender's numbers are not fenced.
+        let other = serde_json::to_string(&ServerMessage::Hangup {
+            from: ids[1].clone(),
+            seq: 7,
+        })
+        .unwrap();
+        let (out, _) = run(&mut e, &other);
+        assert_eq!(delivered(&out), 3);
+        assert_eq!(parse_fence("x:1"), None);
+        assert_eq!(parse_fence("12:13"), Some((12, 13)));
     }
 
     #[test]

@@ -927,3 +927,80 @@ async fn an_observer_resumes_per_sender_with_last_seqs() {
         "nothing twice"
     );
 }
+
+/// The receivers' side of the fence (one-round-trip relays publish without waiting for their
+/// XADD): a replaced connection's relay that races the new connection's join is refused by
+/// the sender's log, and its PUBLISH, which follows in the same pipeline and so after the
+/// join's `seat` marker, never reaches a client. The race is replayed exactly: after the
+/// takeover, the old connection's next XADD (its next number) and its PUBLISH are sent to
+/// Redis as its relay pipeline would. Without the routers' fence the offerer would get that
+/// message (its number is above everything it saw from the answerer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_connections_refused_relay_never_reaches_a_client() {
+    use fred::interfaces::{PubsubInterface, StreamsInterface};
+    use fred::types::Value;
+    let redis = RedisServer::start();
+    let r1 = Replica::start(&redis.url(), &[]).await;
+    let r2 = Replica::start(&redis.url(), &[]).await;
+    let TwoParty {
+        mut a,
+        tb,
+        pb,
+        b: mut b1,
+        call,
+        ..
+    } = TwoParty::join_one(&redis, &r1.url()).await;
+    b1.send(&candidate(1)).await;
+    let first = a.recv().await;
+    assert_eq!(candidate_index(&first), 1);
+    let stored = seq_of(&first);
+    // The answerer connects again on the other replica: the old connection is fenced off.
+    let (mut b2, joined) = Client::join(&r2.url(), &tb, Some(0)).await;
+    assert!(matches!(
+        joined,
+        ServerMessage::Joined { resumed: true, .. }
+    ));
+    let (_, closed) = b1.closed().await;
+    assert_eq!(closed, Closed::Code(CLOSE_REPLACED));
+
+    // The old connection's relay of its next number, as its pipeline sends it.
+    let stale = ServerMessage::IceCandidate {
+        from: pb.clone(),
+        seq: stored + 1,
+        candidate: hermes_proto::signal::IceCandidate {
+            candidate: "candidate:666".into(),
+            sdp_mid: None,
+            sdp_m_line_index: None,
+            username_fragment: None,
+        },
+    };
+    let text = serde_json::to_string(&stale).unwrap();
+    let client = hermes_service::redis::connect(&redis.url(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let refused: Result<Value, fred::error::Error> = client
+        .xadd(
+            hermes_proto::keys::call_sender_log(&call.id, &pb),
+            true,
+            None,
+            format!("{}-0", stored + 1),
+            vec![("m", text.clone())],
+        )
+        .await;
+    assert!(
+        refused.is_err(),
+        "the fence refuses the old connection's number: {refused:?}"
+    );
+    let receivers: i64 = client
+        .publish(hermes_proto::keys::call_channel(&call.id), text)
+        .await
+        .unwrap();
+    assert!(receivers >= 1, "the offerer's replica is subscribed");
+
+    // The new connection's message arrives; the refused one never did, nor does it later.
+    b2.send(&candidate(2)).await;
+    let next = a.recv().await;
+    assert_eq!(candidate_index(&next), 2, "got {next:?}");
+    assert!(seq_of(&next) > stored + 1);
+    assert_eq!(a.try_recv(Duration::from_millis(300)).await, None);
+}

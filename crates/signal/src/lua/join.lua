@@ -55,8 +55,6 @@ else
     redis.call(PUBLISH, KEYS[3], frame('peer-joined', ARGV[1], 'role', ARGV[2]))
   end
 end
--- The seam: presence events a subscriber sees before this one are in the reply's snapshot.
-redis.call(PUBLISH, KEYS[3], frame('seat', ARGV[1], 'conn', ARGV[3]))
 -- The senders' logs: each one's last id, and where this connection's delivery from it starts
 -- (a fresh join: after its last id; a resume: after lastSeq, clamped to that last id, so a
 -- number Redis never issued is never used).
@@ -86,6 +84,7 @@ end
 -- the other's receiver saw), and above the next number of a connection this one replaces:
 -- the log's last id moves there, so that connection's next XADD is refused (the fence).
 local next_seq = 0
+local fence = nil
 if media_self then
   local floor = top_all
   if prev == 'live' or prev == 'away' then floor = math.max(floor, top_self + 1) end
@@ -97,6 +96,15 @@ if media_self then
       if floor > 0 then floor = floor + 1000000 end
       redis.call('SET', KEYS[6], epoch, 'EX', ARGV[7])
     end
+  end
+  if prev == 'live' or prev == 'away' then
+    -- The receivers' side of the fence: numbers above the last entry the log holds and below
+    -- this connection's first one can only come from a replaced connection whose XADD the
+    -- fence refused (its PUBLISH follows in the same pipeline, after this script's `seat`).
+    local last = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', 1)
+    local stored = 0
+    if #last > 0 then stored = tonumber(string.match(last[1][1], '^(%d+)-')) end
+    fence = string.format('%d:%d', stored, floor + 1)
   end
   local exists = redis.call('EXISTS', KEYS[5]) == 1
   if not exists then
@@ -110,6 +118,10 @@ if media_self then
   if redis.call('SADD', KEYS[4], ARGV[1]) == 1 then redis.call('EXPIRE', KEYS[4], ARGV[7]) end
   next_seq = floor + 1
 end
+-- The seam: presence events a subscriber sees before this one are in the reply's snapshot.
+local seat = {type = 'seat', participantId = ARGV[1], conn = ARGV[3]}
+if fence then seat.fence = fence end
+redis.call(PUBLISH, KEYS[3], cjson.encode(seat))
 local reply = {'ok', resumed, string.format('%d', next_seq), #positions / 2}
 for _, p in ipairs(positions) do reply[#reply + 1] = p end
 for _, o in ipairs(out) do reply[#reply + 1] = o end
