@@ -276,11 +276,15 @@ async fn a_seq_issued_but_not_replicated_is_never_reused_after_a_failover() {
 }
 
 /// Signal flags with relays to an away receiver waiting for a replica, and refused without one.
+/// The idle timeout is long: this test's clients read nothing (so answer no ping) while it
+/// blocks on the set (`add_replica` takes more than the suite's 5 s on a loaded machine).
 const REQUIRED: &[&str] = &[
     "--lease-ms",
     "3000",
     "--grace-ms",
     "30000",
+    "--idle-timeout-ms",
+    "60000",
     "--redis-replica-ack",
     "required",
 ];
@@ -355,7 +359,9 @@ async fn a_message_for_an_away_participant_survives_a_failover() {
 
     // The client resends. The promoted primary has no replica yet: still not confirmed.
     assert!(!send_confirmed(&mut wa, 1).await);
+    let adding = Instant::now();
     tokio::task::block_in_place(|| set.add_replica());
+    let added_after = adding.elapsed();
     let mut resends = 2;
     while !send_confirmed(&mut wa, 1).await {
         resends += 1;
@@ -371,6 +377,7 @@ async fn a_message_for_an_away_participant_survives_a_failover() {
     }
     eprintln!(
         "away relay refused after {refused_after:?} (no replica), promoted after {:?}, \
+         replica added in {added_after:?}, \
          offerer log length before/after the failover {issued:?}/{kept:?}, {resends} sends of message 1, \
          replayed {replayed:?}",
         failover.promoted_after
