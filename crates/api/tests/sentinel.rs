@@ -319,3 +319,39 @@ async fn a_resolve_answers_only_once_a_replica_holds_the_delete() {
         "a used one-time code came back after the failover"
     );
 }
+
+/// The primary hangs (SIGSTOP) instead of dying: its connections stay open, so fred would ask
+/// the sentinels nothing. The api's watch sees them name the promoted replica and reconnects:
+/// `/readyz` is 200 again and calls work while the old primary still hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_and_calls_recover_while_the_old_primary_hangs() {
+    let mut set = tokio::task::block_in_place(SentinelSet::start);
+    let api = Api::start(&set.url()).await;
+    let before = api.create().await;
+    tokio::task::block_in_place(|| set.wait_replicated());
+
+    let frozen_at = set.freeze_primary();
+    let down = api
+        .wait_ready(false, Duration::from_secs(10))
+        .await
+        .expect("/readyz answers 503 while the primary hangs");
+    let failover =
+        tokio::task::block_in_place(|| set.wait_for_promotion(frozen_at, Duration::from_secs(30)));
+    let up = api
+        .wait_ready(true, Duration::from_secs(15))
+        .await
+        .expect("/readyz answers 200 on the promoted replica, the old primary still hung");
+    eprintln!(
+        "api, hung primary: /readyz 503 from {:?}, replica promoted at {:?}, /readyz 200 at {:?} \
+         after the freeze",
+        down - frozen_at,
+        failover.promoted_after,
+        up - frozen_at
+    );
+    assert!(down < up);
+    let (status, resolved) = api.resolve(&before.code).await;
+    assert_eq!(status, 200, "the call created before the freeze resolves");
+    assert_eq!(api.join(&resolved.unwrap().token).await, 200);
+    let after = api.create().await;
+    assert_eq!(api.resolve(&after.code).await.0, 200);
+}

@@ -140,6 +140,7 @@ pub async fn run_with(
 
     let mut sub = Subscriber::start(&settings.redis_url)?;
     let commands = subscriber::command_client(&settings.redis_url)?;
+    subscriber::watch_hung_primary(&commands, &sub.client, shutdown.clone());
     let mut link = Link::default();
 
     let Some(last_before_subscribe) =
