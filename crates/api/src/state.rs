@@ -63,40 +63,14 @@ impl Inner {
             settings,
             redis,
         });
-        if state.redis.is_clustered() {
-            // A hung primary keeps its connections open: without this, both clients would send
-            // its slots' commands there after the failover, for as long as it hangs.
-            let weak = Arc::downgrade(&state);
-            tokio::spawn(async move {
-                let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
-                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    interval.tick().await;
-                    let Some(state) = weak.upgrade() else { break };
-                    let mut clients = vec![&state.redis];
-                    clients.extend(state.durable_twin());
-                    hermes_service::redis::resync_if_a_primary_hangs(&state.redis, &clients, &[])
-                        .await;
-                }
-            });
-        }
-        if let Some(sentinels) = hermes_service::redis::Sentinels::of(&state.redis) {
-            // The same under Sentinel: fred asks the sentinels only when it reconnects.
-            let weak = Arc::downgrade(&state);
-            tokio::spawn(async move {
-                let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
-                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    interval.tick().await;
-                    let Some(state) = weak.upgrade() else { break };
-                    let mut clients = vec![&state.redis];
-                    clients.extend(state.durable_twin());
-                    sentinels
-                        .reconnect_if_the_primary_moved(&clients, &[])
-                        .await;
-                }
-            });
-        }
+        // A hung primary keeps its connections open: without this watch both clients would
+        // send its slots' commands there after the failover, for as long as it hangs.
+        let weak = Arc::downgrade(&state);
+        let mut clients = vec![state.redis.clone()];
+        clients.extend(state.durable_twin().cloned());
+        hermes_service::redis::spawn_hung_primary_watch(clients, Vec::new(), move || {
+            weak.strong_count() > 0
+        });
         state
     }
 

@@ -140,6 +140,50 @@ async fn every_primary_answers(client: &Client) -> bool {
     pings.join_all().await.into_iter().all(|answered| answered)
 }
 
+/// How often the hung-primary watch of [`spawn_hung_primary_watch`] runs.
+pub const HUNG_PRIMARY_CHECK: Duration = Duration::from_secs(1);
+
+/// Start the watch that keeps `clients` and `subscribers` off a primary that hangs, every
+/// [`HUNG_PRIMARY_CHECK`] while `alive()` holds: on a cluster [`resync_if_a_primary_hangs`]
+/// (the first client is the probe), under Sentinel [`Sentinels::reconnect_if_the_primary_moved`].
+/// Starts nothing on a single Redis. Every service (signal, the api, the logger) runs it for
+/// all of its clients.
+pub fn spawn_hung_primary_watch(
+    clients: Vec<Client>,
+    subscribers: Vec<SubscriberClient>,
+    alive: impl Fn() -> bool + Send + 'static,
+) {
+    let Some(probe) = clients.first().cloned() else {
+        return;
+    };
+    let sentinels = Sentinels::of(&probe);
+    if sentinels.is_none() && !probe.is_clustered() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(HUNG_PRIMARY_CHECK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            if !alive() {
+                break;
+            }
+            let clients: Vec<&Client> = clients.iter().collect();
+            let subscribers: Vec<&SubscriberClient> = subscribers.iter().collect();
+            match &sentinels {
+                Some(sentinels) => {
+                    sentinels
+                        .reconnect_if_the_primary_moved(&clients, &subscribers)
+                        .await;
+                }
+                None => {
+                    resync_if_a_primary_hangs(&probe, &clients, &subscribers).await;
+                }
+            }
+        }
+    });
+}
+
 /// How long a primary of a cluster may take to answer the PING of [`resync_if_a_primary_hangs`]
 /// before it counts as hung (a healthy one answers in well under a millisecond on a LAN).
 pub const HUNG_PRIMARY_TIMEOUT: Duration = Duration::from_secs(1);

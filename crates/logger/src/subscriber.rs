@@ -47,47 +47,19 @@ fn builder(url: &str) -> Result<Builder, Error> {
 /// Keep the subscriber (and the command client) off a primary that hangs, as signal and the api
 /// do: fred leaves a node only on a redirect or a lost connection, and a hung one (SIGSTOP, a
 /// partition) breaks neither, so without this a console would stay silent for as long as the
-/// old primary hangs after its replica took over. Every second, on a cluster, PING the
-/// primaries and re-read the slot maps when one does not answer
-/// ([`hermes_service::redis::resync_if_a_primary_hangs`]); under Sentinel, force a reconnect of
-/// a client still connected to a node the sentinels no longer name
-/// ([`hermes_service::redis::Sentinels`]). The reconnect reaches [`Link`] like any other, so
-/// the console resubscribes and prints its one gap line. Does nothing on a single Redis.
+/// old primary hangs after its replica took over
+/// ([`hermes_service::redis::spawn_hung_primary_watch`]). The forced reconnect reaches
+/// [`Link`] like any other, so the console resubscribes and prints its one gap line.
 pub fn watch_hung_primary(
     commands: &Client,
     subscriber: &SubscriberClient,
     shutdown: hermes_service::shutdown::CancellationToken,
 ) {
-    let sentinels = hermes_service::redis::Sentinels::of(commands);
-    if sentinels.is_none() && !commands.is_clustered() {
-        return;
-    }
-    let (commands, subscriber) = (commands.clone(), subscriber.clone());
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = interval.tick() => {}
-            }
-            match &sentinels {
-                Some(sentinels) => {
-                    sentinels
-                        .reconnect_if_the_primary_moved(&[&commands], &[&subscriber])
-                        .await;
-                }
-                None => {
-                    hermes_service::redis::resync_if_a_primary_hangs(
-                        &commands,
-                        &[&commands],
-                        &[&subscriber],
-                    )
-                    .await;
-                }
-            }
-        }
-    });
+    hermes_service::redis::spawn_hung_primary_watch(
+        vec![commands.clone()],
+        vec![subscriber.clone()],
+        move || !shutdown.is_cancelled(),
+    );
 }
 
 /// A command client (history reads, subscription checks), connecting in the background.

@@ -262,9 +262,6 @@ impl Scripts {
     }
 }
 
-/// How often a replica on Redis Cluster checks that every primary answers
-/// ([`hermes_service::redis::resync_if_a_primary_hangs`]): one PING per primary.
-const HUNG_PRIMARY_CHECK: Duration = Duration::from_secs(1);
 /// Calls renewed by one run of the tick script (its Redis time stays short: about 0.2 ms).
 const TICK_BATCH: usize = 16;
 /// The tick renews the TTLs of the seats' hash (a day) and of the call's logs (more than a
@@ -413,44 +410,16 @@ impl Hub {
                 let _ = hub.cmd_tx.send(Cmd::ResyncAll);
             }
         });
-        if hub.client.is_clustered() {
-            // A hung primary keeps its connections open: without this, the clients would
-            // send its slots' commands (and keep its subscriptions) there after the failover.
-            let weak = Arc::downgrade(&hub);
-            tokio::spawn(async move {
-                let mut interval = tokio::time::interval(HUNG_PRIMARY_CHECK);
-                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    interval.tick().await;
-                    let Some(hub) = weak.upgrade() else { break };
-                    let mut clients = vec![&hub.client];
-                    clients.extend(hub.replicated_client());
-                    hermes_service::redis::resync_if_a_primary_hangs(
-                        &hub.client,
-                        &clients,
-                        &[&hub.subscriber],
-                    )
-                    .await;
-                }
-            });
-        }
-        if let Some(sentinels) = hermes_service::redis::Sentinels::of(&hub.client) {
-            // The same under Sentinel: fred asks the sentinels only when it reconnects.
-            let weak = Arc::downgrade(&hub);
-            tokio::spawn(async move {
-                let mut interval = tokio::time::interval(HUNG_PRIMARY_CHECK);
-                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    interval.tick().await;
-                    let Some(hub) = weak.upgrade() else { break };
-                    let mut clients = vec![&hub.client];
-                    clients.extend(hub.replicated_client());
-                    sentinels
-                        .reconnect_if_the_primary_moved(&clients, &[&hub.subscriber])
-                        .await;
-                }
-            });
-        }
+        // A hung primary keeps its connections open: without this watch the clients would send
+        // its slots' commands (and keep its subscriptions) there after the failover.
+        let weak = Arc::downgrade(&hub);
+        let mut clients = vec![hub.client.clone()];
+        clients.extend(hub.replicated_client().cloned());
+        hermes_service::redis::spawn_hung_primary_watch(
+            clients,
+            vec![hub.subscriber.clone()],
+            move || weak.strong_count() > 0,
+        );
         let weak = Arc::downgrade(&hub);
         let period = Duration::from_millis((times.lease_ms / 3).max(100));
         tokio::spawn(async move {
