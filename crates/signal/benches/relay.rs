@@ -597,9 +597,11 @@ async fn join(url: &str, token: String) -> Ws {
     }
 }
 
-/// Latency samples in microseconds plus wall time.
+/// Latency samples in microseconds plus wall time; in the open loop also each sample's send
+/// time (µs on the [`micros`] clock), for the tail report.
 struct Run {
     samples: Vec<u64>,
+    sent: Vec<u64>,
     wall: Duration,
 }
 
@@ -615,6 +617,36 @@ impl Run {
     }
     fn rate(&self) -> f64 {
         self.samples.len() as f64 / self.wall.as_secs_f64()
+    }
+    /// Where an open loop's tail lies: its upper percentiles, and when the slowest 1 % were
+    /// sent (50 ms bins from the first send), to tell one stall (a few crowded bins) from
+    /// queueing spread over the run.
+    fn tail(&self, name: &str) -> String {
+        if self.sent.len() != self.samples.len() || self.samples.is_empty() {
+            return String::new();
+        }
+        let mut order: Vec<usize> = (0..self.samples.len()).collect();
+        order.sort_unstable_by_key(|&i| std::cmp::Reverse(self.samples[i]));
+        let slow = &order[..(self.samples.len() / 100).max(1)];
+        let first = self.sent.iter().copied().min().unwrap_or(0);
+        let mut bins: std::collections::BTreeMap<u64, (usize, u64)> = Default::default();
+        for &i in slow {
+            let bin = bins.entry((self.sent[i] - first) / 50_000).or_default();
+            bin.0 += 1;
+            bin.1 = bin.1.max(self.samples[i]);
+        }
+        let bins: Vec<String> = bins
+            .iter()
+            .map(|(b, (n, max))| format!("{}ms:{n}({:.1})", b * 50, *max as f64 / 1000.0))
+            .collect();
+        format!(
+            "{name}: p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms; slowest 1 % sent at [bin:count(max ms)] {}",
+            self.pct(0.9),
+            self.pct(0.99),
+            self.pct(0.999),
+            self.pct(1.0),
+            bins.join(" ")
+        )
     }
 }
 
@@ -708,7 +740,14 @@ async fn relay_run(
     let wall = start.elapsed();
     let cost = meter.cost(admin, samples.len()).await;
     drop(sockets);
-    (Run { samples, wall }, cost)
+    (
+        Run {
+            samples,
+            sent: Vec::new(),
+            wall,
+        },
+        cost,
+    )
 }
 
 /// The floor: the same closed loop over a raw PUBLISH → subscriber hop.
@@ -779,7 +818,11 @@ async fn raw_run(redis: &str, calls: usize, rounds: usize) -> Run {
     }
     let wall = start.elapsed();
     dispatcher.abort();
-    Run { samples, wall }
+    Run {
+        samples,
+        sent: Vec::new(),
+        wall,
+    }
 }
 
 /// Microseconds since the first call of this function (a process-wide clock for payloads).
@@ -876,27 +919,35 @@ async fn paced_relay(
                 match tokio::time::timeout(Duration::from_secs(10), b.next()).await {
                     Ok(Some(Ok(Message::Text(t)))) => {
                         if let Some(ts) = ts_of(&t) {
-                            samples.push(micros().saturating_sub(ts));
+                            samples.push((ts, micros().saturating_sub(ts)));
                         }
                     }
                     Ok(Some(Ok(_))) => continue,
                     _ => break,
                 }
             }
-            samples
+            // The socket goes back with the samples and closes only after every receiver is
+            // done: a close costs the replicas a disconnect (script, presence events) that must
+            // not overlap the messages still being measured.
+            (samples, b)
         });
     }
     let mut samples = Vec::new();
+    let mut done_sockets = Vec::with_capacity(calls);
     let all = async {
         while let Some(r) = tasks.join_next().await {
-            samples.extend(r.unwrap());
+            let (s, b) = r.unwrap();
+            samples.extend(s);
+            done_sockets.push(b);
         }
     };
     let _ = tokio::time::timeout(deadline, all).await;
     a_sides.shutdown().await;
     tasks.shutdown().await;
+    drop(done_sockets);
     Run {
-        samples,
+        sent: samples.iter().map(|s| s.0).collect(),
+        samples: samples.iter().map(|s| s.1).collect(),
         wall: start.elapsed(),
     }
 }
@@ -916,7 +967,7 @@ async fn paced_raw(redis: &str, calls: usize, rounds: usize, interval: Duration)
             match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
                 Ok(Ok(m)) => {
                     if let Some(ts) = m.value.as_str().and_then(|s| ts_of(&s)) {
-                        samples.push(micros().saturating_sub(ts));
+                        samples.push((ts, micros().saturating_sub(ts)));
                     }
                 }
                 _ => break,
@@ -945,7 +996,8 @@ async fn paced_raw(redis: &str, calls: usize, rounds: usize, interval: Duration)
     }
     let samples = collector.await.unwrap();
     Run {
-        samples,
+        sent: samples.iter().map(|s| s.0).collect(),
+        samples: samples.iter().map(|s| s.1).collect(),
         wall: start.elapsed(),
     }
 }
@@ -1204,7 +1256,15 @@ fn main() {
                     .clamp(Duration::from_millis(20), Duration::from_secs(2))
             }
         };
-        let paced_rounds = env_usize("SIGNAL_BENCH_PACED_ROUNDS", 25);
+        // Long enough that one scheduling stall of a few ms (2 shared cores) cannot decide the
+        // p99 alone: SIGNAL_BENCH_PACED_SECS (5) of sending, unless a round count is given.
+        let paced_rounds = match std::env::var("SIGNAL_BENCH_PACED_ROUNDS") {
+            Ok(v) => v.parse().unwrap(),
+            Err(_) => {
+                let secs = env_usize("SIGNAL_BENCH_PACED_SECS", 5) as f64;
+                ((secs / interval.as_secs_f64()).ceil() as usize).max(1)
+            }
+        };
         eprintln!("paced: {calls} calls, one message per {interval:?} each, {paced_rounds} rounds");
         let p_raw = paced_raw(&url, calls, paced_rounds, interval).await;
         let p_same = paced_relay(&r1.url, &r1.url, calls, paced_rounds, interval).await;
@@ -1320,6 +1380,14 @@ fn main() {
                 r.pct(0.5) / p_fwd.pct(0.5),
                 r.pct(0.99) / p_fwd.pct(0.99),
             );
+        }
+        for (name, r) in [
+            ("raw", &p_raw),
+            ("forwarder", &p_fwd),
+            ("same", &p_same),
+            ("cross", &p_cross),
+        ] {
+            println!("{}", r.tail(name));
         }
         let p99 = p_cross.pct(0.99) / p_fwd.pct(0.99);
         println!(
