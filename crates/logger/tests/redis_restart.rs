@@ -29,21 +29,7 @@ async fn restart_mid_stream_prints_one_gap_line_and_keeps_going() {
     let gap = logger.line_with(&["Redis connection lost"]).await;
     assert!(gap.contains("logger") && gap.contains("WARN"), "{gap}");
     // The publisher's client reconnects on its own; publish until the event shows.
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let ev = event("signal", LogLevel::Info, "after.restart", Some(CALL_A));
-        let json = serde_json::to_string(&ev).expect("json");
-        let sent: Result<i64, _> =
-            fred::interfaces::PubsubInterface::publish(&publisher, ev.channel(), json).await;
-        if sent.is_ok_and(|receivers| receivers > 0) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "logger never resubscribed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    publish_until_received(&publisher, "after.restart", "logger never resubscribed").await;
     logger.line_with(&["after.restart"]).await;
     // One more event through the same subscription: every line about this outage was printed
     // before it.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use hermes_proto::LogLevel;
@@ -29,21 +29,12 @@ async fn the_logger_follows_a_sentinel_failover() {
     });
     logger.line_with(&["Redis connection lost"]).await;
     // The publisher follows the failover too; publish until the logger's subscription counts.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let ev = event("signal", LogLevel::Info, "after.failover", Some(CALL_A));
-        let json = serde_json::to_string(&ev).expect("json");
-        let sent: Result<i64, _> =
-            fred::interfaces::PubsubInterface::publish(&publisher, ev.channel(), json).await;
-        if sent.is_ok_and(|receivers| receivers > 0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "logger never subscribed on the new primary"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    publish_until_received(
+        &publisher,
+        "after.failover",
+        "logger never subscribed on the new primary",
+    )
+    .await;
     logger.line_with(&["after.failover"]).await;
     eprintln!(
         "logger: replica promoted {:?} after the kill, events shown again {:?} after it",
@@ -81,21 +72,12 @@ async fn the_logger_leaves_a_hung_primary_after_a_sentinel_failover() {
     // A client made now asks the sentinels and lands on the promoted replica; the first one
     // stays on the hung primary (it has no watch).
     let publisher = client(&url).await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let ev = event("signal", LogLevel::Info, "after.freeze", Some(CALL_A));
-        let json = serde_json::to_string(&ev).expect("json");
-        let sent: Result<i64, _> =
-            fred::interfaces::PubsubInterface::publish(&publisher, ev.channel(), json).await;
-        if sent.is_ok_and(|receivers| receivers > 0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the logger never left the hung primary for the promoted replica"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    publish_until_received(
+        &publisher,
+        "after.freeze",
+        "the logger never left the hung primary for the promoted replica",
+    )
+    .await;
     logger.line_with(&["after.freeze"]).await;
     eprintln!(
         "logger: replica promoted {:?} after the freeze, events shown again {:?} after it",

@@ -1267,6 +1267,12 @@ fn main() {
         };
         eprintln!("paced: {calls} calls, one message per {interval:?} each, {paced_rounds} rounds");
         let p_raw = paced_raw(&url, calls, paced_rounds, interval).await;
+        // The bare forwarder right before Hermes' own open loops (not after the call mix), so
+        // the machine's state is the same for the floor and for Hermes.
+        let (f1, f2) = (start_forwarder(&url), start_forwarder(&url));
+        eprintln!("paced, bare forwarder across two processes (the architecture's floor)");
+        let p_fwd = paced_relay(&f1.url, &f2.url, calls, paced_rounds, interval).await;
+        drop((f1, f2));
         let p_same = paced_relay(&r1.url, &r1.url, calls, paced_rounds, interval).await;
         let p_cross = paced_relay(&r1.url, &r2.url, calls, paced_rounds, interval).await;
         let mix_calls = env_usize("SIGNAL_BENCH_MIX_CALLS", calls);
@@ -1283,10 +1289,6 @@ fn main() {
             .cost(&admin, (held as f64 * hold.as_secs_f64()).round() as usize)
             .await;
         drop((r1, r2));
-        let (f1, f2) = (start_forwarder(&url), start_forwarder(&url));
-        eprintln!("paced, bare forwarder across two processes (the architecture's floor)");
-        let p_fwd = paced_relay(&f1.url, &f2.url, calls, paced_rounds, interval).await;
-        drop((f1, f2));
         // SIGNAL_BENCH_CLUSTER=0 skips the Redis Cluster tables.
         let cluster_rows = if env_usize("SIGNAL_BENCH_CLUSTER", 1) > 0 {
             cluster::rows(calls, rounds, mix_calls, hold).await

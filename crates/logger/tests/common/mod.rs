@@ -47,6 +47,23 @@ pub async fn publish_raw(client: &Client, channel: &str, payload: impl Into<Valu
     let _: i64 = client.publish(channel, payload).await.expect("PUBLISH");
 }
 
+/// PUBLISH an event named `name` (call A) until a subscriber counts it, or fail with `what`
+/// after `WAIT`: after an outage, both the publisher and the logger have to find the new primary.
+/// Only the PUBLISH (no history XADD), so retries leave no trace but the printed lines.
+pub async fn publish_until_received(publisher: &Client, name: &str, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ev = event("signal", LogLevel::Info, name, Some(CALL_A));
+        let json = serde_json::to_string(&ev).expect("json");
+        let sent: Result<i64, _> = publisher.publish(ev.channel(), json).await;
+        if sent.is_ok_and(|receivers| receivers > 0) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// An event as services build it.
 pub fn event(service: &str, level: LogLevel, name: &str, call_id: Option<&str>) -> LogEvent {
     let mut ev = LogEvent::new(hermes_service::unix_now_ms(), service, level, name);
