@@ -19,7 +19,9 @@
 //!   replaces a connection moves the log's last id past that connection's next number, so its
 //!   XADD is refused; the join's `seat` marker carries that fence (`<last stored>:<first new>`)
 //!   on the channel before any PUBLISH of a refused write, and every receiving router drops the
-//!   numbers between ([`crate::router`]). A refused or log-less XADD runs `RECOVER` (replaced,
+//!   numbers between ([`crate::router`]). The join keeps the fence with the seats too
+//!   (`call:{id}:fences`) and every join returns the call's fences ([`crate::room::Fences`]),
+//!   for a replica that starts following the call after the marker. A refused or log-less XADD runs `RECOVER` (replaced,
 //!   call ended, or Redis lost the log: rewrite seat and log and relay). A relay whose receiver
 //!   is away ([`Hub::relay_replicated`]) goes in a batch of its own runner, on a connection of
 //!   its own, with `WAIT 1` at the end of the same pipeline (`REDIS_REPLICA_ACK`).

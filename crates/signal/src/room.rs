@@ -7,7 +7,8 @@
 //! ICE or hangup), the message rate (token bucket) and the abuse budget (repeated bad frames
 //! close with 1008). `on_tick(now)` decides join timeout, idle timeout and keep-alive pings.
 //! `accept_delivery(from, seq)` drops relayed messages already delivered (resume overlap),
-//! per sender: numbers increase per sender ([`Positions`]).
+//! per sender: numbers increase per sender ([`Positions`]). [`Fences`] are the numbers of a
+//! replaced connection's refused writes, dropped by routers and by connections alike.
 //!
 //! The join flow is decided here too, in two steps around the hub's I/O: [`Conn::on_token`]
 //! checks the verified token against the `join` frame (a seat, or a [`Refusal`]), and
