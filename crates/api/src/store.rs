@@ -112,21 +112,21 @@ static NEW_CODE_LUA: LazyLock<String> = LazyLock::new(|| format!("{GUARD_PRELUDE
 static RESOLVE_WITH_STATUS_LUA: LazyLock<String> =
     LazyLock::new(|| format!("{GUARD_PRELUDE}{RESOLVE_WITH_STATUS_BODY}"));
 
-/// KEYS: call, call channel, call peers, call senders. ARGV: now (unix s), end-call control
-/// JSON, '1' to publish sharded (`SPUBLISH`, on a cluster, where hermes-signal subscribes to
-/// call channels sharded: allowed in the script, the channel is in the call's slot), '0' for
-/// `PUBLISH`, the prefix of the call's sender log keys.
+/// KEYS: call, call channel, call peers, call senders, call fences. ARGV: now (unix s),
+/// end-call control JSON, '1' to publish sharded (`SPUBLISH`, on a cluster, where
+/// hermes-signal subscribes to call channels sharded: allowed in the script, the channel is in
+/// the call's slot), '0' for `PUBLISH`, the prefix of the call's sender log keys.
 /// -1: no such call; 0: already ended; 1: ended now (and the notice was published).
-/// The seats and the senders' logs go in the same step: hermes-signal's relay writes its log
-/// with `NOMKSTREAM`, and one that finds no log and no seat reads the call's status (the
-/// signal replicas then drop the call's acks).
+/// The seats (with hermes-signal's fences of the call) and the senders' logs go in the same
+/// step: hermes-signal's relay writes its log with `NOMKSTREAM`, and one that finds no log and
+/// no seat reads the call's status (the signal replicas then drop the call's acks).
 const END_LUA: &str = r#"
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 if status == 'ended' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'ended', 'endedAt', ARGV[1])
 for _, s in ipairs(redis.call('SMEMBERS', KEYS[4])) do redis.call('DEL', ARGV[4] .. s) end
-redis.call('DEL', KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
 redis.call(ARGV[3] == '1' and 'SPUBLISH' or 'PUBLISH', KEYS[2], ARGV[2])
 return 1
 "#;
@@ -538,6 +538,7 @@ impl CallStore {
                     keys::call_channel(call),
                     keys::call_peers(call),
                     keys::call_senders(call),
+                    keys::call_fences(call),
                 ],
                 vec![
                     now.to_string(),

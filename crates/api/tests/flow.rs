@@ -126,11 +126,15 @@ async fn whole_flow() {
     assert!(status.body.get("endedAt").is_none());
 
     // hermes-signal's per-sender logs: the end drops them with the seats, so a relay after it
-    // finds no log and learns the call ended.
+    // finds no log and learns the call ended; the call's fences go with the seats too.
     let log = keys::call_sender_log(&created.call_id, &offerer.pid);
     let senders = keys::call_senders(&created.call_id);
+    let fences = keys::call_fences(&created.call_id);
     api.redis
         .raw_command(&format!("XADD {log} 1-0 m x"))
+        .expect("raw");
+    api.redis
+        .raw_command(&format!("HSET {fences} {} 1:3", offerer.pid))
         .expect("raw");
     api.redis
         .raw_command(&format!("SADD {senders} {}", offerer.pid))
@@ -149,7 +153,7 @@ async fn whole_flow() {
     assert_eq!(ended.body["status"], "ended");
     let ended_at = ended.body["endedAt"].as_u64().expect("endedAt");
     assert!(ended_at >= now);
-    for key in [&log, &senders] {
+    for key in [&log, &senders, &fences] {
         assert_eq!(
             api.redis
                 .raw_command(&format!("EXISTS {key}"))

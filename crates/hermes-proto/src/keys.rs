@@ -12,6 +12,7 @@
 //! | `call:{<callId>}:seq` | counter of relayed messages | signal | call TTL |
 //! | `call:{<callId>}:seq-epoch` | replication id of the primary that issued the last `seq` | signal | call TTL |
 //! | `call:{<callId>}:log` | capped stream of the call's relayed messages (entry id `seq-1`; fields `f` sender, `m` message), read by a resuming participant | signal | renewed by live connections |
+//! | `call:{<callId>}:fences` | hash: participantId → the newest fences of its sender log (`stored:first,…`), written when a join replaces a connection | signal | call TTL from the last takeover |
 //! | `call:{<callId>}:acks` | hash: participantId → highest `seq` acknowledged (trims the log) | signal | call TTL |
 //! | `call:{<callId>}:inbox:<participantId>` | per-participant stream of messages, before issue 23 (no longer written) | — | — |
 //! | `call:{<callId>}:events` | pub/sub channel of the call (same slot: sharded, `SPUBLISH`/`SSUBSCRIBE`, on a cluster) | api, signal | — |
@@ -97,6 +98,17 @@ pub fn call_senders(call: &CallId) -> String {
     format!("call:{{{call}}}:senders")
 }
 
+/// Hash of the call's fences (docs/signal.md, "The receivers' side of the fence"): participant
+/// id → the newest fences of its sender log, oldest first, `<stored>:<first>,…`. A join that
+/// replaces a connection writes one (numbers strictly between the last one its log held and the
+/// new connection's first are that connection's refused writes, which its relay pipeline
+/// publishes all the same) in the same script run as the `seat` marker that carries it, and
+/// every join returns them, so a replica that starts following the call later drops those
+/// writes too. Deleted with the seats when the call ends.
+pub fn call_fences(call: &CallId) -> String {
+    format!("call:{{{call}}}:fences")
+}
+
 /// Hash of each participant's highest acknowledged `seq`: the call's log is trimmed up to the
 /// lowest of its seated participants.
 pub fn call_acks(call: &CallId) -> String {
@@ -158,6 +170,7 @@ mod tests {
             format!("{}{p}", call_sender_log_prefix(&c))
         );
         assert_eq!(call_senders(&c), format!("call:{{{c}}}:senders"));
+        assert_eq!(call_fences(&c), format!("call:{{{c}}}:fences"));
         let code = crate::OneTimeCode::parse("abcdef").expect("valid");
         assert_eq!(otc(&code), "otc:ABCDEF");
         let ip: std::net::IpAddr = "192.0.2.1".parse().expect("ip");
@@ -208,6 +221,7 @@ mod tests {
                 call_log(&c),
                 call_sender_log(&c, &p),
                 call_senders(&c),
+                call_fences(&c),
                 call_acks(&c),
                 call_channel(&c),
                 rl_call(&c, "newcode"),

@@ -19,7 +19,9 @@
 //!   replaces a connection moves the log's last id past that connection's next number, so its
 //!   XADD is refused; the join's `seat` marker carries that fence (`<last stored>:<first new>`)
 //!   on the channel before any PUBLISH of a refused write, and every receiving router drops the
-//!   numbers between ([`crate::router`]). A refused or log-less XADD runs `RECOVER` (replaced,
+//!   numbers between ([`crate::router`]). The join keeps the fence with the seats too
+//!   (`call:{id}:fences`) and every join returns the call's fences ([`crate::room::Fences`]),
+//!   for a replica that starts following the call after the marker. A refused or log-less XADD runs `RECOVER` (replaced,
 //!   call ended, or Redis lost the log: rewrite seat and log and relay). A relay whose receiver
 //!   is away ([`Hub::relay_replicated`]) goes in a batch of its own runner, on a connection of
 //!   its own, with `WAIT 1` at the end of the same pipeline (`REDIS_REPLICA_ACK`).
@@ -61,7 +63,7 @@ pub use crate::error::HubError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
-use crate::room::{Positions, SeatEntry, Sender};
+use crate::room::{FENCES_PER_SENDER, Fences, Positions, SeatEntry, Sender};
 pub use crate::router::Delivery;
 pub use crate::router::Fanout;
 use crate::router::{self, CallSnapshot, Cmd, Local, SUBSCRIBE_TIMEOUT};
@@ -94,6 +96,10 @@ pub enum JoinOutcome {
         /// Per sender of the call, where delivery starts: a fresh join after the sender log's
         /// last id, a resume after the client's `lastSeq` clamped to it.
         after: Positions,
+        /// The call's fences kept in Redis (`call:{id}:fences`, this join's own included):
+        /// the session applies them to what it is delivered and hands them to the router,
+        /// which may have started following the call after their `seat` markers.
+        fences: Fences,
         peers: Vec<PeerInfo>,
     },
     Full,
@@ -171,19 +177,25 @@ impl HubTimes {
 /// messages are built in Rust and only get their `seq` spliced in).
 const PRESENCE_LUA: &str = include_str!("lua/presence.lua");
 
-/// KEYS: call, peers, channel, senders, the joiner's own log, seq epoch.
+/// KEYS: call, peers, channel, senders, the joiner's own log, seq epoch, fences.
 /// ARGV: pid, role, conn, now_ms, live entry, grace_ms, ttl_s, max_media, lastSeq ('' for a
 /// fresh join), whether to check the failover epoch ('1' under Sentinel and Cluster), log ttl
-/// ms, the prefix of the call's log keys, the per-sender `lastSeqs` (`pid:seq,…`, or '').
-/// Reply: ok, resumed (0/1), this connection's first `seq`, the number of other senders, then
-/// per other sender its id and where delivery from it starts (its log's last id; on a resume
-/// lastSeq clamped to it: a number Redis never issued is never used), then the peers.
+/// ms, the prefix of the call's log keys, the per-sender `lastSeqs` (`pid:seq,…`, or ''),
+/// fences kept per sender ([`FENCES_PER_SENDER`]).
+/// Reply: ok, resumed (0/1), this connection's first `seq`, the number of other senders, the
+/// call's fences (`pid:stored:first,…`, or ''), then per other sender its id and where
+/// delivery from it starts (its log's last id; on a resume lastSeq clamped to it: a number
+/// Redis never issued is never used), then the peers.
 ///
 /// A media participant's numbering starts above the last id of every log of the call (one who
 /// takes a seat another left numbers above what that one's receiver saw) and above the next
 /// number of a connection of its own it replaces; the script moves its log's last id there
 /// (creating the log, since relays write with `NOMKSTREAM`), so the replaced connection's next
-/// XADD is refused: the fence that the per-relay seat check used to be. The failover epoch
+/// XADD is refused: the fence that the per-relay seat check used to be. A join that replaced
+/// a connection keeps that fence in the call's fences hash (the newest [`FENCES_PER_SENDER`]
+/// per sender) in the same run as its `seat` marker, and every join returns the call's
+/// fences, so a replica that starts following the call after the marker still drops the
+/// replaced connection's refused writes. The failover epoch
 /// (the primary's replication id) is checked here, not per relay: the first join on another
 /// primary lifts the floor by [`SEQ_EPOCH_JUMP`].
 const JOIN_LUA: &str = include_str!("lua/join.lua");
@@ -215,8 +227,9 @@ const TICK_LUA: &str = include_str!("lua/tick.lua");
 /// KEYS: peers, channel. ARGV: pid, conn, peer-left reason.
 const LEAVE_LUA: &str = include_str!("lua/leave.lua");
 
-/// KEYS: call, peers, channel, the old call-wide log, acks, senders. ARGV: now_s, call-ended
-/// JSON, publish(0/1), ttl_s, the prefix of the call's log keys (every sender's log goes).
+/// KEYS: call, peers, channel, the old call-wide log, acks, senders, fences. ARGV: now_s,
+/// call-ended JSON, publish(0/1), ttl_s, the prefix of the call's log keys (every sender's log
+/// goes).
 const END_LUA: &str = include_str!("lua/end.lua");
 
 /// KEYS: peers, acks, senders. ARGV: pid, conn, acked seq, ttl_s, the prefix of the call's log
@@ -494,11 +507,13 @@ impl Hub {
         }
     }
 
-    /// Mark a registered session as holding its seat (its lease is renewed from now on).
-    pub fn seated(&self, id: u64, call: &CallId) {
+    /// Mark a registered session as holding its seat (its lease is renewed from now on), and
+    /// hand the router the call's fences its join returned.
+    pub fn seated(&self, id: u64, call: &CallId, fences: Fences) {
         let _ = self.cmd_tx.send(Cmd::Seated {
             channel: keys::call_channel(call),
             id,
+            fences,
         });
     }
 
@@ -548,6 +563,7 @@ impl Hub {
                     keys::call_senders(call),
                     keys::call_sender_log(call, participant),
                     keys::call_seq_epoch(call),
+                    keys::call_fences(call),
                 ],
                 vec![
                     participant.to_string(),
@@ -563,6 +579,7 @@ impl Hub {
                     self.log_ttl_ms().to_string(),
                     keys::call_sender_log_prefix(call),
                     per_sender,
+                    FENCES_PER_SENDER.to_string(),
                 ],
             )
             .await?;
@@ -580,22 +597,25 @@ impl Hub {
                 };
                 let next_seq = number(2);
                 let senders = reply.get(3).and_then(Value::as_u64).unwrap_or(0) as usize;
+                let fences = Fences::parse_list(&text(reply.get(4)).unwrap_or_default())
+                    .ok_or(HubError::BadReply("join (fences)"))?;
                 let mut after = Vec::with_capacity(senders);
                 for i in 0..senders {
-                    let sender = text(reply.get(4 + 2 * i))
+                    let sender = text(reply.get(5 + 2 * i))
                         .and_then(|s| Sender::parse(&s))
                         .ok_or(HubError::BadReply("join (sender)"))?;
-                    after.push((sender, number(5 + 2 * i)));
+                    after.push((sender, number(6 + 2 * i)));
                 }
                 let peers = reply
                     .iter()
-                    .skip(4 + 2 * senders)
+                    .skip(5 + 2 * senders)
                     .filter_map(|v| v.as_str().and_then(|s| parse_peer(&s)))
                     .collect();
                 Ok(JoinOutcome::Admitted {
                     resumed,
                     next_seq,
                     after: Positions::new(after),
+                    fences,
                     peers,
                 })
             }
@@ -712,6 +732,7 @@ impl Hub {
                     keys::call_log(call),
                     keys::call_acks(call),
                     keys::call_senders(call),
+                    keys::call_fences(call),
                 ],
                 vec![
                     hermes_service::unix_now().to_string(),

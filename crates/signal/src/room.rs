@@ -7,7 +7,8 @@
 //! ICE or hangup), the message rate (token bucket) and the abuse budget (repeated bad frames
 //! close with 1008). `on_tick(now)` decides join timeout, idle timeout and keep-alive pings.
 //! `accept_delivery(from, seq)` drops relayed messages already delivered (resume overlap),
-//! per sender: numbers increase per sender ([`Positions`]).
+//! per sender: numbers increase per sender ([`Positions`]). [`Fences`] are the numbers of a
+//! replaced connection's refused writes, dropped by routers and by connections alike.
 //!
 //! The join flow is decided here too, in two steps around the hub's I/O: [`Conn::on_token`]
 //! checks the verified token against the `join` frame (a seat, or a [`Refusal`]), and
@@ -259,12 +260,104 @@ impl Positions {
     }
 }
 
+/// Fences kept per sender, in Redis (`call:{id}:fences`) and in each router and connection:
+/// the newest ones. A fence matters only while the replaced connection's last relay, already
+/// in its replica's pipeline when the join ran, may still reach Redis: at most one write per
+/// replaced connection (a session has one relay in flight), late by a network delay. Only a
+/// delay longer than this many later takeovers of the same seat (each a new WebSocket
+/// connection and a join round trip) could outlive its fence, and the newest fence covers
+/// every older one when the connections between stored nothing.
+pub const FENCES_PER_SENDER: usize = 4;
+
+/// The fences of a call's senders (docs/signal.md, "The receivers' side of the fence"): from
+/// `sender`, a number strictly between `stored` (the last one its log held when a join
+/// replaced its connection) and `first` (the new connection's first number) can only be a
+/// replaced connection's write its log refused, which its relay pipeline published all the
+/// same; it is never delivered. Kept per sender, the newest [`FENCES_PER_SENDER`]; empty but
+/// for calls with a takeover, so checking it costs a relayed message next to nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fences(Vec<Fence>);
+
+/// One fence: sender, last number stored before the takeover, first number of the new
+/// connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    pub sender: Sender,
+    pub stored: u64,
+    pub first: u64,
+}
+
+impl Fence {
+    /// A `seat` marker's fence, `<last stored>:<first new number>`.
+    pub fn parse(sender: Sender, text: &str) -> Option<Self> {
+        let (stored, first) = text.split_once(':')?;
+        Some(Self {
+            sender,
+            stored: stored.parse().ok()?,
+            first: first.parse().ok()?,
+        })
+    }
+}
+
+impl Fences {
+    /// The fences the join script returns, `<pid>:<stored>:<first>,…` ('' when none):
+    /// None if any part is malformed.
+    pub fn parse_list(text: &str) -> Option<Self> {
+        let mut fences = Self::default();
+        for item in text.split(',').filter(|i| !i.is_empty()) {
+            let (pid, fence) = item.split_once(':')?;
+            fences.insert(Fence::parse(Sender::parse(pid)?, fence)?);
+        }
+        Some(fences)
+    }
+
+    /// Keep `fence` (once), dropping its sender's oldest (lowest `first`) beyond
+    /// [`FENCES_PER_SENDER`].
+    pub fn insert(&mut self, fence: Fence) {
+        if self.0.contains(&fence) {
+            return;
+        }
+        self.0.push(fence);
+        if self.of(fence.sender).count() > FENCES_PER_SENDER
+            && let Some(oldest) = self.of(fence.sender).map(|f| f.first).min()
+        {
+            self.0
+                .retain(|f| !(f.sender == fence.sender && f.first == oldest));
+        }
+    }
+
+    /// Every fence of `other` too.
+    pub fn extend(&mut self, other: &Fences) {
+        for &fence in &other.0 {
+            self.insert(fence);
+        }
+    }
+
+    /// Whether number `seq` from `sender` is a refused write (never delivered).
+    pub fn blocks(&self, sender: Sender, seq: u64) -> bool {
+        self.0
+            .iter()
+            .any(|f| f.sender == sender && seq > f.stored && seq < f.first)
+    }
+
+    /// The fences of one sender.
+    pub fn of(&self, sender: Sender) -> impl Iterator<Item = Fence> + '_ {
+        self.0.iter().copied().filter(move |f| f.sender == sender)
+    }
+}
+
 /// The hub's answer to a seat claim (its join script), without the data it carries along.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
     /// Seated; `after` is where live delivery starts from each sender (the logs before it are
-    /// replayed on resume).
-    Admitted { resumed: bool, after: Positions },
+    /// replayed on resume); `fences` are the call's fences kept in Redis, which this
+    /// connection applies to what its router delivers (the router may have started following
+    /// the call after the `seat` markers that carried them).
+    Admitted {
+        resumed: bool,
+        after: Positions,
+        fences: Fences,
+    },
     /// Two media participants already hold the seats.
     Full,
     /// The call has ended (or never existed).
@@ -330,6 +423,9 @@ pub struct Conn {
     /// Media peers this connection knows to be away (seat kept for a resume): from the
     /// `joined` snapshot, then the presence events it forwards. At most one in a 1:1 call.
     away: Vec<ParticipantId>,
+    /// The call's fences its join returned: relayed frames the router routed before it had
+    /// them (it subscribed after their `seat` markers) are dropped here.
+    fences: Fences,
 }
 
 impl Conn {
@@ -348,6 +444,7 @@ impl Conn {
             acked_flushed: 0,
             presence_live: false,
             away: Vec::new(),
+            fences: Fences::default(),
         }
     }
 
@@ -406,8 +503,13 @@ impl Conn {
             })
         };
         match admission {
-            Admission::Admitted { resumed, after } => {
+            Admission::Admitted {
+                resumed,
+                after,
+                fences,
+            } => {
                 self.joined(seat, after);
+                self.fences = fences;
                 JoinStep::Seated { resumed }
             }
             Admission::Full => refusal(
@@ -425,12 +527,15 @@ impl Conn {
     }
 
     /// Whether a frame from the call's channel goes to this client: a relayed message (its
-    /// sender and `seq`) when newer than the last one delivered from that sender (it also
-    /// opens presence: it was published after our join); a presence frame (none) only once
-    /// presence is open.
+    /// sender and `seq`) when newer than the last one delivered from that sender and not a
+    /// fenced-off refused write (it also opens presence: it was published after our join); a
+    /// presence frame (none) only once presence is open.
     pub fn accept_frame(&mut self, relayed: Option<(Sender, u64)>) -> bool {
         match relayed {
             Some((from, seq)) => {
+                if self.fences.blocks(from, seq) {
+                    return false;
+                }
                 let fresh = self.accept_delivery(from, seq);
                 if fresh {
                     self.presence_live = true;
@@ -933,6 +1038,76 @@ mod tests {
         assert!(c.accept_delivery(b, 1));
     }
 
+    #[test]
+    fn fences_drop_only_numbers_strictly_inside_and_keep_the_newest_per_sender() {
+        let (a, b) = senders();
+        let fence = |sender, stored, first| Fence {
+            sender,
+            stored,
+            first,
+        };
+        let mut f = Fences::default();
+        assert!(!f.blocks(a, 6));
+        f.insert(fence(a, 5, 9));
+        assert!(!f.blocks(a, 5), "stored before the takeover");
+        assert!(f.blocks(a, 6) && f.blocks(a, 8));
+        assert!(!f.blocks(a, 9), "the new connection's first number");
+        assert!(!f.blocks(b, 7), "another sender's numbers");
+        f.insert(fence(a, 5, 9));
+        assert_eq!(f.of(a).count(), 1, "once");
+        // A chain of takeovers: the newest FENCES_PER_SENDER per sender stay, whatever the
+        // order they arrive in (a router gets old ones handed over after newer markers).
+        for k in (1..=FENCES_PER_SENDER as u64 + 2).rev() {
+            f.insert(fence(a, 10 * k, 10 * k + 3));
+        }
+        f.insert(fence(b, 1, 4));
+        assert_eq!(f.of(a).count(), FENCES_PER_SENDER);
+        assert_eq!(f.of(b).count(), 1);
+        assert!(!f.blocks(a, 7), "the oldest went first");
+        assert!(!f.blocks(a, 11) && !f.blocks(a, 21));
+        assert!(f.blocks(a, 31) && f.blocks(a, 62));
+        assert!(f.blocks(b, 2));
+        // The join script's list; a malformed one is refused whole.
+        let list = format!("{}:5:9,{}:1:4", a.as_str(), b.as_str());
+        let parsed = Fences::parse_list(&list).unwrap();
+        assert!(parsed.blocks(a, 6) && parsed.blocks(b, 3) && !parsed.blocks(a, 9));
+        assert_eq!(Fences::parse_list(""), Some(Fences::default()));
+        assert_eq!(Fences::parse_list(&format!("{}:5", a.as_str())), None);
+        assert_eq!(Fences::parse_list("short:1:2"), None);
+        assert_eq!(Fence::parse(a, "x:1"), None);
+        assert_eq!(Fence::parse(a, "12:13"), Some(fence(a, 12, 13)));
+    }
+
+    #[test]
+    fn a_connection_drops_fenced_frames_its_router_routed_before_it_had_the_fence() {
+        let (a, b) = senders();
+        let mut c = Conn::new(Limits::default(), T0);
+        let mut fences = Fences::default();
+        fences.insert(Fence {
+            sender: a,
+            stored: 3,
+            first: 6,
+        });
+        let step = c.on_admission(
+            seat(Role::Answerer),
+            Admission::Admitted {
+                resumed: true,
+                after: Positions::new(vec![(a, 2)]),
+                fences,
+            },
+        );
+        assert_eq!(step, JoinStep::Seated { resumed: true });
+        assert!(
+            c.accept_frame(Some((a, 3))),
+            "stored: its PUBLISH came late"
+        );
+        assert!(!c.accept_frame(Some((a, 4))), "refused by the log");
+        assert!(!c.accept_frame(Some((a, 5))));
+        assert!(c.accept_frame(Some((a, 6))), "the new connection");
+        assert!(c.accept_frame(Some((b, 4))), "another sender");
+        assert_eq!(c.delivered().of(a), 6);
+    }
+
     /// Two senders' keys.
     fn senders() -> (Sender, Sender) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
@@ -1190,7 +1365,8 @@ mod tests {
                 s.clone(),
                 Admission::Admitted {
                     resumed: true,
-                    after: Positions::new(vec![(senders().0, 6)])
+                    after: Positions::new(vec![(senders().0, 6)]),
+                    fences: Fences::default(),
                 }
             ),
             JoinStep::Seated { resumed: true }

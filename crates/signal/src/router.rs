@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::HubError;
 use crate::hub::{Hub, ended_frame};
 use crate::metrics::Metrics;
-use crate::room::{Positions, Sender};
+use crate::room::{Fence, Fences, Positions, Sender};
 
 /// What the router hands a session.
 #[derive(Debug, Clone)]
@@ -114,10 +114,12 @@ struct CallLocal {
     locals: Vec<Local>,
     /// Highest `seq` seen published per sender (gap detection).
     last_seqs: Positions,
-    /// The fences the call's joins published (in their `seat` marker): from `sender`, numbers
-    /// strictly between the last one its log held and the new connection's first one can
-    /// only be a replaced connection's refused write, dropped here. Empty but for replacements.
-    fences: Vec<(Sender, u64, u64)>,
+    /// The fences the call's joins published (in their `seat` marker), and those kept in
+    /// Redis that the joins of local sessions returned (markers from before this replica
+    /// followed the call): from a sender, numbers strictly between the last one its log held
+    /// and the new connection's first one can only be a replaced connection's refused write,
+    /// dropped here. Empty but for replacements.
+    fences: Fences,
     /// While the channel's subscription is not yet proven: the probe id awaited, when it was
     /// requested, and the registrations waiting for it.
     pending: Option<PendingSubscription>,
@@ -181,10 +183,12 @@ pub(crate) enum Cmd {
         channel: String,
         id: u64,
     },
-    /// The session with this id holds its seat now.
+    /// The session with this id holds its seat now; `fences` are the call's fences its join
+    /// returned (kept in Redis), which the router keeps from now on.
     Seated {
         channel: String,
         id: u64,
+        fences: Fences,
     },
     /// SUBSCRIBE or the probe PUBLISH failed.
     SubscribeFailed {
@@ -436,7 +440,7 @@ pub(crate) async fn router(
                             call,
                             locals: Vec::new(),
                             last_seqs: Positions::default(),
-                            fences: Vec::new(),
+                            fences: Fences::default(),
                             pending: Some(PendingSubscription::unsent()),
                         });
                         entry.locals.push(local);
@@ -454,11 +458,12 @@ pub(crate) async fn router(
                         }
                         metrics.calls.set(calls.len() as i64);
                     }
-                    Cmd::Seated { channel, id } => {
+                    Cmd::Seated { channel, id, fences } => {
                         if let Some(entry) = calls.get_mut(&channel) {
                             for l in entry.locals.iter_mut().filter(|l| l.id == id) {
                                 l.seated = true;
                             }
+                            entry.fences.extend(&fences);
                         }
                     }
                     Cmd::SubscribeFailed { channel, probe, error } => {
@@ -625,11 +630,7 @@ fn route(
                 return None;
             };
             let sender = Sender::parse(from)?;
-            if entry
-                .fences
-                .iter()
-                .any(|&(s, stored, first)| s == sender && seq > stored && seq < first)
-            {
+            if entry.fences.blocks(sender, seq) {
                 // A replaced connection's message that its log refused: never delivered.
                 return None;
             }
@@ -690,11 +691,12 @@ fn route(
             let (Some(subject), Some(conn)) = (head.participant, head.conn) else {
                 return None;
             };
-            if let Some(fence) = head.fence.and_then(parse_fence)
-                && let Some(sender) = Sender::parse(subject)
-                && !entry.fences.contains(&(sender, fence.0, fence.1))
+            if let Some(fence) = head
+                .fence
+                .zip(Sender::parse(subject))
+                .and_then(|(text, sender)| Fence::parse(sender, text))
             {
-                entry.fences.push((sender, fence.0, fence.1));
+                entry.fences.insert(fence);
             }
             for (i, l) in entry.locals.iter_mut().enumerate() {
                 if l.participant.as_str() == subject && &*l.conn == conn {
@@ -716,12 +718,6 @@ fn route(
         _ => {}
     }
     None
-}
-
-/// A `seat` marker's fence, `<last stored>:<first new number>`.
-fn parse_fence(text: &str) -> Option<(u64, u64)> {
-    let (stored, first) = text.split_once(':')?;
-    Some((stored.parse().ok()?, first.parse().ok()?))
 }
 
 /// Queue a delivery without waiting; a session whose queue is full is flagged to resync
@@ -771,7 +767,7 @@ mod tests {
                 local(4, &ids[2], "o1"),
             ],
             last_seqs: Positions::default(),
-            fences: Vec::new(),
+            fences: Fences::default(),
             pending: None,
         };
         (entry, ids)
@@ -900,8 +896,6 @@ mod tests {
         .unwrap();
         let (out, _) = run(&mut e, &other);
         assert_eq!(delivered(&out), 3);
-        assert_eq!(parse_fence("x:1"), None);
-        assert_eq!(parse_fence("12:13"), Some((12, 13)));
     }
 
     #[test]

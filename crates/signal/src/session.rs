@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::hub::{DELIVERY_QUEUE, Delivery, JoinOutcome, RelayOutcome, Resume};
-use crate::room::{self, Admission, Conn, Decision, JoinStep, Refusal, Relay, Seat, Tick};
+use crate::room::{self, Admission, Conn, Decision, Fences, JoinStep, Refusal, Relay, Seat, Tick};
 use crate::state::{AppState, SessionGuard};
 
 /// Close code after the client's `leave` (RFC 6455 1000, normal closure).
@@ -317,6 +317,7 @@ impl Session {
             )
             .await;
         let mut first_seq = 0;
+        let mut call_fences = Fences::default();
         let (admission, peers) = match subscribed {
             Err(e) => {
                 tracing::warn!(error = %e, "subscribe failed");
@@ -338,10 +339,22 @@ impl Session {
                     resumed,
                     next_seq,
                     after,
+                    fences,
                     peers,
                 }) => {
                     first_seq = next_seq;
-                    (Admission::Admitted { resumed, after }, peers)
+                    // The router may have subscribed after these fences' `seat` markers: it
+                    // gets them with `seated`, and this connection drops what the router
+                    // routed to it before that.
+                    call_fences = fences.clone();
+                    (
+                        Admission::Admitted {
+                            resumed,
+                            after,
+                            fences,
+                        },
+                        peers,
+                    )
                 }
                 Ok(JoinOutcome::Full) => (Admission::Full, Vec::new()),
                 Ok(JoinOutcome::Ended) => (Admission::Ended, Vec::new()),
@@ -361,7 +374,7 @@ impl Session {
                 return Some(self.refuse(refusal).await);
             }
         };
-        state.hub.seated(self.id, &seat.call);
+        state.hub.seated(self.id, &seat.call, call_fences);
         state.metrics.joins.inc();
         if resumed {
             state.metrics.resumes.inc();

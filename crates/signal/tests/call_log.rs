@@ -2,8 +2,9 @@
 //! hub: a participant's replay holds exactly the others' messages after its position for
 //! each sender; a sender's log is trimmed only up to the lowest ack of its readers (a reader
 //! that acked nothing keeps it whole), acks from a connection that lost its seat are refused,
-//! a log is capped, a connection replaced by a newer one is fenced off by its log, and ending
-//! the call drops the logs and the acks.
+//! a log is capped, a connection replaced by a newer one is fenced off by its log (and the
+//! fence is kept with the seats for replicas that follow the call later), and ending the call
+//! drops the logs, the acks and the fences.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -12,7 +13,9 @@ use std::time::Duration;
 use hermes_proto::signal::{IceCandidate, ServerMessage};
 use hermes_proto::{CallId, ParticipantId, Role, keys};
 use hermes_signal::hub::{Hub, HubTimes, JoinOutcome, RelayOutcome, Resume};
-use hermes_signal::room::{Positions, Sender};
+use hermes_signal::room::{
+    Admission, Conn, FENCES_PER_SENDER, Fences, JoinStep, Limits, Positions, Sender,
+};
 use hermes_testkit::RedisServer;
 use rand::SeedableRng;
 
@@ -173,6 +176,7 @@ async fn replay_is_the_others_messages_and_acks_trim_to_the_lowest_reader() {
         keys::call_sender_log(&s.call, &b),
         keys::call_senders(&s.call),
         keys::call_acks(&s.call),
+        keys::call_fences(&s.call),
     ] {
         assert_eq!(integer(&s.redis, &format!("EXISTS {key}")), 0, "{key}");
     }
@@ -206,6 +210,192 @@ async fn a_replaced_connection_is_fenced_off_by_its_log() {
         RelayOutcome::Sent(next_seq)
     );
     assert_eq!(seqs_after(&s, &b, at(&[(&a, 1)])).await, [next_seq]);
+}
+
+/// What a replaced connection's relay pipeline sends for its number `seq` after the takeover:
+/// the XADD (refused by the log, asserted) and the PUBLISH that follows it all the same.
+async fn refused_relay(
+    client: &fred::prelude::Client,
+    call: &CallId,
+    from: &ParticipantId,
+    seq: u64,
+) {
+    use fred::interfaces::{PubsubInterface, StreamsInterface};
+    let mut m = candidate(from, 666);
+    if let ServerMessage::IceCandidate { seq: n, .. } = &mut m {
+        *n = seq;
+    }
+    let text = serde_json::to_string(&m).unwrap();
+    let refused: Result<fred::types::Value, _> = client
+        .xadd(
+            keys::call_sender_log(call, from),
+            true,
+            None,
+            format!("{seq}-0"),
+            vec![("m", text.clone())],
+        )
+        .await;
+    assert!(refused.is_err(), "the log refuses {seq}: {refused:?}");
+    let _: i64 = client
+        .publish(keys::call_channel(call), text)
+        .await
+        .unwrap();
+}
+
+/// The fences kept with the seats, through the window a replica that starts following the call
+/// after a takeover has: subscribed (proven), but not yet joined, when the replaced
+/// connection's refused write is published. Its router routes it (it never saw the `seat`
+/// marker); the join returns the call's fences, the connection drops it, and once seated the
+/// router drops the next one itself. A chain of takeovers keeps the newest fences per sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_follows_the_call_after_a_takeover_gets_its_fence_with_the_join() {
+    use hermes_signal::hub::Delivery;
+    let s = two_seats(100).await;
+    let (a, b) = (s.a.clone(), s.b.clone());
+    assert_eq!(send(&s, &a, 1).await, 1);
+    let now = hermes_service::unix_now_ms();
+    let JoinOutcome::Admitted {
+        next_seq, fences, ..
+    } = s
+        .hub
+        .join(&s.call, &a, Role::Offerer, "a2", &Resume::after(0), now)
+        .await
+        .unwrap()
+    else {
+        panic!("not admitted")
+    };
+    let from_a = Sender::of(&a);
+    assert!(fences.blocks(from_a, 2) && !fences.blocks(from_a, 1));
+    assert!(!fences.blocks(from_a, next_seq), "{fences:?}");
+    let kept: String = s
+        .redis
+        .raw_command(&format!("HGET {} {a}", keys::call_fences(&s.call)))
+        .unwrap();
+    assert!(kept.contains(&format!("1:{next_seq}")), "{kept:?}");
+
+    // A second replica, with no session of the call: b's next connection subscribes there.
+    let client = hermes_service::redis::connect(&s.redis.url(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let times = s.hub.times();
+    let hub2 = Hub::start(&s.redis.url(), client.clone(), times, Default::default())
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let resync = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    hub2.register(7, &s.call, &b, Role::Answerer, "b2".into(), tx, resync)
+        .await
+        .unwrap();
+    // The old connection's relay of its next number lands now: refused, published.
+    let stale = || refused_relay(&client, &s.call, &a, 2);
+    stale().await;
+    let routed = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(routed, Delivery::Frame { relayed: Some((from, 2)), .. } if from == from_a),
+        "the router never saw the fence: {routed:?}"
+    );
+    // b's join (a resume from 0: everything of a's is news to it) returns the call's fences.
+    let JoinOutcome::Admitted { fences, after, .. } = hub2
+        .join(&s.call, &b, Role::Answerer, "b2", &Resume::after(0), now)
+        .await
+        .unwrap()
+    else {
+        panic!("not admitted")
+    };
+    let mut conn = Conn::new(Limits::default(), now);
+    let seat = hermes_signal::room::Seat {
+        call: s.call.clone(),
+        participant: b.clone(),
+        role: Role::Answerer,
+    };
+    let step = conn.on_admission(
+        seat,
+        Admission::Admitted {
+            resumed: true,
+            after,
+            fences: fences.clone(),
+        },
+    );
+    assert_eq!(step, JoinStep::Seated { resumed: true });
+    let Delivery::Frame { relayed, .. } = routed else {
+        unreachable!()
+    };
+    assert!(!conn.accept_frame(relayed), "the connection drops it");
+    // Seated: the router has the fences, and drops a refused write itself.
+    hub2.seated(7, &s.call, fences);
+    stale().await;
+    assert_eq!(
+        relay(&s, &a, "a2", next_seq).await,
+        RelayOutcome::Sent(next_seq)
+    );
+    // (Past the `seat` marker of b's join, a Seam.)
+    let next = loop {
+        let d = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if !matches!(d, Delivery::Seam) {
+            break d;
+        }
+    };
+    let expected = Some((from_a, next_seq));
+    assert!(
+        matches!(&next, Delivery::Frame { relayed, .. } if *relayed == expected),
+        "the new connection's message comes first: {next:?}"
+    );
+    assert!(conn.accept_frame(expected));
+
+    // A chain of takeovers: the newest FENCES_PER_SENDER fences of a stay, in Redis and in
+    // what a join returns (each fence holds one number here, the one below its `first`).
+    let mut firsts = vec![next_seq];
+    for k in 3..(3 + FENCES_PER_SENDER + 2) {
+        let JoinOutcome::Admitted { next_seq, .. } = s
+            .hub
+            .join(
+                &s.call,
+                &a,
+                Role::Offerer,
+                &format!("a{k}"),
+                &Resume::after(0),
+                now,
+            )
+            .await
+            .unwrap()
+        else {
+            panic!("not admitted")
+        };
+        // Each connection stores one message: the next fence starts above it.
+        assert_eq!(
+            relay(&s, &a, &format!("a{k}"), next_seq).await,
+            RelayOutcome::Sent(next_seq)
+        );
+        firsts.push(next_seq);
+    }
+    let kept: String = s
+        .redis
+        .raw_command(&format!("HGET {} {a}", keys::call_fences(&s.call)))
+        .unwrap();
+    assert_eq!(kept.matches(':').count(), FENCES_PER_SENDER, "{kept:?}");
+    let JoinOutcome::Admitted { fences, .. } = hub2
+        .join(&s.call, &b, Role::Answerer, "b3", &Resume::after(0), now)
+        .await
+        .unwrap()
+    else {
+        panic!("not admitted")
+    };
+    assert_eq!(fences.of(from_a).count(), FENCES_PER_SENDER, "{fences:?}");
+    let newest = &firsts[firsts.len() - FENCES_PER_SENDER..];
+    for first in &firsts {
+        assert_eq!(
+            fences.blocks(from_a, first - 1),
+            newest.contains(first),
+            "{first}: {fences:?}"
+        );
+    }
+    assert_eq!(Fences::parse_list(""), Some(Fences::default()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

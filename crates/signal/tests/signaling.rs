@@ -1004,3 +1004,97 @@ async fn a_replaced_connections_refused_relay_never_reaches_a_client() {
     assert!(seq_of(&next) > stored + 1);
     assert_eq!(a.try_recv(Duration::from_millis(300)).await, None);
 }
+
+/// The receivers' side of the fence for a router that starts following the call after the
+/// takeover: the offerer's receiving connection moves to a replica with no session of the call
+/// after the answerer's connection was replaced (so that replica never saw the `seat` marker
+/// with the fence), and only then does the old connection's refused XADD and its PUBLISH reach
+/// Redis. The join hands the new replica the fences kept with the call's seats: the refused
+/// message never reaches the offerer, the new connection's messages do, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_moves_replica_after_a_takeover_never_gets_the_refused_relay() {
+    use fred::interfaces::{PubsubInterface, StreamsInterface};
+    use fred::types::Value;
+    let redis = RedisServer::start();
+    let r1 = Replica::start(&redis.url(), &[]).await;
+    let r2 = Replica::start(&redis.url(), &[]).await;
+    let r3 = Replica::start(&redis.url(), &[]).await;
+    let TwoParty {
+        mut a,
+        ta,
+        tb,
+        pb,
+        b: mut b1,
+        call,
+        ..
+    } = TwoParty::join_one(&redis, &r1.url()).await;
+    b1.send(&candidate(1)).await;
+    let first = a.recv().await;
+    assert_eq!(candidate_index(&first), 1);
+    let stored = seq_of(&first);
+    // The offerer's connection goes away (its seat waits for a resume).
+    a.close().await;
+    // The answerer connects again on r2: the old connection is fenced off, and r2 and r1 (still
+    // following the call for b1) see the fence in the `seat` marker. r3 follows nothing yet.
+    let (mut b2, joined) = Client::join(&r2.url(), &tb, Some(0)).await;
+    assert!(matches!(
+        joined,
+        ServerMessage::Joined { resumed: true, .. }
+    ));
+    let (_, closed) = b1.closed().await;
+    assert_eq!(closed, Closed::Code(CLOSE_REPLACED));
+    // The offerer resumes on r3 from what it had: r3 subscribes to the call only now.
+    let (mut a2, joined) = Client::join(&r3.url(), &ta, Some(stored)).await;
+    assert!(matches!(
+        joined,
+        ServerMessage::Joined { resumed: true, .. }
+    ));
+
+    // The old connection's relay of its next number, as its pipeline sends it, late.
+    let stale = ServerMessage::IceCandidate {
+        from: pb.clone(),
+        seq: stored + 1,
+        candidate: hermes_proto::signal::IceCandidate {
+            candidate: "candidate:666".into(),
+            sdp_mid: None,
+            sdp_m_line_index: None,
+            username_fragment: None,
+        },
+    };
+    let text = serde_json::to_string(&stale).unwrap();
+    let client = hermes_service::redis::connect(&redis.url(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let refused: Result<Value, fred::error::Error> = client
+        .xadd(
+            hermes_proto::keys::call_sender_log(&call.id, &pb),
+            true,
+            None,
+            format!("{}-0", stored + 1),
+            vec![("m", text.clone())],
+        )
+        .await;
+    assert!(
+        refused.is_err(),
+        "the fence refuses the old connection's number: {refused:?}"
+    );
+    let receivers: i64 = client
+        .publish(hermes_proto::keys::call_channel(&call.id), text)
+        .await
+        .unwrap();
+    assert!(receivers >= 2, "r2 and r3 follow the call: {receivers}");
+
+    // The new connection's messages arrive in order; the refused one never does.
+    b2.send(&candidate(2)).await;
+    b2.send(&candidate(3)).await;
+    let mut last = stored + 1;
+    for index in [2, 3] {
+        let next = a2
+            .recv_until(|m| matches!(m, ServerMessage::IceCandidate { .. }))
+            .await;
+        assert_eq!(candidate_index(&next), index, "got {next:?}");
+        assert!(seq_of(&next) > last, "{next:?} after {last}");
+        last = seq_of(&next);
+    }
+    assert_eq!(a2.try_recv(Duration::from_millis(300)).await, None);
+}

@@ -105,6 +105,16 @@ if media_self then
     local stored = 0
     if #last > 0 then stored = tonumber(string.match(last[1][1], '^(%d+)-')) end
     fence = string.format('%d:%d', stored, floor + 1)
+    -- Kept with the seats, the newest few per sender: a replica that starts following the
+    -- call after this marker gets it from its session's join (the reply, below).
+    local kept = {}
+    for f in string.gmatch(redis.call('HGET', KEYS[7], ARGV[1]) or '', '[^,]+') do
+      kept[#kept + 1] = f
+    end
+    kept[#kept + 1] = fence
+    while #kept > tonumber(ARGV[14]) do table.remove(kept, 1) end
+    redis.call('HSET', KEYS[7], ARGV[1], table.concat(kept, ','))
+    redis.call('EXPIRE', KEYS[7], ARGV[7])
   end
   local exists = redis.call('EXISTS', KEYS[5]) == 1
   if not exists then
@@ -122,7 +132,13 @@ end
 local seat = {type = 'seat', participantId = ARGV[1], conn = ARGV[3]}
 if fence then seat.fence = fence end
 redis.call(PUBLISH, KEYS[3], cjson.encode(seat))
-local reply = {'ok', resumed, string.format('%d', next_seq), #positions / 2}
+-- The call's fences (this one's included), for the new connection and its replica's router.
+local fences = {}
+local kept = redis.call('HGETALL', KEYS[7])
+for i = 1, #kept, 2 do
+  for f in string.gmatch(kept[i + 1], '[^,]+') do fences[#fences + 1] = kept[i] .. ':' .. f end
+end
+local reply = {'ok', resumed, string.format('%d', next_seq), #positions / 2, table.concat(fences, ',')}
 for _, p in ipairs(positions) do reply[#reply + 1] = p end
 for _, o in ipairs(out) do reply[#reply + 1] = o end
 return reply
