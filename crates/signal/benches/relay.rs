@@ -22,6 +22,7 @@ use base64::Engine as _;
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use hermes_proto::signal::{ClientMessage, IceCandidate};
 use hermes_proto::token::JOIN_TOKEN_TTL_SECS;
@@ -840,117 +841,153 @@ fn ts_of(text: &str) -> Option<u64> {
     rest[..end].parse().ok()
 }
 
-/// Open loop: every call sends one message per `interval` (offset at random), whatever the
-/// replies; latency = receive time - send time carried in the message. This is the load a
-/// deployment sees (many calls, each sending now and then), below saturation.
-async fn paced_relay(
-    url_a: &str,
-    url_b: &str,
-    calls: usize,
-    rounds: usize,
-    interval: Duration,
-) -> Run {
-    let keys = JoinTokenKeys::new(SECRET.as_bytes());
-    let gate = Arc::new(Semaphore::new(100));
-    let mut joins = tokio::task::JoinSet::new();
-    for _ in 0..calls {
-        let (ua, ub, keys, gate) = (
-            url_a.to_owned(),
-            url_b.to_owned(),
-            keys.clone(),
-            gate.clone(),
-        );
-        joins.spawn(async move {
-            let _permit = gate.acquire().await.unwrap();
-            let call = CallId::random(&mut rand::rng());
-            let a = join(&ua, token(&keys, &call, Role::Offerer)).await;
-            let b = join(&ub, token(&keys, &call, Role::Answerer)).await;
-            (a, b)
-        });
+/// One path's calls of the open loop, joined once and kept open across its segments: for each
+/// call the sending half of `a`'s socket and `b`'s whole socket (`a`'s incoming frames, peer
+/// events, are drained by a task so its socket never backs up).
+struct PacedPath {
+    calls: Vec<(SplitSink<Ws, Message>, Ws)>,
+    drains: tokio::task::JoinSet<()>,
+    samples: Vec<(u64, u64)>,
+    wall: Duration,
+}
+
+impl PacedPath {
+    async fn join(url_a: &str, url_b: &str, calls: usize) -> Self {
+        let keys = JoinTokenKeys::new(SECRET.as_bytes());
+        let gate = Arc::new(Semaphore::new(100));
+        let mut joins = tokio::task::JoinSet::new();
+        for _ in 0..calls {
+            let (ua, ub, keys, gate) = (
+                url_a.to_owned(),
+                url_b.to_owned(),
+                keys.clone(),
+                gate.clone(),
+            );
+            joins.spawn(async move {
+                let _permit = gate.acquire().await.unwrap();
+                let call = CallId::random(&mut rand::rng());
+                let a = join(&ua, token(&keys, &call, Role::Offerer)).await;
+                let b = join(&ub, token(&keys, &call, Role::Answerer)).await;
+                (a, b)
+            });
+        }
+        let mut path = PacedPath {
+            calls: Vec::with_capacity(calls),
+            drains: tokio::task::JoinSet::new(),
+            samples: Vec::new(),
+            wall: Duration::ZERO,
+        };
+        while let Some(r) = joins.join_next().await {
+            let (a, b) = r.unwrap();
+            let (a_tx, mut a_rx) = a.split();
+            path.drains
+                .spawn(async move { while let Some(Ok(_)) = a_rx.next().await {} });
+            path.calls.push((a_tx, b));
+        }
+        path
     }
-    let mut pairs = Vec::with_capacity(calls);
-    while let Some(r) = joins.join_next().await {
-        pairs.push(r.unwrap());
-    }
-    let start = Instant::now();
-    let deadline = Duration::from_secs(60) + interval * rounds as u32;
-    let mut tasks = tokio::task::JoinSet::new();
-    // The senders and drains of the `a` sides, aborted at the end so every socket closes
-    // (a connection left open keeps costing its replica lease renewals in later phases).
-    let mut a_sides = tokio::task::JoinSet::new();
-    for (i, (a, mut b)) in pairs.into_iter().enumerate() {
-        let offset =
-            Duration::from_micros(rand::random::<u64>() % interval.as_micros().max(1) as u64);
-        let (mut a_tx, mut a_rx) = a.split();
-        // a's incoming frames (peer events) are drained so its socket never backs up.
-        a_sides.spawn(async move { while let Some(Ok(_)) = a_rx.next().await {} });
-        a_sides.spawn(async move {
-            tokio::time::sleep(offset).await;
-            let mut tick = tokio::time::interval(interval);
-            for r in 0..rounds {
-                tick.tick().await;
-                let msg = ClientMessage::IceCandidate {
-                    candidate: IceCandidate {
-                        candidate: format!(
-                            "candidate:{r} 1 udp 2122260223 127.0.0.1 {} typ host generation 0 ts={}",
-                            10_000 + i,
-                            micros()
-                        ),
-                        sdp_mid: Some("0".into()),
-                        sdp_m_line_index: Some(0),
-                        username_fragment: Some("abcd".into()),
-                    },
-                };
-                if a_tx
-                    .send(Message::text(serde_json::to_string(&msg).unwrap()))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            // Keep the socket open until the reader is done.
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            drop(a_tx);
-        });
-        tasks.spawn(async move {
-            let mut samples = Vec::with_capacity(rounds);
-            while samples.len() < rounds {
-                match tokio::time::timeout(Duration::from_secs(10), b.next()).await {
-                    Ok(Some(Ok(Message::Text(t)))) => {
-                        if let Some(ts) = ts_of(&t) {
-                            samples.push((ts, micros().saturating_sub(ts)));
+
+    /// One segment: every call sends `rounds` messages, one per `interval` (offset at
+    /// random), whatever the replies; latency = receive time - send time carried in the
+    /// message. The sockets stay open (a close costs the replicas a disconnect that must not
+    /// overlap messages still measured).
+    async fn segment(&mut self, rounds: usize, interval: Duration) {
+        let start = Instant::now();
+        let deadline = Duration::from_secs(60) + interval * rounds as u32;
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, (mut a_tx, mut b)) in self.calls.drain(..).enumerate() {
+            let offset =
+                Duration::from_micros(rand::random::<u64>() % interval.as_micros().max(1) as u64);
+            tasks.spawn(async move {
+                let send = async {
+                    tokio::time::sleep(offset).await;
+                    let mut tick = tokio::time::interval(interval);
+                    for r in 0..rounds {
+                        tick.tick().await;
+                        let msg = ClientMessage::IceCandidate {
+                            candidate: IceCandidate {
+                                candidate: format!(
+                                    "candidate:{r} 1 udp 2122260223 127.0.0.1 {} typ host generation 0 ts={}",
+                                    10_000 + i,
+                                    micros()
+                                ),
+                                sdp_mid: Some("0".into()),
+                                sdp_m_line_index: Some(0),
+                                username_fragment: Some("abcd".into()),
+                            },
+                        };
+                        if a_tx
+                            .send(Message::text(serde_json::to_string(&msg).unwrap()))
+                            .await
+                            .is_err()
+                        {
+                            break;
                         }
                     }
-                    Ok(Some(Ok(_))) => continue,
-                    _ => break,
-                }
-            }
-            // The socket goes back with the samples and closes only after every receiver is
-            // done: a close costs the replicas a disconnect (script, presence events) that must
-            // not overlap the messages still being measured.
-            (samples, b)
-        });
-    }
-    let mut samples = Vec::new();
-    let mut done_sockets = Vec::with_capacity(calls);
-    let all = async {
-        while let Some(r) = tasks.join_next().await {
-            let (s, b) = r.unwrap();
-            samples.extend(s);
-            done_sockets.push(b);
+                };
+                let receive = async {
+                    let mut samples = Vec::with_capacity(rounds);
+                    while samples.len() < rounds {
+                        match tokio::time::timeout(Duration::from_secs(10), b.next()).await {
+                            Ok(Some(Ok(Message::Text(t)))) => {
+                                if let Some(ts) = ts_of(&t) {
+                                    samples.push((ts, micros().saturating_sub(ts)));
+                                }
+                            }
+                            Ok(Some(Ok(_))) => continue,
+                            _ => break,
+                        }
+                    }
+                    samples
+                };
+                let ((), samples) = tokio::join!(send, receive);
+                (samples, a_tx, b)
+            });
         }
-    };
-    let _ = tokio::time::timeout(deadline, all).await;
-    a_sides.shutdown().await;
-    tasks.shutdown().await;
-    drop(done_sockets);
-    Run {
-        sent: samples.iter().map(|s| s.0).collect(),
-        samples: samples.iter().map(|s| s.1).collect(),
-        wall: start.elapsed(),
+        let all = async {
+            while let Some(r) = tasks.join_next().await {
+                let (samples, a_tx, b) = r.unwrap();
+                self.samples.extend(samples);
+                self.calls.push((a_tx, b));
+            }
+        };
+        let _ = tokio::time::timeout(deadline, all).await;
+        tasks.shutdown().await;
+        self.wall += start.elapsed();
+    }
+
+    /// Close every socket; the samples of all segments.
+    async fn finish(mut self) -> Run {
+        self.calls.clear();
+        self.drains.shutdown().await;
+        Run {
+            sent: self.samples.iter().map(|s| s.0).collect(),
+            samples: self.samples.iter().map(|s| s.1).collect(),
+            wall: self.wall,
+        }
     }
 }
+
+/// The open loop over several paths, their segments interleaved (each segment about
+/// [`PACED_SEGMENT`] long, the order rotating), so that a machine's stalls of a few ms, which
+/// decide a p99, fall on every path alike rather than on whichever ran at a bad moment.
+async fn paced_interleaved(paths: &mut [PacedPath], rounds: usize, interval: Duration) {
+    let per_segment = ((PACED_SEGMENT.as_secs_f64() / interval.as_secs_f64()).round() as usize)
+        .clamp(1, rounds.max(1));
+    let mut left = rounds;
+    let mut turn = 0;
+    while left > 0 {
+        let n = per_segment.min(left);
+        for k in 0..paths.len() {
+            paths[(turn + k) % paths.len()].segment(n, interval).await;
+        }
+        left -= n;
+        turn += 1;
+    }
+}
+
+/// How long one interleaved segment of the open loop sends.
+const PACED_SEGMENT: Duration = Duration::from_secs(1);
 
 /// The same open loop over a raw PUBLISH → subscriber hop (one channel per call).
 async fn paced_raw(redis: &str, calls: usize, rounds: usize, interval: Duration) -> Run {
@@ -1267,14 +1304,23 @@ fn main() {
         };
         eprintln!("paced: {calls} calls, one message per {interval:?} each, {paced_rounds} rounds");
         let p_raw = paced_raw(&url, calls, paced_rounds, interval).await;
-        // The bare forwarder right before Hermes' own open loops (not after the call mix), so
-        // the machine's state is the same for the floor and for Hermes.
+        // The bare forwarder (the architecture's floor) and Hermes' two paths, all joined at
+        // once and sent on in turns, so the machine's state is the same for the floor and
+        // for Hermes.
         let (f1, f2) = (start_forwarder(&url), start_forwarder(&url));
-        eprintln!("paced, bare forwarder across two processes (the architecture's floor)");
-        let p_fwd = paced_relay(&f1.url, &f2.url, calls, paced_rounds, interval).await;
+        let mut paths = [
+            PacedPath::join(&f1.url, &f2.url, calls).await,
+            PacedPath::join(&r1.url, &r1.url, calls).await,
+            PacedPath::join(&r1.url, &r2.url, calls).await,
+        ];
+        // Let the joins' own traffic settle, as the closed loop does.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        paced_interleaved(&mut paths, paced_rounds, interval).await;
+        let [fwd_path, same_path, cross_path] = paths;
+        let p_fwd = fwd_path.finish().await;
+        let p_same = same_path.finish().await;
+        let p_cross = cross_path.finish().await;
         drop((f1, f2));
-        let p_same = paced_relay(&r1.url, &r1.url, calls, paced_rounds, interval).await;
-        let p_cross = paced_relay(&r1.url, &r2.url, calls, paced_rounds, interval).await;
         let mix_calls = env_usize("SIGNAL_BENCH_MIX_CALLS", calls);
         let hold = Duration::from_secs(env_usize("SIGNAL_BENCH_HOLD_SECS", 30) as u64);
         eprintln!("real call mix across replicas: {mix_calls} calls set up, then held {hold:?}");
