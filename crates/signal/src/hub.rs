@@ -219,9 +219,9 @@ const DISCONNECT_LUA: &str = include_str!("lua/disconnect.lua");
 /// number of local connections, (pid, conn, live entry) per local connection.
 /// A renewed lease renews the TTLs of the call's logs too (relays set them only every 64th
 /// number) and the seats' hash TTL, on the rounds that renew TTLs (a seat the tick re-creates
-/// gets its hash TTL at once). Reply: per call, `{'ended'}` or `{'ok', behind (1 when a seated
-/// sender's log holds a number above what this replica saw published from it), stale
-/// 'pid|conn'...}`.
+/// gets its hash TTL at once). Reply: per call, `{'ended'}` or `{'ok', behind (0, or 'pid:seq'
+/// when a seated sender's log holds `seq` above what this replica saw published from it),
+/// stale 'pid|conn'...}`.
 const TICK_LUA: &str = include_str!("lua/tick.lua");
 
 /// KEYS: peers, channel. ARGV: pid, conn, peer-left reason.
@@ -951,13 +951,13 @@ impl Hub {
         };
         for (snap, reply) in snaps.iter().zip(replies) {
             if let Value::Array(reply) = reply {
-                Self::apply_tick(snap, &reply);
+                self.apply_tick(snap, &reply);
             }
         }
     }
 
     /// Act on one call's part of a tick reply.
-    fn apply_tick(snap: &CallSnapshot, reply: &[Value]) {
+    fn apply_tick(&self, snap: &CallSnapshot, reply: &[Value]) {
         let first = reply
             .first()
             .and_then(|v| v.as_str().map(|s| s.into_owned()));
@@ -968,12 +968,25 @@ impl Hub {
             }
             return;
         }
-        // Safety net for pub/sub loss: if a sender's log holds a number above what this replica
-        // saw published from it, its sessions fetch the difference from the logs.
-        if reply.get(1).and_then(Value::as_u64) == Some(1) {
-            for (_, _, _, tx) in &snap.locals {
-                let _ = tx.try_send(Delivery::Resync);
-            }
+        // Safety net for pub/sub loss: a sender's log holds a number above what this replica
+        // had seen published from it when it took the snapshot. A relay published since then
+        // is no loss, so the router checks again a moment later and resyncs the call's
+        // sessions only if it still has not seen that number.
+        if let Some((sender, seq)) = reply
+            .get(1)
+            .and_then(|v| v.as_str())
+            .and_then(|s| parse_behind(&s))
+        {
+            let cmd_tx = self.cmd_tx.clone();
+            let channel = keys::call_channel(&snap.call);
+            tokio::spawn(async move {
+                tokio::time::sleep(BEHIND_RECHECK).await;
+                let _ = cmd_tx.send(Cmd::ResyncIfBehind {
+                    channel,
+                    sender,
+                    seq,
+                });
+            });
         }
         for stale in reply.iter().skip(2).filter_map(|v| v.as_str()) {
             if let Some((pid, conn)) = stale.split_once('|') {
@@ -1012,6 +1025,16 @@ pub(crate) fn ended_frame(reason: &str) -> Utf8Bytes {
     })
     .map(Utf8Bytes::from)
     .unwrap_or_else(|_| Utf8Bytes::from_static(r#"{"type":"call-ended","reason":"ended"}"#))
+}
+
+/// How long after a tick found a sender's log ahead the router checks again whether it has
+/// seen that number published meanwhile (a relay in flight while the tick ran).
+const BEHIND_RECHECK: Duration = Duration::from_millis(250);
+
+/// The tick's `pid:seq` (a sender's log holds `seq` above what this replica had seen).
+fn parse_behind(s: &str) -> Option<(Sender, u64)> {
+    let (pid, seq) = s.split_once(':')?;
+    Some((Sender::parse(pid)?, seq.parse().ok()?))
 }
 
 fn parse_peer(s: &str) -> Option<PeerInfo> {

@@ -198,6 +198,13 @@ pub(crate) enum Cmd {
     },
     Snapshot(oneshot::Sender<Vec<CallSnapshot>>),
     ResyncAll,
+    /// The lease tick found `sender`'s log holding `seq`: resync the call's sessions unless
+    /// this router has seen that number published by now.
+    ResyncIfBehind {
+        channel: String,
+        sender: Sender,
+        seq: u64,
+    },
     /// Readiness: answered `true` once a fresh probe came back through this replica's health
     /// channel and no registration has waited longer than [`SUBSCRIBE_TIMEOUT`].
     Ready(oneshot::Sender<bool>),
@@ -508,6 +515,13 @@ pub(crate) async fn router(
                             })
                             .collect();
                         let _ = reply.send(snap);
+                    }
+                    Cmd::ResyncIfBehind { channel, sender, seq } => {
+                        if let Some(c) = calls.get_mut(&channel)
+                            && c.last_seqs.of(sender) < seq
+                        {
+                            resync(c);
+                        }
                     }
                     Cmd::ResyncAll => {
                         for (channel, c) in &mut calls {

@@ -1098,3 +1098,54 @@ async fn a_receiver_that_moves_replica_after_a_takeover_never_gets_the_refused_r
     }
     assert_eq!(a2.try_recv(Duration::from_millis(300)).await, None);
 }
+
+/// The lease tick is the safety net for pub/sub loss: a relay its sender's log holds but whose
+/// PUBLISH never reached this replica (written here straight into the log, with no PUBLISH)
+/// reaches the receiver at the next tick (a tick every 200 ms with a 600 ms lease), once the
+/// router has checked again that it still has not seen that number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_stored_but_never_published_is_delivered_by_the_lease_tick() {
+    use fred::interfaces::StreamsInterface;
+    use fred::types::Value;
+    let redis = RedisServer::start();
+    let r1 = Replica::start(&redis.url(), &["--lease-ms", "600"]).await;
+    let TwoParty {
+        mut a,
+        pb,
+        b: mut b1,
+        call,
+        ..
+    } = TwoParty::join_one(&redis, &r1.url()).await;
+    b1.send(&candidate(1)).await;
+    let first = a.recv().await;
+    assert_eq!(candidate_index(&first), 1);
+    let stored = seq_of(&first);
+
+    let lost = ServerMessage::IceCandidate {
+        from: pb.clone(),
+        seq: stored + 1,
+        candidate: hermes_proto::signal::IceCandidate {
+            candidate: "candidate:777".into(),
+            sdp_mid: None,
+            sdp_m_line_index: None,
+            username_fragment: None,
+        },
+    };
+    let client = hermes_service::redis::connect(&redis.url(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let _: Value = client
+        .xadd(
+            hermes_proto::keys::call_sender_log(&call.id, &pb),
+            true,
+            None,
+            format!("{}-0", stored + 1),
+            vec![("m", serde_json::to_string(&lost).unwrap())],
+        )
+        .await
+        .unwrap();
+    let caught_up = a.recv().await;
+    assert_eq!(candidate_index(&caught_up), 777, "got {caught_up:?}");
+    assert_eq!(seq_of(&caught_up), stored + 1);
+    assert_eq!(a.try_recv(Duration::from_millis(500)).await, None, "once");
+}

@@ -26,13 +26,17 @@ local function tick(kcall, kpeers, kchan, ksenders, seen, first, count)
   for i = first, first + 3 * (count - 1), 3 do
     if only == nil then only = ARGV[i] elseif only ~= ARGV[i] then only = false end
   end
+  -- The answer names the sender and the number found ('pid:seq'): the replica resyncs only if
+  -- its router still has not seen that number a moment later (a relay published between the
+  -- replica's snapshot and this run is not a loss).
   local behind = 0
   for i = 1, #entries, 2 do
     local p = entries[i]
     if p ~= only and not is_observer(entries[i + 1]) then
       local after = '(' .. (given[p] or '0') .. '-0'
-      if #redis.call('XRANGE', prefix .. p, after, '+', 'COUNT', '1') > 0 then
-        behind = 1
+      local found = redis.call('XRANGE', prefix .. p, after, '+', 'COUNT', '1')
+      if #found > 0 then
+        behind = p .. ':' .. string.match(found[1][1], '^(%d+)')
         break
       end
     end
