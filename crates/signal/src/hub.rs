@@ -785,6 +785,64 @@ impl Hub {
             .is_some_and(|e| e.conn == conn))
     }
 
+    /// The fences kept with the seats (`call:{id}:fences`) of each call of `calls` (keyed by
+    /// channel): one `HGETALL` per call, in one pipeline per slot, the slots at once. The
+    /// router reads them again when pub/sub may have lost `seat` markers (its subscriber
+    /// reconnected, or its broadcast lagged); never on the relay path.
+    pub(crate) async fn kept_fences(
+        &self,
+        calls: Vec<(String, CallId)>,
+    ) -> Vec<(String, Result<Fences, HubError>)> {
+        let groups = by_slot(calls, self.client.is_clustered(), |(_, call)| call.as_str());
+        let reads = groups.into_iter().map(|group| async move {
+            let read = self.read_kept_fences(&group).await;
+            group.into_iter().map(|(channel, _)| channel).zip(read)
+        });
+        futures_util::future::join_all(reads)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// The kept fences of calls of one slot, in one pipeline: one answer per call.
+    async fn read_kept_fences(&self, group: &[(String, CallId)]) -> Vec<Result<Fences, HubError>> {
+        let pipeline = self.client.pipeline();
+        for (_, call) in group {
+            if let Err(e) = pipeline.hgetall::<(), _>(keys::call_fences(call)).await {
+                return group
+                    .iter()
+                    .map(|_| Err(HubError::from(e.clone())))
+                    .collect();
+            }
+        }
+        let replies = pipeline.try_all::<Value>().await;
+        // A pipeline that failed as a whole answers one error.
+        let failure = replies.iter().find_map(|r| r.as_ref().err().cloned());
+        let mut replies = replies.into_iter();
+        group
+            .iter()
+            .map(|_| match replies.next() {
+                Some(Ok(reply)) => {
+                    let fields: HashMap<String, String> = reply.convert()?;
+                    let fields: Vec<(String, String)> = fields.into_iter().collect();
+                    Fences::parse_kept(&fields).ok_or(HubError::BadReply("fences (HGETALL)"))
+                }
+                Some(Err(e)) => Err(e.into()),
+                None => Err(failure
+                    .clone()
+                    .map_or(HubError::BadReply("fences (HGETALL)"), HubError::from)),
+            })
+            .collect()
+    }
+
+    /// Hand the router the kept fences of `calls` it asked for under `ticket`
+    /// ([`Self::kept_fences`]).
+    pub(crate) async fn reread_fences(&self, ticket: u64, calls: Vec<(String, CallId)>) {
+        let read = self.kept_fences(calls).await;
+        let _ = self.cmd_tx.send(Cmd::KeptFences { ticket, read });
+    }
+
     /// The entries of the other senders' logs after `after` (per sender), merged in `seq`
     /// order: what a resume or a catch-up sends. Two round trips (the call's senders, then
     /// their logs in one pipeline); never on the relay path.

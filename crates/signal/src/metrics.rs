@@ -17,6 +17,7 @@ pub struct Metrics {
     pub abuse_closes: Counter,
     pub redis_errors: Counter,
     pub replica_ack_missing: Counter,
+    pub fence_rereads: Counter,
     registry: Registry,
 }
 
@@ -90,6 +91,12 @@ impl Metrics {
             "Relays to an away participant no Redis replica acknowledged within \
              REDIS_REPLICA_ACK_TIMEOUT_MS (answered unavailable under required, sent otherwise)",
         );
+        let fence_rereads = Counter::registered(
+            &mut registry,
+            "hermes_signal_fence_rereads",
+            "Calls whose kept fences the router read again after pub/sub may have lost a seat \
+             marker (a subscriber reconnect or a lagging broadcast)",
+        );
         registry.register(
             "hermes_signal_events_dropped",
             "Log events dropped because the queue was full",
@@ -108,6 +115,7 @@ impl Metrics {
             abuse_closes,
             redis_errors,
             replica_ack_missing,
+            fence_rereads,
             registry,
         }
     }

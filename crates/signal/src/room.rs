@@ -311,6 +311,19 @@ impl Fences {
         Some(fences)
     }
 
+    /// The fences kept in Redis (`call:{id}:fences`, `HGETALL`: participant id →
+    /// `<stored>:<first>,…`): None if any part is malformed.
+    pub fn parse_kept(fields: &[(String, String)]) -> Option<Self> {
+        let mut fences = Self::default();
+        for (pid, list) in fields {
+            let sender = Sender::parse(pid)?;
+            for item in list.split(',').filter(|i| !i.is_empty()) {
+                fences.insert(Fence::parse(sender, item)?);
+            }
+        }
+        Some(fences)
+    }
+
     /// Keep `fence` (once), dropping its sender's oldest (lowest `first`) beyond
     /// [`FENCES_PER_SENDER`].
     pub fn insert(&mut self, fence: Fence) {
@@ -1076,6 +1089,21 @@ mod tests {
         assert_eq!(Fences::parse_list("short:1:2"), None);
         assert_eq!(Fence::parse(a, "x:1"), None);
         assert_eq!(Fence::parse(a, "12:13"), Some(fence(a, 12, 13)));
+        // The kept hash as HGETALL returns it (a router re-reads it after pub/sub loss).
+        let kept = vec![
+            (a.as_str().to_owned(), "5:9,20:23".to_owned()),
+            (b.as_str().to_owned(), "1:4".to_owned()),
+        ];
+        let parsed = Fences::parse_kept(&kept).unwrap();
+        assert!(parsed.blocks(a, 6) && parsed.blocks(a, 21) && parsed.blocks(b, 3));
+        assert!(!parsed.blocks(a, 9) && !parsed.blocks(a, 20));
+        assert_eq!(Fences::parse_kept(&[]), Some(Fences::default()));
+        let bad = vec![(a.as_str().to_owned(), "5:9,x".to_owned())];
+        assert_eq!(Fences::parse_kept(&bad), None);
+        assert_eq!(
+            Fences::parse_kept(&[("short".to_owned(), "1:2".to_owned())]),
+            None
+        );
     }
 
     #[test]

@@ -14,7 +14,10 @@
 //! A channel's subscription is proven before a session waits on it: after SUBSCRIBE the router
 //! publishes a probe and answers the registration only when the probe comes back through the
 //! subscription (retried with a new SUBSCRIBE after `PROBE_RETRY`). A jump in a sender's `seq`
-//! or a lagging broadcast makes the call's sessions resync from the senders' logs.
+//! or a lagging broadcast makes the call's sessions resync from the senders' logs. A lagging
+//! broadcast or a subscriber reconnect may have lost `seat` markers and their fences: the
+//! router then reads the calls' kept fences again (after proving each subscription again, for
+//! a reconnect) and delivers no relayed frame of a call until it has them ([`Refence`]).
 //!
 //! Call channels fan out in one of two ways ([`Fanout`]): classic PUBLISH / SUBSCRIBE on a
 //! single Redis or Sentinel, sharded SPUBLISH / SSUBSCRIBE on Redis Cluster, where each call's
@@ -120,9 +123,35 @@ struct CallLocal {
     /// and the new connection's first one can only be a replaced connection's refused write,
     /// dropped here. Empty but for replacements.
     fences: Fences,
+    /// Whether `fences` holds every fence of the call, or pub/sub may have lost `seat`
+    /// markers and the kept fences are being read again (relayed frames are dropped till then).
+    refence: Refence,
     /// While the channel's subscription is not yet proven: the probe id awaited, when it was
     /// requested, and the registrations waiting for it.
     pending: Option<PendingSubscription>,
+}
+
+/// Where a call's fences stand (docs/signal.md, "The receivers' side of the fence"). A `seat`
+/// marker lost with pub/sub (the subscriber connection dropped, or the broadcast lagged) would
+/// leave its fence out, and the replaced connection's refused write published after the
+/// resubscription would reach the clients. So after such a loss the router reads the fences
+/// kept in Redis again, only once the channel's subscription is proven (a marker is then either
+/// in what it reads or seen on the channel), and drops the call's relayed frames until it has
+/// them; then the call's sessions resync from the senders' logs, which never hold a refused
+/// write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refence {
+    /// Every `seat` marker since the router followed the call was seen, or the kept fences
+    /// were read after the last loss.
+    Current,
+    /// The subscriber reconnected: waiting for the channel's probe to prove the subscription
+    /// before reading.
+    Unproven,
+    /// Waiting for a read of the kept fences (in the queue, or failed and retried at the next
+    /// tick).
+    Queued,
+    /// In the read with this ticket.
+    Reading(u64),
 }
 
 struct PendingSubscription {
@@ -189,6 +218,11 @@ pub(crate) enum Cmd {
         channel: String,
         id: u64,
         fences: Fences,
+    },
+    /// The fences kept in Redis of the calls (by channel) read under this ticket.
+    KeptFences {
+        ticket: u64,
+        read: Vec<(String, Result<Fences, HubError>)>,
     },
     /// SUBSCRIBE or the probe PUBLISH failed.
     SubscribeFailed {
@@ -422,18 +456,32 @@ pub(crate) async fn router(
     let mut health_waiters: Vec<(u64, oneshot::Sender<bool>)> = Vec::new();
     let mut retry = tokio::time::interval(PROBE_RETRY / 2);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The subscriber connection was made again: `seat` markers published meanwhile are lost.
+    // Checked before routing each frame (fred announces a reconnect before the new connection
+    // carries anything, so a frame it carried is never routed first) and at each retry tick;
+    // not a `select!` branch, whose waiter registration would cost every frame more.
+    let mut reconnects = subscriber.reconnect_rx();
+    let mut reads = FenceReads::default();
     loop {
+        reads.dispatch(&mut calls, &hub);
         tokio::select! {
             _ = retry.tick() => {
                 // Subscriptions whose probe has not come back: subscribe and probe again (a
-                // sharded channel being re-proven after a reconnect has no waiters).
+                // channel being re-proven after a reconnect has no waiters).
                 for (channel, entry) in &mut calls {
                     if let Some(p) = &mut entry.pending
-                        && (!p.waiters.is_empty() || fanout == Fanout::Sharded)
+                        && (!p.waiters.is_empty()
+                            || fanout == Fanout::Sharded
+                            || entry.refence == Refence::Unproven)
                         && p.due()
                     {
                         p.send(channel, fanout, &mut next_probe, &sub_tx);
                     }
+                }
+                // Reads of kept fences that failed: again.
+                reads.queue.append(&mut reads.failed);
+                if reconnected(&mut reconnects) {
+                    lost_markers(&mut calls, true, &mut reads, fanout, &mut next_probe, &sub_tx);
                 }
                 // Readiness checks whose caller gave up.
                 health_waiters.retain(|(_, w)| !w.is_closed());
@@ -448,6 +496,7 @@ pub(crate) async fn router(
                             locals: Vec::new(),
                             last_seqs: Positions::default(),
                             fences: Fences::default(),
+                            refence: Refence::Current,
                             pending: Some(PendingSubscription::unsent()),
                         });
                         entry.locals.push(local);
@@ -472,6 +521,9 @@ pub(crate) async fn router(
                             }
                             entry.fences.extend(&fences);
                         }
+                    }
+                    Cmd::KeptFences { ticket, read } => {
+                        reads.answered(&mut calls, ticket, read, &metrics);
                     }
                     Cmd::SubscribeFailed { channel, probe, error } => {
                         if channel == health_channel {
@@ -549,6 +601,10 @@ pub(crate) async fn router(
             msg = messages.recv() => {
                 match msg {
                     Ok(msg) => {
+                        // Before any frame the new connection carried (one uncontended lock).
+                        if reconnected(&mut reconnects) {
+                            lost_markers(&mut calls, true, &mut reads, fanout, &mut next_probe, &sub_tx);
+                        }
                         if *msg.channel == *health_channel {
                             let probe = msg
                                 .value
@@ -587,6 +643,12 @@ pub(crate) async fn router(
                                         let _ = w.send(Ok(()));
                                     }
                                 }
+                                // Proven after a reconnect: a `seat` marker published while
+                                // the subscription was down is in the kept fences now.
+                                if entry.refence == Refence::Unproven {
+                                    entry.refence = Refence::Queued;
+                                    reads.queue.push(msg.channel.to_string());
+                                }
                             }
                             Some(Action::EndCall { reason }) => {
                                 if let Some(hub) = hub.upgrade() {
@@ -603,10 +665,133 @@ pub(crate) async fn router(
                         for c in calls.values_mut() {
                             resync(c);
                         }
+                        lost_markers(&mut calls, false, &mut reads, fanout, &mut next_probe, &sub_tx);
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }
             }
+        }
+    }
+}
+
+/// Whether the subscriber connection was made again since the last check (drains the
+/// notices).
+fn reconnected(
+    notices: &mut tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+) -> bool {
+    if notices.is_empty() {
+        return false;
+    }
+    while let Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) =
+        notices.try_recv()
+    {}
+    true
+}
+
+/// Most calls whose kept fences one read asks for (one pipeline per slot).
+const FENCE_READ_BATCH: usize = 512;
+
+/// The reads of kept fences ([`Refence`]) the router asked for: one batch in flight at a time.
+#[derive(Default)]
+struct FenceReads {
+    /// Channels waiting for the next batch.
+    queue: Vec<String>,
+    /// Channels whose read failed: queued again at the next retry tick.
+    failed: Vec<String>,
+    /// The ticket of the batch in flight.
+    in_flight: Option<u64>,
+    last_ticket: u64,
+}
+
+impl FenceReads {
+    /// Ask the hub for the next batch if none is in flight.
+    fn dispatch(&mut self, calls: &mut HashMap<String, CallLocal>, hub: &std::sync::Weak<Hub>) {
+        while self.in_flight.is_none() && !self.queue.is_empty() {
+            let Some(hub) = hub.upgrade() else { return };
+            self.last_ticket += 1;
+            let ticket = self.last_ticket;
+            let take = self.queue.len().min(FENCE_READ_BATCH);
+            let mut batch = Vec::with_capacity(take);
+            for channel in self.queue.drain(..take) {
+                if let Some(entry) = calls.get_mut(&channel)
+                    && entry.refence == Refence::Queued
+                {
+                    entry.refence = Refence::Reading(ticket);
+                    batch.push((channel, entry.call.clone()));
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            self.in_flight = Some(ticket);
+            tokio::spawn(async move { hub.reread_fences(ticket, batch).await });
+        }
+    }
+
+    /// The read under `ticket` answered: install the fences; a call that waited for this read
+    /// delivers relayed frames again, after its sessions resync from the senders' logs (they
+    /// hold what was dropped meanwhile, and never a refused write).
+    fn answered(
+        &mut self,
+        calls: &mut HashMap<String, CallLocal>,
+        ticket: u64,
+        read: Vec<(String, Result<Fences, HubError>)>,
+        metrics: &Metrics,
+    ) {
+        if self.in_flight == Some(ticket) {
+            self.in_flight = None;
+        }
+        for (channel, result) in read {
+            let Some(entry) = calls.get_mut(&channel) else {
+                continue;
+            };
+            let waited = entry.refence == Refence::Reading(ticket);
+            match result {
+                Ok(fences) => {
+                    // Older reads add fences too: every kept fence is a real one.
+                    entry.fences.extend(&fences);
+                    if waited {
+                        entry.refence = Refence::Current;
+                        metrics.fence_rereads.inc();
+                        resync(entry);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "reading a call's kept fences failed; retrying");
+                    if waited {
+                        entry.refence = Refence::Queued;
+                        self.failed.push(channel);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Pub/sub may have lost frames of every followed call, `seat` markers among them: each call
+/// drops relayed frames until its kept fences are read again. `reconnected`: the subscriber
+/// connection was made again, so each channel's subscription is proven again first (a read
+/// before Redis applied the resubscription could miss a marker published in between);
+/// otherwise (the broadcast lagged) the lost frames were published before now and the read
+/// can go at once.
+fn lost_markers(
+    calls: &mut HashMap<String, CallLocal>,
+    reconnected: bool,
+    reads: &mut FenceReads,
+    fanout: Fanout,
+    next_probe: &mut u64,
+    sub_tx: &mpsc::UnboundedSender<SubCmd>,
+) {
+    for (channel, entry) in calls.iter_mut() {
+        if reconnected {
+            entry.refence = Refence::Unproven;
+            let p = entry
+                .pending
+                .get_or_insert_with(PendingSubscription::unsent);
+            p.send(channel, fanout, next_probe, sub_tx);
+        } else if !matches!(entry.refence, Refence::Unproven | Refence::Queued) {
+            entry.refence = Refence::Queued;
+            reads.queue.push(channel.clone());
         }
     }
 }
@@ -640,6 +825,11 @@ fn route(
     let head = serde_json::from_str::<Head<'_>>(text).ok()?;
     match head.kind {
         "offer" | "answer" | "ice-candidate" | "hangup" => {
+            if entry.refence != Refence::Current {
+                // Pub/sub lost frames, maybe a `seat` marker: not delivered before the call's
+                // kept fences are read again; the sessions resync from the logs then.
+                return None;
+            }
             let (Some(from), Some(seq)) = (head.from, head.seq) else {
                 return None;
             };
@@ -782,6 +972,7 @@ mod tests {
             ],
             last_seqs: Positions::default(),
             fences: Fences::default(),
+            refence: Refence::Current,
             pending: None,
         };
         (entry, ids)
@@ -910,6 +1101,142 @@ mod tests {
         .unwrap();
         let (out, _) = run(&mut e, &other);
         assert_eq!(delivered(&out), 3);
+    }
+
+    #[test]
+    fn after_a_loss_relayed_frames_wait_for_the_kept_fences_and_the_rest_routes() {
+        let (mut e, ids) = entry();
+        let a = Sender::of(&ids[0]);
+        let from = |seq| {
+            serde_json::to_string(&ServerMessage::Hangup {
+                from: ids[0].clone(),
+                seq,
+            })
+            .unwrap()
+        };
+        run(&mut e, &from(4));
+        for state in [Refence::Unproven, Refence::Queued, Refence::Reading(3)] {
+            e.refence = state;
+            let (out, _) = run(&mut e, &from(6));
+            assert!(out.is_empty(), "{state:?}: {out:?}");
+        }
+        assert_eq!(e.last_seqs.of(a), 4, "a dropped frame was not seen");
+        // A marker seen meanwhile still brings its fence; presence still reaches the others.
+        let seat = CallControl::Seat {
+            participant_id: ids[0].clone(),
+            conn: "a3".into(),
+            fence: Some("5:9".into()),
+        }
+        .to_json();
+        run(&mut e, &seat);
+        assert!(e.fences.blocks(a, 6));
+        let joined = serde_json::to_string(&ServerMessage::PeerJoined {
+            participant_id: ids[1].clone(),
+            role: Role::Answerer,
+        })
+        .unwrap();
+        let (out, _) = run(&mut e, &joined);
+        let targets: Vec<usize> = out.iter().map(|(i, _)| *i).collect();
+        assert_eq!(targets, [0, 1, 3]);
+        // Fences current again: delivered, after a resync for the numbers dropped.
+        e.refence = Refence::Current;
+        let (out, _) = run(&mut e, &from(9));
+        assert!(matches!(
+            out[..],
+            [(2, Delivery::Resync), (2, Delivery::Frame { .. }), ..]
+        ));
+    }
+
+    #[test]
+    fn a_reconnect_proves_each_channel_before_its_read_and_a_lag_reads_at_once() {
+        let (tx, mut sub_rx) = mpsc::unbounded_channel();
+        let mut calls: HashMap<String, CallLocal> = HashMap::new();
+        calls.insert("c1".into(), entry().0);
+        calls.insert("c2".into(), entry().0);
+        let mut reads = FenceReads::default();
+        let mut probe = 0;
+        lost_markers(
+            &mut calls,
+            true,
+            &mut reads,
+            Fanout::Classic,
+            &mut probe,
+            &tx,
+        );
+        let mut subscribed = Vec::new();
+        while let Ok(SubCmd::Subscribe { channel, .. }) = sub_rx.try_recv() {
+            subscribed.push(channel);
+        }
+        subscribed.sort();
+        assert_eq!(subscribed, ["c1", "c2"]);
+        assert!(reads.queue.is_empty(), "no read before the proof");
+        assert!(
+            calls.values().all(|c| c.refence == Refence::Unproven
+                && c.pending.as_ref().is_some_and(|p| p.probe > 0))
+        );
+        // A lag leaves unproven channels to their proof, and queues the others for a read.
+        calls.get_mut("c2").unwrap().refence = Refence::Reading(1);
+        lost_markers(
+            &mut calls,
+            false,
+            &mut reads,
+            Fanout::Classic,
+            &mut probe,
+            &tx,
+        );
+        assert_eq!(reads.queue, ["c2"]);
+        assert_eq!(calls["c1"].refence, Refence::Unproven);
+        assert_eq!(calls["c2"].refence, Refence::Queued);
+        assert!(sub_rx.try_recv().is_err(), "a lag subscribes nothing");
+    }
+
+    #[test]
+    fn a_read_of_kept_fences_releases_only_the_calls_that_waited_for_it() {
+        let (mut c1, ids) = entry();
+        let (resync_tx, mut resync_rx) = mpsc::channel(4);
+        c1.locals[2].tx = resync_tx;
+        c1.refence = Refence::Reading(1);
+        let mut c2 = entry().0;
+        // Another loss after read 1 was sent: c2 waits for read 2.
+        c2.refence = Refence::Reading(2);
+        let mut calls: HashMap<String, CallLocal> = HashMap::new();
+        calls.insert("c1".into(), c1);
+        calls.insert("c2".into(), c2);
+        let mut reads = FenceReads {
+            in_flight: Some(1),
+            last_ticket: 2,
+            ..Default::default()
+        };
+        let a = Sender::of(&ids[0]);
+        let mut fences = Fences::default();
+        fences.insert(Fence {
+            sender: a,
+            stored: 5,
+            first: 9,
+        });
+        let read = vec![
+            ("c1".to_owned(), Ok(fences.clone())),
+            ("c2".to_owned(), Ok(fences.clone())),
+            ("gone".to_owned(), Ok(fences.clone())),
+        ];
+        let metrics = Metrics::default();
+        reads.answered(&mut calls, 1, read, &metrics);
+        assert_eq!(metrics.fence_rereads.get(), 1);
+        assert_eq!(reads.in_flight, None);
+        assert_eq!(calls["c1"].refence, Refence::Current);
+        assert!(matches!(resync_rx.try_recv(), Ok(Delivery::Resync)));
+        assert_eq!(
+            calls["c2"].refence,
+            Refence::Reading(2),
+            "still waits for its read"
+        );
+        assert!(calls["c1"].fences.blocks(a, 6) && calls["c2"].fences.blocks(a, 6));
+        // A failed read is retried (at the next tick).
+        let failed = vec![("c2".to_owned(), Err(HubError::BadReply("fences (HGETALL)")))];
+        reads.answered(&mut calls, 2, failed, &metrics);
+        assert_eq!(metrics.fence_rereads.get(), 1);
+        assert_eq!(calls["c2"].refence, Refence::Queued);
+        assert_eq!(reads.failed, ["c2"]);
     }
 
     #[test]

@@ -1149,3 +1149,180 @@ async fn a_relay_stored_but_never_published_is_delivered_by_the_lease_tick() {
     assert_eq!(seq_of(&caught_up), stored + 1);
     assert_eq!(a.try_recv(Duration::from_millis(500)).await, None, "once");
 }
+
+/// How many connections are subscribed to `channel` (`PUBSUB NUMSUB`).
+fn subscribers(redis: &RedisServer, channel: &str) -> i64 {
+    let reply = redis
+        .raw_command(&format!("PUBSUB NUMSUB {channel}"))
+        .unwrap();
+    reply
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(':').and_then(|n| n.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("PUBSUB NUMSUB: {reply:?}"))
+}
+
+/// Wait (up to 10 s) until `channel` has `n` subscribed connections.
+async fn wait_for_subscribers(redis: &RedisServer, channel: &str, n: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = subscribers(redis, channel);
+        if now == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{channel}: {now} subscribers, never {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The receivers' side of the fence when pub/sub loses the `seat` marker: the offerer's
+/// replica's subscriber connection is down while the answerer's connection is replaced (its
+/// Redis user is disabled and the connection killed, so it cannot reconnect until the user is
+/// enabled again), and the old connection's refused XADD and its PUBLISH reach Redis only
+/// after that replica subscribed again. Its router reads the call's kept fences again after
+/// the reconnect and delivers no relayed frame of the call before it has them: the refused
+/// message never reaches the offerer, the new connection's messages do, in order. Without the
+/// re-read the offerer gets the refused candidate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_whose_replica_lost_the_takeovers_marker_never_gets_the_refused_relay() {
+    use fred::interfaces::{PubsubInterface, StreamsInterface};
+    use fred::types::Value;
+    let redis = RedisServer::start();
+    // The offerer's replica connects as a user of its own: the test can keep it out.
+    let user = redis
+        .raw_command("ACL SETUSER follower on >follower-pw ~* &* +@all")
+        .unwrap();
+    assert!(user.starts_with("+OK"), "{user:?}");
+    let follower = format!("redis://follower:follower-pw@127.0.0.1:{}", redis.port());
+    let r1 = Replica::start(&follower, &[]).await;
+    let r2 = Replica::start(&redis.url(), &[]).await;
+    let TwoParty {
+        mut a,
+        tb,
+        pb,
+        b: mut b1,
+        call,
+        ..
+    } = TwoParty::join(&redis, &r1.url(), &r2.url()).await;
+    b1.send(&candidate(1)).await;
+    let first = a.recv().await;
+    assert_eq!(candidate_index(&first), 1);
+    let stored = seq_of(&first);
+    let channel = hermes_proto::keys::call_channel(&call.id);
+    wait_for_subscribers(&redis, &channel, 2).await;
+
+    // r1's subscriber connection drops and stays out (its user is disabled; r1's command
+    // connection, already authenticated, stays up).
+    let off = redis.raw_command("ACL SETUSER follower off").unwrap();
+    assert!(off.starts_with("+OK"), "{off:?}");
+    let killed = redis
+        .raw_command("CLIENT KILL USER follower TYPE pubsub")
+        .unwrap();
+    assert_eq!(killed.trim(), ":1", "r1's subscriber connection");
+    wait_for_subscribers(&redis, &channel, 1).await;
+    // The answerer connects again on r2: the `seat` marker with the fence goes out now, and
+    // r1 misses it.
+    let (mut b2, joined) = Client::join(&r2.url(), &tb, Some(0)).await;
+    assert!(matches!(
+        joined,
+        ServerMessage::Joined { resumed: true, .. }
+    ));
+    let (_, closed) = b1.closed().await;
+    assert_eq!(closed, Closed::Code(CLOSE_REPLACED));
+    // r1's subscriber connects and subscribes again.
+    let on = redis.raw_command("ACL SETUSER follower on").unwrap();
+    assert!(on.starts_with("+OK"), "{on:?}");
+    wait_for_subscribers(&redis, &channel, 2).await;
+
+    // The old connection's relay of its next number, as its pipeline sends it, late: refused
+    // by the log, published all the same. Replayed once while r1's read of the kept fences
+    // may still be under way, and again after it (the fence then comes from the read alone).
+    let client = hermes_service::redis::connect(&redis.url(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let stale = |seq: u64| {
+        let client = client.clone();
+        let (call, pb, channel) = (call.id.clone(), pb.clone(), channel.clone());
+        async move {
+            let stale = ServerMessage::IceCandidate {
+                from: pb.clone(),
+                seq,
+                candidate: hermes_proto::signal::IceCandidate {
+                    candidate: "candidate:666".into(),
+                    sdp_mid: None,
+                    sdp_m_line_index: None,
+                    username_fragment: None,
+                },
+            };
+            let text = serde_json::to_string(&stale).unwrap();
+            let refused: Result<Value, fred::error::Error> = client
+                .xadd(
+                    hermes_proto::keys::call_sender_log(&call, &pb),
+                    true,
+                    None,
+                    format!("{seq}-0"),
+                    vec![("m", text.clone())],
+                )
+                .await;
+            assert!(
+                refused.is_err(),
+                "the fence refuses the old connection's number: {refused:?}"
+            );
+            let receivers: i64 = client.publish(channel.as_str(), text).await.unwrap();
+            assert_eq!(receivers, 2, "r1 and r2 follow the call");
+        }
+    };
+    stale(stored + 1).await;
+    let is_candidate = |m: &ServerMessage| matches!(m, ServerMessage::IceCandidate { .. });
+    assert_eq!(
+        a.try_recv(Duration::from_millis(300))
+            .await
+            .filter(is_candidate),
+        None,
+        "the refused candidate reached the offerer"
+    );
+    // r1 has read the call's kept fences again.
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = http
+            .get(format!("http://{}/metrics", r1.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("hermes_signal_fence_rereads_total 1") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "r1 never read the kept fences again: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stale(stored + 1).await;
+
+    // The new connection's messages arrive in order; the refused one never does.
+    b2.send(&candidate(2)).await;
+    b2.send(&candidate(3)).await;
+    let mut last = stored + 1;
+    for index in [2, 3] {
+        let next = a
+            .recv_until(|m| matches!(m, ServerMessage::IceCandidate { .. }))
+            .await;
+        assert_eq!(candidate_index(&next), index, "got {next:?}");
+        assert!(seq_of(&next) > last, "{next:?} after {last}");
+        last = seq_of(&next);
+    }
+    assert_eq!(
+        a.try_recv(Duration::from_millis(300))
+            .await
+            .filter(is_candidate),
+        None
+    );
+}
