@@ -937,8 +937,6 @@ async fn an_observer_resumes_per_sender_with_last_seqs() {
 /// message (its number is above everything it saw from the answerer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_connections_refused_relay_never_reaches_a_client() {
-    use fred::interfaces::{PubsubInterface, StreamsInterface};
-    use fred::types::Value;
     let redis = RedisServer::start();
     let r1 = Replica::start(&redis.url(), &[]).await;
     let r2 = Replica::start(&redis.url(), &[]).await;
@@ -964,37 +962,14 @@ async fn a_replaced_connections_refused_relay_never_reaches_a_client() {
     assert_eq!(closed, Closed::Code(CLOSE_REPLACED));
 
     // The old connection's relay of its next number, as its pipeline sends it.
-    let stale = ServerMessage::IceCandidate {
-        from: pb.clone(),
-        seq: stored + 1,
-        candidate: hermes_proto::signal::IceCandidate {
-            candidate: "candidate:666".into(),
-            sdp_mid: None,
-            sdp_m_line_index: None,
-            username_fragment: None,
-        },
-    };
-    let text = serde_json::to_string(&stale).unwrap();
     let client = hermes_service::redis::connect(&redis.url(), Duration::from_secs(5))
         .await
         .unwrap();
-    let refused: Result<Value, fred::error::Error> = client
-        .xadd(
-            hermes_proto::keys::call_sender_log(&call.id, &pb),
-            true,
-            None,
-            format!("{}-0", stored + 1),
-            vec![("m", text.clone())],
-        )
-        .await;
+    let (refused, receivers) = write_relay(&client, &call.id, &pb, stored + 1, 666, true).await;
     assert!(
         refused.is_err(),
         "the fence refuses the old connection's number: {refused:?}"
     );
-    let receivers: i64 = client
-        .publish(hermes_proto::keys::call_channel(&call.id), text)
-        .await
-        .unwrap();
     assert!(receivers >= 1, "the offerer's replica is subscribed");
 
     // The new connection's message arrives; the refused one never did, nor does it later.
@@ -1013,8 +988,6 @@ async fn a_replaced_connections_refused_relay_never_reaches_a_client() {
 /// message never reaches the offerer, the new connection's messages do, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_moves_replica_after_a_takeover_never_gets_the_refused_relay() {
-    use fred::interfaces::{PubsubInterface, StreamsInterface};
-    use fred::types::Value;
     let redis = RedisServer::start();
     let r1 = Replica::start(&redis.url(), &[]).await;
     let r2 = Replica::start(&redis.url(), &[]).await;
@@ -1051,37 +1024,14 @@ async fn a_receiver_that_moves_replica_after_a_takeover_never_gets_the_refused_r
     ));
 
     // The old connection's relay of its next number, as its pipeline sends it, late.
-    let stale = ServerMessage::IceCandidate {
-        from: pb.clone(),
-        seq: stored + 1,
-        candidate: hermes_proto::signal::IceCandidate {
-            candidate: "candidate:666".into(),
-            sdp_mid: None,
-            sdp_m_line_index: None,
-            username_fragment: None,
-        },
-    };
-    let text = serde_json::to_string(&stale).unwrap();
     let client = hermes_service::redis::connect(&redis.url(), Duration::from_secs(5))
         .await
         .unwrap();
-    let refused: Result<Value, fred::error::Error> = client
-        .xadd(
-            hermes_proto::keys::call_sender_log(&call.id, &pb),
-            true,
-            None,
-            format!("{}-0", stored + 1),
-            vec![("m", text.clone())],
-        )
-        .await;
+    let (refused, receivers) = write_relay(&client, &call.id, &pb, stored + 1, 666, true).await;
     assert!(
         refused.is_err(),
         "the fence refuses the old connection's number: {refused:?}"
     );
-    let receivers: i64 = client
-        .publish(hermes_proto::keys::call_channel(&call.id), text)
-        .await
-        .unwrap();
     assert!(receivers >= 2, "r2 and r3 follow the call: {receivers}");
 
     // The new connection's messages arrive in order; the refused one never does.
@@ -1105,8 +1055,6 @@ async fn a_receiver_that_moves_replica_after_a_takeover_never_gets_the_refused_r
 /// router has checked again that it still has not seen that number.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_stored_but_never_published_is_delivered_by_the_lease_tick() {
-    use fred::interfaces::StreamsInterface;
-    use fred::types::Value;
     let redis = RedisServer::start();
     let r1 = Replica::start(&redis.url(), &["--lease-ms", "600"]).await;
     let TwoParty {
@@ -1121,29 +1069,11 @@ async fn a_relay_stored_but_never_published_is_delivered_by_the_lease_tick() {
     assert_eq!(candidate_index(&first), 1);
     let stored = seq_of(&first);
 
-    let lost = ServerMessage::IceCandidate {
-        from: pb.clone(),
-        seq: stored + 1,
-        candidate: hermes_proto::signal::IceCandidate {
-            candidate: "candidate:777".into(),
-            sdp_mid: None,
-            sdp_m_line_index: None,
-            username_fragment: None,
-        },
-    };
     let client = hermes_service::redis::connect(&redis.url(), Duration::from_secs(5))
         .await
         .unwrap();
-    let _: Value = client
-        .xadd(
-            hermes_proto::keys::call_sender_log(&call.id, &pb),
-            true,
-            None,
-            format!("{}-0", stored + 1),
-            vec![("m", serde_json::to_string(&lost).unwrap())],
-        )
-        .await
-        .unwrap();
+    let (stored_now, _) = write_relay(&client, &call.id, &pb, stored + 1, 777, false).await;
+    assert!(stored_now.is_ok(), "{stored_now:?}");
     let caught_up = a.recv().await;
     assert_eq!(candidate_index(&caught_up), 777, "got {caught_up:?}");
     assert_eq!(seq_of(&caught_up), stored + 1);
@@ -1188,8 +1118,6 @@ async fn wait_for_subscribers(redis: &RedisServer, channel: &str, n: i64) {
 /// re-read the offerer gets the refused candidate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_whose_replica_lost_the_takeovers_marker_never_gets_the_refused_relay() {
-    use fred::interfaces::{PubsubInterface, StreamsInterface};
-    use fred::types::Value;
     let redis = RedisServer::start();
     // The offerer's replica connects as a user of its own: the test can keep it out.
     let user = redis
@@ -1244,34 +1172,14 @@ async fn a_receiver_whose_replica_lost_the_takeovers_marker_never_gets_the_refus
         .await
         .unwrap();
     let stale = |seq: u64| {
-        let client = client.clone();
-        let (call, pb, channel) = (call.id.clone(), pb.clone(), channel.clone());
+        let (client, call) = (client.clone(), call.id.clone());
+        let pb = pb.clone();
         async move {
-            let stale = ServerMessage::IceCandidate {
-                from: pb.clone(),
-                seq,
-                candidate: hermes_proto::signal::IceCandidate {
-                    candidate: "candidate:666".into(),
-                    sdp_mid: None,
-                    sdp_m_line_index: None,
-                    username_fragment: None,
-                },
-            };
-            let text = serde_json::to_string(&stale).unwrap();
-            let refused: Result<Value, fred::error::Error> = client
-                .xadd(
-                    hermes_proto::keys::call_sender_log(&call, &pb),
-                    true,
-                    None,
-                    format!("{seq}-0"),
-                    vec![("m", text.clone())],
-                )
-                .await;
+            let (refused, receivers) = write_relay(&client, &call, &pb, seq, 666, true).await;
             assert!(
                 refused.is_err(),
                 "the fence refuses the old connection's number: {refused:?}"
             );
-            let receivers: i64 = client.publish(channel.as_str(), text).await.unwrap();
             assert_eq!(receivers, 2, "r1 and r2 follow the call");
         }
     };

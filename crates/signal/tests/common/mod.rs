@@ -315,3 +315,48 @@ pub fn candidate_index(m: &ServerMessage) -> usize {
         other => panic!("not a candidate: {other:?}"),
     }
 }
+
+/// A relayed candidate (`candidate:<index>`) from `from` at `seq`, as a replica's relay
+/// pipeline writes it: its XADD into the sender's log (`Err` when the log refuses the number:
+/// the fence), then, if `publish`, its PUBLISH on the call's channel (whatever the XADD
+/// answered, as the pipeline does), answering how many subscribers got it. Tests replay with
+/// it what a replaced connection's late pipeline or a lost PUBLISH leaves behind.
+pub async fn write_relay(
+    redis: &fred::clients::Client,
+    call: &CallId,
+    from: &ParticipantId,
+    seq: u64,
+    index: usize,
+    publish: bool,
+) -> (Result<fred::types::Value, fred::error::Error>, i64) {
+    use fred::interfaces::{PubsubInterface, StreamsInterface};
+    let text = serde_json::to_string(&ServerMessage::IceCandidate {
+        from: from.clone(),
+        seq,
+        candidate: hermes_proto::signal::IceCandidate {
+            candidate: format!("candidate:{index}"),
+            sdp_mid: None,
+            sdp_m_line_index: None,
+            username_fragment: None,
+        },
+    })
+    .unwrap();
+    let stored = redis
+        .xadd(
+            hermes_proto::keys::call_sender_log(call, from),
+            true,
+            None,
+            format!("{seq}-0"),
+            vec![("m", text.clone())],
+        )
+        .await;
+    let receivers = if publish {
+        redis
+            .publish(hermes_proto::keys::call_channel(call), text)
+            .await
+            .unwrap()
+    } else {
+        0
+    };
+    (stored, receivers)
+}
