@@ -651,21 +651,13 @@ impl Run {
     }
 }
 
-/// Closed loop per call: A sends a candidate, waits until B has it, repeats. The cost is
-/// metered over the loop only (not the joins before it).
-async fn relay_run(
-    url_a: &str,
-    url_b: &str,
-    calls: usize,
-    rounds: usize,
-    admin: &Client,
-    procs: &[(&'static str, u32)],
-) -> (Run, Cost) {
+/// `calls` new calls, each with its offerer joined at `url_a` and its answerer at `url_b`
+/// (100 joins at a time).
+async fn join_pairs(url_a: &str, url_b: &str, calls: usize) -> Vec<(Ws, Ws)> {
     let keys = JoinTokenKeys::new(SECRET.as_bytes());
     let gate = Arc::new(Semaphore::new(100));
-    let mut pairs = Vec::with_capacity(calls);
     let mut joins = tokio::task::JoinSet::new();
-    for i in 0..calls {
+    for _ in 0..calls {
         let (ua, ub, keys, gate) = (
             url_a.to_owned(),
             url_b.to_owned(),
@@ -676,22 +668,35 @@ async fn relay_run(
             let _permit = gate.acquire().await.unwrap();
             let call = CallId::random(&mut rand::rng());
             let a = join(&ua, token(&keys, &call, Role::Offerer)).await;
-            let mut b = join(&ub, token(&keys, &call, Role::Answerer)).await;
-            // Wait for nothing more: a's peer-joined is drained by the loop below.
-            let _ = &mut b;
-            (i, a, b)
+            let b = join(&ub, token(&keys, &call, Role::Answerer)).await;
+            (a, b)
         });
     }
+    let mut pairs = Vec::with_capacity(calls);
     while let Some(r) = joins.join_next().await {
         pairs.push(r.unwrap());
     }
+    pairs
+}
+
+/// Closed loop per call: A sends a candidate, waits until B has it, repeats. The cost is
+/// metered over the loop only (not the joins before it).
+async fn relay_run(
+    url_a: &str,
+    url_b: &str,
+    calls: usize,
+    rounds: usize,
+    admin: &Client,
+    procs: &[(&'static str, u32)],
+) -> (Run, Cost) {
+    let pairs = join_pairs(url_a, url_b, calls).await;
     // Let the joins' own traffic (presence, log events, first lease writes) settle.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let meter = Meter::start(admin, procs).await;
     let start = Instant::now();
     let deadline = start + Duration::from_secs(120);
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, mut a, mut b) in pairs {
+    for (i, (mut a, mut b)) in pairs.into_iter().enumerate() {
         tasks.spawn(async move {
             let mut samples = Vec::with_capacity(rounds);
             for r in 0..rounds {
@@ -853,32 +858,13 @@ struct PacedPath {
 
 impl PacedPath {
     async fn join(url_a: &str, url_b: &str, calls: usize) -> Self {
-        let keys = JoinTokenKeys::new(SECRET.as_bytes());
-        let gate = Arc::new(Semaphore::new(100));
-        let mut joins = tokio::task::JoinSet::new();
-        for _ in 0..calls {
-            let (ua, ub, keys, gate) = (
-                url_a.to_owned(),
-                url_b.to_owned(),
-                keys.clone(),
-                gate.clone(),
-            );
-            joins.spawn(async move {
-                let _permit = gate.acquire().await.unwrap();
-                let call = CallId::random(&mut rand::rng());
-                let a = join(&ua, token(&keys, &call, Role::Offerer)).await;
-                let b = join(&ub, token(&keys, &call, Role::Answerer)).await;
-                (a, b)
-            });
-        }
         let mut path = PacedPath {
             calls: Vec::with_capacity(calls),
             drains: tokio::task::JoinSet::new(),
             samples: Vec::new(),
             wall: Duration::ZERO,
         };
-        while let Some(r) = joins.join_next().await {
-            let (a, b) = r.unwrap();
+        for (a, b) in join_pairs(url_a, url_b, calls).await {
             let (a_tx, mut a_rx) = a.split();
             path.drains
                 .spawn(async move { while let Some(Ok(_)) = a_rx.next().await {} });
