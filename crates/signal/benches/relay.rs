@@ -251,6 +251,18 @@ fn cpu_micros(pid: u32) -> u64 {
     stat_cpu_micros(pid)
 }
 
+/// The read and write system calls `pid` made so far (`syscr`, `syscw` of `/proc/<pid>/io`).
+fn syscalls(pid: u32) -> (u64, u64) {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let field = |name: &str| {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("syscr:"), field("syscw:"))
+}
+
 /// utime + stime from `/proc/<pid>/stat`, in microseconds.
 fn stat_cpu_micros(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -493,12 +505,16 @@ struct Cost {
     top: String,
     /// Instructions redis-server executed per message (callgrind mode only).
     instructions: Option<f64>,
+    /// Redis' read and write system calls per message (`/proc/<pid>/io`).
+    redis_syscalls: (f64, f64),
 }
 
 /// Snapshot before a run; [`Meter::cost`] after it.
 struct Meter {
     procs: Vec<(&'static str, u32, u64)>,
     commands: HashMap<String, u64>,
+    /// Redis' pid and its read and write system calls so far.
+    redis_io: Option<(u32, (u64, u64))>,
 }
 
 impl Meter {
@@ -513,6 +529,10 @@ impl Meter {
                 .map(|&(name, pid)| (name, pid, cpu_micros(pid)))
                 .collect(),
             commands,
+            redis_io: procs
+                .iter()
+                .find(|(name, _)| *name == "redis")
+                .map(|&(_, pid)| (pid, syscalls(pid))),
         }
     }
 
@@ -525,6 +545,13 @@ impl Meter {
             .iter()
             .map(|&(name, pid, before)| (name, cpu_micros(pid).saturating_sub(before) as f64 / n))
             .collect();
+        let redis_syscalls = self.redis_io.map_or((0.0, 0.0), |(pid, (r, w))| {
+            let (r2, w2) = syscalls(pid);
+            (
+                r2.saturating_sub(r) as f64 / n,
+                w2.saturating_sub(w) as f64 / n,
+            )
+        });
         let after = redis_commands(admin).await;
         let mut deltas: Vec<(String, u64)> = after
             .into_iter()
@@ -548,6 +575,7 @@ impl Meter {
             commands,
             top,
             instructions,
+            redis_syscalls,
         }
     }
 
@@ -1374,7 +1402,11 @@ fn main() {
             );
         }
         for (name, _, c) in rows {
-            println!("Redis commands per message, {name}: {}", c.top);
+            let (reads, writes) = c.redis_syscalls;
+            println!(
+                "Redis commands per message, {name}: {}; system calls per message: {reads:.3} reads, {writes:.3} writes",
+                c.top
+            );
         }
         let tput = cross.rate() / fwd.rate();
         let redis_cpu = Meter::cpu_of(&cross_cost, "redis") / Meter::cpu_of(&fwd_cost, "redis");
