@@ -18,6 +18,7 @@ use hermes_proto::{CallEvent, CallId, LogEvent, LogLevel};
 use tokio::sync::mpsc;
 
 use crate::metrics::Counter;
+use crate::redis::{Queued, in_one_write};
 
 /// Queue depth between emitters and the publishing task.
 const QUEUE: usize = 8192;
@@ -94,44 +95,30 @@ impl EventPublisher {
     }
 }
 
-/// PUBLISH then XADD each event of `batch`, in order, as one pipeline. Failures are logged at
-/// debug level and the events dropped: logging must never hold up the service.
+/// PUBLISH then XADD each event of `batch`, in order, as one pipeline written at once
+/// ([`crate::redis::in_one_write`]). Failures are logged at debug level and the events
+/// dropped: logging must never hold up the service.
 async fn send_batch(client: &Client, batch: &[LogEvent]) {
-    let pipeline = client.pipeline();
-    let mut queued = 0;
+    let mut commands: Vec<Queued<'_>> = Vec::with_capacity(2 * batch.len());
     for event in batch {
         let Ok(json) = serde_json::to_string(event) else {
             continue;
         };
-        // Queuing only buffers the command (the pipeline sends at `try_all`); an error here
-        // means the command could not be built.
-        if let Err(e) = pipeline
-            .publish::<(), _, _>(event.channel(), json.as_str())
-            .await
-        {
-            tracing::debug!(error = %e, "log event not queued");
-            continue;
-        }
-        let _: Result<(), _> = pipeline
-            .xadd(
-                LOG_HISTORY_STREAM,
-                false,
-                (
-                    XCapKind::MaxLen,
-                    "~",
-                    LOG_HISTORY_MAXLEN as i64,
-                    None::<i64>,
-                ),
-                "*",
-                vec![("event", json)],
-            )
-            .await;
-        queued += 1;
+        commands.push(Box::pin(client.publish(event.channel(), json.clone())));
+        commands.push(Box::pin(client.xadd(
+            LOG_HISTORY_STREAM,
+            false,
+            (
+                XCapKind::MaxLen,
+                "~",
+                LOG_HISTORY_MAXLEN as i64,
+                None::<i64>,
+            ),
+            "*",
+            vec![("event", json)],
+        )));
     }
-    if queued == 0 {
-        return;
-    }
-    for result in pipeline.try_all::<Value>().await {
+    for result in in_one_write(commands).await {
         if let Err(e) = result {
             tracing::debug!(error = %e, "log event not published");
         }

@@ -57,7 +57,7 @@ use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use hermes_proto::signal::{PeerInfo, ServerMessage};
 use hermes_proto::{CallId, ParticipantId, Role, keys};
-use hermes_service::redis::{AckPolicy, Script};
+use hermes_service::redis::{AckPolicy, Queued, Script, in_one_write};
 
 pub use crate::error::HubError;
 use tokio::sync::{mpsc, oneshot};
@@ -1388,8 +1388,9 @@ impl RelayRunner {
             // After every write of the batch on this connection: one WAIT covers them all.
             commands.push(Box::pin(client.wait(1, wait_ms(timeout))));
         }
+        // Handed to the connection together: one write, one read on Redis' side.
         let mut replies: Vec<Option<Result<Value, fred::error::Error>>> =
-            in_one_write(commands).await;
+            in_one_write(commands).await.into_iter().map(Some).collect();
         // Whether a replica holds the stored ones (always, for a runner that does not wait).
         let replicated = match self.wait {
             Some(_) => acknowledged(replies.pop().flatten()),
@@ -1488,43 +1489,6 @@ fn acknowledged(answer: Option<Result<Value, fred::error::Error>>) -> bool {
         }
         None => false,
     }
-}
-
-/// One command of a relay batch, created (so not yet sent: fred sends a command at its first
-/// poll) and waiting to be queued.
-type Queued<'a> =
-    std::pin::Pin<Box<dyn Future<Output = Result<Value, fred::error::Error>> + Send + 'a>>;
-
-/// Send `commands` in their order and wait for every answer, in that order.
-///
-/// Each command's first poll hands it to the client's connection task, so polling all of them
-/// once, in order, before waiting queues them together: the connection task then writes them
-/// with a single flush, as one TCP segment, and Redis reads them in one go. A fred `Pipeline`
-/// flushes after each of its commands when nothing else is queued, so Redis woke for every
-/// XADD and every PUBLISH of a batch (measured: Redis made 0.3-0.4 reads and 0.6-0.8 writes per
-/// relayed message, the bare forwarder, whose commands queue up on their own, 0.13-0.17 and
-/// 0.4-0.5).
-async fn in_one_write(commands: Vec<Queued<'_>>) -> Vec<Option<Result<Value, fred::error::Error>>> {
-    use std::task::{Context, Poll};
-    let mut commands: Vec<futures_util::future::MaybeDone<Queued<'_>>> = commands
-        .into_iter()
-        .map(futures_util::future::maybe_done)
-        .collect();
-    {
-        // A waker that does nothing: whatever is not done is polled again below, with the
-        // task's own.
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        for command in &mut commands {
-            let _: Poll<()> = std::pin::Pin::new(command).poll(&mut cx);
-        }
-    }
-    for command in &mut commands {
-        command.await;
-    }
-    commands
-        .iter_mut()
-        .map(|command| std::pin::Pin::new(command).take_output())
-        .collect()
 }
 
 /// Relays or calls as one script run takes them: all together on a single Redis, split by the
@@ -1712,47 +1676,5 @@ mod tests {
         );
         assert!(parse_peer("../x|offerer|live").is_none());
         assert!(parse_peer("b2b2b2b2b2b2b2b2b2b2b2b2b2|king|live").is_none());
-    }
-
-    /// Reads Redis has done so far (`total_reads_processed`, all clients).
-    async fn reads_processed(client: &Client) -> u64 {
-        let info: String = client
-            .info(Some(fred::types::InfoKind::Stats))
-            .await
-            .unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("total_reads_processed:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap()
-    }
-
-    /// A relay batch's commands reach Redis as one write and are answered in order: awaited
-    /// one by one (or as a fred `Pipeline`, which flushes after each command) they took a read
-    /// each.
-    #[tokio::test]
-    async fn a_batch_of_commands_goes_in_one_write_and_answers_in_order() {
-        let redis = hermes_testkit::RedisServer::start();
-        let client = Builder::from_config(Config::from_url(&redis.url()).unwrap())
-            .build()
-            .unwrap();
-        client.init().await.unwrap();
-        for _ in 0..3 {
-            let before = reads_processed(&client).await;
-            let commands: Vec<Queued<'_>> = (0..64)
-                .map(|i| -> Queued<'_> { Box::pin(client.rpush("batch", i)) })
-                .collect();
-            let answers = in_one_write(commands).await;
-            // The batch's read, then the INFO's own.
-            let reads = reads_processed(&client).await - before;
-            assert!(reads <= 2, "{reads} reads for one batch");
-            let lengths: Vec<i64> = answers
-                .into_iter()
-                .map(|a| a.unwrap().unwrap().as_i64().unwrap())
-                .collect();
-            let first = lengths[0];
-            assert_eq!(lengths, (first..first + 64).collect::<Vec<_>>());
-        }
-        let list: Vec<i64> = client.lrange("batch", 0, -1).await.unwrap();
-        assert_eq!(list, (0..3).flat_map(|_| 0..64).collect::<Vec<_>>());
     }
 }
