@@ -316,6 +316,32 @@ async fn redis_commands(admin: &Client) -> HashMap<String, u64> {
         .collect()
 }
 
+/// Wait until Redis is quiet: at most a few commands in 100 ms besides this check's own
+/// (joins, disconnects and their events done), for at most 5 s after a first 500 ms.
+async fn settle(admin: &Client) {
+    async fn processed(admin: &Client) -> u64 {
+        let info: String = admin
+            .info(Some(fred::types::InfoKind::Stats))
+            .await
+            .unwrap_or_default();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = processed(admin).await;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = processed(admin).await;
+        if now.saturating_sub(last) <= 20 {
+            return;
+        }
+        last = now;
+    }
+}
+
 async fn redis_pid(admin: &Client) -> u32 {
     let info: String = admin
         .info(Some(fred::types::InfoKind::Server))
@@ -588,6 +614,49 @@ impl Meter {
     }
 }
 
+/// A process whose CPU a meter reads: its name in the tables and its pid.
+type Proc = (&'static str, u32);
+
+/// One path's closed-loop turns as one: every sample, the walls summed, the costs per message
+/// weighted by each turn's messages (the commands Redis ran most: the first turn's).
+fn combine_turns(turns: Vec<(Run, Cost)>) -> (Run, Cost) {
+    let counts: Vec<f64> = turns.iter().map(|(r, _)| r.samples.len() as f64).collect();
+    let total = counts.iter().sum::<f64>().max(1.0);
+    let mean = |f: &dyn Fn(&Cost) -> f64| {
+        turns
+            .iter()
+            .zip(&counts)
+            .map(|((_, c), n)| f(c) * n)
+            .sum::<f64>()
+            / total
+    };
+    let first = turns.first().map(|(_, c)| c);
+    let cost = Cost {
+        cpu: first
+            .map(|c| {
+                c.cpu
+                    .iter()
+                    .map(|&(name, _)| (name, mean(&|c| Meter::cpu_of(c, name))))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        commands: mean(&|c| c.commands),
+        top: first.map(|c| c.top.clone()).unwrap_or_default(),
+        instructions: None,
+        redis_syscalls: (mean(&|c| c.redis_syscalls.0), mean(&|c| c.redis_syscalls.1)),
+    };
+    let mut run = Run {
+        samples: Vec::new(),
+        sent: Vec::new(),
+        wall: Duration::ZERO,
+    };
+    for (r, _) in turns {
+        run.samples.extend(r.samples);
+        run.wall += r.wall;
+    }
+    (run, cost)
+}
+
 fn token(keys: &JoinTokenKeys, call: &CallId, role: Role) -> String {
     let claims = JoinClaims::new(
         call.clone(),
@@ -718,8 +787,9 @@ async fn relay_run(
     procs: &[(&'static str, u32)],
 ) -> (Run, Cost) {
     let pairs = join_pairs(url_a, url_b, calls).await;
-    // Let the joins' own traffic (presence, log events, first lease writes) settle.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Let the joins' own traffic (presence, log events, first lease writes) and an earlier
+    // turn's teardown settle.
+    settle(admin).await;
     let meter = Meter::start(admin, procs).await;
     let start = Instant::now();
     let deadline = start + Duration::from_secs(120);
@@ -1273,30 +1343,54 @@ fn main() {
         let raw = raw_run(&url, calls, rounds).await;
         let raw_cost = meter.cost(&admin, raw.samples.len()).await;
 
-        eprintln!("bare forwarder, two processes: {calls} calls × {rounds}");
+        // The closed loops in turns: SIGNAL_BENCH_CLOSED_TURNS (3) of each path, in a rotating
+        // order, each with fresh joins; a path's figures are over all its turns. One window per
+        // path put the forwarder and Hermes on a different state of the shared machine (single
+        // runs scattered 1.5-2.4x in Redis CPU per message for one build).
+        let turns = env_usize("SIGNAL_BENCH_CLOSED_TURNS", 3).max(1);
         let (f1, f2) = (start_forwarder(&url), start_forwarder(&url));
-        let procs = [
+        let r1 = start_replica(&url);
+        let r2 = start_replica(&url);
+        let forwarder_procs = [
             ("relay A", f1.guard.id().unwrap()),
             ("relay B", f2.guard.id().unwrap()),
             ("redis", redis_pid),
             ("bench clients", me),
         ];
-        let (fwd, fwd_cost) = relay_run(&f1.url, &f2.url, calls, rounds, &admin, &procs).await;
-        drop((f1, f2));
-
-        let r1 = start_replica(&url);
-        let r2 = start_replica(&url);
         let procs = [
             ("relay A", r1.guard.id().unwrap()),
             ("relay B", r2.guard.id().unwrap()),
             ("redis", redis_pid),
             ("bench clients", me),
         ];
-        eprintln!("same replica: {calls} calls × {rounds}");
-        let (same, same_cost) = relay_run(&r1.url, &r1.url, calls, rounds, &admin, &procs).await;
-        eprintln!("cross replica: {calls} calls × {rounds}");
-        let (cross, cross_cost) =
-            relay_run(&r1.url, &r2.url, calls, rounds, &admin, &procs).await;
+        let paths: [(&str, &str, &str, &[Proc]); 3] = [
+            ("bare forwarder", &f1.url, &f2.url, &forwarder_procs),
+            ("same replica", &r1.url, &r1.url, &procs),
+            ("cross replica", &r1.url, &r2.url, &procs),
+        ];
+        let mut turns_of: [Vec<(Run, Cost)>; 3] = Default::default();
+        for turn in 0..turns {
+            for k in 0..paths.len() {
+                let i = (turn + k) % paths.len();
+                let (name, a, b, procs) = paths[i];
+                eprintln!("closed loop {}/{turns}, {name}: {calls} calls × {rounds}", turn + 1);
+                turns_of[i].push(relay_run(a, b, calls, rounds, &admin, procs).await);
+            }
+        }
+        let redis_by_turn: Vec<String> = paths
+            .iter()
+            .zip(&turns_of)
+            .map(|((name, ..), turns)| {
+                let each: Vec<String> = turns
+                    .iter()
+                    .map(|(_, c)| format!("{:.1}", Meter::cpu_of(c, "redis")))
+                    .collect();
+                format!("{name} {}", each.join(", "))
+            })
+            .collect();
+        drop((f1, f2));
+        let [fwd, same, cross] = turns_of.map(combine_turns);
+        let ((fwd, fwd_cost), (same, same_cost), (cross, cross_cost)) = (fwd, same, cross);
 
         // Open loop at half of Hermes' own cross-replica capacity just measured (unless set).
         let interval = match std::env::var("SIGNAL_BENCH_INTERVAL_MS") {
@@ -1408,6 +1502,10 @@ fn main() {
                 c.top
             );
         }
+        println!(
+            "Redis CPU µs per message by closed-loop turn: {}",
+            redis_by_turn.join("; ")
+        );
         let tput = cross.rate() / fwd.rate();
         let redis_cpu = Meter::cpu_of(&cross_cost, "redis") / Meter::cpu_of(&fwd_cost, "redis");
         let relay_cpu = (Meter::cpu_of(&cross_cost, "relay A")
