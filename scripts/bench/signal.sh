@@ -2,7 +2,7 @@
 # Signal relay benchmark: latency p50/p99 and msgs/s for 1000 concurrent calls, same-replica and
 # cross-replica, beside a raw Redis PUBLISH→subscriber hop in the same run; RSS of 10 000 idle
 # connections. Loopback only; bounded. Knobs: SIGNAL_BENCH_CALLS (1000), SIGNAL_BENCH_ROUNDS
-# (20), SIGNAL_BENCH_PACED_SECS (5: the open loop sends that long) or SIGNAL_BENCH_PACED_ROUNDS, SIGNAL_BENCH_INTERVAL_MS (default: half the measured
+# (20), SIGNAL_BENCH_CLOSED_TURNS (3: each closed loop runs that often, paths in turns), SIGNAL_BENCH_PACED_SECS (5: the open loop sends that long) or SIGNAL_BENCH_PACED_ROUNDS, SIGNAL_BENCH_INTERVAL_MS (default: half the measured
 # cross-replica capacity), SIGNAL_BENCH_MIX_CALLS (= CALLS), SIGNAL_BENCH_HOLD_SECS (30),
 # SIGNAL_BENCH_IDLE (10000; 0 skips), SIGNAL_BENCH_BIN (another hermes-signal build to compare),
 # SIGNAL_BENCH_CLUSTER (1; 0 skips the Redis Cluster tables: 1 vs 3 primaries, capacity).
