@@ -22,6 +22,7 @@ use base64::Engine as _;
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
+use fred::types::InfoKind;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use hermes_proto::signal::{ClientMessage, IceCandidate};
@@ -299,7 +300,7 @@ fn load_average() -> String {
 /// Redis's command counters (`INFO commandstats`): calls per command.
 async fn redis_commands(admin: &Client) -> HashMap<String, u64> {
     let info: String = admin
-        .info(Some(fred::types::InfoKind::CommandStats))
+        .info(Some(InfoKind::CommandStats))
         .await
         .unwrap_or_default();
     info.lines()
@@ -319,22 +320,17 @@ async fn redis_commands(admin: &Client) -> HashMap<String, u64> {
 /// Wait until Redis is quiet: at most a few commands in 100 ms besides this check's own
 /// (joins, disconnects and their events done), for at most 5 s after a first 500 ms.
 async fn settle(admin: &Client) {
-    async fn processed(admin: &Client) -> u64 {
-        let info: String = admin
-            .info(Some(fred::types::InfoKind::Stats))
+    let processed = || async {
+        info_number(admin, InfoKind::Stats, "total_commands_processed")
             .await
-            .unwrap_or_default();
-        info.lines()
-            .find_map(|l| l.strip_prefix("total_commands_processed:"))
-            .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
-    }
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let deadline = Instant::now() + Duration::from_secs(5);
-    let mut last = processed(admin).await;
+    let mut last = processed().await;
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = processed(admin).await;
+        let now = processed().await;
         if now.saturating_sub(last) <= 20 {
             return;
         }
@@ -342,15 +338,17 @@ async fn settle(admin: &Client) {
     }
 }
 
-async fn redis_pid(admin: &Client) -> u32 {
-    let info: String = admin
-        .info(Some(fred::types::InfoKind::Server))
-        .await
-        .unwrap();
+/// A number of `INFO <section>`: the value of `field` (None when absent or not answered).
+async fn info_number(admin: &Client, section: InfoKind, field: &str) -> Option<u64> {
+    let info: String = admin.info(Some(section)).await.ok()?;
     info.lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap()
+}
+
+async fn redis_pid(admin: &Client) -> u32 {
+    let pid = info_number(admin, InfoKind::Server, "process_id").await;
+    pid.and_then(|p| u32::try_from(p).ok()).unwrap()
 }
 
 /// `SIGNAL_BENCH_CALLGRIND=1`: redis-server runs under `valgrind --tool=callgrind`, and each
