@@ -8,6 +8,9 @@
 //! [`Script`] runs a Lua script by SHA (EVALSHA) and loads it (SCRIPT LOAD) only when Redis
 //! answers NOSCRIPT: on first use, or after a Redis restart emptied the script cache.
 //!
+//! [`in_one_write`] sends a batch of commands so that fred writes it with one flush (a fred
+//! `Pipeline` flushes after each command).
+//!
 //! [`ReplicaAck`] is the policy for writes that must survive a failover (a consumed one-time
 //! code), under Sentinel or on a cluster: [`Script::run_then_wait`] follows the script with
 //! `WAIT 1 <ms>` on the same connection (on a cluster: the one to the primary of the key's
