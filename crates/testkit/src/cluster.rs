@@ -220,9 +220,12 @@ impl ClusterSet {
             .iter_mut()
             .find(|n| n.port == port)
             .expect("a node of this cluster");
+        // Before the kill: a watcher may see its effect while the kill still waits for the
+        // process to be reaped.
+        let at = Instant::now();
         node.process.kill();
         node.killed = true;
-        Instant::now()
+        at
     }
 
     /// SIGSTOP the node on `port`: its connections stay open and unanswered, as with a hung
@@ -235,13 +238,14 @@ impl ClusterSet {
             .find(|n| n.port == port)
             .expect("a node of this cluster");
         let pid = node.process.id().expect("node running");
+        let at = Instant::now();
         let status = Command::new("kill")
             .args(["-STOP", &pid.to_string()])
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -STOP {pid} failed");
         node.frozen = true;
-        Instant::now()
+        at
     }
 
     /// SIGCONT a node [`Self::freeze_node`] stopped: it runs again (a failed-over primary
@@ -255,13 +259,14 @@ impl ClusterSet {
             .expect("a node of this cluster");
         assert!(node.frozen && !node.killed, "thaw a frozen node");
         let pid = node.process.id().expect("node running");
+        let at = Instant::now();
         let status = Command::new("kill")
             .args(["-CONT", &pid.to_string()])
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -CONT {pid} failed");
         node.frozen = false;
-        Instant::now()
+        at
     }
 
     /// Wait until a live primary serves `key`'s slot again and every live node reports the

@@ -222,9 +222,12 @@ impl SentinelSet {
     /// SIGKILL the primary; returns at once (see [`Self::wait_for_promotion`]).
     pub fn kill_primary(&mut self) -> Instant {
         assert!(!self.failed_over, "the set fails over once");
+        // Before the kill: a replica's `/readyz` may turn 503 while the kill still waits for
+        // the process to be reaped (a test saw it "down" before an instant taken after).
+        let at = Instant::now();
         self.primary.process.kill();
         self.failed_over = true;
-        Instant::now()
+        at
     }
 
     /// SIGSTOP the primary (a hung process or a partition: its connections stay open, nothing
@@ -232,9 +235,10 @@ impl SentinelSet {
     /// [`Self::wait_for_promotion`]); the process is killed with the set.
     pub fn freeze_primary(&mut self) -> Instant {
         assert!(!self.failed_over, "the set fails over once");
+        let at = Instant::now();
         signal(&self.primary.process, "STOP");
         self.failed_over = true;
-        Instant::now()
+        at
     }
 
     /// Wait until the replica is a master and every sentinel names it.
